@@ -1,0 +1,191 @@
+//! Typed errors of the engine and the kinds a batch report counts them by.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// What went wrong, in the terms a migration engineer fixes it by.
+///
+/// Reports group failures by this; the set is stable and serialised in
+/// snake_case, so adding a kind is fine and renaming one is a breaking change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Wrong login or password, or the impersonation was refused.
+    Auth,
+    /// The server could not be reached.
+    Connect,
+    /// The TLS handshake or certificate check failed.
+    Tls,
+    /// The server stopped answering.
+    Timeout,
+    /// The server asked us to slow down or is temporarily unavailable.
+    Throttled,
+    /// The target mailbox is over quota.
+    Quota,
+    /// The target refused one message.
+    MessageRejected,
+    /// The server said something we did not expect.
+    Protocol,
+    /// A folder could not be listed, opened or created.
+    Folder,
+    /// The state store failed.
+    State,
+    /// The command line or an input file is wrong.
+    Config,
+    /// Local file I/O failed (Maildir target, password files).
+    Io,
+}
+
+impl ErrorKind {
+    /// Whether running the same thing again later may succeed without a fix.
+    pub fn is_transient(self) -> bool {
+        matches!(self, Self::Connect | Self::Timeout | Self::Throttled)
+    }
+
+    /// The snake_case name used in reports and the state store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auth => "auth",
+            Self::Connect => "connect",
+            Self::Tls => "tls",
+            Self::Timeout => "timeout",
+            Self::Throttled => "throttled",
+            Self::Quota => "quota",
+            Self::MessageRejected => "message_rejected",
+            Self::Protocol => "protocol",
+            Self::Folder => "folder",
+            Self::State => "state",
+            Self::Config => "config",
+            Self::Io => "io",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Every error the engine returns. Messages name the server or file involved
+/// and never contain a password or message content.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// See [`ErrorKind::Connect`].
+    #[error("cannot connect to {endpoint}: {source}")]
+    Connect {
+        /// The server, as `host:port`.
+        endpoint: String,
+        /// The underlying socket error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// See [`ErrorKind::Tls`].
+    #[error("TLS with {endpoint} failed: {detail}")]
+    Tls {
+        /// The server, as `host:port`.
+        endpoint: String,
+        /// What the TLS layer said.
+        detail: String,
+    },
+    /// See [`ErrorKind::Auth`].
+    #[error("{endpoint} refused the login of {user}: {detail}")]
+    Auth {
+        /// The server, as `host:port`.
+        endpoint: String,
+        /// The login (never the password).
+        user: String,
+        /// The server's reason.
+        detail: String,
+    },
+    /// See [`ErrorKind::Timeout`].
+    #[error("{endpoint} did not answer within {seconds} s ({during})")]
+    Timeout {
+        /// The server, as `host:port`.
+        endpoint: String,
+        /// The limit that ran out.
+        seconds: u64,
+        /// What we were waiting for.
+        during: String,
+    },
+    /// An IMAP command failed; `kind` says how (throttled, quota, folder,
+    /// message rejected, protocol...).
+    #[error("{endpoint}: {command} failed: {detail}")]
+    Imap {
+        /// The classification of the server's answer.
+        kind: ErrorKind,
+        /// The server, as `host:port`.
+        endpoint: String,
+        /// The command's name (never its arguments, which may hold data).
+        command: String,
+        /// The server's answer.
+        detail: String,
+    },
+    /// The connection closed or could not be read.
+    #[error("{endpoint}: connection lost: {detail}")]
+    ConnectionLost {
+        /// The server, as `host:port`.
+        endpoint: String,
+        /// What happened.
+        detail: String,
+    },
+    /// A folder-level problem found by the engine itself (not a server NO).
+    #[error("folder {folder}: {detail}")]
+    Folder {
+        /// The folder's name.
+        folder: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// See [`ErrorKind::State`].
+    #[error("state store {path}: {source}")]
+    State {
+        /// The state file.
+        path: PathBuf,
+        /// The SQLite error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// See [`ErrorKind::Config`].
+    #[error("{0}")]
+    Config(String),
+    /// See [`ErrorKind::Io`].
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// The kind a report counts this error as.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Connect { .. } => ErrorKind::Connect,
+            Self::Tls { .. } => ErrorKind::Tls,
+            Self::Auth { .. } => ErrorKind::Auth,
+            Self::Timeout { .. } => ErrorKind::Timeout,
+            Self::Imap { kind, .. } => *kind,
+            Self::ConnectionLost { .. } => ErrorKind::Connect,
+            Self::Folder { .. } => ErrorKind::Folder,
+            Self::State { .. } => ErrorKind::State,
+            Self::Config(_) => ErrorKind::Config,
+            Self::Io { .. } => ErrorKind::Io,
+        }
+    }
+
+    /// Wraps an I/O error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// The engine's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,169 @@
+//! Protocol text: quoting, dates, UID sets, flag lists and the meaning of
+//! server refusals. The only place that knows how IMAP spells things.
+
+use chrono::{DateTime, FixedOffset};
+
+use crate::error::ErrorKind;
+use crate::message::Flags;
+
+const DATE_TIME: &str = "%d-%b-%Y %H:%M:%S %z";
+
+/// Formats an INTERNALDATE for APPEND: `"dd-Mon-yyyy hh:mm:ss +zzzz"`.
+pub fn internal_date(date: &DateTime<FixedOffset>) -> String {
+    format!("\"{}\"", date.format(DATE_TIME))
+}
+
+/// Parses an INTERNALDATE as FETCH returns it (day may be space-padded).
+pub fn parse_internal_date(text: &str) -> Option<DateTime<FixedOffset>> {
+    DateTime::parse_from_str(text.trim(), DATE_TIME).ok()
+}
+
+/// Quotes a string for a command. Mailbox names are first encoded with
+/// [`mailbox`]; this escapes `"` and `\`.
+pub fn quote(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// A mailbox name as a command argument: modified UTF-7, quoted.
+pub fn mailbox(name: &str) -> String {
+    quote(&utf7_imap::encode_utf7_imap(name.to_string()))
+}
+
+/// Decodes a mailbox name from LIST (modified UTF-7) into UTF-8.
+pub fn decode_mailbox(raw: &str) -> String {
+    if raw.contains('&') {
+        utf7_imap::decode_utf7_imap(raw.to_string())
+    } else {
+        raw.to_string()
+    }
+}
+
+/// A parenthesised flag list, e.g. `(\Seen $Forwarded)`.
+pub fn flag_list(flags: &Flags) -> String {
+    format!("({flags})")
+}
+
+/// A compact UID set (`1:5,9,12:14`) from UIDs in any order.
+pub fn uid_set(uids: &[u32]) -> String {
+    let mut sorted = uids.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let start = sorted[i];
+        let mut end = start;
+        while i + 1 < sorted.len() && sorted[i + 1] == end + 1 {
+            i += 1;
+            end = sorted[i];
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if start == end {
+            out.push_str(&start.to_string());
+        } else {
+            out.push_str(&format!("{start}:{end}"));
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Splits UIDs into sets whose text stays under a command-line budget, so a
+/// scattered set never produces a line the server refuses as too long.
+pub fn uid_set_chunks(uids: &[u32], max_len: usize) -> Vec<String> {
+    let full = uid_set(uids);
+    if full.len() <= max_len {
+        return vec![full];
+    }
+    let mut chunks = Vec::new();
+    let mut current = String::new();
+    for part in full.split(',') {
+        if !current.is_empty() && current.len() + part.len() + 1 > max_len {
+            chunks.push(std::mem::take(&mut current));
+        }
+        if !current.is_empty() {
+            current.push(',');
+        }
+        current.push_str(part);
+    }
+    if !current.is_empty() {
+        chunks.push(current);
+    }
+    chunks
+}
+
+/// Which failure a tagged NO/BAD (or BYE) is, from its response code and
+/// text. async-imap hands unknown codes over only as text, so the RFC 5530
+/// codes are matched there.
+pub fn classify_refusal(text: &str, command: &str) -> ErrorKind {
+    let upper = text.to_ascii_uppercase();
+    let has = |code: &str| upper.contains(code);
+    if has("[LIMIT]") || has("[UNAVAILABLE]") || has("[INUSE]") || has("SUGGESTED BACKOFF") || has("TRY AGAIN") {
+        ErrorKind::Throttled
+    } else if has("[OVERQUOTA]") || has("QUOTA EXCEEDED") || has("[EXPUNGEISSUED]") && command == "APPEND" {
+        ErrorKind::Quota
+    } else if has("[AUTHENTICATIONFAILED]") || has("[AUTHORIZATIONFAILED]") || has("[EXPIRED]") {
+        ErrorKind::Auth
+    } else if has("[TRYCREATE]") || has("[NONEXISTENT]") || has("[NOPERM]") || has("[CANNOT]") {
+        ErrorKind::Folder
+    } else if command == "APPEND" {
+        ErrorKind::MessageRejected
+    } else if matches!(command, "SELECT" | "EXAMINE" | "CREATE" | "STATUS" | "LIST") {
+        ErrorKind::Folder
+    } else {
+        ErrorKind::Protocol
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uid_sets_compress_and_chunk() {
+        assert_eq!(uid_set(&[5, 1, 2, 3, 9, 12, 13, 14, 3]), "1:3,5,9,12:14");
+        assert_eq!(uid_set(&[]), "");
+        let scattered: Vec<u32> = (1..2000).map(|n| n * 2).collect();
+        let chunks = uid_set_chunks(&scattered, 100);
+        assert!(chunks.iter().all(|c| c.len() <= 100));
+        let rejoined: Vec<u32> = chunks
+            .iter()
+            .flat_map(|c| c.split(','))
+            .map(|n| n.parse().unwrap())
+            .collect();
+        assert_eq!(rejoined, scattered);
+    }
+
+    #[test]
+    fn dates_round_trip_including_space_padded_day() {
+        let date = parse_internal_date(" 7-Mar-2021 09:05:01 +0100").unwrap();
+        assert_eq!(internal_date(&date), "\"07-Mar-2021 09:05:01 +0100\"");
+    }
+
+    #[test]
+    fn mailbox_names_are_utf7_and_quoted() {
+        assert_eq!(mailbox("Entwürfe"), "\"Entw&APw-rfe\"");
+        assert_eq!(decode_mailbox("Entw&APw-rfe"), "Entwürfe");
+        assert_eq!(quote("a\"b\\c"), "\"a\\\"b\\\\c\"");
+    }
+
+    #[test]
+    fn refusals_map_to_report_kinds() {
+        assert_eq!(classify_refusal("[LIMIT] Too many commands", "FETCH"), ErrorKind::Throttled);
+        assert_eq!(classify_refusal("[OVERQUOTA] Quota exceeded", "APPEND"), ErrorKind::Quota);
+        assert_eq!(classify_refusal("[TRYCREATE] Mailbox doesn't exist", "APPEND"), ErrorKind::Folder);
+        assert_eq!(classify_refusal("Message too big", "APPEND"), ErrorKind::MessageRejected);
+        assert_eq!(classify_refusal("[AUTHENTICATIONFAILED] no", "LOGIN"), ErrorKind::Auth);
+    }
+}

@@ -1,0 +1,22 @@
+//! IMAP client side: the one module that speaks the protocol. The rest of
+//! the engine sees folders, UIDs, flags and messages, never protocol text.
+//!
+//! - `transport`: TCP and TLS (rustls), certificate policy.
+//! - `codec`: quoting, dates, UID sets, classification of refusals.
+//! - `session`: login, LIST, SELECT/EXAMINE, SEARCH, FETCH streaming,
+//!   MULTIAPPEND/LITERAL+ appends with APPENDUID, STORE, EXPUNGE.
+
+mod codec;
+mod session;
+mod transport;
+
+pub use session::{
+    ConnectOptions, FetchHandle, FetchItems, FetchRecord, FolderInfo, ImapSession, SelectedFolder, SpecialUse,
+    FINGERPRINT_FIELDS,
+};
+pub use transport::TlsOptions;
+
+/// Formats a UID set (`1:5,9`) for display and SEARCH criteria.
+pub use codec::uid_set;
+/// Quotes a string for a command argument.
+pub use codec::quote;

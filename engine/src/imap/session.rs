@@ -1,0 +1,811 @@
+//! One authenticated IMAP connection and the commands the engine needs.
+//!
+//! async-imap does the framing and parsing; commands are sent here with our
+//! own tags and every tagged status is checked, because async-imap's
+//! streaming commands ignore a tagged NO/BAD and its `append` waits for a
+//! synchronising literal and drops APPENDUID.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use async_imap::imap_proto::{
+    AttributeValue, MailboxDatum, NameAttribute, Response, ResponseCode, Status, 
+};
+use async_imap::imap_proto::rfc4315::UidSetMember;
+use chrono::{DateTime, FixedOffset};
+use tokio::io::AsyncWriteExt;
+
+use super::codec;
+use super::transport::{connect_tcp, start_tls, TlsOptions, Transport};
+use crate::endpoint::{AuthMethod, ImapEndpoint, Secret, Security};
+use crate::error::{Error, ErrorKind, Result};
+use crate::message::{Flags, Message};
+
+/// Connection settings shared by every session of a run.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Certificate checking.
+    pub tls: TlsOptions,
+    /// Limit for TCP connect and TLS handshake.
+    pub connect_timeout: Duration,
+    /// Limit for each server response.
+    pub read_timeout: Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            tls: TlsOptions::default(),
+            connect_timeout: Duration::from_secs(20),
+            read_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// RFC 6154 special-use roles a folder can have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SpecialUse {
+    /// `\Sent`
+    Sent,
+    /// `\Drafts`
+    Drafts,
+    /// `\Trash`
+    Trash,
+    /// `\Junk`
+    Junk,
+    /// `\Archive`
+    Archive,
+    /// `\All` (virtual; never copied)
+    All,
+    /// `\Flagged` (virtual; never copied)
+    Flagged,
+}
+
+/// A folder as LIST reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FolderInfo {
+    /// The name in UTF-8, with the server's separator.
+    pub name: String,
+    /// The hierarchy separator, if the server has one.
+    pub separator: Option<char>,
+    /// The folder's special-use role, if the server declares one.
+    pub special_use: Option<SpecialUse>,
+    /// `\Noselect` or `\NonExistent`: a hierarchy node without messages.
+    pub selectable: bool,
+}
+
+/// What SELECT/EXAMINE says about a folder.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SelectedFolder {
+    /// UIDVALIDITY: when it changes, every UID known before is void.
+    pub uid_validity: u32,
+    /// The UID the next message will get.
+    pub uid_next: u32,
+    /// Number of messages.
+    pub exists: u32,
+    /// HIGHESTMODSEQ, when the server supports CONDSTORE.
+    pub highest_modseq: Option<u64>,
+}
+
+/// What a FETCH response carried; fields not asked for are `None`.
+#[derive(Debug, Clone, Default)]
+pub struct FetchRecord {
+    /// The message UID.
+    pub uid: u32,
+    /// FLAGS.
+    pub flags: Option<Flags>,
+    /// INTERNALDATE.
+    pub internal_date: Option<DateTime<FixedOffset>>,
+    /// RFC822.SIZE.
+    pub size: Option<u32>,
+    /// MODSEQ.
+    pub modseq: Option<u64>,
+    /// BODY[] (whole message).
+    pub body: Option<Vec<u8>>,
+    /// BODY[HEADER.FIELDS (...)].
+    pub header: Option<Vec<u8>>,
+}
+
+/// Attributes a FETCH asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchItems {
+    /// Whole message, flags, date, size: for copying.
+    Full,
+    /// The headers a fingerprint needs, flags, date and size: for dedup and verify.
+    Fingerprint,
+    /// Flags (and MODSEQ with CONDSTORE): for flag sync.
+    Flags,
+}
+
+/// The header fields [`crate::fingerprint`] reads.
+pub const FINGERPRINT_FIELDS: &str = "MESSAGE-ID DATE FROM SUBJECT RECEIVED";
+
+/// An authenticated IMAP session.
+pub struct ImapSession {
+    inner: async_imap::Session<Transport>,
+    endpoint: String,
+    capabilities: HashSet<String>,
+    read_timeout: Duration,
+    next_tag: u32,
+}
+
+/// What one server response means to the command waiting for it.
+enum Event<T> {
+    Item(T),
+    Done(Completion),
+    Ignore,
+}
+
+/// The tagged completion of a command.
+struct Completion {
+    ok: bool,
+    text: String,
+    append_uids: Vec<u32>,
+}
+
+impl ImapSession {
+    /// Connects, negotiates TLS as the endpoint asks and logs in.
+    pub async fn connect(endpoint: &ImapEndpoint, password: &Secret, options: &ConnectOptions) -> Result<Self> {
+        let address = endpoint.address();
+        let tcp = connect_tcp(&endpoint.host, endpoint.port, options.connect_timeout).await?;
+        let transport = match endpoint.security {
+            Security::Implicit => {
+                start_tls(tcp, &endpoint.host, endpoint.port, &options.tls, options.connect_timeout).await?
+            }
+            _ => Transport::Plain(tcp),
+        };
+        let mut client = async_imap::Client::new(transport);
+        let greeting = read_greeting(&mut client, &address, options.read_timeout).await?;
+        let wants_tls = match endpoint.security {
+            Security::StartTlsRequired => true,
+            Security::StartTlsIfOffered => greeting.contains("STARTTLS"),
+            Security::Implicit | Security::Plain => false,
+        };
+        if wants_tls {
+            client.run_command_and_check_ok("STARTTLS", None).await.map_err(|e| Error::Tls {
+                endpoint: address.clone(),
+                detail: format!("STARTTLS refused: {e}"),
+            })?;
+            let Transport::Plain(tcp) = client.into_inner() else {
+                return Err(Error::Tls {
+                    endpoint: address,
+                    detail: "STARTTLS on a connection that is already TLS".into(),
+                });
+            };
+            let tls = start_tls(tcp, &endpoint.host, endpoint.port, &options.tls, options.connect_timeout).await?;
+            client = async_imap::Client::new(tls);
+        }
+        let login = login(client, endpoint, password);
+        let inner = match tokio::time::timeout(options.read_timeout, login).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(Error::Timeout {
+                    endpoint: address,
+                    seconds: options.read_timeout.as_secs(),
+                    during: "login".into(),
+                })
+            }
+        };
+        let mut session = Self {
+            inner,
+            endpoint: address,
+            capabilities: HashSet::new(),
+            read_timeout: options.read_timeout,
+            next_tag: 0,
+        };
+        session.capabilities = session.fetch_capabilities().await?;
+        Ok(session)
+    }
+
+    /// `host:port`, for messages.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Whether the server announced a capability (case-insensitive).
+    pub fn has_capability(&self, name: &str) -> bool {
+        self.capabilities.contains(&name.to_ascii_uppercase())
+    }
+
+    async fn fetch_capabilities(&mut self) -> Result<HashSet<String>> {
+        let tag = self.send("CAPABILITY").await?;
+        let mut caps = HashSet::new();
+        loop {
+            match self.event(&tag, capability_list).await? {
+                Event::Item(list) => caps.extend(list),
+                Event::Done(done) => {
+                    self.check(done, "CAPABILITY")?;
+                    return Ok(caps);
+                }
+                Event::Ignore => {}
+            }
+        }
+    }
+
+    /// Lists every folder with its special-use role.
+    pub async fn list_folders(&mut self) -> Result<Vec<FolderInfo>> {
+        let command = if self.has_capability("SPECIAL-USE") {
+            "LIST \"\" \"*\" RETURN (SPECIAL-USE)"
+        } else {
+            "LIST \"\" \"*\""
+        };
+        let tag = self.send(command).await?;
+        let mut folders = Vec::new();
+        loop {
+            let event = self
+                .event(&tag, |response| match response {
+                    Response::MailboxData(MailboxDatum::List(list)) => Some(folder_info(list)),
+                    _ => None,
+                })
+                .await?;
+            match event {
+                Event::Item(folder) => folders.push(folder),
+                Event::Done(done) => {
+                    self.check(done, "LIST")?;
+                    return Ok(folders);
+                }
+                Event::Ignore => {}
+            }
+        }
+    }
+
+    /// Creates a folder; an existing one is not an error.
+    pub async fn create_folder(&mut self, name: &str) -> Result<()> {
+        let tag = self.send(&format!("CREATE {}", codec::mailbox(name))).await?;
+        let done = self.until_done(&tag).await?;
+        if done.ok || done.text.to_ascii_uppercase().contains("[ALREADYEXISTS]") {
+            return Ok(());
+        }
+        Err(self.refusal(&done.text, "CREATE"))
+    }
+
+    /// Opens a folder read-only (EXAMINE) or read-write (SELECT), with
+    /// CONDSTORE when the server has it.
+    pub async fn open_folder(&mut self, name: &str, read_only: bool) -> Result<SelectedFolder> {
+        let verb = if read_only { "EXAMINE" } else { "SELECT" };
+        let condstore = if self.has_capability("CONDSTORE") { " (CONDSTORE)" } else { "" };
+        let tag = self.send(&format!("{verb} {}{condstore}", codec::mailbox(name))).await?;
+        let mut folder = SelectedFolder::default();
+        loop {
+            let event = self
+                .event(&tag, |response| match response {
+                    Response::MailboxData(MailboxDatum::Exists(n)) => Some((Some(*n), None)),
+                    Response::Data { outcome, .. } => outcome.code.as_ref().map(|code| (None, Some(code_value(code)))),
+                    _ => None,
+                })
+                .await?;
+            match event {
+                Event::Item((Some(exists), _)) => folder.exists = exists,
+                Event::Item((None, Some(value))) => match value {
+                    CodeValue::UidValidity(v) => folder.uid_validity = v,
+                    CodeValue::UidNext(v) => folder.uid_next = v,
+                    CodeValue::HighestModSeq(v) => folder.highest_modseq = Some(v),
+                    CodeValue::Other => {}
+                },
+                Event::Item(_) | Event::Ignore => {}
+                Event::Done(done) => {
+                    self.check(done, verb)?;
+                    return Ok(folder);
+                }
+            }
+        }
+    }
+
+    /// UIDs in the selected folder matching a SEARCH criterion (e.g. `ALL`,
+    /// `SINCE 1-Jan-2024`).
+    pub async fn uid_search(&mut self, criteria: &str) -> Result<Vec<u32>> {
+        let tag = self.send(&format!("UID SEARCH {criteria}")).await?;
+        let mut uids = Vec::new();
+        loop {
+            let event = self
+                .event(&tag, |response| match response {
+                    Response::MailboxData(MailboxDatum::Search(found)) => Some(found.clone()),
+                    _ => None,
+                })
+                .await?;
+            match event {
+                Event::Item(found) => uids.extend(found),
+                Event::Done(done) => {
+                    self.check(done, "SEARCH")?;
+                    uids.sort_unstable();
+                    return Ok(uids);
+                }
+                Event::Ignore => {}
+            }
+        }
+    }
+
+    /// Starts a `UID FETCH` of `uid_set`; read the results with
+    /// [`ImapSession::fetch_next`] until it returns `None`.
+    pub async fn fetch_start(&mut self, uid_set: &str, items: FetchItems, changed_since: Option<u64>) -> Result<FetchHandle> {
+        let attributes = match items {
+            FetchItems::Full => "UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[]".to_string(),
+            FetchItems::Fingerprint => {
+                format!("UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS ({FINGERPRINT_FIELDS})]")
+            }
+            FetchItems::Flags => "UID FLAGS".to_string(),
+        };
+        let modifier = match changed_since {
+            Some(modseq) => format!(" (CHANGEDSINCE {modseq})"),
+            None => String::new(),
+        };
+        let tag = self.send(&format!("UID FETCH {uid_set} ({attributes}){modifier}")).await?;
+        Ok(FetchHandle { tag, items, finished: false })
+    }
+
+    /// The next message of a FETCH, or `None` once the server said OK.
+    /// Untagged FETCHes the server sends on its own (flag changes by other
+    /// clients) are skipped.
+    pub async fn fetch_next(&mut self, handle: &mut FetchHandle) -> Result<Option<FetchRecord>> {
+        if handle.finished {
+            return Ok(None);
+        }
+        let wanted = handle.items;
+        loop {
+            let event = self
+                .event(&handle.tag, |response| match response {
+                    Response::Fetch(_, attributes) => Some(fetch_record(attributes)),
+                    _ => None,
+                })
+                .await?;
+            match event {
+                Event::Item(record) => {
+                    let complete = match wanted {
+                        FetchItems::Full => record.body.is_some(),
+                        FetchItems::Fingerprint => record.header.is_some(),
+                        FetchItems::Flags => record.flags.is_some(),
+                    };
+                    if complete && record.uid != 0 {
+                        return Ok(Some(record));
+                    }
+                }
+                Event::Done(done) => {
+                    handle.finished = true;
+                    self.check(done, "FETCH")?;
+                    return Ok(None);
+                }
+                Event::Ignore => {}
+            }
+        }
+    }
+
+    /// Fetches all records of a UID set at once (for small, bounded sets:
+    /// headers and flags, never bodies of a whole folder).
+    pub async fn fetch_all(&mut self, uid_set: &str, items: FetchItems, changed_since: Option<u64>) -> Result<Vec<FetchRecord>> {
+        let mut handle = self.fetch_start(uid_set, items, changed_since).await?;
+        let mut out = Vec::new();
+        while let Some(record) = self.fetch_next(&mut handle).await? {
+            out.push(record);
+        }
+        Ok(out)
+    }
+
+    /// Appends messages to a folder in one round trip where the server
+    /// allows (MULTIAPPEND with LITERAL+), and returns the UIDs the server
+    /// gave them (empty without UIDPLUS). MULTIAPPEND is all-or-nothing, so
+    /// a refusal means none of the batch was stored.
+    pub async fn append(&mut self, folder: &str, messages: &[&Message]) -> Result<Vec<u32>> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let literal_plus = self.has_capability("LITERAL+");
+        if messages.len() > 1 && !self.has_capability("MULTIAPPEND") {
+            let mut uids = Vec::with_capacity(messages.len());
+            for message in messages {
+                uids.extend(Box::pin(self.append(folder, &[message])).await?);
+            }
+            return Ok(uids);
+        }
+        let tag = self.tag();
+        let mailbox = codec::mailbox(folder);
+        let mut line = format!("{tag} APPEND {mailbox}").into_bytes();
+        for message in messages {
+            let plus = if literal_plus { "+" } else { "" };
+            line.extend_from_slice(
+                format!(
+                    " {} {} {{{}{plus}}}\r\n",
+                    codec::flag_list(&message.flags),
+                    codec::internal_date(&message.internal_date),
+                    message.raw.len()
+                )
+                .as_bytes(),
+            );
+            self.write(&line).await?;
+            line.clear();
+            if !literal_plus {
+                self.await_continuation(&tag).await?;
+            }
+            self.write(&message.raw).await?;
+        }
+        self.write(b"\r\n").await?;
+        self.flush().await?;
+        let done = self.until_done(&tag).await?;
+        if !done.ok {
+            return Err(self.refusal(&done.text, "APPEND"));
+        }
+        Ok(done.append_uids)
+    }
+
+    /// Replaces (`+FLAGS`/`-FLAGS`/`FLAGS`) flags of messages in the selected folder.
+    pub async fn uid_store(&mut self, uids: &[u32], operation: &str, flags: &Flags) -> Result<()> {
+        for set in codec::uid_set_chunks(uids, 4000) {
+            let tag = self
+                .send(&format!("UID STORE {set} {operation}.SILENT {}", codec::flag_list(flags)))
+                .await?;
+            let done = self.until_done(&tag).await?;
+            self.check(done, "STORE")?;
+        }
+        Ok(())
+    }
+
+    /// Marks messages `\Deleted` and expunges exactly those (UIDPLUS), so
+    /// messages someone else flagged for deletion are left alone.
+    pub async fn delete_messages(&mut self, uids: &[u32]) -> Result<()> {
+        if uids.is_empty() {
+            return Ok(());
+        }
+        self.uid_store(uids, "+FLAGS", &Flags::new(["\\Deleted"])).await?;
+        for set in codec::uid_set_chunks(uids, 4000) {
+            let command = if self.has_capability("UIDPLUS") {
+                format!("UID EXPUNGE {set}")
+            } else {
+                "EXPUNGE".to_string()
+            };
+            let tag = self.send(&command).await?;
+            let done = self.until_done(&tag).await?;
+            self.check(done, "EXPUNGE")?;
+        }
+        Ok(())
+    }
+
+    /// Closes the connection politely. Errors are irrelevant at that point.
+    pub async fn logout(mut self) {
+        if let Ok(tag) = self.send("LOGOUT").await {
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.until_done(&tag)).await;
+        }
+    }
+
+    fn tag(&mut self) -> String {
+        self.next_tag += 1;
+        format!("c{}", self.next_tag)
+    }
+
+    async fn send(&mut self, command: &str) -> Result<String> {
+        let tag = self.tag();
+        self.write(format!("{tag} {command}\r\n").as_bytes()).await?;
+        self.flush().await?;
+        Ok(tag)
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        let endpoint = &self.endpoint;
+        self.inner
+            .get_mut()
+            .write_all(bytes)
+            .await
+            .map_err(|e| Error::ConnectionLost {
+                endpoint: endpoint.clone(),
+                detail: format!("write failed: {e}"),
+            })
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        let endpoint = &self.endpoint;
+        self.inner.get_mut().flush().await.map_err(|e| Error::ConnectionLost {
+            endpoint: endpoint.clone(),
+            detail: format!("flush failed: {e}"),
+        })
+    }
+
+    async fn await_continuation(&mut self, tag: &str) -> Result<()> {
+        loop {
+            let continued = self.read(|response| matches!(response, Response::Continue(_))).await?;
+            if continued {
+                return Ok(());
+            }
+            // A tagged answer instead of "+" means the server refused the literal.
+            let done = self.event(tag, |_| None::<()>).await?;
+            if let Event::Done(done) = done {
+                return Err(self.refusal(&done.text, "APPEND"));
+            }
+        }
+    }
+
+    async fn until_done(&mut self, tag: &str) -> Result<Completion> {
+        loop {
+            if let Event::Done(done) = self.event(tag, |_| None::<()>).await? {
+                return Ok(done);
+            }
+        }
+    }
+
+    fn check(&self, done: Completion, command: &str) -> Result<()> {
+        if done.ok {
+            Ok(())
+        } else {
+            Err(self.refusal(&done.text, command))
+        }
+    }
+
+    fn refusal(&self, text: &str, command: &str) -> Error {
+        Error::Imap {
+            kind: codec::classify_refusal(text, command),
+            endpoint: self.endpoint.clone(),
+            command: command.to_string(),
+            detail: text.to_string(),
+        }
+    }
+
+    /// Reads one response and sorts it into an item, the completion of
+    /// `tag`, or noise. A BYE ends the session with an error.
+    async fn event<T>(&mut self, tag: &str, item: impl FnOnce(&Response<'_>) -> Option<T>) -> Result<Event<T>> {
+        let event = self
+            .read(|response| match response {
+                Response::Done { tag: done_tag, status, outcome } if done_tag.0 == tag => {
+                    Ok(Event::Done(Completion {
+                        ok: matches!(status, Status::Ok),
+                        text: outcome_text(outcome.code.as_ref(), outcome.information.as_deref()),
+                        append_uids: match &outcome.code {
+                            Some(ResponseCode::AppendUid(_, set)) => expand_uid_set(set),
+                            _ => Vec::new(),
+                        },
+                    }))
+                }
+                Response::Data { status: Status::Bye, outcome } => Err(outcome_text(
+                    outcome.code.as_ref(),
+                    outcome.information.as_deref(),
+                )),
+                other => Ok(item(other).map_or(Event::Ignore, Event::Item)),
+            })
+            .await?;
+        event.map_err(|text| {
+            let kind = codec::classify_refusal(&text, "BYE");
+            if kind == ErrorKind::Throttled {
+                self.refusal(&text, "BYE")
+            } else {
+                Error::ConnectionLost {
+                    endpoint: self.endpoint.clone(),
+                    detail: format!("server said BYE: {text}"),
+                }
+            }
+        })
+    }
+
+    async fn read<T>(&mut self, f: impl FnOnce(&Response<'_>) -> T) -> Result<T> {
+        match tokio::time::timeout(self.read_timeout, self.inner.read_response()).await {
+            Err(_) => Err(Error::Timeout {
+                endpoint: self.endpoint.clone(),
+                seconds: self.read_timeout.as_secs(),
+                during: "waiting for a response".into(),
+            }),
+            Ok(Err(e)) => Err(Error::ConnectionLost {
+                endpoint: self.endpoint.clone(),
+                detail: e.to_string(),
+            }),
+            Ok(Ok(None)) => Err(Error::ConnectionLost {
+                endpoint: self.endpoint.clone(),
+                detail: "closed by the server".into(),
+            }),
+            Ok(Ok(Some(data))) => Ok(f(data.parsed())),
+        }
+    }
+}
+
+/// A FETCH in progress.
+#[derive(Debug)]
+pub struct FetchHandle {
+    tag: String,
+    items: FetchItems,
+    finished: bool,
+}
+
+async fn read_greeting(
+    client: &mut async_imap::Client<Transport>,
+    address: &str,
+    timeout: Duration,
+) -> Result<String> {
+    let greeting = match tokio::time::timeout(timeout, client.read_response()).await {
+        Err(_) => {
+            return Err(Error::Timeout {
+                endpoint: address.to_string(),
+                seconds: timeout.as_secs(),
+                during: "greeting".into(),
+            })
+        }
+        Ok(Err(e)) => {
+            return Err(Error::ConnectionLost {
+                endpoint: address.to_string(),
+                detail: format!("no IMAP greeting: {e}"),
+            })
+        }
+        Ok(Ok(None)) => {
+            return Err(Error::ConnectionLost {
+                endpoint: address.to_string(),
+                detail: "closed before the greeting".into(),
+            })
+        }
+        Ok(Ok(Some(data))) => match data.parsed() {
+            Response::Data { status: Status::Ok | Status::PreAuth, outcome } => Ok(match &outcome.code {
+                Some(ResponseCode::Capabilities(caps)) => caps.iter().map(capability_name).collect::<Vec<_>>().join(" "),
+                _ => String::new(),
+            }),
+            Response::Data { outcome, .. } => Err(outcome_text(outcome.code.as_ref(), outcome.information.as_deref())),
+            _ => Err("unexpected greeting".to_string()),
+        },
+    };
+    greeting.map_err(|text| {
+        if codec::classify_refusal(&text, "BYE") == ErrorKind::Throttled {
+            Error::Imap {
+                kind: ErrorKind::Throttled,
+                endpoint: address.to_string(),
+                command: "greeting".into(),
+                detail: text,
+            }
+        } else {
+            Error::ConnectionLost {
+                endpoint: address.to_string(),
+                detail: format!("server refused the session: {text}"),
+            }
+        }
+    })
+}
+
+/// AUTHENTICATE PLAIN's single response: authzid, authcid, password.
+struct PlainAuth {
+    response: Vec<u8>,
+}
+
+impl async_imap::Authenticator for &mut PlainAuth {
+    type Response = Vec<u8>;
+
+    fn process(&mut self, _challenge: &[u8]) -> Vec<u8> {
+        std::mem::take(&mut self.response)
+    }
+}
+
+async fn login(
+    client: async_imap::Client<Transport>,
+    endpoint: &ImapEndpoint,
+    password: &Secret,
+) -> Result<async_imap::Session<Transport>> {
+    let address = endpoint.address();
+    let shown_user = match &endpoint.master_user {
+        Some(admin) => format!("{} (as {admin})", endpoint.user),
+        None => endpoint.user.clone(),
+    };
+    let result = match endpoint.auth {
+        AuthMethod::Login => {
+            let login = match &endpoint.master_user {
+                Some(admin) => format!("{}{}{admin}", endpoint.user, endpoint.master_separator),
+                None => endpoint.user.clone(),
+            };
+            client.login(login, password.expose()).await.map_err(|(e, _)| e)
+        }
+        AuthMethod::Plain => {
+            let (authzid, authcid) = match &endpoint.master_user {
+                Some(admin) => (endpoint.user.as_str(), admin.as_str()),
+                None => ("", endpoint.user.as_str()),
+            };
+            let mut auth = PlainAuth {
+                response: format!("{authzid}\0{authcid}\0{}", password.expose()).into_bytes(),
+            };
+            client.authenticate("PLAIN", &mut auth).await.map_err(|(e, _)| e)
+        }
+    };
+    result.map_err(|e| match e {
+        async_imap::error::Error::No(text) | async_imap::error::Error::Bad(text) => Error::Auth {
+            endpoint: address,
+            user: shown_user,
+            detail: text,
+        },
+        other => Error::ConnectionLost {
+            endpoint: address,
+            detail: format!("during login: {other}"),
+        },
+    })
+}
+
+fn capability_name(capability: &async_imap::imap_proto::Capability<'_>) -> String {
+    use async_imap::imap_proto::Capability;
+    match capability {
+        Capability::Imap4rev1 => "IMAP4REV1".to_string(),
+        Capability::Auth(mechanism) => format!("AUTH={}", mechanism.to_ascii_uppercase()),
+        Capability::Atom(atom) => atom.to_ascii_uppercase(),
+    }
+}
+
+fn capability_list(response: &Response<'_>) -> Option<Vec<String>> {
+    match response {
+        Response::Capabilities(caps) => Some(caps.iter().map(capability_name).collect()),
+        _ => None,
+    }
+}
+
+enum CodeValue {
+    UidValidity(u32),
+    UidNext(u32),
+    HighestModSeq(u64),
+    Other,
+}
+
+fn code_value(code: &ResponseCode<'_>) -> CodeValue {
+    match code {
+        ResponseCode::UidValidity(v) => CodeValue::UidValidity(*v),
+        ResponseCode::UidNext(v) => CodeValue::UidNext(*v),
+        ResponseCode::HighestModSeq(v) => CodeValue::HighestModSeq(*v),
+        _ => CodeValue::Other,
+    }
+}
+
+fn outcome_text(code: Option<&ResponseCode<'_>>, information: Option<&str>) -> String {
+    let text = information.unwrap_or("").trim();
+    match code {
+        Some(code) => format!("[{}] {text}", code_name(code)),
+        None => text.to_string(),
+    }
+}
+
+fn code_name(code: &ResponseCode<'_>) -> &'static str {
+    match code {
+        ResponseCode::Alert => "ALERT",
+        ResponseCode::TryCreate => "TRYCREATE",
+        ResponseCode::ReadOnly => "READ-ONLY",
+        ResponseCode::Parse => "PARSE",
+        _ => "CODE",
+    }
+}
+
+fn expand_uid_set(set: &[UidSetMember]) -> Vec<u32> {
+    set.iter()
+        .flat_map(|member| match member {
+            UidSetMember::Uid(uid) => *uid..=*uid,
+            UidSetMember::UidRange(range) => range.clone(),
+        })
+        .collect()
+}
+
+fn folder_info(list: &async_imap::imap_proto::MailboxListData<'_>) -> FolderInfo {
+    let mut special_use = None;
+    let mut selectable = true;
+    for attribute in &list.name_attributes {
+        match attribute {
+            NameAttribute::NoSelect => selectable = false,
+            NameAttribute::Sent => special_use = Some(SpecialUse::Sent),
+            NameAttribute::Drafts => special_use = Some(SpecialUse::Drafts),
+            NameAttribute::Trash => special_use = Some(SpecialUse::Trash),
+            NameAttribute::Junk => special_use = Some(SpecialUse::Junk),
+            NameAttribute::Archive => special_use = Some(SpecialUse::Archive),
+            NameAttribute::All => special_use = Some(SpecialUse::All),
+            NameAttribute::Flagged => special_use = Some(SpecialUse::Flagged),
+            NameAttribute::Extension(name) if name.eq_ignore_ascii_case("\\NonExistent") => selectable = false,
+            _ => {}
+        }
+    }
+    FolderInfo {
+        name: codec::decode_mailbox(&list.name),
+        separator: list.delimiter.as_ref().and_then(|d| d.chars().next()),
+        special_use,
+        selectable,
+    }
+}
+
+fn fetch_record(attributes: &[AttributeValue<'_>]) -> FetchRecord {
+    let mut record = FetchRecord::default();
+    for attribute in attributes {
+        match attribute {
+            AttributeValue::Uid(uid) => record.uid = *uid,
+            AttributeValue::Flags(flags) => record.flags = Some(Flags::new(flags.iter())),
+            AttributeValue::InternalDate(date) => record.internal_date = codec::parse_internal_date(date),
+            AttributeValue::Rfc822Size(size) => record.size = Some(*size),
+            AttributeValue::ModSeq(modseq) => record.modseq = Some(*modseq),
+            AttributeValue::BodySection { section: None, data, .. } | AttributeValue::Rfc822(data) => {
+                record.body = Some(data.as_deref().unwrap_or_default().to_vec())
+            }
+            AttributeValue::BodySection { section: Some(_), data, .. } => {
+                record.header = Some(data.as_deref().unwrap_or_default().to_vec())
+            }
+            _ => {}
+        }
+    }
+    record
+}
