@@ -5,6 +5,8 @@
 //! See ARCHITECTURE.md at the repository root for the data flow.
 
 pub mod endpoint;
+pub mod fingerprint;
+pub mod state;
 pub mod error;
 pub mod imap;
 pub mod message;

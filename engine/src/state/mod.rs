@@ -1,0 +1,514 @@
+//! The persistent state: what was copied where, so that every run can be
+//! repeated or resumed without duplicating or losing a message.
+//!
+//! SQLite (bundled) in WAL mode serves one machine and lets several
+//! mailboxes, each with its own connection, share one file. Everything the
+//! engine needs goes through this narrow API, which is the seam for a
+//! shared PostgreSQL store later. No password or message content is stored:
+//! endpoints are stored without secrets, messages as digests.
+
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::fingerprint::Fingerprint;
+use crate::message::Flags;
+
+/// Row id of a mailbox pair (source account → target account).
+pub type MailboxId = i64;
+/// Row id of a run.
+pub type RunId = i64;
+
+/// Progress of one source folder copied into one target folder.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FolderState {
+    /// Row id.
+    pub id: i64,
+    /// Source folder name (UTF-8, source separator).
+    pub source_name: String,
+    /// Target folder name (UTF-8, target separator).
+    pub target_name: String,
+    /// Source UIDVALIDITY the rows below belong to (0 = never seen).
+    pub source_uid_validity: u32,
+    /// Every source UID up to here has a message or failure row.
+    pub highest_uid: u32,
+    /// Source HIGHESTMODSEQ at the last flag sync.
+    pub highest_modseq: Option<u64>,
+    /// Target UIDVALIDITY the target references belong to.
+    pub target_uid_validity: u32,
+    /// Target UIDs up to here have been examined for deduplication.
+    pub target_scanned_uid: u32,
+    /// Source UID reached when the final phase ran.
+    pub cutover_uid: Option<u32>,
+}
+
+/// A source message that is on the target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageRow {
+    /// Source UID (under the folder's source UIDVALIDITY).
+    pub source_uid: u32,
+    /// Target UID or Maildir key.
+    pub target_ref: Option<String>,
+    /// Identity for dedup and verify.
+    pub fingerprint: Fingerprint,
+    /// Flags last synced.
+    pub flags: Flags,
+    /// Size in bytes.
+    pub size: u64,
+    /// INTERNALDATE as unix seconds.
+    pub internal_date: i64,
+    /// Deleted on the source since it was copied.
+    pub source_gone: bool,
+}
+
+/// A source message that could not be copied; retried by the next run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureRow {
+    /// Source UID.
+    pub source_uid: u32,
+    /// Why.
+    pub kind: ErrorKind,
+    /// The server's words.
+    pub detail: String,
+}
+
+/// The state store.
+pub struct State {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl State {
+    /// Opens (creating if needed) a state file and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path).map_err(|source| Error::State {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut state = Self {
+            conn,
+            path: path.to_path_buf(),
+        };
+        state.configure()?;
+        state.migrate()?;
+        Ok(state)
+    }
+
+    fn err(&self) -> impl Fn(rusqlite::Error) -> Error + '_ {
+        move |source| Error::State {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn configure(&mut self) -> Result<()> {
+        self.conn.busy_timeout(Duration::from_secs(30)).map_err(self.err())?;
+        // WAL lets readers (report, verify) run while a sync writes; NORMAL
+        // sync is durable at each checkpoint and safe against process kills.
+        self.conn
+            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
+            .map_err(self.err())
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let path = self.path.clone();
+        let err = |source| Error::State {
+            path: path.clone(),
+            source,
+        };
+        let version: usize = self
+            .conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(err)?;
+        if version > schema::MIGRATIONS.len() {
+            return Err(Error::Config(format!(
+                "state file {} has schema version {version}, newer than this cutover knows ({}); upgrade cutover",
+                path.display(),
+                schema::MIGRATIONS.len()
+            )));
+        }
+        for (index, migration) in schema::MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = self.conn.transaction().map_err(err)?;
+            tx.execute_batch(migration).map_err(err)?;
+            tx.pragma_update(None, "user_version", index + 1).map_err(err)?;
+            tx.commit().map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// The mailbox pair's id, created on first use.
+    pub fn mailbox(&self, source: &str, target: &str) -> Result<MailboxId> {
+        self.conn
+            .execute(
+                "INSERT INTO mailbox (source, target) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                params![source, target],
+            )
+            .map_err(self.err())?;
+        self.conn
+            .query_row(
+                "SELECT id FROM mailbox WHERE source = ?1 AND target = ?2",
+                params![source, target],
+                |row| row.get(0),
+            )
+            .map_err(self.err())
+    }
+
+    /// When the final phase ran for this mailbox, if it did.
+    pub fn cutover_at(&self, mailbox: MailboxId) -> Result<Option<String>> {
+        self.conn
+            .query_row("SELECT cutover_at FROM mailbox WHERE id = ?1", [mailbox], |row| row.get(0))
+            .map_err(self.err())
+    }
+
+    /// Records the cutover moment (final phase).
+    pub fn set_cutover_at(&self, mailbox: MailboxId, at: &str) -> Result<()> {
+        self.conn
+            .execute("UPDATE mailbox SET cutover_at = ?2 WHERE id = ?1", params![mailbox, at])
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    /// The folder pair's progress, created on first use.
+    pub fn folder(&self, mailbox: MailboxId, source_name: &str, target_name: &str) -> Result<FolderState> {
+        self.conn
+            .execute(
+                "INSERT INTO folder (mailbox_id, source_name, target_name) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (mailbox_id, source_name) DO UPDATE SET target_name = excluded.target_name",
+                params![mailbox, source_name, target_name],
+            )
+            .map_err(self.err())?;
+        self.conn
+            .query_row(
+                "SELECT id, source_name, target_name, source_uidvalidity, highest_uid, highest_modseq,
+                        target_uidvalidity, target_scanned_uid, cutover_uid
+                 FROM folder WHERE mailbox_id = ?1 AND source_name = ?2",
+                params![mailbox, source_name],
+                |row| {
+                    Ok(FolderState {
+                        id: row.get(0)?,
+                        source_name: row.get(1)?,
+                        target_name: row.get(2)?,
+                        source_uid_validity: row.get(3)?,
+                        highest_uid: row.get(4)?,
+                        highest_modseq: row.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+                        target_uid_validity: row.get(6)?,
+                        target_scanned_uid: row.get(7)?,
+                        cutover_uid: row.get(8)?,
+                    })
+                },
+            )
+            .map_err(self.err())
+    }
+
+    /// Saves a folder's cursors (everything but its names).
+    pub fn save_folder(&self, folder: &FolderState) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE folder SET source_uidvalidity = ?2, highest_uid = ?3, highest_modseq = ?4,
+                    target_uidvalidity = ?5, target_scanned_uid = ?6, cutover_uid = ?7 WHERE id = ?1",
+                params![
+                    folder.id,
+                    folder.source_uid_validity,
+                    folder.highest_uid,
+                    folder.highest_modseq.map(|v| v as i64),
+                    folder.target_uid_validity,
+                    folder.target_scanned_uid,
+                    folder.cutover_uid,
+                ],
+            )
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    /// All copied messages of a folder, by source UID.
+    pub fn messages(&self, folder_id: i64) -> Result<Vec<MessageRow>> {
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT source_uid, target_ref, fingerprint, flags, size, internal_date, source_gone
+                 FROM message WHERE folder_id = ?1 ORDER BY source_uid",
+            )
+            .map_err(self.err())?;
+        let rows = statement
+            .query_map([folder_id], |row| {
+                let fingerprint: Vec<u8> = row.get(2)?;
+                let flags: String = row.get(3)?;
+                Ok(MessageRow {
+                    source_uid: row.get(0)?,
+                    target_ref: row.get(1)?,
+                    fingerprint: Fingerprint::from_slice(&fingerprint).ok_or_else(|| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            2,
+                            rusqlite::types::Type::Blob,
+                            "fingerprint is not 16 bytes".into(),
+                        )
+                    })?,
+                    flags: Flags::parse(&flags),
+                    size: row.get::<_, i64>(4)? as u64,
+                    internal_date: row.get(5)?,
+                    source_gone: row.get(6)?,
+                })
+            })
+            .map_err(self.err())?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(self.err())
+    }
+
+    /// Messages of a folder that failed and wait for a retry.
+    pub fn failures(&self, folder_id: i64) -> Result<Vec<FailureRow>> {
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT source_uid, kind, detail FROM message_failure WHERE folder_id = ?1 ORDER BY source_uid")
+            .map_err(self.err())?;
+        let rows = statement
+            .query_map([folder_id], |row| {
+                let kind: String = row.get(1)?;
+                Ok(FailureRow {
+                    source_uid: row.get(0)?,
+                    kind: serde_json::from_value(serde_json::Value::String(kind)).unwrap_or(ErrorKind::Protocol),
+                    detail: row.get(2)?,
+                })
+            })
+            .map_err(self.err())?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(self.err())
+    }
+
+    /// Records the outcome of one append batch atomically: the copied (or
+    /// matched) messages, the failed ones, and the folder's new cursor.
+    /// Because this is one transaction, a kill at any moment leaves either
+    /// all of it or none; the target scan on the next run finds what the
+    /// server stored before the kill.
+    pub fn record_batch(
+        &mut self,
+        folder: &FolderState,
+        copied: &[MessageRow],
+        failed: &[FailureRow],
+    ) -> Result<()> {
+        let path = self.path.clone();
+        let err = |source| Error::State {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO message
+                     (folder_id, source_uid, target_ref, fingerprint, flags, size, internal_date, source_gone)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
+                )
+                .map_err(err)?;
+            let mut clear_failure = tx
+                .prepare_cached("DELETE FROM message_failure WHERE folder_id = ?1 AND source_uid = ?2")
+                .map_err(err)?;
+            for row in copied {
+                insert
+                    .execute(params![
+                        folder.id,
+                        row.source_uid,
+                        row.target_ref,
+                        row.fingerprint.as_bytes().as_slice(),
+                        row.flags.to_string(),
+                        row.size as i64,
+                        row.internal_date,
+                    ])
+                    .map_err(err)?;
+                clear_failure.execute(params![folder.id, row.source_uid]).map_err(err)?;
+            }
+            let mut fail = tx
+                .prepare_cached(
+                    "INSERT INTO message_failure (folder_id, source_uid, kind, detail) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT DO UPDATE SET kind = excluded.kind, detail = excluded.detail, attempts = attempts + 1",
+                )
+                .map_err(err)?;
+            for failure in failed {
+                fail.execute(params![folder.id, failure.source_uid, failure.kind.as_str(), failure.detail])
+                    .map_err(err)?;
+            }
+            tx.execute(
+                "UPDATE folder SET highest_uid = max(highest_uid, ?2) WHERE id = ?1",
+                params![folder.id, folder.highest_uid],
+            )
+            .map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Stores the flags now on the target for messages whose flags changed.
+    pub fn update_flags(&mut self, folder_id: i64, changes: &[(u32, Flags)]) -> Result<()> {
+        let path = self.path.clone();
+        let err = |source| Error::State {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let mut update = tx
+                .prepare_cached("UPDATE message SET flags = ?3 WHERE folder_id = ?1 AND source_uid = ?2")
+                .map_err(err)?;
+            for (uid, flags) in changes {
+                update.execute(params![folder_id, uid, flags.to_string()]).map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Marks messages deleted on the source (kept on the target), or forgets
+    /// them entirely once they were removed from the target too.
+    pub fn source_deleted(&mut self, folder_id: i64, uids: &[u32], removed_from_target: bool) -> Result<()> {
+        let path = self.path.clone();
+        let err = |source| Error::State {
+            path: path.clone(),
+            source,
+        };
+        let sql = if removed_from_target {
+            "DELETE FROM message WHERE folder_id = ?1 AND source_uid = ?2"
+        } else {
+            "UPDATE message SET source_gone = 1 WHERE folder_id = ?1 AND source_uid = ?2"
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let mut statement = tx.prepare_cached(sql).map_err(err)?;
+            let mut forget_failure = tx
+                .prepare_cached("DELETE FROM message_failure WHERE folder_id = ?1 AND source_uid = ?2")
+                .map_err(err)?;
+            for uid in uids {
+                statement.execute(params![folder_id, uid]).map_err(err)?;
+                forget_failure.execute(params![folder_id, uid]).map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Forgets every message row of a folder (after a UIDVALIDITY change).
+    pub fn forget_folder_messages(&self, folder_id: i64) -> Result<()> {
+        self.conn
+            .execute_batch(&format!(
+                "DELETE FROM message WHERE folder_id = {folder_id}; DELETE FROM message_failure WHERE folder_id = {folder_id};"
+            ))
+            .map_err(self.err())
+    }
+
+    /// Starts a run record.
+    pub fn start_run(&self, mailbox: MailboxId, phase: &str, now: &str) -> Result<RunId> {
+        self.conn
+            .execute(
+                "INSERT INTO run (mailbox_id, phase, started_at, status) VALUES (?1, ?2, ?3, 'running')",
+                params![mailbox, phase, now],
+            )
+            .map_err(self.err())?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Completes a run with its report and errors.
+    pub fn finish_run(
+        &mut self,
+        run: RunId,
+        status: &str,
+        now: &str,
+        report_json: &str,
+        errors: &[(Option<String>, Option<u32>, ErrorKind, String)],
+    ) -> Result<()> {
+        let path = self.path.clone();
+        let err = |source| Error::State {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        tx.execute(
+            "UPDATE run SET status = ?2, finished_at = ?3, report = ?4 WHERE id = ?1",
+            params![run, status, now, report_json],
+        )
+        .map_err(err)?;
+        {
+            let mut insert = tx
+                .prepare_cached("INSERT INTO run_error (run_id, folder, source_uid, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5)")
+                .map_err(err)?;
+            for (folder, uid, kind, detail) in errors {
+                insert.execute(params![run, folder, uid, kind.as_str(), detail]).map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// The phases that completed for a mailbox, oldest first.
+    pub fn completed_phases(&self, mailbox: MailboxId) -> Result<Vec<String>> {
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT phase FROM run WHERE mailbox_id = ?1 AND status = 'done' ORDER BY id")
+            .map_err(self.err())?;
+        let rows = statement.query_map([mailbox], |row| row.get(0)).map_err(self.err())?;
+        rows.collect::<rusqlite::Result<Vec<String>>>().map_err(self.err())
+    }
+
+    /// Looks up a folder pair without creating it.
+    pub fn find_folder_target(&self, mailbox: MailboxId, source_name: &str) -> Result<Option<String>> {
+        self.conn
+            .query_row(
+                "SELECT target_name FROM folder WHERE mailbox_id = ?1 AND source_name = ?2",
+                params![mailbox, source_name],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(self.err())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(uid: u32, id: &str) -> MessageRow {
+        MessageRow {
+            source_uid: uid,
+            target_ref: Some(uid.to_string()),
+            fingerprint: Fingerprint::from_headers(format!("Message-ID: <{id}>\r\n\r\n").as_bytes(), 10),
+            flags: Flags::new(["\\Seen"]),
+            size: 10,
+            internal_date: 1_700_000_000,
+            source_gone: false,
+        }
+    }
+
+    #[test]
+    fn batches_persist_across_reopen_and_failures_clear_on_success() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let mut state = State::open(&path).unwrap();
+            let mailbox = state.mailbox("imap://a@h:1", "maildir:/x").unwrap();
+            let mut folder = state.folder(mailbox, "INBOX", "INBOX").unwrap();
+            folder.highest_uid = 3;
+            let failure = FailureRow {
+                source_uid: 2,
+                kind: ErrorKind::MessageRejected,
+                detail: "too big".into(),
+            };
+            state.record_batch(&folder, &[row(1, "a"), row(3, "c")], &[failure]).unwrap();
+            assert_eq!(state.failures(folder.id).unwrap()[0].kind, ErrorKind::MessageRejected);
+            state.record_batch(&folder, &[row(2, "b")], &[]).unwrap();
+        }
+        let state = State::open(&path).unwrap();
+        let mailbox = state.mailbox("imap://a@h:1", "maildir:/x").unwrap();
+        let folder = state.folder(mailbox, "INBOX", "INBOX").unwrap();
+        assert_eq!(folder.highest_uid, 3);
+        let uids: Vec<u32> = state.messages(folder.id).unwrap().iter().map(|m| m.source_uid).collect();
+        assert_eq!(uids, [1, 2, 3]);
+        assert!(state.failures(folder.id).unwrap().is_empty());
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        State::open(&path).unwrap();
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let err = State::open(&path).err().unwrap().to_string();
+        assert!(err.contains("newer"), "{err}");
+    }
+}

@@ -1,0 +1,76 @@
+//! Versioned schema migrations of the state store, oldest first.
+//!
+//! Each entry runs once, in one transaction, and bumps `PRAGMA user_version`.
+//! Never edit a released migration: append a new one.
+
+/// The migrations; index + 1 is the schema version each one produces.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: mailboxes, folder pairs, copied messages, runs and their errors.
+    r#"
+    CREATE TABLE mailbox (
+        id INTEGER PRIMARY KEY,
+        source TEXT NOT NULL,            -- endpoint identity, never a password
+        target TEXT NOT NULL,
+        cutover_at TEXT,                 -- set by the final phase (RFC 3339)
+        UNIQUE (source, target)
+    ) STRICT;
+
+    CREATE TABLE folder (
+        id INTEGER PRIMARY KEY,
+        mailbox_id INTEGER NOT NULL REFERENCES mailbox(id) ON DELETE CASCADE,
+        source_name TEXT NOT NULL,
+        target_name TEXT NOT NULL,
+        source_uidvalidity INTEGER NOT NULL DEFAULT 0,
+        -- every source UID up to here has a message or message_failure row
+        highest_uid INTEGER NOT NULL DEFAULT 0,
+        highest_modseq INTEGER,
+        target_uidvalidity INTEGER NOT NULL DEFAULT 0,
+        -- target UIDs up to here have been looked at for deduplication
+        target_scanned_uid INTEGER NOT NULL DEFAULT 0,
+        -- source UID reached at the final phase; sweeps copy only above it
+        cutover_uid INTEGER,
+        UNIQUE (mailbox_id, source_name)
+    ) STRICT;
+
+    CREATE TABLE message (
+        folder_id INTEGER NOT NULL REFERENCES folder(id) ON DELETE CASCADE,
+        source_uid INTEGER NOT NULL,
+        target_ref TEXT,                 -- target UID or Maildir key; NULL if the target gave none
+        fingerprint BLOB NOT NULL,       -- digest of Message-ID or header fields, no content
+        flags TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        internal_date INTEGER NOT NULL,  -- unix seconds
+        source_gone INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (folder_id, source_uid)
+    ) STRICT, WITHOUT ROWID;
+
+    CREATE TABLE message_failure (
+        folder_id INTEGER NOT NULL REFERENCES folder(id) ON DELETE CASCADE,
+        source_uid INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 1,
+        PRIMARY KEY (folder_id, source_uid)
+    ) STRICT, WITHOUT ROWID;
+
+    CREATE TABLE run (
+        id INTEGER PRIMARY KEY,
+        mailbox_id INTEGER NOT NULL REFERENCES mailbox(id) ON DELETE CASCADE,
+        phase TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        finished_at TEXT,
+        status TEXT NOT NULL,            -- running | done | failed
+        report TEXT                      -- the run's JSON report (counts and errors, no content)
+    ) STRICT;
+
+    CREATE TABLE run_error (
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER NOT NULL REFERENCES run(id) ON DELETE CASCADE,
+        folder TEXT,
+        source_uid INTEGER,
+        kind TEXT NOT NULL,
+        detail TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX run_error_by_run ON run_error(run_id);
+    "#,
+];
