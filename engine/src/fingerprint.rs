@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use mail_parser::MessageParser;
+use mail_parser::{HeaderName, Message, MessageParser};
 use sha2::{Digest, Sha256};
 
 /// A 128-bit digest identifying a message. It holds no readable content.
@@ -34,9 +34,9 @@ impl Fingerprint {
             None => {
                 hasher.update(b"fallback\0");
                 for field in ["Date", "From", "Subject", "Received"] {
-                    let value = parsed.as_ref().and_then(|m| m.header_raw(field)).unwrap_or("");
-                    for word in value.split_ascii_whitespace() {
-                        hasher.update(word.as_bytes());
+                    let value = parsed.as_ref().and_then(|m| first_raw(m, field)).unwrap_or_default();
+                    for word in value.split(|b| b.is_ascii_whitespace()).filter(|w| !w.is_empty()) {
+                        hasher.update(word);
                         hasher.update(b" ");
                     }
                     hasher.update(b"\0");
@@ -59,6 +59,18 @@ impl Fingerprint {
     pub fn from_slice(bytes: &[u8]) -> Option<Self> {
         bytes.try_into().ok().map(Self)
     }
+}
+
+/// The raw value of the first header of that name. mail-parser's own lookup
+/// returns the last one, but the first Received is the one the receiving
+/// server added and the one every copy shares.
+fn first_raw<'a>(message: &'a Message<'_>, name: &str) -> Option<&'a [u8]> {
+    let wanted = HeaderName::from(name);
+    message
+        .headers()
+        .iter()
+        .find(|header| header.name == wanted)
+        .and_then(|header| message.raw_message().get(header.offset_start as usize..header.offset_end as usize))
 }
 
 impl fmt::Debug for Fingerprint {

@@ -6,6 +6,7 @@
 
 pub mod endpoint;
 pub mod fingerprint;
+pub mod folders;
 pub mod state;
 pub mod error;
 pub mod imap;

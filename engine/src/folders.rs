@@ -1,0 +1,236 @@
+//! The folder plan: which source folder goes to which target folder.
+//!
+//! Hierarchy separators are translated, a Courier-style `INBOX.` namespace
+//! prefix is dropped, and special-use folders land in the target's folder of
+//! the same role (a source `INBOX.Sent Messages` goes to the target's `\Sent`
+//! folder) whether the role is declared by SPECIAL-USE or only by a
+//! well-known name.
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+
+use crate::error::{Error, Result};
+use crate::imap::{FolderInfo, SpecialUse};
+
+/// One folder to copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FolderMapping {
+    /// Source name (UTF-8, source separator).
+    pub source: String,
+    /// Target name (UTF-8, target separator).
+    pub target: String,
+    /// Special-use role, if any.
+    pub role: Option<SpecialUse>,
+    /// The target folder does not exist yet.
+    pub create: bool,
+}
+
+/// Which source folders to copy, by glob on the source name.
+#[derive(Debug, Clone, Default)]
+pub struct FolderFilter {
+    include: Option<GlobSet>,
+    exclude: Option<GlobSet>,
+}
+
+impl FolderFilter {
+    /// Builds a filter from `--include`/`--exclude` globs (`*` matches across levels).
+    pub fn new(include: &[String], exclude: &[String]) -> Result<Self> {
+        Ok(Self {
+            include: glob_set(include)?,
+            exclude: glob_set(exclude)?,
+        })
+    }
+
+    /// Whether a source folder is copied.
+    pub fn accepts(&self, name: &str) -> bool {
+        self.include.as_ref().is_none_or(|set| set.is_match(name))
+            && !self.exclude.as_ref().is_some_and(|set| set.is_match(name))
+    }
+}
+
+fn glob_set(patterns: &[String]) -> Result<Option<GlobSet>> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    let mut builder = GlobSetBuilder::new();
+    for pattern in patterns {
+        let glob = Glob::new(pattern).map_err(|e| Error::Config(format!("folder pattern {pattern:?}: {e}")))?;
+        builder.add(glob);
+    }
+    builder
+        .build()
+        .map(Some)
+        .map_err(|e| Error::Config(format!("folder patterns: {e}")))
+}
+
+/// The role a folder has by its well-known name in common clients and
+/// servers, for servers that do not declare SPECIAL-USE.
+pub fn role_by_name(leaf: &str) -> Option<SpecialUse> {
+    const NAMES: &[(SpecialUse, &[&str])] = &[
+        (
+            SpecialUse::Sent,
+            &["sent", "sent messages", "sent items", "sent mail", "gesendet", "gesendete objekte", "envoyés", "elementos enviados"],
+        ),
+        (SpecialUse::Drafts, &["drafts", "draft", "entwürfe", "brouillons", "borradores"]),
+        (
+            SpecialUse::Trash,
+            &["trash", "deleted items", "deleted messages", "bin", "papierkorb", "gelöschte elemente", "corbeille"],
+        ),
+        (SpecialUse::Junk, &["junk", "spam", "junk e-mail", "junk email", "bulk mail", "spamverdacht"]),
+        (SpecialUse::Archive, &["archive", "archives", "archiv"]),
+    ];
+    let leaf = leaf.trim().to_lowercase();
+    NAMES
+        .iter()
+        .find(|(_, names)| names.contains(&leaf.as_str()))
+        .map(|(role, _)| *role)
+}
+
+/// Splits a folder name into its levels, dropping an `INBOX` namespace
+/// prefix when `strip_inbox_prefix` says the server uses one.
+fn levels(folder: &FolderInfo, strip_inbox_prefix: bool) -> Vec<String> {
+    let mut parts: Vec<String> = match folder.separator {
+        Some(sep) => folder.name.split(sep).map(str::to_string).collect(),
+        None => vec![folder.name.clone()],
+    };
+    if strip_inbox_prefix && parts.len() > 1 && parts[0].eq_ignore_ascii_case("INBOX") {
+        parts.remove(0);
+    }
+    parts
+}
+
+fn is_inbox(name: &str) -> bool {
+    name.eq_ignore_ascii_case("INBOX")
+}
+
+/// A server puts every folder under `INBOX<sep>` (Courier, some Dovecot
+/// setups) when all non-INBOX folders start that way.
+fn uses_inbox_prefix(folders: &[FolderInfo]) -> bool {
+    let mut others = folders.iter().filter(|f| !is_inbox(&f.name)).peekable();
+    others.peek().is_some()
+        && others.all(|f| {
+            f.separator
+                .is_some_and(|sep| f.name.len() > 6 && is_inbox(&f.name[..5]) && f.name[5..].starts_with(sep))
+        })
+}
+
+fn role_of(folder: &FolderInfo, levels: &[String]) -> Option<SpecialUse> {
+    folder
+        .special_use
+        .or_else(|| if levels.len() == 1 { role_by_name(&levels[0]) } else { None })
+}
+
+/// Plans the folder mapping from both servers' LIST results.
+/// `target_separator` is used for folders the target does not have yet.
+pub fn plan(
+    source: &[FolderInfo],
+    target: &[FolderInfo],
+    target_separator: char,
+    filter: &FolderFilter,
+) -> Vec<FolderMapping> {
+    let source_prefixed = uses_inbox_prefix(source);
+    let target_prefixed = uses_inbox_prefix(target);
+    let target_role = |role: SpecialUse| {
+        // A declared role wins over a name that merely looks like one.
+        target
+            .iter()
+            .find(|f| f.selectable && f.special_use == Some(role))
+            .or_else(|| {
+                target
+                    .iter()
+                    .find(|f| f.selectable && role_of(f, &levels(f, target_prefixed)) == Some(role))
+            })
+    };
+    let mut plan: Vec<FolderMapping> = Vec::new();
+    for folder in source {
+        if !folder.selectable
+            || matches!(folder.special_use, Some(SpecialUse::All | SpecialUse::Flagged))
+            || !filter.accepts(&folder.name)
+        {
+            continue;
+        }
+        let parts = levels(folder, source_prefixed);
+        let role = role_of(folder, &parts);
+        let target_name = if is_inbox(&folder.name) {
+            "INBOX".to_string()
+        } else if let Some(existing) = role.and_then(target_role) {
+            existing.name.clone()
+        } else {
+            let joined = parts
+                .iter()
+                .map(|part| part.replace(target_separator, "_"))
+                .collect::<Vec<_>>()
+                .join(&target_separator.to_string());
+            if target_prefixed {
+                format!("INBOX{target_separator}{joined}")
+            } else {
+                joined
+            }
+        };
+        let create = !target.iter().any(|f| f.name == target_name);
+        plan.push(FolderMapping {
+            source: folder.name.clone(),
+            target: target_name,
+            role,
+            create,
+        });
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn folder(name: &str, sep: char, role: Option<SpecialUse>) -> FolderInfo {
+        FolderInfo {
+            name: name.to_string(),
+            separator: Some(sep),
+            special_use: role,
+            selectable: true,
+        }
+    }
+
+    #[test]
+    fn courier_source_into_special_use_target() {
+        let source = vec![
+            folder("INBOX", '.', None),
+            folder("INBOX.Sent Messages", '.', None),
+            folder("INBOX.Projects.2024", '.', None),
+            folder("INBOX.a/b", '.', None),
+        ];
+        let target = vec![
+            folder("INBOX", '/', None),
+            folder("Gesendet", '/', Some(SpecialUse::Sent)),
+        ];
+        let plan = plan(&source, &target, '/', &FolderFilter::default());
+        let pairs: Vec<(&str, &str, bool)> = plan
+            .iter()
+            .map(|m| (m.source.as_str(), m.target.as_str(), m.create))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("INBOX", "INBOX", false),
+                ("INBOX.Sent Messages", "Gesendet", false),
+                ("INBOX.Projects.2024", "Projects/2024", true),
+                ("INBOX.a/b", "a_b", true),
+            ]
+        );
+        assert_eq!(plan[1].role, Some(SpecialUse::Sent));
+    }
+
+    #[test]
+    fn into_prefixed_target_and_filters() {
+        let source = vec![
+            folder("INBOX", '/', None),
+            folder("Archive/2019", '/', None),
+            folder("Trash", '/', Some(SpecialUse::Trash)),
+            folder("All Mail", '/', Some(SpecialUse::All)),
+        ];
+        let target = vec![folder("INBOX", '.', None), folder("INBOX.Deleted Items", '.', None)];
+        let filter = FolderFilter::new(&[], &["Archive/*".to_string()]).unwrap();
+        let plan = plan(&source, &target, '.', &filter);
+        let targets: Vec<&str> = plan.iter().map(|m| m.target.as_str()).collect();
+        assert_eq!(targets, ["INBOX", "INBOX.Deleted Items"]);
+    }
+}

@@ -1,0 +1,518 @@
+//! Launches a private Dovecot IMAP server in a temporary directory, on
+//! loopback ports of its own, so tests can run in parallel.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use crate::error::{io_err, Error, Result};
+use crate::tls::TlsFiles;
+
+/// The uid Dovecot's mail processes run as (Debian's `mail` user); Dovecot
+/// refuses to run them as root.
+pub const MAIL_UID: u32 = 8;
+/// The gid Dovecot's mail processes run as (Debian's `mail` group).
+pub const MAIL_GID: u32 = 8;
+
+const HOST: &str = "127.0.0.1";
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+const STOP_GRACE: Duration = Duration::from_secs(5);
+const POLL: Duration = Duration::from_millis(20);
+/// Ports are picked before Dovecot binds them, so another process may take
+/// one in between; a start that fails that way is retried on fresh ports.
+const START_ATTEMPTS: usize = 3;
+const LOG_TAIL_LINES: usize = 40;
+
+/// Mailboxes declared with special-use flags when [`DovecotConfig::special_use`] is set.
+const SPECIAL_USE: [(&str, &str); 5] = [
+    ("Sent", "\\Sent"),
+    ("Drafts", "\\Drafts"),
+    ("Trash", "\\Trash"),
+    ("Junk", "\\Junk"),
+    ("Archive", "\\Archive"),
+];
+
+/// How a test Dovecot is set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DovecotConfig {
+    /// Hierarchy separator of the inbox namespace.
+    pub separator: char,
+    /// Prefix of the inbox namespace, e.g. `"INBOX."` (with separator `'.'`)
+    /// for a Courier-style server; empty by default.
+    pub inbox_prefix: String,
+    /// Declare Sent, Drafts, Trash, Junk and Archive with their special-use
+    /// flags and have Dovecot create them; when false, no special-use at all.
+    pub special_use: bool,
+    /// Serve STARTTLS on the plain port and implicit TLS on a second port.
+    pub tls: Option<TlsFiles>,
+    /// Users as (login, password).
+    pub users: Vec<(String, String)>,
+    /// A master user as (login, password): `user*login` with the master
+    /// password logs in as `user`.
+    pub master_user: Option<(String, String)>,
+}
+
+impl Default for DovecotConfig {
+    fn default() -> Self {
+        DovecotConfig {
+            separator: '/',
+            inbox_prefix: String::new(),
+            special_use: false,
+            tls: None,
+            users: Vec::new(),
+            master_user: None,
+        }
+    }
+}
+
+/// A running Dovecot; stopped, and its directory removed, on drop.
+#[derive(Debug)]
+pub struct Dovecot {
+    child: Option<Child>,
+    imap_port: u16,
+    imaps_port: Option<u16>,
+    users: BTreeSet<String>,
+    instance_name: String,
+    // Last, so the directory is removed only after `Drop` stopped Dovecot.
+    dir: TempDir,
+}
+
+impl Dovecot {
+    /// Writes a configuration into a new temporary directory, starts
+    /// `dovecot -F` on it and waits for its IMAP greeting.
+    pub fn start(config: DovecotConfig) -> Result<Self> {
+        validate_namespace(&config)?;
+        let dir = tempfile::Builder::new()
+            .prefix("cutover-")
+            .tempdir()
+            .map_err(io_err("creating temp dir in", &std::env::temp_dir()))?;
+        // The mail processes run as `mail` and must reach the homes inside.
+        set_mode(dir.path(), 0o755)?;
+        let instance_name = dir
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut dovecot = Dovecot {
+            child: None,
+            imap_port: 0,
+            imaps_port: None,
+            users: BTreeSet::new(),
+            instance_name,
+            dir,
+        };
+        let homes = dovecot.homes();
+        fs::create_dir(&homes).map_err(io_err("creating", &homes))?;
+        // Dovecot refuses to start without the passwd file, even with no users.
+        let passwd = dovecot.passwd_path();
+        File::create(&passwd).map_err(io_err("creating", &passwd))?;
+        for (login, password) in &config.users {
+            dovecot.add_user(login, password)?;
+        }
+        if let Some((login, password)) = &config.master_user {
+            validate_login(login)?;
+            validate_password(password)?;
+            let path = dovecot.master_users_path();
+            fs::write(&path, passwd_line(login, password)).map_err(io_err("writing", &path))?;
+        }
+
+        let mut attempt = 1;
+        loop {
+            let ports = free_ports(if config.tls.is_some() { 2 } else { 1 })?;
+            dovecot.imap_port = ports[0];
+            dovecot.imaps_port = ports.get(1).copied();
+            let conf = dovecot.conf_path();
+            fs::write(&conf, dovecot.render_conf(&config)).map_err(io_err("writing", &conf))?;
+            dovecot.spawn()?;
+            match dovecot.wait_ready() {
+                Err(Error::DovecotExited { log_tail, .. })
+                    if attempt < START_ATTEMPTS && log_tail.contains("Address already in use") =>
+                {
+                    tracing::debug!(attempt, "dovecot port taken, retrying on new ports");
+                    attempt += 1;
+                }
+                other => return other.map(|()| dovecot),
+            }
+        }
+    }
+
+    /// Adds a user (Dovecot re-reads the passwd file on its next lookup) and
+    /// creates the user's home.
+    pub fn add_user(&mut self, login: &str, password: &str) -> Result<()> {
+        validate_login(login)?;
+        validate_password(password)?;
+        if !self.users.insert(login.to_owned()) {
+            return Err(Error::Invalid {
+                what: "login",
+                value: login.to_owned(),
+                reason: "user already exists",
+            });
+        }
+        let home = self.homes().join(login);
+        fs::create_dir(&home).map_err(io_err("creating", &home))?;
+        chown(&home, Some(MAIL_UID), Some(MAIL_GID)).map_err(io_err("chown", &home))?;
+        let passwd = self.passwd_path();
+        // One append of one line, so Dovecot never reads half an entry.
+        OpenOptions::new()
+            .append(true)
+            .open(&passwd)
+            .and_then(|mut f| f.write_all(passwd_line(login, password).as_bytes()))
+            .map_err(io_err("appending to", &passwd))
+    }
+
+    /// Stops Dovecot: SIGTERM, then SIGKILL after a grace period, then
+    /// SIGKILL to anything left in its process group. Idempotent.
+    pub fn stop(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let pid = child_pid(&child);
+        signal(pid, libc::SIGTERM);
+        let mut kill_at = Some(Instant::now() + STOP_GRACE);
+        while !has_exited(pid)? {
+            if kill_at.is_some_and(|t| Instant::now() >= t) {
+                signal(pid, libc::SIGKILL);
+                kill_at = None;
+            }
+            sleep(POLL);
+        }
+        reap(&mut child)?;
+        Ok(())
+    }
+
+    /// The loopback address Dovecot listens on.
+    pub fn host(&self) -> &str {
+        HOST
+    }
+
+    /// The plain IMAP port (STARTTLS offered when TLS is configured).
+    pub fn imap_port(&self) -> u16 {
+        self.imap_port
+    }
+
+    /// The implicit-TLS IMAP port, when TLS is configured.
+    pub fn imaps_port(&self) -> Option<u16> {
+        self.imaps_port
+    }
+
+    /// The root of `user`'s Maildir (it exists once Dovecot or a fill created it).
+    pub fn maildir(&self, user: &str) -> PathBuf {
+        self.homes().join(user).join("Maildir")
+    }
+
+    /// Dovecot's log file (its stdout and stderr go there too).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("dovecot.log")
+    }
+
+    /// The temporary directory holding configuration, state, log and mail.
+    pub fn temp_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Dovecot's `instance_name`; it appears in the titles of all of this
+    /// server's processes.
+    pub fn instance_name(&self) -> &str {
+        &self.instance_name
+    }
+
+    fn homes(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    fn passwd_path(&self) -> PathBuf {
+        self.dir.path().join("passwd")
+    }
+
+    fn master_users_path(&self) -> PathBuf {
+        self.dir.path().join("master-users")
+    }
+
+    fn conf_path(&self) -> PathBuf {
+        self.dir.path().join("dovecot.conf")
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log_path = self.log_path();
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(io_err("opening", &log_path))?;
+        let log_err = log.try_clone().map_err(io_err("opening", &log_path))?;
+        // Never pipes: the master keeps them open, and a full pipe would block it.
+        let child = Command::new("dovecot")
+            .arg("-F")
+            .arg("-c")
+            .arg(self.conf_path())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            // Its own process group, so `stop` can reach stragglers and a
+            // terminal's Ctrl-C reaches only us.
+            .process_group(0)
+            .spawn()
+            .map_err(io_err("starting", Path::new("dovecot")))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if has_exited(child_pid(child))? {
+                    let status = reap(child)?;
+                    self.child = None;
+                    return Err(Error::DovecotExited {
+                        status,
+                        log_tail: self.log_tail(),
+                    });
+                }
+            }
+            if greets(self.imap_port) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                self.stop()?;
+                return Err(Error::DovecotTimeout {
+                    port: self.imap_port,
+                    secs: START_TIMEOUT.as_secs(),
+                    log_tail: self.log_tail(),
+                });
+            }
+            sleep(POLL);
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        match fs::read_to_string(self.log_path()) {
+            Ok(log) => {
+                let lines: Vec<&str> = log.lines().collect();
+                lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+            }
+            Err(e) => format!("(log unreadable: {e})"),
+        }
+    }
+
+    fn render_conf(&self, config: &DovecotConfig) -> String {
+        let dir = self.dir.path().display();
+        let tls = match &config.tls {
+            Some(files) => format!(
+                "ssl = yes\nssl_cert = <{}\nssl_key = <{}\n",
+                files.cert.display(),
+                files.key.display()
+            ),
+            None => "ssl = no\n".to_owned(),
+        };
+        let master = if config.master_user.is_some() {
+            // `pass = yes` makes the target user's own passdb entry required.
+            format!(
+                "passdb {{\n  driver = passwd-file\n  master = yes\n  pass = yes\n  args = scheme=PLAIN {}\n}}\n",
+                self.master_users_path().display()
+            )
+        } else {
+            String::new()
+        };
+        let mailboxes: String = if config.special_use {
+            SPECIAL_USE
+                .iter()
+                .map(|(name, flag)| {
+                    format!("  mailbox {name} {{\n    special_use = {flag}\n    auto = create\n  }}\n")
+                })
+                .collect()
+        } else {
+            String::new()
+        };
+        format!(
+            "# Generated by cutover-harness for one test server.\n\
+             instance_name = {instance}\n\
+             base_dir = {dir}/run\n\
+             state_dir = {dir}/state\n\
+             log_path = {log}\n\
+             info_log_path = {log}\n\
+             protocols = imap\n\
+             listen = {HOST}\n\
+             {tls}\
+             default_internal_user = dovecot\n\
+             default_login_user = dovenull\n\
+             mail_uid = {MAIL_UID}\n\
+             mail_gid = {MAIL_GID}\n\
+             first_valid_uid = {MAIL_UID}\n\
+             first_valid_gid = {MAIL_GID}\n\
+             mail_location = maildir:~/Maildir\n\
+             mail_fsync = never\n\
+             mail_max_userip_connections = 100\n\
+             auth_mechanisms = plain login\n\
+             disable_plaintext_auth = no\n\
+             auth_failure_delay = 0\n\
+             auth_master_user_separator = *\n\
+             {master}\
+             passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN {passwd}\n}}\n\
+             userdb {{\n  driver = static\n  args = home={dir}/home/%u\n}}\n\
+             namespace inbox {{\n  inbox = yes\n  separator = {sep}\n  prefix = {prefix}\n{mailboxes}}}\n\
+             service imap-login {{\n\
+             \x20 inet_listener imap {{\n    port = {imap}\n  }}\n\
+             \x20 inet_listener imaps {{\n    port = {imaps}\n    ssl = yes\n  }}\n\
+             }}\n\
+             # Without this socket auth disables its per-IP failure penalty, which\n\
+             # would otherwise slow every login from 127.0.0.1 after a bad password.\n\
+             service anvil {{\n  unix_listener anvil-auth-penalty {{\n    mode = 0\n  }}\n}}\n",
+            instance = self.instance_name,
+            log = self.log_path().display(),
+            passwd = self.passwd_path().display(),
+            sep = config.separator,
+            prefix = config.inbox_prefix,
+            imap = self.imap_port,
+            // Port 0 disables the listener.
+            imaps = self.imaps_port.unwrap_or(0),
+        )
+    }
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            tracing::warn!(error = %e, "stopping dovecot failed");
+        }
+    }
+}
+
+fn validate_namespace(config: &DovecotConfig) -> Result<()> {
+    let invalid = |reason| Error::Invalid {
+        what: "namespace",
+        value: format!("{:?} {:?}", config.separator, config.inbox_prefix),
+        reason,
+    };
+    if !config.separator.is_ascii_punctuation() {
+        return Err(invalid("separator must be ASCII punctuation"));
+    }
+    if !config.inbox_prefix.is_empty() && !config.inbox_prefix.ends_with(config.separator) {
+        return Err(invalid("a prefix must end with the separator"));
+    }
+    if config.inbox_prefix.contains(|c: char| c.is_whitespace() || c == '#') {
+        return Err(invalid("prefix must not contain whitespace or '#'"));
+    }
+    Ok(())
+}
+
+/// Logins become directory names and passwd-file keys.
+fn validate_login(login: &str) -> Result<()> {
+    let ok = !login.is_empty()
+        && !login.starts_with('.')
+        && login
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._@+-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid {
+            what: "login",
+            value: login.to_owned(),
+            reason: "use ASCII letters, digits and ._@+- (not leading '.')",
+        })
+    }
+}
+
+/// passwd-file fields are separated by ':' and entries by newlines.
+fn validate_password(password: &str) -> Result<()> {
+    if password.is_empty() || password.contains([':', '\n', '\r']) {
+        return Err(Error::Invalid {
+            what: "password",
+            value: password.to_owned(),
+            reason: "must be non-empty, without ':' or line breaks",
+        });
+    }
+    Ok(())
+}
+
+fn passwd_line(login: &str, password: &str) -> String {
+    format!("{login}:{{PLAIN}}{password}\n")
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_err("chmod", path))
+}
+
+/// Free loopback ports; all listeners are held until every port is picked so
+/// the same port is not handed out twice.
+fn free_ports(count: usize) -> Result<Vec<u16>> {
+    let listeners = (0..count)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(io_err("binding", Path::new("127.0.0.1:0")))?;
+    listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<io::Result<_>>()
+        .map_err(io_err("binding", Path::new("127.0.0.1:0")))
+}
+
+/// Whether an IMAP server on `port` sends an untagged OK greeting.
+fn greets(port: u16) -> bool {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return false;
+    };
+    if stream.set_read_timeout(Some(Duration::from_secs(2))).is_err() {
+        return false;
+    }
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).is_ok() && line.starts_with("* OK")
+}
+
+fn child_pid(child: &Child) -> libc::pid_t {
+    // Linux pids fit in pid_t; the fallback only matters on absurd values.
+    libc::pid_t::try_from(child.id()).unwrap_or(libc::pid_t::MAX)
+}
+
+fn signal(pid: libc::pid_t, sig: libc::c_int) {
+    // SAFETY: kill has no memory-safety preconditions. It only targets our
+    // own child or, with a negative pid, that child's process group, whose id
+    // stays reserved while the child is unreaped. ESRCH (already gone) is fine.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// Whether the child has exited, without reaping it: an unreaped child keeps
+/// its pid, and so its process-group id, from being reused.
+fn has_exited(pid: libc::pid_t) -> Result<bool> {
+    // SAFETY: siginfo_t is plain data and all-zero is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let id = libc::id_t::try_from(pid).unwrap_or(0);
+    // SAFETY: `info` is a valid, writable siginfo_t.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            id,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    if rc != 0 {
+        return Err(io_err("waiting for", Path::new("dovecot"))(
+            io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: after a successful waitid, si_pid is set, or zero when no child
+    // changed state (WNOHANG).
+    Ok(unsafe { info.si_pid() } != 0)
+}
+
+/// Kills what is left of the exited child's process group, then reaps the child.
+fn reap(child: &mut Child) -> Result<std::process::ExitStatus> {
+    signal(-child_pid(child), libc::SIGKILL);
+    child
+        .wait()
+        .map_err(io_err("waiting for", Path::new("dovecot")))
+}

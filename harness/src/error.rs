@@ -1,0 +1,71 @@
+//! The harness's error type.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+
+/// Everything that can go wrong while preparing or running test servers.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file-system or process operation failed.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        /// What was being done, e.g. "writing".
+        action: &'static str,
+        /// The file or program involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// Dovecot exited before it accepted connections.
+    #[error("dovecot exited during startup ({status}); log tail:\n{log_tail}")]
+    DovecotExited {
+        /// The master's exit status.
+        status: ExitStatus,
+        /// The last lines of the Dovecot log.
+        log_tail: String,
+    },
+    /// Dovecot did not send an IMAP greeting in time.
+    #[error("dovecot sent no IMAP greeting on port {port} within {secs} s; log tail:\n{log_tail}")]
+    DovecotTimeout {
+        /// The plain IMAP port that was polled.
+        port: u16,
+        /// How long we waited.
+        secs: u64,
+        /// The last lines of the Dovecot log.
+        log_tail: String,
+    },
+    /// A user name, password or folder name cannot be used as given.
+    #[error("invalid {what} {value:?}: {reason}")]
+    Invalid {
+        /// The kind of value, e.g. "login".
+        what: &'static str,
+        /// The offending value.
+        value: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// A folder would need more keywords than Maildir file names can carry.
+    #[error("folder {} needs more than 26 keywords", folder.display())]
+    TooManyKeywords {
+        /// The folder's directory.
+        folder: PathBuf,
+    },
+    /// Generating a test certificate failed.
+    #[error("certificate generation failed: {0}")]
+    Certificate(#[from] rcgen::Error),
+}
+
+/// The harness's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Wraps an [`io::Error`] with what was being done to which path; for `map_err`.
+pub(crate) fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Error {
+    let path = path.to_path_buf();
+    move |source| Error::Io {
+        action,
+        path,
+        source,
+    }
+}
