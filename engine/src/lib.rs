@@ -8,6 +8,7 @@ pub mod endpoint;
 pub mod fingerprint;
 pub mod folders;
 pub mod state;
+pub mod target;
 pub mod error;
 pub mod imap;
 pub mod message;

@@ -229,7 +229,10 @@ impl Corpus {
         let subject = match &parent {
             Some(p) if p.subject.starts_with("Re: ") => p.subject.clone(),
             Some(p) => format!("Re: {}", p.subject),
-            None => self.subject(raw_utf8 || self.chance(ENCODED_SUBJECT_CHANCE)),
+            None => {
+                let non_ascii = raw_utf8 || self.chance(ENCODED_SUBJECT_CHANCE);
+                self.subject(non_ascii)
+            }
         };
         let message_id = (!self.chance(NO_MESSAGE_ID_CHANCE)).then(|| {
             let domain = from.1.rsplit('@').next().unwrap_or("example.org");

@@ -1,0 +1,128 @@
+//! An IMAP server as the target.
+
+use std::collections::{BTreeMap, HashSet};
+
+use super::{TargetFolderStatus, TargetMessage};
+use crate::endpoint::{ImapEndpoint, Secret};
+use crate::error::Result;
+use crate::fingerprint::Fingerprint;
+use crate::imap::{uid_set, ConnectOptions, FetchItems, FolderInfo, ImapSession};
+use crate::message::{Flags, Message};
+
+/// Writes into folders of an IMAP account.
+pub struct ImapTarget {
+    session: ImapSession,
+    separator: char,
+    selected: Option<String>,
+}
+
+impl ImapTarget {
+    /// Logs in to the target.
+    pub async fn connect(endpoint: &ImapEndpoint, password: &Secret, options: &ConnectOptions) -> Result<Self> {
+        let session = ImapSession::connect(endpoint, password, options).await?;
+        Ok(Self {
+            session,
+            separator: '/',
+            selected: None,
+        })
+    }
+
+    pub(super) fn separator(&self) -> char {
+        self.separator
+    }
+
+    pub(super) async fn folders(&mut self) -> Result<Vec<FolderInfo>> {
+        let folders = self.session.list_folders().await?;
+        if let Some(sep) = folders.iter().find_map(|f| f.separator) {
+            self.separator = sep;
+        }
+        Ok(folders)
+    }
+
+    pub(super) async fn create_folder(&mut self, name: &str) -> Result<()> {
+        self.session.create_folder(name).await
+    }
+
+    pub(super) async fn open_folder(&mut self, name: &str) -> Result<TargetFolderStatus> {
+        let status = self.session.open_folder(name, false).await?;
+        self.selected = Some(name.to_string());
+        Ok(TargetFolderStatus {
+            uid_validity: status.uid_validity,
+            highest_uid: status.uid_next.saturating_sub(1),
+        })
+    }
+
+    async fn select(&mut self, name: &str) -> Result<()> {
+        if self.selected.as_deref() != Some(name) {
+            self.open_folder(name).await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn scan(&mut self, name: &str, after_uid: u32, known: &HashSet<String>) -> Result<Vec<TargetMessage>> {
+        self.select(name).await?;
+        let records = self
+            .session
+            .fetch_all(&format!("{}:*", after_uid + 1), FetchItems::Fingerprint, None)
+            .await?;
+        Ok(records
+            .into_iter()
+            // "n:*" also matches the last message when every UID is below n.
+            .filter(|r| r.uid > after_uid && !known.contains(&r.uid.to_string()))
+            .map(|r| {
+                let size = u64::from(r.size.unwrap_or(0));
+                TargetMessage {
+                    target_ref: r.uid.to_string(),
+                    fingerprint: Fingerprint::from_headers(r.header.as_deref().unwrap_or_default(), size),
+                    flags: r.flags.unwrap_or_default(),
+                    internal_date: r.internal_date,
+                    size,
+                }
+            })
+            .collect())
+    }
+
+    pub(super) async fn append(&mut self, name: &str, messages: Vec<Message>) -> Result<Vec<Option<String>>> {
+        let refs: Vec<&Message> = messages.iter().collect();
+        let uids = self.session.append(name, &refs).await?;
+        // Without UIDPLUS the server gives no UIDs; the next run's target scan
+        // still finds these messages by fingerprint.
+        Ok(if uids.len() == messages.len() {
+            uids.into_iter().map(|uid| Some(uid.to_string())).collect()
+        } else {
+            vec![None; messages.len()]
+        })
+    }
+
+    pub(super) async fn set_flags(&mut self, name: &str, changes: &[(String, Flags)]) -> Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.select(name).await?;
+        // One STORE per distinct flag set instead of one per message.
+        let mut by_flags: BTreeMap<&Flags, Vec<u32>> = BTreeMap::new();
+        for (target_ref, flags) in changes {
+            if let Ok(uid) = target_ref.parse() {
+                by_flags.entry(flags).or_default().push(uid);
+            }
+        }
+        for (flags, uids) in by_flags {
+            self.session.uid_store(&uids, "FLAGS", flags).await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn delete(&mut self, name: &str, refs: &[String]) -> Result<()> {
+        let uids: Vec<u32> = refs.iter().filter_map(|r| r.parse().ok()).collect();
+        if uids.is_empty() {
+            return Ok(());
+        }
+        self.select(name).await?;
+        tracing::debug!(folder = name, uids = %uid_set(&uids), "deleting on target");
+        self.session.delete_messages(&uids).await
+    }
+
+    pub(super) async fn close(self) {
+        self.session.logout().await;
+    }
+}

@@ -1,0 +1,140 @@
+//! Where copied mail is stored: another IMAP server or a local Maildir.
+//!
+//! One file per backend beside this one, each offering the same operations;
+//! [`Target`] dispatches to them. An enum rather than a trait object keeps
+//! the futures `Send` so mailbox syncs can run as tokio tasks.
+
+mod imap;
+mod maildir;
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, FixedOffset};
+
+pub use self::imap::ImapTarget;
+pub use self::maildir::MaildirTarget;
+use crate::endpoint::{Endpoint, Secret};
+use crate::error::{Error, Result};
+use crate::fingerprint::Fingerprint;
+use crate::imap::{ConnectOptions, FolderInfo};
+use crate::message::{Flags, Message};
+
+/// A message already on the target, as a scan sees it.
+#[derive(Debug, Clone)]
+pub struct TargetMessage {
+    /// Target UID or Maildir key.
+    pub target_ref: String,
+    /// Identity for dedup and verify.
+    pub fingerprint: Fingerprint,
+    /// Current flags.
+    pub flags: Flags,
+    /// INTERNALDATE (Maildir: file modification time).
+    pub internal_date: Option<DateTime<FixedOffset>>,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// What opening a target folder tells the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TargetFolderStatus {
+    /// When it changes, stored target references are void.
+    pub uid_validity: u32,
+    /// The highest UID that exists now (0 for Maildir, which has no UIDs).
+    pub highest_uid: u32,
+}
+
+/// An opened target store.
+pub enum Target {
+    /// An IMAP server.
+    Imap(ImapTarget),
+    /// A Maildir++ tree.
+    Maildir(MaildirTarget),
+}
+
+impl Target {
+    /// Connects to (or opens) the target.
+    pub async fn open(endpoint: &Endpoint, password: Option<&Secret>, options: &ConnectOptions) -> Result<Self> {
+        match endpoint {
+            Endpoint::Imap(imap) => {
+                let password = password.ok_or_else(|| {
+                    Error::Config(format!("no password for target {endpoint} (--to-password-file or CUTOVER_TO_PASSWORD)"))
+                })?;
+                Ok(Self::Imap(ImapTarget::connect(imap, password, options).await?))
+            }
+            Endpoint::Maildir(path) => Ok(Self::Maildir(MaildirTarget::open(path)?)),
+        }
+    }
+
+    /// The separator the target uses between folder levels.
+    pub fn separator(&self) -> char {
+        match self {
+            Self::Imap(t) => t.separator(),
+            Self::Maildir(_) => maildir::SEPARATOR,
+        }
+    }
+
+    /// Lists the target's folders.
+    pub async fn folders(&mut self) -> Result<Vec<FolderInfo>> {
+        match self {
+            Self::Imap(t) => t.folders().await,
+            Self::Maildir(t) => t.folders(),
+        }
+    }
+
+    /// Creates a folder (no error if it exists).
+    pub async fn create_folder(&mut self, name: &str) -> Result<()> {
+        match self {
+            Self::Imap(t) => t.create_folder(name).await,
+            Self::Maildir(t) => t.create_folder(name),
+        }
+    }
+
+    /// Opens a folder for scanning, appending and changing.
+    pub async fn open_folder(&mut self, name: &str) -> Result<TargetFolderStatus> {
+        match self {
+            Self::Imap(t) => t.open_folder(name).await,
+            Self::Maildir(t) => t.open_folder(name),
+        }
+    }
+
+    /// Messages in the folder that are above `after_uid` (IMAP) and not in
+    /// `known` (both): the ones the engine did not record itself.
+    pub async fn scan(&mut self, name: &str, after_uid: u32, known: &HashSet<String>) -> Result<Vec<TargetMessage>> {
+        match self {
+            Self::Imap(t) => t.scan(name, after_uid, known).await,
+            Self::Maildir(t) => t.scan(name, known).await,
+        }
+    }
+
+    /// Stores messages; returns each one's target reference where the
+    /// target tells it (IMAP without UIDPLUS does not).
+    pub async fn append(&mut self, name: &str, messages: Vec<Message>) -> Result<Vec<Option<String>>> {
+        match self {
+            Self::Imap(t) => t.append(name, messages).await,
+            Self::Maildir(t) => t.append(name, messages).await,
+        }
+    }
+
+    /// Sets the flags of stored messages (replacing what they had).
+    pub async fn set_flags(&mut self, name: &str, changes: &[(String, Flags)]) -> Result<()> {
+        match self {
+            Self::Imap(t) => t.set_flags(name, changes).await,
+            Self::Maildir(t) => t.set_flags(name, changes),
+        }
+    }
+
+    /// Removes stored messages.
+    pub async fn delete(&mut self, name: &str, refs: &[String]) -> Result<()> {
+        match self {
+            Self::Imap(t) => t.delete(name, refs).await,
+            Self::Maildir(t) => t.delete(name, refs),
+        }
+    }
+
+    /// Closes connections politely.
+    pub async fn close(self) {
+        if let Self::Imap(t) = self {
+            t.close().await;
+        }
+    }
+}
