@@ -1,1 +1,300 @@
-fn main() {}
+//! `cutover`: the command line of the cutover mail-migration engine.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use cutover_engine::endpoint::{Endpoint, Secret};
+use cutover_engine::folders::FolderFilter;
+use cutover_engine::imap::{ConnectOptions, TlsOptions};
+use cutover_engine::report::SyncReport;
+use cutover_engine::state::State;
+use cutover_engine::sync::{self, MailboxJob, Phase, Progress, ProgressFn, SyncOptions};
+use cutover_engine::verify::{self, DateRange, Verification};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Copies mailboxes from IMAP servers into IMAP servers or Maildirs, through
+/// initial, delta, final and sweep phases, without ever duplicating a message.
+#[derive(Parser)]
+#[command(name = "cutover", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Copy one mailbox through a phase.
+    Sync(SyncArgs),
+    /// Compare source and target; exit 1 when anything is missing.
+    Verify(VerifyArgs),
+}
+
+#[derive(Args)]
+struct Endpoints {
+    /// Source: imap://user@host:port or imaps://user@host:port
+    /// (options: ?tls=starttls|none, &auth=plain, &master=ADMIN).
+    #[arg(long)]
+    from: String,
+    /// Target: imap://…, imaps://… or maildir:/path.
+    #[arg(long)]
+    to: String,
+    /// File holding the source password (or use CUTOVER_FROM_PASSWORD).
+    #[arg(long)]
+    from_password_file: Option<PathBuf>,
+    /// File holding the target password (or use CUTOVER_TO_PASSWORD).
+    #[arg(long)]
+    to_password_file: Option<PathBuf>,
+    /// Extra CA certificates (PEM) to trust.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Accept any server certificate. Lab servers only.
+    #[arg(long)]
+    insecure: bool,
+    /// Copy only source folders matching this glob (repeatable).
+    #[arg(long)]
+    include: Vec<String>,
+    /// Skip source folders matching this glob (repeatable).
+    #[arg(long)]
+    exclude: Vec<String>,
+    /// Seconds to wait for any server response.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct SyncArgs {
+    #[command(flatten)]
+    endpoints: Endpoints,
+    /// initial, delta, final or sweep.
+    #[arg(long)]
+    phase: Phase,
+    /// The state file (SQLite); created when missing.
+    #[arg(long)]
+    state: PathBuf,
+    /// Remove from the target what was deleted on the source (delta/final).
+    #[arg(long)]
+    propagate_deletes: bool,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    #[command(flatten)]
+    endpoints: Endpoints,
+    /// Only messages with INTERNALDATE on or after this day (YYYY-MM-DD).
+    #[arg(long)]
+    since: Option<chrono::NaiveDate>,
+    /// Only messages with INTERNALDATE before this day (YYYY-MM-DD).
+    #[arg(long)]
+    before: Option<chrono::NaiveDate>,
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CUTOVER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::io::stderr().is_terminal() {
+        builder.init();
+    } else {
+        builder.json().init();
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Sync(args) => run_sync(args).await,
+        Command::Verify(args) => run_verify(args).await,
+    }
+}
+
+fn job(endpoints: &Endpoints) -> Result<MailboxJob> {
+    let Endpoint::Imap(source) = Endpoint::parse(&endpoints.from)? else {
+        bail!("--from must be an imap:// or imaps:// URL");
+    };
+    let target = Endpoint::parse(&endpoints.to)?;
+    let source_password = password(endpoints.from_password_file.as_deref(), "CUTOVER_FROM_PASSWORD")?
+        .with_context(|| format!("no password for {}: use --from-password-file or CUTOVER_FROM_PASSWORD", endpoints.from))?;
+    let target_password = password(endpoints.to_password_file.as_deref(), "CUTOVER_TO_PASSWORD")?;
+    if matches!(target, Endpoint::Imap(_)) && target_password.is_none() {
+        bail!("no password for {}: use --to-password-file or CUTOVER_TO_PASSWORD", endpoints.to);
+    }
+    Ok(MailboxJob {
+        source,
+        source_password,
+        target,
+        target_password,
+    })
+}
+
+/// Reads a password from a file (first line) or an environment variable;
+/// never from the command line, where it would show in `ps` and history.
+fn password(file: Option<&Path>, variable: &str) -> Result<Option<Secret>> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read password file {}", path.display()))?;
+        let line = text.lines().next().unwrap_or("").to_string();
+        if line.is_empty() {
+            bail!("password file {} is empty", path.display());
+        }
+        return Ok(Some(Secret::new(line)));
+    }
+    Ok(std::env::var(variable).ok().filter(|v| !v.is_empty()).map(Secret::new))
+}
+
+fn connect_options(endpoints: &Endpoints) -> ConnectOptions {
+    ConnectOptions {
+        tls: TlsOptions {
+            ca_file: endpoints.ca_file.clone(),
+            insecure: endpoints.insecure,
+        },
+        read_timeout: Duration::from_secs(endpoints.timeout.max(1)),
+        ..ConnectOptions::default()
+    }
+}
+
+async fn run_sync(args: SyncArgs) -> Result<ExitCode> {
+    let job = job(&args.endpoints)?;
+    let mut options = SyncOptions::new(args.phase);
+    options.propagate_deletes = args.propagate_deletes;
+    options.filter = FolderFilter::new(&args.endpoints.include, &args.endpoints.exclude)?;
+    options.connect = connect_options(&args.endpoints);
+    let mut state = State::open(&args.state)?;
+    let bar = progress_bar();
+    let progress = bar.as_ref().map(|bar| {
+        let bar = bar.clone();
+        Arc::new(move |event: Progress| match event {
+            Progress::FolderStarted { folder, messages } => {
+                bar.set_message(folder);
+                bar.inc_length(messages);
+            }
+            Progress::Copied { messages, .. } => bar.inc(messages),
+        }) as ProgressFn
+    });
+    let report = sync::sync_mailbox(&job, &options, &mut state, progress.as_ref()).await?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    if args.endpoints.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_sync(&report);
+    }
+    Ok(if report.is_clean() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn progress_bar() -> Option<ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = ProgressBar::new(0);
+    let style = ProgressStyle::with_template("{spinner} {msg:20} [{bar:40}] {pos}/{len} messages, {per_sec}, eta {eta}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    Some(bar)
+}
+
+fn print_sync(report: &SyncReport) {
+    println!(
+        "{} phase {} → {}: {} messages ({:.1} MB) copied in {:.1} s",
+        report.phase,
+        report.source,
+        report.target,
+        report.copied(),
+        report.bytes() as f64 / 1e6,
+        report.seconds
+    );
+    for folder in &report.folders {
+        println!(
+            "  {:30} → {:30} copied {:6}  matched {:5}  flags {:5}  deleted on source {:4} (on target {})",
+            folder.source,
+            folder.target,
+            folder.copied,
+            folder.matched_existing,
+            folder.flags_updated,
+            folder.deleted_on_source,
+            folder.deleted_on_target
+        );
+        for failure in &folder.failed {
+            println!("    UID {} not copied ({}): {}", failure.uid, failure.kind, failure.detail);
+        }
+        if let Some(error) = &folder.error {
+            println!("    folder failed ({}): {}", error.kind, error.message);
+        }
+    }
+    if let Some(error) = &report.error {
+        println!("mailbox failed ({}): {}", error.kind, error.message);
+        println!("run the same command again to resume; nothing is copied twice");
+    }
+}
+
+async fn run_verify(args: VerifyArgs) -> Result<ExitCode> {
+    let job = job(&args.endpoints)?;
+    let filter = FolderFilter::new(&args.endpoints.include, &args.endpoints.exclude)?;
+    let range = DateRange {
+        since: args.since,
+        before: args.before,
+    };
+    let result = verify::verify(&job, &connect_options(&args.endpoints), &filter, range).await?;
+    if args.endpoints.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        print_verify(&result);
+    }
+    Ok(if result.missing() == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn print_verify(result: &Verification) {
+    for folder in &result.folders {
+        println!(
+            "  {:30} → {:30} source {:6}  target {:6}  missing {:4}  extra {:4}  flag diffs {}",
+            folder.source,
+            folder.target,
+            folder.source_count,
+            folder.target_count,
+            folder.missing.len(),
+            folder.extra.len(),
+            folder.flag_mismatches.len()
+        );
+        for missing in &folder.missing {
+            println!(
+                "    missing: source UID {} ({} bytes, {})",
+                missing.id,
+                missing.size,
+                missing.date.as_deref().unwrap_or("no date")
+            );
+        }
+    }
+    println!(
+        "verify {} → {}: {} missing, {} extra, {} flag differences",
+        result.source,
+        result.target,
+        result.missing(),
+        result.extra(),
+        result.flag_mismatches()
+    );
+}

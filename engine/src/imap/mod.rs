@@ -20,3 +20,5 @@ pub use transport::TlsOptions;
 pub use codec::uid_set;
 /// Quotes a string for a command argument.
 pub use codec::quote;
+/// Splits a UID list into sets of bounded text length.
+pub use codec::uid_set_chunks;

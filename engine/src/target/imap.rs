@@ -82,7 +82,7 @@ impl ImapTarget {
             .collect())
     }
 
-    pub(super) async fn append(&mut self, name: &str, messages: Vec<Message>) -> Result<Vec<Option<String>>> {
+    pub(super) async fn append(&mut self, name: &str, messages: &[Message]) -> Result<Vec<Option<String>>> {
         let refs: Vec<&Message> = messages.iter().collect();
         let uids = self.session.append(name, &refs).await?;
         // Without UIDPLUS the server gives no UIDs; the next run's target scan

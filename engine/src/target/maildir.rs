@@ -120,19 +120,17 @@ impl MaildirTarget {
             .map_err(|e| Error::Config(format!("maildir scan task failed: {e}")))?
     }
 
-    pub(super) async fn append(&self, name: &str, messages: Vec<Message>) -> Result<Vec<Option<String>>> {
+    /// Writes messages with plain blocking file I/O: a local append is a
+    /// page-cache copy and a rename, shorter than a task hand-off.
+    pub(super) fn append(&self, name: &str, messages: &[Message]) -> Result<Vec<Option<String>>> {
         let dir = self.folder_dir(name);
-        tokio::task::spawn_blocking(move || {
-            let mut keywords = Keywords::load(&dir)?;
-            let keys = messages
-                .iter()
-                .map(|message| deliver(&dir, message, &mut keywords).map(Some))
-                .collect::<Result<Vec<_>>>()?;
-            keywords.save(&dir)?;
-            Ok(keys)
-        })
-        .await
-        .map_err(|e| Error::Config(format!("maildir write task failed: {e}")))?
+        let mut keywords = Keywords::load(&dir)?;
+        let keys = messages
+            .iter()
+            .map(|message| deliver(&dir, message, &mut keywords).map(Some))
+            .collect::<Result<Vec<_>>>()?;
+        keywords.save(&dir)?;
+        Ok(keys)
     }
 
     pub(super) fn set_flags(&self, name: &str, changes: &[(String, Flags)]) -> Result<()> {
@@ -357,8 +355,7 @@ mod tests {
         let target = MaildirTarget::open(dir.path()).unwrap();
         target.create_folder("Archiv.Entwürfe").unwrap();
         let keys = target
-            .append("Archiv.Entwürfe", vec![message(1, &["\\Seen", "$Forwarded"]), message(2, &[])])
-            .await
+            .append("Archiv.Entwürfe", &[message(1, &["\\Seen", "$Forwarded"]), message(2, &[])])
             .unwrap();
         assert!(dir.path().join(".Archiv.Entw&APw-rfe/cur").is_dir());
         let names: Vec<String> = target.folders().unwrap().into_iter().map(|f| f.name).collect();

@@ -108,10 +108,10 @@ impl Target {
 
     /// Stores messages; returns each one's target reference where the
     /// target tells it (IMAP without UIDPLUS does not).
-    pub async fn append(&mut self, name: &str, messages: Vec<Message>) -> Result<Vec<Option<String>>> {
+    pub async fn append(&mut self, name: &str, messages: &[Message]) -> Result<Vec<Option<String>>> {
         match self {
             Self::Imap(t) => t.append(name, messages).await,
-            Self::Maildir(t) => t.append(name, messages).await,
+            Self::Maildir(t) => t.append(name, messages),
         }
     }
 

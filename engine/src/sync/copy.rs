@@ -1,0 +1,226 @@
+//! The copy pipeline of one folder: fetch from the source, match against
+//! what the target already holds, append in batches, record each batch.
+//!
+//! Fetching and appending overlap: the source streams one `UID FETCH` while
+//! the previous batch is being appended. A bounded channel of one batch
+//! keeps memory at a few batches, whatever the folder's size.
+
+use chrono::Utc;
+use tokio::sync::mpsc;
+
+use super::plan::DedupPool;
+use super::{Progress, ProgressFn, SyncOptions};
+use crate::error::{ErrorKind, Result};
+use crate::fingerprint::Fingerprint;
+use crate::folders::FolderMapping;
+use crate::imap::{FetchItems, FetchRecord, ImapSession};
+use crate::message::Message;
+use crate::report::{FolderReport, MessageFailure};
+use crate::state::{FailureRow, FolderState, MessageRow, State};
+use crate::target::Target;
+
+/// Longest UID set text per FETCH command.
+const UID_SET_CHARS: usize = 4000;
+
+/// Everything one folder copy works with.
+pub(super) struct FolderCopy<'a> {
+    pub source: &'a mut ImapSession,
+    pub target: &'a mut Target,
+    pub state: &'a mut State,
+    pub folder: &'a mut FolderState,
+    pub mapping: &'a FolderMapping,
+    pub options: &'a SyncOptions,
+    pub report: &'a mut FolderReport,
+    pub progress: Option<&'a ProgressFn>,
+}
+
+impl FolderCopy<'_> {
+    /// Copies `uids` (ascending) unless the pool already holds them.
+    pub async fn run(mut self, uids: Vec<u32>, mut pool: DedupPool) -> Result<()> {
+        let highest = uids.last().copied().unwrap_or(0);
+        let remaining = if pool.is_empty() {
+            uids
+        } else {
+            self.match_existing(uids, &mut pool).await?
+        };
+        if let Some(progress) = self.progress {
+            progress(Progress::FolderStarted {
+                folder: self.mapping.source.clone(),
+                messages: remaining.len() as u64,
+            });
+        }
+        if !remaining.is_empty() {
+            self.stream(remaining).await?;
+        }
+        // UIDs that vanished between SEARCH and FETCH need no retry.
+        self.folder.highest_uid = self.folder.highest_uid.max(highest);
+        Ok(())
+    }
+
+    /// Records source messages found on the target (an earlier run killed
+    /// before it recorded its appends, another tool, a UIDVALIDITY reset)
+    /// and returns the UIDs still to copy.
+    async fn match_existing(&mut self, uids: Vec<u32>, pool: &mut DedupPool) -> Result<Vec<u32>> {
+        let mut matched = Vec::new();
+        let mut remaining = Vec::new();
+        for set in crate::imap::uid_set_chunks(&uids, UID_SET_CHARS) {
+            for record in self.source.fetch_all(&set, FetchItems::Fingerprint, None).await? {
+                let size = u64::from(record.size.unwrap_or(0));
+                let fingerprint = Fingerprint::from_headers(record.header.as_deref().unwrap_or_default(), size);
+                match pool.take(&fingerprint) {
+                    Some(existing) => matched.push(MessageRow {
+                        source_uid: record.uid,
+                        target_ref: Some(existing.target_ref),
+                        fingerprint,
+                        // The target's flags: if they differ from the source's,
+                        // the next delta's flag sync sets them right.
+                        flags: existing.flags,
+                        size,
+                        internal_date: record.internal_date.map_or(0, |d| d.timestamp()),
+                        source_gone: false,
+                    }),
+                    None => remaining.push(record.uid),
+                }
+            }
+        }
+        remaining.sort_unstable();
+        if !matched.is_empty() {
+            self.report.matched_existing += matched.len() as u64;
+            self.state.record_batch(self.folder, &matched, &[])?;
+        }
+        Ok(remaining)
+    }
+
+    async fn stream(&mut self, uids: Vec<u32>) -> Result<()> {
+        let (sender, mut receiver) = mpsc::channel::<Vec<Message>>(1);
+        let (batch_messages, batch_bytes) = (self.options.batch_messages.max(1), self.options.batch_bytes.max(1));
+        let mut appender = Appender {
+            target: &mut *self.target,
+            state: &mut *self.state,
+            folder: &mut *self.folder,
+            target_name: &self.mapping.target,
+            report: &mut *self.report,
+            progress: self.progress,
+        };
+        let source = &mut *self.source;
+        let fetch = async move {
+            let mut batch: Vec<Message> = Vec::new();
+            let mut bytes = 0usize;
+            for set in crate::imap::uid_set_chunks(&uids, UID_SET_CHARS) {
+                let mut handle = source.fetch_start(&set, FetchItems::Full, None).await?;
+                while let Some(record) = source.fetch_next(&mut handle).await? {
+                    let message = into_message(record);
+                    if !batch.is_empty() && (batch.len() >= batch_messages || bytes + message.raw.len() > batch_bytes) {
+                        bytes = 0;
+                        if sender.send(std::mem::take(&mut batch)).await.is_err() {
+                            return Ok(()); // the appender stopped; its error is reported
+                        }
+                    }
+                    bytes += message.raw.len();
+                    batch.push(message);
+                }
+            }
+            if !batch.is_empty() {
+                let _ = sender.send(batch).await;
+            }
+            Ok::<(), crate::Error>(())
+        };
+        let append = async {
+            while let Some(batch) = receiver.recv().await {
+                appender.append_batch(batch).await?;
+            }
+            Ok::<(), crate::Error>(())
+        };
+        let (fetched, appended) = tokio::join!(fetch, append);
+        appended.and(fetched)
+    }
+
+}
+
+/// The appending half of the pipeline.
+struct Appender<'a> {
+    target: &'a mut Target,
+    state: &'a mut State,
+    folder: &'a mut FolderState,
+    target_name: &'a str,
+    report: &'a mut FolderReport,
+    progress: Option<&'a ProgressFn>,
+}
+
+impl Appender<'_> {
+    /// Appends one batch and records it in the state in one transaction.
+    async fn append_batch(&mut self, batch: Vec<Message>) -> Result<()> {
+        let target_name = self.target_name;
+        let (refs, failed) = match self.target.append(target_name, &batch).await {
+            Ok(refs) => (refs, Vec::new()),
+            // MULTIAPPEND is all or nothing: find the one message refused.
+            Err(e) if e.kind() == ErrorKind::MessageRejected => {
+                let mut refs = Vec::with_capacity(batch.len());
+                let mut failed = Vec::new();
+                for message in &batch {
+                    match self.target.append(target_name, std::slice::from_ref(message)).await {
+                        Ok(mut one) => refs.push(one.pop().flatten()),
+                        Err(e) if e.kind() == ErrorKind::MessageRejected => {
+                            refs.push(None);
+                            failed.push(FailureRow {
+                                source_uid: message.uid,
+                                kind: e.kind(),
+                                detail: e.to_string(),
+                            });
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                (refs, failed)
+            }
+            Err(e) => return Err(e),
+        };
+        let failed_uids: Vec<u32> = failed.iter().map(|f| f.source_uid).collect();
+        let mut rows = Vec::with_capacity(batch.len());
+        let mut bytes = 0u64;
+        for (message, target_ref) in batch.iter().zip(refs) {
+            if failed_uids.contains(&message.uid) {
+                continue;
+            }
+            bytes += message.raw.len() as u64;
+            rows.push(MessageRow {
+                source_uid: message.uid,
+                target_ref,
+                fingerprint: Fingerprint::from_headers(&message.raw, message.raw.len() as u64),
+                flags: message.flags.clone(),
+                size: message.raw.len() as u64,
+                internal_date: message.internal_date.timestamp(),
+                source_gone: false,
+            });
+        }
+        if let Some(last) = batch.last() {
+            self.folder.highest_uid = self.folder.highest_uid.max(last.uid);
+        }
+        self.state.record_batch(self.folder, &rows, &failed)?;
+        self.report.copied += rows.len() as u64;
+        self.report.bytes += bytes;
+        self.report.failed.extend(failed.into_iter().map(|f| MessageFailure {
+            uid: f.source_uid,
+            kind: f.kind,
+            detail: f.detail,
+        }));
+        if let Some(progress) = self.progress {
+            progress(Progress::Copied {
+                messages: rows.len() as u64,
+                bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn into_message(record: FetchRecord) -> Message {
+    Message {
+        uid: record.uid,
+        flags: record.flags.unwrap_or_default(),
+        // Servers always send INTERNALDATE when asked; "now" is the least
+        // wrong stand-in for one that does not.
+        internal_date: record.internal_date.unwrap_or_else(|| Utc::now().fixed_offset()),
+        raw: record.body.unwrap_or_default(),
+    }
+}

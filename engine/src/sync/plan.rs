@@ -1,0 +1,174 @@
+//! Pure decisions of a folder sync, kept apart from I/O so they can be
+//! tested on in-memory data: which target messages can stand in for source
+//! messages, what was deleted, which flags changed.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::fingerprint::Fingerprint;
+use crate::message::Flags;
+use crate::state::{FailureRow, MessageRow};
+use crate::target::TargetMessage;
+
+/// Target messages the state does not know, by fingerprint. Each can stand
+/// in for one source message: a folder with N identical source copies gets
+/// exactly N on the target, however many runs it takes.
+#[derive(Debug, Default)]
+pub struct DedupPool {
+    by_fingerprint: HashMap<Fingerprint, Vec<TargetMessage>>,
+}
+
+impl DedupPool {
+    /// Builds the pool from a target scan.
+    pub fn new(messages: Vec<TargetMessage>) -> Self {
+        let mut by_fingerprint: HashMap<Fingerprint, Vec<TargetMessage>> = HashMap::new();
+        for message in messages {
+            by_fingerprint.entry(message.fingerprint).or_default().push(message);
+        }
+        Self { by_fingerprint }
+    }
+
+    /// Whether nothing can match (then the source need not be fingerprinted first).
+    pub fn is_empty(&self) -> bool {
+        self.by_fingerprint.is_empty()
+    }
+
+    /// Takes one target message with this fingerprint, if any is left.
+    pub fn take(&mut self, fingerprint: &Fingerprint) -> Option<TargetMessage> {
+        let list = self.by_fingerprint.get_mut(fingerprint)?;
+        let taken = list.pop();
+        if list.is_empty() {
+            self.by_fingerprint.remove(fingerprint);
+        }
+        taken
+    }
+}
+
+/// Source UIDs known to the state (copied or failed) that no longer exist.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Deletions {
+    /// Copied messages deleted on the source since.
+    pub copied: Vec<u32>,
+    /// Failed messages that need no retry any more.
+    pub failed: Vec<u32>,
+}
+
+/// Whether the source may have deleted anything: EXISTS differs from what
+/// the state expects. Saves a UID SEARCH ALL on large unchanged folders.
+pub fn may_have_deletions(exists: u32, rows: &[MessageRow], failures: &[FailureRow], new_count: usize) -> bool {
+    let live = rows.iter().filter(|r| !r.source_gone).count();
+    exists as usize != live + failures.len() + new_count
+}
+
+/// Compares the state with the UIDs that exist on the source now.
+pub fn deletions(rows: &[MessageRow], failures: &[FailureRow], existing: &[u32]) -> Deletions {
+    let existing: HashSet<u32> = existing.iter().copied().collect();
+    Deletions {
+        copied: rows
+            .iter()
+            .filter(|r| !r.source_gone && !existing.contains(&r.source_uid))
+            .map(|r| r.source_uid)
+            .collect(),
+        failed: failures
+            .iter()
+            .filter(|f| !existing.contains(&f.source_uid))
+            .map(|f| f.source_uid)
+            .collect(),
+    }
+}
+
+/// A flag change to apply on the target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlagChange {
+    /// Source UID.
+    pub source_uid: u32,
+    /// Where it is on the target.
+    pub target_ref: String,
+    /// The source's flags now.
+    pub flags: Flags,
+}
+
+/// Messages whose source flags differ from the ones last synced.
+pub fn flag_changes(rows: &[MessageRow], source_flags: &[(u32, Flags)]) -> Vec<FlagChange> {
+    let by_uid: HashMap<u32, &MessageRow> = rows.iter().map(|r| (r.source_uid, r)).collect();
+    source_flags
+        .iter()
+        .filter_map(|(uid, flags)| {
+            let row = by_uid.get(uid)?;
+            let target_ref = row.target_ref.clone()?;
+            (!row.source_gone && row.flags != *flags).then(|| FlagChange {
+                source_uid: *uid,
+                target_ref,
+                flags: flags.clone(),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fp(id: &str) -> Fingerprint {
+        Fingerprint::from_headers(format!("Message-ID: <{id}>\r\n\r\n").as_bytes(), 1)
+    }
+
+    fn target(r: &str, id: &str) -> TargetMessage {
+        TargetMessage {
+            target_ref: r.into(),
+            fingerprint: fp(id),
+            flags: Flags::default(),
+            internal_date: None,
+            size: 1,
+        }
+    }
+
+    fn row(uid: u32, flags: &[&str], gone: bool) -> MessageRow {
+        MessageRow {
+            source_uid: uid,
+            target_ref: Some(format!("t{uid}")),
+            fingerprint: fp(&uid.to_string()),
+            flags: Flags::new(flags),
+            size: 1,
+            internal_date: 0,
+            source_gone: gone,
+        }
+    }
+
+    #[test]
+    fn pool_matches_each_target_copy_once() {
+        let mut pool = DedupPool::new(vec![target("1", "a"), target("2", "a"), target("3", "b")]);
+        assert!(pool.take(&fp("a")).is_some());
+        assert!(pool.take(&fp("a")).is_some());
+        assert!(pool.take(&fp("a")).is_none(), "a third source copy must be appended");
+        assert!(pool.take(&fp("b")).is_some());
+        assert!(pool.is_empty());
+    }
+
+    #[test]
+    fn deletions_and_the_exists_shortcut() {
+        let rows = vec![row(1, &[], false), row(2, &[], false), row(3, &[], true)];
+        let failures = vec![FailureRow {
+            source_uid: 4,
+            kind: crate::ErrorKind::MessageRejected,
+            detail: String::new(),
+        }];
+        assert!(!may_have_deletions(4, &rows, &failures, 1));
+        assert!(may_have_deletions(3, &rows, &failures, 1));
+        let found = deletions(&rows, &failures, &[2, 5]);
+        assert_eq!(found, Deletions { copied: vec![1], failed: vec![4] });
+    }
+
+    #[test]
+    fn only_changed_flags_of_live_rows_are_updated() {
+        let rows = vec![row(1, &["\\Seen"], false), row(2, &[], false), row(3, &[], true)];
+        let source = vec![
+            (1, Flags::new(["\\Seen"])),
+            (2, Flags::new(["\\Flagged"])),
+            (3, Flags::new(["\\Seen"])),
+            (9, Flags::new(["\\Seen"])),
+        ];
+        let changes = flag_changes(&rows, &source);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].target_ref, "t2");
+    }
+}
