@@ -285,6 +285,7 @@ async fn sync_folder(
 
     let mut retry: Vec<u32> = failures.iter().map(|f| f.source_uid).collect();
     if options.phase.syncs_flags_and_deletions() {
+        let mut gone: Vec<u32> = rows.iter().filter(|r| r.source_gone).map(|r| r.source_uid).collect();
         if plan::may_have_deletions(source_status.exists, &rows, &failures, new_uids.len()) {
             let existing = if folder.highest_uid == 0 {
                 Vec::new()
@@ -293,18 +294,21 @@ async fn sync_folder(
             };
             let deleted = plan::deletions(&rows, &failures, &existing);
             report.deleted_on_source = deleted.copied.len() as u64;
-            if options.propagate_deletes && !deleted.copied.is_empty() {
-                let refs: Vec<String> = rows
-                    .iter()
-                    .filter(|r| deleted.copied.contains(&r.source_uid))
-                    .filter_map(|r| r.target_ref.clone())
-                    .collect();
-                target.delete(&mapping.target, &refs).await?;
-                report.deleted_on_target = refs.len() as u64;
-            }
-            state.source_deleted(folder.id, &deleted.copied, options.propagate_deletes)?;
+            state.source_deleted(folder.id, &deleted.copied, false)?;
             state.source_deleted(folder.id, &deleted.failed, true)?;
             retry.retain(|uid| !deleted.failed.contains(uid));
+            gone.extend(deleted.copied);
+        }
+        if options.propagate_deletes && !gone.is_empty() {
+            // Also what earlier runs without --propagate-deletes only reported.
+            let refs: Vec<String> = rows
+                .iter()
+                .filter(|r| gone.contains(&r.source_uid))
+                .filter_map(|r| r.target_ref.clone())
+                .collect();
+            target.delete(&mapping.target, &refs).await?;
+            report.deleted_on_target = refs.len() as u64;
+            state.source_deleted(folder.id, &gone, true)?;
         }
         sync_flags(source, target, state, &mut folder, mapping, source_status.highest_modseq, &rows, report).await?;
     }
