@@ -115,9 +115,19 @@ fn main() -> ExitCode {
     }
 }
 
+fn silenced(target: &str) -> tracing_subscriber::filter::Directive {
+    format!("{target}=off")
+        .parse()
+        .unwrap_or_else(|_| tracing_subscriber::filter::LevelFilter::OFF.into())
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CUTOVER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"))
+        // async-imap traces every line it sends and receives: LOGIN with its
+        // password, message bodies. Those must never reach a log.
+        .add_directive(silenced("async_imap"))
+        .add_directive(silenced("imap_proto"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if std::io::stderr().is_terminal() {
         builder.init();
