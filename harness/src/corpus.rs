@@ -98,7 +98,7 @@ struct Parent {
     references: Vec<String>,
 }
 
-/// Writer's mailbox; Sent and Drafts messages come from it.
+/// The mailbox owner; Sent and Drafts messages come from it.
 const OWNER: (&str, &str) = ("Mailbox Owner", "owner@example.org");
 /// First message date (2016-01-01T00:00:00Z) and the span dates spread over.
 const FIRST_DATE: i64 = 1_451_606_400;
@@ -146,17 +146,88 @@ const DOMAINS: [&str; 5] = [
 /// Offsets of the senders' time zones, in seconds east of UTC.
 const ZONES: [i32; 8] = [0, 3600, 7200, -18_000, -28_800, 19_800, 32_400, -10_800];
 const WORDS: [&str; 64] = [
-    "the", "meeting", "project", "report", "budget", "please", "review", "attached", "schedule",
-    "quarter", "results", "team", "update", "next", "week", "deadline", "client", "proposal",
-    "draft", "final", "version", "thanks", "regards", "question", "about", "invoice", "contract",
-    "we", "should", "discuss", "tomorrow", "morning", "agenda", "notes", "from", "call", "and",
-    "with", "for", "on", "in", "is", "are", "will", "have", "been", "sent", "received", "status",
-    "migration", "server", "mailbox", "folder", "archive", "travel", "plans", "office", "lunch",
-    "friday", "monday", "summary", "action", "items", "follow-up",
+    "the",
+    "meeting",
+    "project",
+    "report",
+    "budget",
+    "please",
+    "review",
+    "attached",
+    "schedule",
+    "quarter",
+    "results",
+    "team",
+    "update",
+    "next",
+    "week",
+    "deadline",
+    "client",
+    "proposal",
+    "draft",
+    "final",
+    "version",
+    "thanks",
+    "regards",
+    "question",
+    "about",
+    "invoice",
+    "contract",
+    "we",
+    "should",
+    "discuss",
+    "tomorrow",
+    "morning",
+    "agenda",
+    "notes",
+    "from",
+    "call",
+    "and",
+    "with",
+    "for",
+    "on",
+    "in",
+    "is",
+    "are",
+    "will",
+    "have",
+    "been",
+    "sent",
+    "received",
+    "status",
+    "migration",
+    "server",
+    "mailbox",
+    "folder",
+    "archive",
+    "travel",
+    "plans",
+    "office",
+    "lunch",
+    "friday",
+    "monday",
+    "summary",
+    "action",
+    "items",
+    "follow-up",
 ];
 const UTF8_WORDS: [&str; 16] = [
-    "Grüße", "Überprüfung", "café", "naïve", "résumé", "Ærø", "smörgåsbord", "façade", "Привет",
-    "встреча", "日本語", "会議", "χαίρετε", "ñandú", "Zürich", "🎉",
+    "Grüße",
+    "Überprüfung",
+    "café",
+    "naïve",
+    "résumé",
+    "Ærø",
+    "smörgåsbord",
+    "façade",
+    "Привет",
+    "встреча",
+    "日本語",
+    "会議",
+    "χαίρετε",
+    "ñandú",
+    "Zürich",
+    "🎉",
 ];
 const ATTACHMENTS: [(&str, &str); 4] = [
     ("application/pdf", "pdf"),
@@ -275,7 +346,14 @@ impl Corpus {
         if let Some(cc) = &cc {
             header("Cc", &mailbox(cc, raw_utf8));
         }
-        header("Subject", &if raw_utf8 { subject.clone() } else { encode_word(&subject) });
+        header(
+            "Subject",
+            &if raw_utf8 {
+                subject.clone()
+            } else {
+                encode_word(&subject)
+            },
+        );
         if let Some(p) = &parent {
             if let Some(last) = p.references.last() {
                 header("In-Reply-To", last);
@@ -506,7 +584,12 @@ fn base64_block(rng: &mut StdRng) -> Vec<u8> {
 /// Appends at least `size` bytes of whole lines from `block` (whose lines all
 /// end in CRLF), starting at the line containing `start` and wrapping around.
 fn cut_lines(block: &[u8], start: usize, size: usize, out: &mut Vec<u8>) {
-    let line_start = |at: usize| block[..at].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let line_start = |at: usize| {
+        block[..at]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1)
+    };
     let mut pos = line_start(start.min(block.len()));
     let mut remaining = size.max(1);
     loop {
@@ -523,5 +606,105 @@ fn cut_lines(block: &[u8], start: usize, size: usize, out: &mut Vec<u8>) {
         out.extend_from_slice(&block[pos..]);
         remaining -= available;
         pos = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn header_block(raw: &[u8]) -> &[u8] {
+        let end = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("header end");
+        &raw[..end + 2]
+    }
+
+    fn header<'a>(raw: &'a [u8], name: &str) -> Option<&'a str> {
+        let headers = std::str::from_utf8(header_block(raw)).ok()?;
+        let prefix = format!("{name}: ");
+        headers
+            .split("\r\n")
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+    }
+
+    fn small(seed: u64, messages: usize) -> CorpusSpec {
+        CorpusSpec {
+            large_fraction: 0.0,
+            ..CorpusSpec::new(seed, messages)
+        }
+    }
+
+    #[test]
+    fn same_seed_same_corpus_other_seed_other_corpus() {
+        let a: Vec<_> = small(5, 50).generate().collect();
+        let b: Vec<_> = small(5, 50).generate().collect();
+        let c: Vec<_> = small(6, 50).generate().collect();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn messages_are_realistic() {
+        let spec = small(42, 2000);
+        let messages: Vec<_> = spec.generate().collect();
+        assert_eq!(messages.len(), 2000);
+
+        let mut ids = HashSet::new();
+        let (mut without_id, mut replies, mut eight_bit, mut attachments) = (0, 0, 0, 0);
+        for m in &messages {
+            assert!(spec.folders.contains(&m.folder));
+            assert!(
+                !m.raw.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r'),
+                "bare LF"
+            );
+            assert!(m.raw.len() < 600_000, "no large messages when switched off");
+            for name in ["From", "To", "Date", "Subject", "MIME-Version"] {
+                assert!(header(&m.raw, name).is_some(), "missing {name}");
+            }
+            match header(&m.raw, "Message-ID") {
+                Some(id) => assert!(ids.insert(id.to_owned()), "duplicate {id}"),
+                None => without_id += 1,
+            }
+            replies += usize::from(header(&m.raw, "In-Reply-To").is_some());
+            eight_bit += usize::from(!header_block(&m.raw).is_ascii());
+            attachments += usize::from(m.raw.len() > 50_000);
+            if m.folder.last().is_some_and(|f| f == "Drafts") {
+                assert!(m.flags.contains(&"\\Draft".to_owned()));
+            }
+        }
+        // Loose bounds around the configured fractions.
+        assert!(
+            (50..=150).contains(&without_id),
+            "{without_id} without Message-ID"
+        );
+        assert!(
+            (100..=400).contains(&attachments),
+            "{attachments} with attachment"
+        );
+        assert!(replies > 300, "{replies} replies");
+        assert!(eight_bit > 20, "{eight_bit} with 8-bit headers");
+        let years: HashSet<_> = messages
+            .iter()
+            .map(|m| m.internal_date.format("%Y").to_string())
+            .collect();
+        assert!(years.len() >= 6, "dates spread over years: {years:?}");
+    }
+
+    #[test]
+    fn large_messages_when_asked() {
+        let spec = CorpusSpec {
+            large_fraction: 1.0,
+            ..CorpusSpec::new(1, 3)
+        };
+        for m in spec.generate() {
+            assert!(
+                (1_000_000..5_200_000).contains(&m.raw.len()),
+                "{}",
+                m.raw.len()
+            );
+        }
     }
 }

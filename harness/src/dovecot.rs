@@ -169,14 +169,17 @@ impl Dovecot {
             .map_err(io_err("appending to", &passwd))
     }
 
-    /// Stops Dovecot: SIGTERM, then SIGKILL after a grace period, then
-    /// SIGKILL to anything left in its process group. Idempotent.
+    /// Stops Dovecot: SIGTERM to its process group, SIGKILL to the master
+    /// after a grace period, then SIGKILL to anything left in the group.
+    /// Idempotent.
     pub fn stop(&mut self) -> Result<()> {
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
         let pid = child_pid(&child);
-        signal(pid, libc::SIGTERM);
+        // The whole group: a master signalled alone waits about a second for
+        // its children, and tests start many servers.
+        signal(-pid, libc::SIGTERM);
         let mut kill_at = Some(Instant::now() + STOP_GRACE);
         while !has_exited(pid)? {
             if kill_at.is_some_and(|t| Instant::now() >= t) {
@@ -327,7 +330,9 @@ impl Dovecot {
             SPECIAL_USE
                 .iter()
                 .map(|(name, flag)| {
-                    format!("  mailbox {name} {{\n    special_use = {flag}\n    auto = create\n  }}\n")
+                    format!(
+                        "  mailbox {name} {{\n    special_use = {flag}\n    auto = create\n  }}\n"
+                    )
                 })
                 .collect()
         } else {
@@ -399,7 +404,10 @@ fn validate_namespace(config: &DovecotConfig) -> Result<()> {
     if !config.inbox_prefix.is_empty() && !config.inbox_prefix.ends_with(config.separator) {
         return Err(invalid("a prefix must end with the separator"));
     }
-    if config.inbox_prefix.contains(|c: char| c.is_whitespace() || c == '#') {
+    if config
+        .inbox_prefix
+        .contains(|c: char| c.is_whitespace() || c == '#')
+    {
         return Err(invalid("prefix must not contain whitespace or '#'"));
     }
     Ok(())
@@ -463,7 +471,10 @@ fn greets(port: u16) -> bool {
     let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
         return false;
     };
-    if stream.set_read_timeout(Some(Duration::from_secs(2))).is_err() {
+    if stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .is_err()
+    {
         return false;
     }
     let mut line = String::new();

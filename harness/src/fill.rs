@@ -57,7 +57,10 @@ where
                 .or_insert(Folder::open(root, &message.folder)?),
         };
         folder.write(message)?;
-        *summary.per_folder.entry(message.folder.clone()).or_default() += 1;
+        *summary
+            .per_folder
+            .entry(message.folder.clone())
+            .or_default() += 1;
     }
     Ok(summary)
 }
@@ -127,7 +130,12 @@ impl Folder {
             .enumerate()
             .filter(|&(i, &b)| b == b'\n' && (i == 0 || raw[i - 1] != b'\r'))
             .count();
-        let base = format!("{},S={},W={}", unique_name(), raw.len(), raw.len() + bare_lf);
+        let base = format!(
+            "{},S={},W={}",
+            unique_name(),
+            raw.len(),
+            raw.len() + bare_lf
+        );
         let tmp = self.dir.join("tmp").join(&base);
         let cur = self.dir.join("cur").join(format!("{base}:2,{letters}"));
 
@@ -146,7 +154,11 @@ impl Folder {
         if keyword.is_empty() || keyword.contains(|c: char| c.is_whitespace() || c.is_control()) {
             return Err(invalid("keyword", keyword, "empty or contains whitespace"));
         }
-        let index = match self.keywords.iter().position(|k| k.as_deref() == Some(keyword)) {
+        let index = match self
+            .keywords
+            .iter()
+            .position(|k| k.as_deref() == Some(keyword))
+        {
             Some(index) => index,
             None => {
                 let free = self.keywords.iter().position(Option::is_none);
@@ -180,7 +192,10 @@ impl Folder {
             .filter_map(|(i, k)| k.as_ref().map(|k| format!("{i} {k}\n")))
             .collect();
         let path = self.dir.join(KEYWORDS_FILE);
-        let tmp = self.dir.join("tmp").join(format!("{KEYWORDS_FILE}.{}", unique_name()));
+        let tmp = self
+            .dir
+            .join("tmp")
+            .join(format!("{KEYWORDS_FILE}.{}", unique_name()));
         fs::write(&tmp, content).map_err(io_err("writing", &tmp))?;
         own(&tmp)?;
         fs::rename(&tmp, &path).map_err(io_err("renaming", &tmp))

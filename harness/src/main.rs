@@ -56,7 +56,10 @@ async fn serve(users: usize, messages: usize, seed: u64) -> anyhow::Result<()> {
 
     println!("source  imap://{}:{}", source.host(), source.imap_port());
     println!("target  imap://{}:{}", target.host(), target.imap_port());
-    println!("master  {} / {} (log in as <user>*{})", MASTER.0, MASTER.1, MASTER.0);
+    println!(
+        "master  {} / {} (log in as <user>*{})",
+        MASTER.0, MASTER.1, MASTER.0
+    );
     println!("user    password  source-messages");
     for (n, (login, password)) in (0u64..).zip(&accounts) {
         let spec = CorpusSpec::new(seed + n, messages);
@@ -64,8 +67,14 @@ async fn serve(users: usize, messages: usize, seed: u64) -> anyhow::Result<()> {
             .with_context(|| format!("filling {login}"))?;
         println!("{login:<7} {password:<9} {}", summary.total());
     }
-    println!("logs    {} {}", source.log_path().display(), target.log_path().display());
+    println!(
+        "logs    {} {}",
+        source.log_path().display(),
+        target.log_path().display()
+    );
     println!("Ctrl-C stops both servers.");
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
     Ok(())
 }
