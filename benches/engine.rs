@@ -50,7 +50,9 @@ fn fingerprinting(c: &mut Criterion) {
     group.bench_function("20 KB message", |b| {
         b.iter(|| Fingerprint::from_headers(black_box(&message), message.len() as u64))
     });
-    let no_id: Vec<u8> = String::from_utf8_lossy(&message).replace("Message-ID", "X-Old-ID").into_bytes();
+    let no_id: Vec<u8> = String::from_utf8_lossy(&message)
+        .replace("Message-ID", "X-Old-ID")
+        .into_bytes();
     group.bench_function("20 KB message without Message-ID", |b| {
         b.iter(|| Fingerprint::from_headers(black_box(&no_id), no_id.len() as u64))
     });
@@ -66,8 +68,12 @@ fn delta_planning(c: &mut Criterion) {
         .collect();
     let existing: Vec<u32> = (1..=FOLDER_SIZE).filter(|uid| uid % 500 != 1).collect();
     let mut group = c.benchmark_group("delta planning, 100k-message folder");
-    group.bench_function("flag changes", |b| b.iter(|| plan::flag_changes(black_box(&rows), &source_flags)));
-    group.bench_function("deletions", |b| b.iter(|| plan::deletions(black_box(&rows), &[], &existing)));
+    group.bench_function("flag changes", |b| {
+        b.iter(|| plan::flag_changes(black_box(&rows), &source_flags))
+    });
+    group.bench_function("deletions", |b| {
+        b.iter(|| plan::deletions(black_box(&rows), &[], &existing))
+    });
     group.bench_function("load state rows", |b| {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut state = State::open(&dir.path().join("bench.db")).expect("state");

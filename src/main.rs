@@ -128,7 +128,9 @@ fn init_logging() {
         // password, message bodies. Those must never reach a log.
         .add_directive(silenced("async_imap"))
         .add_directive(silenced("imap_proto"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if std::io::stderr().is_terminal() {
         builder.init();
     } else {
@@ -148,11 +150,19 @@ fn job(endpoints: &Endpoints) -> Result<MailboxJob> {
         bail!("--from must be an imap:// or imaps:// URL");
     };
     let target = Endpoint::parse(&endpoints.to)?;
-    let source_password = password(endpoints.from_password_file.as_deref(), "CUTOVER_FROM_PASSWORD")?
-        .with_context(|| format!("no password for {}: use --from-password-file or CUTOVER_FROM_PASSWORD", endpoints.from))?;
+    let source_password =
+        password(endpoints.from_password_file.as_deref(), "CUTOVER_FROM_PASSWORD")?.with_context(|| {
+            format!(
+                "no password for {}: use --from-password-file or CUTOVER_FROM_PASSWORD",
+                endpoints.from
+            )
+        })?;
     let target_password = password(endpoints.to_password_file.as_deref(), "CUTOVER_TO_PASSWORD")?;
     if matches!(target, Endpoint::Imap(_)) && target_password.is_none() {
-        bail!("no password for {}: use --to-password-file or CUTOVER_TO_PASSWORD", endpoints.to);
+        bail!(
+            "no password for {}: use --to-password-file or CUTOVER_TO_PASSWORD",
+            endpoints.to
+        );
     }
     Ok(MailboxJob {
         source,
@@ -166,7 +176,8 @@ fn job(endpoints: &Endpoints) -> Result<MailboxJob> {
 /// never from the command line, where it would show in `ps` and history.
 fn password(file: Option<&Path>, variable: &str) -> Result<Option<Secret>> {
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read password file {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read password file {}", path.display()))?;
         let line = text.lines().next().unwrap_or("").to_string();
         if line.is_empty() {
             bail!("password file {} is empty", path.display());
@@ -214,7 +225,11 @@ async fn run_sync(args: SyncArgs) -> Result<ExitCode> {
     } else {
         print_sync(&report);
     }
-    Ok(if report.is_clean() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn progress_bar() -> Option<ProgressBar> {
@@ -222,8 +237,9 @@ fn progress_bar() -> Option<ProgressBar> {
         return None;
     }
     let bar = ProgressBar::new(0);
-    let style = ProgressStyle::with_template("{spinner} {msg:20} [{bar:40}] {pos}/{len} messages, {per_sec}, eta {eta}")
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style =
+        ProgressStyle::with_template("{spinner} {msg:20} [{bar:40}] {pos}/{len} messages, {per_sec}, eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
     Some(bar)
 }
@@ -250,7 +266,10 @@ fn print_sync(report: &SyncReport) {
             folder.deleted_on_target
         );
         for failure in &folder.failed {
-            println!("    UID {} not copied ({}): {}", failure.uid, failure.kind, failure.detail);
+            println!(
+                "    UID {} not copied ({}): {}",
+                failure.uid, failure.kind, failure.detail
+            );
         }
         if let Some(error) = &folder.error {
             println!("    folder failed ({}): {}", error.kind, error.message);
@@ -275,7 +294,11 @@ async fn run_verify(args: VerifyArgs) -> Result<ExitCode> {
     } else {
         print_verify(&result);
     }
-    Ok(if result.missing() == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if result.missing() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn print_verify(result: &Verification) {

@@ -35,7 +35,10 @@ async fn initial_copies_every_message_byte_exact_with_flags_dates_and_folder_map
     // Running the same phase again adds nothing.
     let again = sync(&pair.source_url(), &pair.target_url(), "initial", &state_file, &[]);
     assert_eq!(total(&again, "copied"), 0);
-    assert_eq!(snapshot(pair.target.imap_port(), USER, TARGET_PASSWORD).await, target_snapshot);
+    assert_eq!(
+        snapshot(pair.target.imap_port(), USER, TARGET_PASSWORD).await,
+        target_snapshot
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,7 +33,13 @@ async fn store(session: &mut Session, uids: &str, change: &str) {
 }
 
 async fn expunge(session: &mut Session) {
-    let _: Vec<_> = session.expunge().await.expect("expunge").try_collect().await.expect("expunge");
+    let _: Vec<_> = session
+        .expunge()
+        .await
+        .expect("expunge")
+        .try_collect()
+        .await
+        .expect("expunge");
 }
 
 async fn uids(session: &mut Session, folder: &str) -> Vec<u32> {
@@ -61,20 +67,36 @@ async fn delta_final_and_sweep_carry_changes_and_respect_the_new_server() {
     store(&mut source, &format!("{},{}", inbox[0], inbox[1]), "+FLAGS (\\Flagged)").await;
     store(&mut source, &inbox[2].to_string(), "FLAGS ($Label1)").await;
     let archive = uids(&mut source, "INBOX.Archive").await;
-    store(&mut source, &format!("{},{}", archive[0], archive[1]), "+FLAGS (\\Deleted)").await;
+    store(
+        &mut source,
+        &format!("{},{}", archive[0], archive[1]),
+        "+FLAGS (\\Deleted)",
+    )
+    .await;
     expunge(&mut source).await;
 
     let delta = sync(&from, &to, "delta", &state_file, &[]);
     assert_eq!(total(&delta, "copied"), 3);
     assert!(total(&delta, "flags_updated") >= 3, "{delta}");
     assert_eq!(total(&delta, "deleted_on_source"), 2);
-    assert_eq!(total(&delta, "deleted_on_target"), 0, "deletes need --propagate-deletes");
+    assert_eq!(
+        total(&delta, "deleted_on_target"),
+        0,
+        "deletes need --propagate-deletes"
+    );
     let mut target_after_delta = mapped(&snapshot(pair.target.imap_port(), USER, TARGET_PASSWORD).await, &[]);
-    let source_now = mapped(&snapshot(pair.source.imap_port(), USER, SOURCE_PASSWORD).await, FOLDER_MAP);
+    let source_now = mapped(
+        &snapshot(pair.source.imap_port(), USER, SOURCE_PASSWORD).await,
+        FOLDER_MAP,
+    );
     let target_archive = target_after_delta.remove("Archive").unwrap_or_default();
     let mut source_rest = source_now.clone();
     let source_archive = source_rest.remove("Archive").unwrap_or_default();
-    assert_same(&target_after_delta, &source_rest, "after delta, all folders but Archive match");
+    assert_same(
+        &target_after_delta,
+        &source_rest,
+        "after delta, all folders but Archive match",
+    );
     assert_eq!(
         target_archive.len(),
         source_archive.len() + 2,
@@ -83,7 +105,11 @@ async fn delta_final_and_sweep_carry_changes_and_respect_the_new_server() {
     assert!(source_archive.iter().all(|m| target_archive.contains(m)));
 
     let again = sync(&from, &to, "delta", &state_file, &[]);
-    assert_eq!((total(&again, "copied"), total(&again, "flags_updated")), (0, 0), "a second delta adds nothing");
+    assert_eq!(
+        (total(&again, "copied"), total(&again, "flags_updated")),
+        (0, 0),
+        "a second delta adds nothing"
+    );
 
     let propagated = sync(&from, &to, "delta", &state_file, &["--propagate-deletes"]);
     assert_eq!(total(&propagated, "deleted_on_target"), 2);
@@ -97,7 +123,11 @@ async fn delta_final_and_sweep_carry_changes_and_respect_the_new_server() {
     let final_run = sync(&from, &to, "final", &state_file, &[]);
     assert_eq!(total(&final_run, "copied"), 0);
     let verify = cutover(&["verify", "--from", &from, "--to", &to, "--json"]);
-    assert!(verify.status.success(), "verify after final: {}", String::from_utf8_lossy(&verify.stdout));
+    assert!(
+        verify.status.success(),
+        "verify after final: {}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
 
     // Mail still reaches the old server; the user works on the new one.
     append(&mut source, "INBOX", "late-1", "()").await;
@@ -109,7 +139,10 @@ async fn delta_final_and_sweep_carry_changes_and_respect_the_new_server() {
     let mut target = login(pair.target.imap_port(), USER, TARGET_PASSWORD).await;
     let target_inbox = uids(&mut target, "INBOX").await;
     store(&mut target, &target_inbox[0].to_string(), "+FLAGS (\\Deleted)").await; // deleted by the user
-    target.uid_mv(&target_inbox[1].to_string(), "Archive").await.expect("move"); // filed away
+    target
+        .uid_mv(&target_inbox[1].to_string(), "Archive")
+        .await
+        .expect("move"); // filed away
     store(&mut target, &target_inbox[2].to_string(), "FLAGS (\\Flagged)").await; // re-flagged
     expunge(&mut target).await;
     target.logout().await.ok();
@@ -121,13 +154,22 @@ async fn delta_final_and_sweep_carry_changes_and_respect_the_new_server() {
     let after_sweep = snapshot(pair.target.imap_port(), USER, TARGET_PASSWORD).await;
     assert_eq!(after_sweep["INBOX"].len(), before_sweep["INBOX"].len() + 2);
     for kept in &before_sweep["INBOX"] {
-        assert!(after_sweep["INBOX"].contains(kept), "the user's state of {kept:?} must stand");
+        assert!(
+            after_sweep["INBOX"].contains(kept),
+            "the user's state of {kept:?} must stand"
+        );
     }
-    assert_eq!(after_sweep["Archive"], before_sweep["Archive"], "moved mail is not copied back");
+    assert_eq!(
+        after_sweep["Archive"], before_sweep["Archive"],
+        "moved mail is not copied back"
+    );
 
     let sweep_again = sync(&from, &to, "sweep", &state_file, &[]);
     assert_eq!(total(&sweep_again, "copied"), 0);
-    assert_eq!(snapshot(pair.target.imap_port(), USER, TARGET_PASSWORD).await, after_sweep);
+    assert_eq!(
+        snapshot(pair.target.imap_port(), USER, TARGET_PASSWORD).await,
+        after_sweep
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,7 +179,15 @@ async fn sweep_before_final_is_refused_with_a_clear_error() {
     let state = tempfile::tempdir().unwrap();
     let state_file = state.path().join("state.db").to_string_lossy().into_owned();
     let output = cutover(&[
-        "sync", "--from", &pair.source_url(), "--to", &pair.target_url(), "--phase", "sweep", "--state", &state_file,
+        "sync",
+        "--from",
+        &pair.source_url(),
+        "--to",
+        &pair.target_url(),
+        "--phase",
+        "sweep",
+        "--state",
+        &state_file,
     ]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -14,7 +14,8 @@ fn copied_rows(state_file: &std::path::Path) -> i64 {
     let Ok(conn) = rusqlite::Connection::open_with_flags(state_file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY) else {
         return 0;
     };
-    conn.query_row("SELECT count(*) FROM message", [], |row| row.get(0)).unwrap_or(0)
+    conn.query_row("SELECT count(*) FROM message", [], |row| row.get(0))
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,7 +31,9 @@ async fn kill_9_mid_initial_then_rerun_gives_the_exact_result() {
     let mut kills = 0;
     for threshold in [100, 500, 900] {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cutover"))
-            .args(["sync", "--from", &from, "--to", &to, "--phase", "initial", "--state", &state_arg])
+            .args([
+                "sync", "--from", &from, "--to", &to, "--phase", "initial", "--state", &state_arg,
+            ])
             .env("CUTOVER_FROM_PASSWORD", SOURCE_PASSWORD)
             .env("CUTOVER_TO_PASSWORD", TARGET_PASSWORD)
             .stdout(Stdio::null())
@@ -53,7 +56,10 @@ async fn kill_9_mid_initial_then_rerun_gives_the_exact_result() {
     assert!(kills >= 1, "the copy finished before any kill; make the corpus larger");
 
     let report = sync(&from, &to, "initial", &state_file, &[]);
-    let source_snapshot = mapped(&snapshot(pair.source.imap_port(), USER, SOURCE_PASSWORD).await, FOLDER_MAP);
+    let source_snapshot = mapped(
+        &snapshot(pair.source.imap_port(), USER, SOURCE_PASSWORD).await,
+        FOLDER_MAP,
+    );
     let target_snapshot = mapped(&snapshot(pair.target.imap_port(), USER, TARGET_PASSWORD).await, &[]);
     assert_same(&target_snapshot, &source_snapshot, "after kills and a rerun");
     assert_eq!(count(&target_snapshot), messages.len());
@@ -87,7 +93,11 @@ async fn recreated_source_folder_with_new_uidvalidity_adds_no_duplicates() {
     let saved: Vec<(Vec<u8>, String)> = fetched
         .iter()
         .map(|f| {
-            let date = f.internal_date().expect("date").format("\"%d-%b-%Y %H:%M:%S %z\"").to_string();
+            let date = f
+                .internal_date()
+                .expect("date")
+                .format("\"%d-%b-%Y %H:%M:%S %z\"")
+                .to_string();
             (f.body().expect("body").to_vec(), date)
         })
         .collect();
@@ -95,10 +105,16 @@ async fn recreated_source_folder_with_new_uidvalidity_adds_no_duplicates() {
     source.delete("INBOX.Archive").await.expect("delete folder");
     source.create("INBOX.Archive").await.expect("create folder");
     for (body, date) in &saved {
-        source.append("INBOX.Archive", Some("(\\Seen)"), Some(date), body).await.expect("append");
+        source
+            .append("INBOX.Archive", Some("(\\Seen)"), Some(date), body)
+            .await
+            .expect("append");
     }
     let new = source.examine("INBOX.Archive").await.expect("examine");
-    assert_ne!(old.uid_validity, new.uid_validity, "Dovecot gave the recreated folder a new UIDVALIDITY");
+    assert_ne!(
+        old.uid_validity, new.uid_validity,
+        "Dovecot gave the recreated folder a new UIDVALIDITY"
+    );
     source.logout().await.ok();
 
     let delta = sync(&from, &to, "delta", &state_file, &[]);
@@ -129,7 +145,13 @@ async fn identical_copies_and_mail_already_on_the_target_are_counted_not_duplica
     target.logout().await.ok();
 
     let state = tempfile::tempdir().unwrap();
-    let report = sync(&pair.source_url(), &pair.target_url(), "initial", &state.path().join("s.db"), &[]);
+    let report = sync(
+        &pair.source_url(),
+        &pair.target_url(),
+        "initial",
+        &state.path().join("s.db"),
+        &[],
+    );
     assert_eq!(total(&report, "matched_existing"), 2);
     assert_eq!(total(&report, "copied"), 2);
     let target_snapshot = snapshot(pair.target.imap_port(), USER, TARGET_PASSWORD).await;
@@ -154,7 +176,13 @@ async fn a_25_mb_message_is_copied_byte_exact() {
     };
     pair.fill_source(&[message]);
     let state = tempfile::tempdir().unwrap();
-    let report = sync(&pair.source_url(), &pair.target_url(), "initial", &state.path().join("s.db"), &[]);
+    let report = sync(
+        &pair.source_url(),
+        &pair.target_url(),
+        "initial",
+        &state.path().join("s.db"),
+        &[],
+    );
     assert_eq!(total(&report, "copied"), 1);
     let target = snapshot(pair.target.imap_port(), USER, TARGET_PASSWORD).await;
     assert_eq!(target["INBOX"].len(), 1);

@@ -140,7 +140,11 @@ impl fmt::Display for Endpoint {
         match self {
             Self::Maildir(path) => write!(f, "maildir:{}", path.display()),
             Self::Imap(e) => {
-                let scheme = if e.security == Security::Implicit { "imaps" } else { "imap" };
+                let scheme = if e.security == Security::Implicit {
+                    "imaps"
+                } else {
+                    "imap"
+                };
                 write!(f, "{scheme}://{}@{}:{}", e.user, e.host, e.port)
             }
         }
@@ -189,8 +193,7 @@ mod tests {
     #[test]
     fn parses_imap_with_options() {
         let Endpoint::Imap(e) =
-            Endpoint::parse("imap://alice%40example.org@127.0.0.1:1143?tls=starttls&master=admin&auth=plain")
-                .unwrap()
+            Endpoint::parse("imap://alice%40example.org@127.0.0.1:1143?tls=starttls&master=admin&auth=plain").unwrap()
         else {
             panic!("not imap")
         };

@@ -70,7 +70,11 @@ fn first_raw<'a>(message: &'a Message<'_>, name: &str) -> Option<&'a [u8]> {
         .headers()
         .iter()
         .find(|header| header.name == wanted)
-        .and_then(|header| message.raw_message().get(header.offset_start as usize..header.offset_end as usize))
+        .and_then(|header| {
+            message
+                .raw_message()
+                .get(header.offset_start as usize..header.offset_end as usize)
+        })
 }
 
 impl fmt::Debug for Fingerprint {
@@ -99,7 +103,10 @@ mod tests {
         let whole = Fingerprint::from_headers(WITH_ID, 52);
         let other_size = Fingerprint::from_headers(b"Message-Id:   <abc@example.org> \r\nSubject: changed\r\n\r\n", 9);
         assert_eq!(whole, other_size);
-        assert_ne!(whole, Fingerprint::from_headers(b"Message-ID: <abd@example.org>\r\n\r\n", 52));
+        assert_ne!(
+            whole,
+            Fingerprint::from_headers(b"Message-ID: <abd@example.org>\r\n\r\n", 52)
+        );
     }
 
     #[test]

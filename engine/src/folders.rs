@@ -68,14 +68,37 @@ pub fn role_by_name(leaf: &str) -> Option<SpecialUse> {
     const NAMES: &[(SpecialUse, &[&str])] = &[
         (
             SpecialUse::Sent,
-            &["sent", "sent messages", "sent items", "sent mail", "gesendet", "gesendete objekte", "envoyés", "elementos enviados"],
+            &[
+                "sent",
+                "sent messages",
+                "sent items",
+                "sent mail",
+                "gesendet",
+                "gesendete objekte",
+                "envoyés",
+                "elementos enviados",
+            ],
         ),
-        (SpecialUse::Drafts, &["drafts", "draft", "entwürfe", "brouillons", "borradores"]),
+        (
+            SpecialUse::Drafts,
+            &["drafts", "draft", "entwürfe", "brouillons", "borradores"],
+        ),
         (
             SpecialUse::Trash,
-            &["trash", "deleted items", "deleted messages", "bin", "papierkorb", "gelöschte elemente", "corbeille"],
+            &[
+                "trash",
+                "deleted items",
+                "deleted messages",
+                "bin",
+                "papierkorb",
+                "gelöschte elemente",
+                "corbeille",
+            ],
         ),
-        (SpecialUse::Junk, &["junk", "spam", "junk e-mail", "junk email", "bulk mail", "spamverdacht"]),
+        (
+            SpecialUse::Junk,
+            &["junk", "spam", "junk e-mail", "junk email", "bulk mail", "spamverdacht"],
+        ),
         (SpecialUse::Archive, &["archive", "archives", "archiv"]),
     ];
     let leaf = leaf.trim().to_lowercase();
@@ -114,9 +137,13 @@ fn uses_inbox_prefix(folders: &[FolderInfo]) -> bool {
 }
 
 fn role_of(folder: &FolderInfo, levels: &[String]) -> Option<SpecialUse> {
-    folder
-        .special_use
-        .or_else(|| if levels.len() == 1 { role_by_name(&levels[0]) } else { None })
+    folder.special_use.or_else(|| {
+        if levels.len() == 1 {
+            role_by_name(&levels[0])
+        } else {
+            None
+        }
+    })
 }
 
 /// Plans the folder mapping from both servers' LIST results.

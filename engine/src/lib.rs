@@ -5,15 +5,15 @@
 //! See ARCHITECTURE.md at the repository root for the data flow.
 
 pub mod endpoint;
+pub mod error;
 pub mod fingerprint;
 pub mod folders;
-pub mod state;
+pub mod imap;
+pub mod message;
 pub mod report;
+pub mod state;
 pub mod sync;
 pub mod target;
 pub mod verify;
-pub mod error;
-pub mod imap;
-pub mod message;
 
 pub use error::{Error, ErrorKind, Result};

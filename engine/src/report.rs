@@ -112,7 +112,12 @@ impl SyncReport {
                 out.push((Some(folder.source.clone()), None, e.kind, e.message.clone()));
             }
             for failure in &folder.failed {
-                out.push((Some(folder.source.clone()), Some(failure.uid), failure.kind, failure.detail.clone()));
+                out.push((
+                    Some(folder.source.clone()),
+                    Some(failure.uid),
+                    failure.kind,
+                    failure.detail.clone(),
+                ));
             }
         }
         out

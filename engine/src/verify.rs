@@ -27,7 +27,10 @@ pub struct DateRange {
 
 impl DateRange {
     fn contains(&self, timestamp: Option<i64>) -> bool {
-        let Some(day) = timestamp.and_then(|t| chrono::DateTime::from_timestamp(t, 0)).map(|d| d.date_naive()) else {
+        let Some(day) = timestamp
+            .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+            .map(|d| d.date_naive())
+        else {
             return self.since.is_none() && self.before.is_none();
         };
         self.since.is_none_or(|since| day >= since) && self.before.is_none_or(|before| day < before)
@@ -184,7 +187,8 @@ pub async fn verify(
                 .filter(|s| range.contains(s.date))
                 .collect()
         };
-        out.folders.push(compare(&mapping.source, &mapping.target, source_side, target_side));
+        out.folders
+            .push(compare(&mapping.source, &mapping.target, source_side, target_side));
     }
     source.logout().await;
     target.close().await;

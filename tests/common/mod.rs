@@ -95,7 +95,9 @@ pub fn cutover(args: &[&str]) -> Output {
 /// Runs `cutover sync` for a phase and asserts it succeeded.
 pub fn sync(pair_from: &str, to: &str, phase: &str, state: &Path, extra: &[&str]) -> serde_json::Value {
     let state = state.to_string_lossy().into_owned();
-    let mut args = vec!["sync", "--from", pair_from, "--to", to, "--phase", phase, "--state", &state, "--json"];
+    let mut args = vec![
+        "sync", "--from", pair_from, "--to", to, "--phase", phase, "--state", &state, "--json",
+    ];
     args.extend_from_slice(extra);
     let output = cutover(&args);
     assert!(
@@ -166,7 +168,11 @@ pub async fn snapshot(port: u16, user: &str, password: &str) -> Snapshot {
         .await
         .expect("list")
         .into_iter()
-        .filter(|n| !n.attributes().iter().any(|a| matches!(a, async_imap::types::NameAttribute::NoSelect)))
+        .filter(|n| {
+            !n.attributes()
+                .iter()
+                .any(|a| matches!(a, async_imap::types::NameAttribute::NoSelect))
+        })
         .map(|n| n.name().to_string())
         .collect();
     let mut out = Snapshot::new();

@@ -160,10 +160,22 @@ mod tests {
 
     #[test]
     fn refusals_map_to_report_kinds() {
-        assert_eq!(classify_refusal("[LIMIT] Too many commands", "FETCH"), ErrorKind::Throttled);
-        assert_eq!(classify_refusal("[OVERQUOTA] Quota exceeded", "APPEND"), ErrorKind::Quota);
-        assert_eq!(classify_refusal("[TRYCREATE] Mailbox doesn't exist", "APPEND"), ErrorKind::Folder);
-        assert_eq!(classify_refusal("Message too big", "APPEND"), ErrorKind::MessageRejected);
+        assert_eq!(
+            classify_refusal("[LIMIT] Too many commands", "FETCH"),
+            ErrorKind::Throttled
+        );
+        assert_eq!(
+            classify_refusal("[OVERQUOTA] Quota exceeded", "APPEND"),
+            ErrorKind::Quota
+        );
+        assert_eq!(
+            classify_refusal("[TRYCREATE] Mailbox doesn't exist", "APPEND"),
+            ErrorKind::Folder
+        );
+        assert_eq!(
+            classify_refusal("Message too big", "APPEND"),
+            ErrorKind::MessageRejected
+        );
         assert_eq!(classify_refusal("[AUTHENTICATIONFAILED] no", "LOGIN"), ErrorKind::Auth);
     }
 }

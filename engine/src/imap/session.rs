@@ -8,10 +8,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use async_imap::imap_proto::{
-    AttributeValue, MailboxDatum, NameAttribute, Response, ResponseCode, Status, 
-};
 use async_imap::imap_proto::rfc4315::UidSetMember;
+use async_imap::imap_proto::{AttributeValue, MailboxDatum, NameAttribute, Response, ResponseCode, Status};
 use chrono::{DateTime, FixedOffset};
 use tokio::io::AsyncWriteExt;
 
@@ -150,7 +148,14 @@ impl ImapSession {
         let tcp = connect_tcp(&endpoint.host, endpoint.port, options.connect_timeout).await?;
         let transport = match endpoint.security {
             Security::Implicit => {
-                start_tls(tcp, &endpoint.host, endpoint.port, &options.tls, options.connect_timeout).await?
+                start_tls(
+                    tcp,
+                    &endpoint.host,
+                    endpoint.port,
+                    &options.tls,
+                    options.connect_timeout,
+                )
+                .await?
             }
             _ => Transport::Plain(tcp),
         };
@@ -162,17 +167,27 @@ impl ImapSession {
             Security::Implicit | Security::Plain => false,
         };
         if wants_tls {
-            client.run_command_and_check_ok("STARTTLS", None).await.map_err(|e| Error::Tls {
-                endpoint: address.clone(),
-                detail: format!("STARTTLS refused: {e}"),
-            })?;
+            client
+                .run_command_and_check_ok("STARTTLS", None)
+                .await
+                .map_err(|e| Error::Tls {
+                    endpoint: address.clone(),
+                    detail: format!("STARTTLS refused: {e}"),
+                })?;
             let Transport::Plain(tcp) = client.into_inner() else {
                 return Err(Error::Tls {
                     endpoint: address,
                     detail: "STARTTLS on a connection that is already TLS".into(),
                 });
             };
-            let tls = start_tls(tcp, &endpoint.host, endpoint.port, &options.tls, options.connect_timeout).await?;
+            let tls = start_tls(
+                tcp,
+                &endpoint.host,
+                endpoint.port,
+                &options.tls,
+                options.connect_timeout,
+            )
+            .await?;
             client = async_imap::Client::new(tls);
         }
         let login = login(client, endpoint, password);
@@ -263,8 +278,14 @@ impl ImapSession {
     /// CONDSTORE when the server has it.
     pub async fn open_folder(&mut self, name: &str, read_only: bool) -> Result<SelectedFolder> {
         let verb = if read_only { "EXAMINE" } else { "SELECT" };
-        let condstore = if self.has_capability("CONDSTORE") { " (CONDSTORE)" } else { "" };
-        let tag = self.send(&format!("{verb} {}{condstore}", codec::mailbox(name))).await?;
+        let condstore = if self.has_capability("CONDSTORE") {
+            " (CONDSTORE)"
+        } else {
+            ""
+        };
+        let tag = self
+            .send(&format!("{verb} {}{condstore}", codec::mailbox(name)))
+            .await?;
         let mut folder = SelectedFolder::default();
         loop {
             let event = self
@@ -317,7 +338,12 @@ impl ImapSession {
 
     /// Starts a `UID FETCH` of `uid_set`; read the results with
     /// [`ImapSession::fetch_next`] until it returns `None`.
-    pub async fn fetch_start(&mut self, uid_set: &str, items: FetchItems, changed_since: Option<u64>) -> Result<FetchHandle> {
+    pub async fn fetch_start(
+        &mut self,
+        uid_set: &str,
+        items: FetchItems,
+        changed_since: Option<u64>,
+    ) -> Result<FetchHandle> {
         let attributes = match items {
             FetchItems::Full => "UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[]".to_string(),
             FetchItems::Fingerprint => {
@@ -329,8 +355,14 @@ impl ImapSession {
             Some(modseq) => format!(" (CHANGEDSINCE {modseq})"),
             None => String::new(),
         };
-        let tag = self.send(&format!("UID FETCH {uid_set} ({attributes}){modifier}")).await?;
-        Ok(FetchHandle { tag, items, finished: false })
+        let tag = self
+            .send(&format!("UID FETCH {uid_set} ({attributes}){modifier}"))
+            .await?;
+        Ok(FetchHandle {
+            tag,
+            items,
+            finished: false,
+        })
     }
 
     /// The next message of a FETCH, or `None` once the server said OK.
@@ -371,7 +403,12 @@ impl ImapSession {
 
     /// Fetches all records of a UID set at once (for small, bounded sets:
     /// headers and flags, never bodies of a whole folder).
-    pub async fn fetch_all(&mut self, uid_set: &str, items: FetchItems, changed_since: Option<u64>) -> Result<Vec<FetchRecord>> {
+    pub async fn fetch_all(
+        &mut self,
+        uid_set: &str,
+        items: FetchItems,
+        changed_since: Option<u64>,
+    ) -> Result<Vec<FetchRecord>> {
         let mut handle = self.fetch_start(uid_set, items, changed_since).await?;
         let mut out = Vec::new();
         while let Some(record) = self.fetch_next(&mut handle).await? {
@@ -430,7 +467,10 @@ impl ImapSession {
     pub async fn uid_store(&mut self, uids: &[u32], operation: &str, flags: &Flags) -> Result<()> {
         for set in codec::uid_set_chunks(uids, 4000) {
             let tag = self
-                .send(&format!("UID STORE {set} {operation}.SILENT {}", codec::flag_list(flags)))
+                .send(&format!(
+                    "UID STORE {set} {operation}.SILENT {}",
+                    codec::flag_list(flags)
+                ))
                 .await?;
             let done = self.until_done(&tag).await?;
             self.check(done, "STORE")?;
@@ -541,20 +581,22 @@ impl ImapSession {
     async fn event<T>(&mut self, tag: &str, item: impl FnOnce(&Response<'_>) -> Option<T>) -> Result<Event<T>> {
         let event = self
             .read(|response| match response {
-                Response::Done { tag: done_tag, status, outcome } if done_tag.0 == tag => {
-                    Ok(Event::Done(Completion {
-                        ok: matches!(status, Status::Ok),
-                        text: outcome_text(outcome.code.as_ref(), outcome.information.as_deref()),
-                        append_uids: match &outcome.code {
-                            Some(ResponseCode::AppendUid(_, set)) => expand_uid_set(set),
-                            _ => Vec::new(),
-                        },
-                    }))
-                }
-                Response::Data { status: Status::Bye, outcome } => Err(outcome_text(
-                    outcome.code.as_ref(),
-                    outcome.information.as_deref(),
-                )),
+                Response::Done {
+                    tag: done_tag,
+                    status,
+                    outcome,
+                } if done_tag.0 == tag => Ok(Event::Done(Completion {
+                    ok: matches!(status, Status::Ok),
+                    text: outcome_text(outcome.code.as_ref(), outcome.information.as_deref()),
+                    append_uids: match &outcome.code {
+                        Some(ResponseCode::AppendUid(_, set)) => expand_uid_set(set),
+                        _ => Vec::new(),
+                    },
+                })),
+                Response::Data {
+                    status: Status::Bye,
+                    outcome,
+                } => Err(outcome_text(outcome.code.as_ref(), outcome.information.as_deref())),
                 other => Ok(item(other).map_or(Event::Ignore, Event::Item)),
             })
             .await?;
@@ -599,11 +641,7 @@ pub struct FetchHandle {
     finished: bool,
 }
 
-async fn read_greeting(
-    client: &mut async_imap::Client<Transport>,
-    address: &str,
-    timeout: Duration,
-) -> Result<String> {
+async fn read_greeting(client: &mut async_imap::Client<Transport>, address: &str, timeout: Duration) -> Result<String> {
     let greeting = match tokio::time::timeout(timeout, client.read_response()).await {
         Err(_) => {
             return Err(Error::Timeout {
@@ -625,8 +663,13 @@ async fn read_greeting(
             })
         }
         Ok(Ok(Some(data))) => match data.parsed() {
-            Response::Data { status: Status::Ok | Status::PreAuth, outcome } => Ok(match &outcome.code {
-                Some(ResponseCode::Capabilities(caps)) => caps.iter().map(capability_name).collect::<Vec<_>>().join(" "),
+            Response::Data {
+                status: Status::Ok | Status::PreAuth,
+                outcome,
+            } => Ok(match &outcome.code {
+                Some(ResponseCode::Capabilities(caps)) => {
+                    caps.iter().map(capability_name).collect::<Vec<_>>().join(" ")
+                }
                 _ => String::new(),
             }),
             Response::Data { outcome, .. } => Err(outcome_text(outcome.code.as_ref(), outcome.information.as_deref())),
@@ -798,12 +841,13 @@ fn fetch_record(attributes: &[AttributeValue<'_>]) -> FetchRecord {
             AttributeValue::InternalDate(date) => record.internal_date = codec::parse_internal_date(date),
             AttributeValue::Rfc822Size(size) => record.size = Some(*size),
             AttributeValue::ModSeq(modseq) => record.modseq = Some(*modseq),
-            AttributeValue::BodySection { section: None, data, .. } | AttributeValue::Rfc822(data) => {
-                record.body = Some(data.as_deref().unwrap_or_default().to_vec())
+            AttributeValue::BodySection {
+                section: None, data, ..
             }
-            AttributeValue::BodySection { section: Some(_), data, .. } => {
-                record.header = Some(data.as_deref().unwrap_or_default().to_vec())
-            }
+            | AttributeValue::Rfc822(data) => record.body = Some(data.as_deref().unwrap_or_default().to_vec()),
+            AttributeValue::BodySection {
+                section: Some(_), data, ..
+            } => record.header = Some(data.as_deref().unwrap_or_default().to_vec()),
             _ => {}
         }
     }

@@ -160,7 +160,9 @@ impl State {
     /// When the final phase ran for this mailbox, if it did.
     pub fn cutover_at(&self, mailbox: MailboxId) -> Result<Option<String>> {
         self.conn
-            .query_row("SELECT cutover_at FROM mailbox WHERE id = ?1", [mailbox], |row| row.get(0))
+            .query_row("SELECT cutover_at FROM mailbox WHERE id = ?1", [mailbox], |row| {
+                row.get(0)
+            })
             .map_err(self.err())
     }
 
@@ -261,7 +263,9 @@ impl State {
     pub fn failures(&self, folder_id: i64) -> Result<Vec<FailureRow>> {
         let mut statement = self
             .conn
-            .prepare_cached("SELECT source_uid, kind, detail FROM message_failure WHERE folder_id = ?1 ORDER BY source_uid")
+            .prepare_cached(
+                "SELECT source_uid, kind, detail FROM message_failure WHERE folder_id = ?1 ORDER BY source_uid",
+            )
             .map_err(self.err())?;
         let rows = statement
             .query_map([folder_id], |row| {
@@ -281,12 +285,7 @@ impl State {
     /// Because this is one transaction, a kill at any moment leaves either
     /// all of it or none; the target scan on the next run finds what the
     /// server stored before the kill.
-    pub fn record_batch(
-        &mut self,
-        folder: &FolderState,
-        copied: &[MessageRow],
-        failed: &[FailureRow],
-    ) -> Result<()> {
+    pub fn record_batch(&mut self, folder: &FolderState, copied: &[MessageRow], failed: &[FailureRow]) -> Result<()> {
         let path = self.path.clone();
         let err = |source| Error::State {
             path: path.clone(),
@@ -325,8 +324,13 @@ impl State {
                 )
                 .map_err(err)?;
             for failure in failed {
-                fail.execute(params![folder.id, failure.source_uid, failure.kind.as_str(), failure.detail])
-                    .map_err(err)?;
+                fail.execute(params![
+                    folder.id,
+                    failure.source_uid,
+                    failure.kind.as_str(),
+                    failure.detail
+                ])
+                .map_err(err)?;
             }
             tx.execute(
                 "UPDATE folder SET highest_uid = max(highest_uid, ?2) WHERE id = ?1",
@@ -350,7 +354,9 @@ impl State {
                 .prepare_cached("UPDATE message SET flags = ?3 WHERE folder_id = ?1 AND source_uid = ?2")
                 .map_err(err)?;
             for (uid, flags) in changes {
-                update.execute(params![folder_id, uid, flags.to_string()]).map_err(err)?;
+                update
+                    .execute(params![folder_id, uid, flags.to_string()])
+                    .map_err(err)?;
             }
         }
         tx.commit().map_err(err)
@@ -425,10 +431,14 @@ impl State {
         .map_err(err)?;
         {
             let mut insert = tx
-                .prepare_cached("INSERT INTO run_error (run_id, folder, source_uid, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5)")
+                .prepare_cached(
+                    "INSERT INTO run_error (run_id, folder, source_uid, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
                 .map_err(err)?;
             for (folder, uid, kind, detail) in errors {
-                insert.execute(params![run, folder, uid, kind.as_str(), detail]).map_err(err)?;
+                insert
+                    .execute(params![run, folder, uid, kind.as_str(), detail])
+                    .map_err(err)?;
             }
         }
         tx.commit().map_err(err)
@@ -487,7 +497,9 @@ mod tests {
                 kind: ErrorKind::MessageRejected,
                 detail: "too big".into(),
             };
-            state.record_batch(&folder, &[row(1, "a"), row(3, "c")], &[failure]).unwrap();
+            state
+                .record_batch(&folder, &[row(1, "a"), row(3, "c")], &[failure])
+                .unwrap();
             assert_eq!(state.failures(folder.id).unwrap()[0].kind, ErrorKind::MessageRejected);
             state.record_batch(&folder, &[row(2, "b")], &[]).unwrap();
         }
@@ -495,7 +507,12 @@ mod tests {
         let mailbox = state.mailbox("imap://a@h:1", "maildir:/x").unwrap();
         let folder = state.folder(mailbox, "INBOX", "INBOX").unwrap();
         assert_eq!(folder.highest_uid, 3);
-        let uids: Vec<u32> = state.messages(folder.id).unwrap().iter().map(|m| m.source_uid).collect();
+        let uids: Vec<u32> = state
+            .messages(folder.id)
+            .unwrap()
+            .iter()
+            .map(|m| m.source_uid)
+            .collect();
         assert_eq!(uids, [1, 2, 3]);
         assert!(state.failures(folder.id).unwrap().is_empty());
     }

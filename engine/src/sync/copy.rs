@@ -134,7 +134,6 @@ impl FolderCopy<'_> {
         let (fetched, appended) = tokio::join!(fetch, append);
         appended.and(fetched)
     }
-
 }
 
 /// The appending half of the pipeline.

@@ -217,7 +217,17 @@ async fn run_phase(
             target: mapping.target.clone(),
             ..FolderReport::default()
         };
-        let result = sync_folder(&mut source, &mut target, state, mailbox, mapping, options, &mut folder_report, progress).await;
+        let result = sync_folder(
+            &mut source,
+            &mut target,
+            state,
+            mailbox,
+            mapping,
+            options,
+            &mut folder_report,
+            progress,
+        )
+        .await;
         if let Err(e) = result {
             tracing::warn!(folder = %mapping.source, error = %e, "folder sync failed");
             folder_report.error = Some(ReportedError::from(&e));
@@ -310,7 +320,17 @@ async fn sync_folder(
             report.deleted_on_target = refs.len() as u64;
             state.source_deleted(folder.id, &gone, true)?;
         }
-        sync_flags(source, target, state, &mut folder, mapping, source_status.highest_modseq, &rows, report).await?;
+        sync_flags(
+            source,
+            target,
+            state,
+            &mut folder,
+            mapping,
+            source_status.highest_modseq,
+            &rows,
+            report,
+        )
+        .await?;
     }
     folder.highest_modseq = source_status.highest_modseq;
 
@@ -366,15 +386,15 @@ async fn sync_flags(
     let records = source
         .fetch_all(&format!("1:{}", folder.highest_uid), FetchItems::Flags, changed_since)
         .await?;
-    let source_flags: Vec<(u32, Flags)> = records
-        .into_iter()
-        .filter_map(|r| Some((r.uid, r.flags?)))
-        .collect();
+    let source_flags: Vec<(u32, Flags)> = records.into_iter().filter_map(|r| Some((r.uid, r.flags?))).collect();
     let changes = plan::flag_changes(rows, &source_flags);
     if changes.is_empty() {
         return Ok(());
     }
-    let target_changes: Vec<(String, Flags)> = changes.iter().map(|c| (c.target_ref.clone(), c.flags.clone())).collect();
+    let target_changes: Vec<(String, Flags)> = changes
+        .iter()
+        .map(|c| (c.target_ref.clone(), c.flags.clone()))
+        .collect();
     target.set_flags(&mapping.target, &target_changes).await?;
     let state_changes: Vec<(u32, Flags)> = changes.into_iter().map(|c| (c.source_uid, c.flags)).collect();
     state.update_flags(folder.id, &state_changes)?;

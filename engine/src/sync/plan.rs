@@ -155,7 +155,13 @@ mod tests {
         assert!(!may_have_deletions(4, &rows, &failures, 1));
         assert!(may_have_deletions(3, &rows, &failures, 1));
         let found = deletions(&rows, &failures, &[2, 5]);
-        assert_eq!(found, Deletions { copied: vec![1], failed: vec![4] });
+        assert_eq!(
+            found,
+            Deletions {
+                copied: vec![1],
+                failed: vec![4]
+            }
+        );
     }
 
     #[test]

@@ -59,7 +59,12 @@ impl ImapTarget {
         Ok(())
     }
 
-    pub(super) async fn scan(&mut self, name: &str, after_uid: u32, known: &HashSet<String>) -> Result<Vec<TargetMessage>> {
+    pub(super) async fn scan(
+        &mut self,
+        name: &str,
+        after_uid: u32,
+        known: &HashSet<String>,
+    ) -> Result<Vec<TargetMessage>> {
         self.select(name).await?;
         let records = self
             .session

@@ -205,7 +205,13 @@ fn file_name(key: &str, flags: &Flags, keywords: &mut Keywords) -> String {
                 .iter()
                 .find(|(_, name)| name.eq_ignore_ascii_case(flag))
                 .map(|(letter, _)| *letter)
-                .or_else(|| if flag.starts_with('\\') { None } else { keywords.letter(flag) })
+                .or_else(|| {
+                    if flag.starts_with('\\') {
+                        None
+                    } else {
+                        keywords.letter(flag)
+                    }
+                })
         })
         .collect();
     letters.sort_unstable();
@@ -355,7 +361,10 @@ mod tests {
         let target = MaildirTarget::open(dir.path()).unwrap();
         target.create_folder("Archiv.Entwürfe").unwrap();
         let keys = target
-            .append("Archiv.Entwürfe", &[message(1, &["\\Seen", "$Forwarded"]), message(2, &[])])
+            .append(
+                "Archiv.Entwürfe",
+                &[message(1, &["\\Seen", "$Forwarded"]), message(2, &[])],
+            )
             .unwrap();
         assert!(dir.path().join(".Archiv.Entw&APw-rfe/cur").is_dir());
         let names: Vec<String> = target.folders().unwrap().into_iter().map(|f| f.name).collect();
@@ -363,14 +372,23 @@ mod tests {
 
         let scanned = target.scan("Archiv.Entwürfe", &HashSet::new()).await.unwrap();
         assert_eq!(scanned.len(), 2);
-        let first = scanned.iter().find(|m| Some(&m.target_ref) == keys[0].as_ref()).unwrap();
+        let first = scanned
+            .iter()
+            .find(|m| Some(&m.target_ref) == keys[0].as_ref())
+            .unwrap();
         assert_eq!(first.flags.to_string(), "$Forwarded \\Seen");
-        assert_eq!(first.internal_date.unwrap().timestamp(), message(1, &[]).internal_date.timestamp());
-        let raw = fs::read(message_files(&target.folder_dir("Archiv.Entwürfe")).unwrap()[&first.target_ref].clone()).unwrap();
+        assert_eq!(
+            first.internal_date.unwrap().timestamp(),
+            message(1, &[]).internal_date.timestamp()
+        );
+        let raw =
+            fs::read(message_files(&target.folder_dir("Archiv.Entwürfe")).unwrap()[&first.target_ref].clone()).unwrap();
         assert_eq!(raw, message(1, &[]).raw);
 
         let key1 = keys[0].clone().unwrap();
-        target.set_flags("Archiv.Entwürfe", &[(key1.clone(), Flags::new(["\\Flagged"]))]).unwrap();
+        target
+            .set_flags("Archiv.Entwürfe", &[(key1.clone(), Flags::new(["\\Flagged"]))])
+            .unwrap();
         target.delete("Archiv.Entwürfe", &[keys[1].clone().unwrap()]).unwrap();
         let known: HashSet<String> = HashSet::new();
         let after = target.scan("Archiv.Entwürfe", &known).await.unwrap();

@@ -46,7 +46,7 @@ pub struct TargetFolderStatus {
 /// An opened target store.
 pub enum Target {
     /// An IMAP server.
-    Imap(ImapTarget),
+    Imap(Box<ImapTarget>),
     /// A Maildir++ tree.
     Maildir(MaildirTarget),
 }
@@ -57,9 +57,11 @@ impl Target {
         match endpoint {
             Endpoint::Imap(imap) => {
                 let password = password.ok_or_else(|| {
-                    Error::Config(format!("no password for target {endpoint} (--to-password-file or CUTOVER_TO_PASSWORD)"))
+                    Error::Config(format!(
+                        "no password for target {endpoint} (--to-password-file or CUTOVER_TO_PASSWORD)"
+                    ))
                 })?;
-                Ok(Self::Imap(ImapTarget::connect(imap, password, options).await?))
+                Ok(Self::Imap(Box::new(ImapTarget::connect(imap, password, options).await?)))
             }
             Endpoint::Maildir(path) => Ok(Self::Maildir(MaildirTarget::open(path)?)),
         }
@@ -134,7 +136,7 @@ impl Target {
     /// Closes connections politely.
     pub async fn close(self) {
         if let Self::Imap(t) = self {
-            t.close().await;
+            (*t).close().await;
         }
     }
 }
