@@ -17,6 +17,8 @@ use cutover_engine::sync::{self, MailboxJob, Phase, Progress, ProgressFn, SyncOp
 use cutover_engine::verify::{self, DateRange, Verification};
 use indicatif::{ProgressBar, ProgressStyle};
 
+mod batch;
+
 /// Copies mailboxes from IMAP servers into IMAP servers or Maildirs, through
 /// initial, delta, final and sweep phases, without ever duplicating a message.
 #[derive(Parser)]
@@ -32,6 +34,9 @@ enum Command {
     Sync(SyncArgs),
     /// Compare source and target; exit 1 when anything is missing.
     Verify(VerifyArgs),
+    /// Batches of mailboxes from a CSV file.
+    #[command(subcommand)]
+    Batch(batch::BatchCommand),
 }
 
 #[derive(Args)]
@@ -142,6 +147,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Sync(args) => run_sync(args).await,
         Command::Verify(args) => run_verify(args).await,
+        Command::Batch(command) => batch::run(command).await,
     }
 }
 
@@ -187,15 +193,16 @@ fn password(file: Option<&Path>, variable: &str) -> Result<Option<Secret>> {
     Ok(std::env::var(variable).ok().filter(|v| !v.is_empty()).map(Secret::new))
 }
 
-fn connect_options(endpoints: &Endpoints) -> ConnectOptions {
+pub(crate) fn connect_options_from(ca_file: Option<PathBuf>, insecure: bool, timeout: u64) -> ConnectOptions {
     ConnectOptions {
-        tls: TlsOptions {
-            ca_file: endpoints.ca_file.clone(),
-            insecure: endpoints.insecure,
-        },
-        read_timeout: Duration::from_secs(endpoints.timeout.max(1)),
+        tls: TlsOptions { ca_file, insecure },
+        read_timeout: Duration::from_secs(timeout.max(1)),
         ..ConnectOptions::default()
     }
+}
+
+fn connect_options(endpoints: &Endpoints) -> ConnectOptions {
+    connect_options_from(endpoints.ca_file.clone(), endpoints.insecure, endpoints.timeout)
 }
 
 async fn run_sync(args: SyncArgs) -> Result<ExitCode> {

@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 pub enum ErrorKind {
     /// Wrong login or password, or the impersonation was refused.
     Auth,
+    /// The account does not exist on that server (not provisioned or not
+    /// licensed): an admin login works but the user is unknown.
+    AccountMissing,
     /// The server could not be reached.
     Connect,
     /// The TLS handshake or certificate check failed.
@@ -25,6 +28,8 @@ pub enum ErrorKind {
     Quota,
     /// The target refused one message.
     MessageRejected,
+    /// The target refused one message for its size.
+    MessageTooLarge,
     /// The server said something we did not expect.
     Protocol,
     /// A folder could not be listed, opened or created.
@@ -38,6 +43,29 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, in report order.
+    pub const ALL: [ErrorKind; 14] = [
+        Self::Auth,
+        Self::AccountMissing,
+        Self::Connect,
+        Self::Tls,
+        Self::Timeout,
+        Self::Throttled,
+        Self::Quota,
+        Self::MessageRejected,
+        Self::MessageTooLarge,
+        Self::Protocol,
+        Self::Folder,
+        Self::State,
+        Self::Config,
+        Self::Io,
+    ];
+
+    /// Whether the failure concerns one message, not the whole mailbox.
+    pub fn is_per_message(self) -> bool {
+        matches!(self, Self::MessageRejected | Self::MessageTooLarge)
+    }
+
     /// Whether running the same thing again later may succeed without a fix.
     pub fn is_transient(self) -> bool {
         matches!(self, Self::Connect | Self::Timeout | Self::Throttled)
@@ -47,12 +75,14 @@ impl ErrorKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Auth => "auth",
+            Self::AccountMissing => "account_missing",
             Self::Connect => "connect",
             Self::Tls => "tls",
             Self::Timeout => "timeout",
             Self::Throttled => "throttled",
             Self::Quota => "quota",
             Self::MessageRejected => "message_rejected",
+            Self::MessageTooLarge => "message_too_large",
             Self::Protocol => "protocol",
             Self::Folder => "folder",
             Self::State => "state",
@@ -95,6 +125,16 @@ pub enum Error {
         /// The server, as `host:port`.
         endpoint: String,
         /// The login (never the password).
+        user: String,
+        /// The server's reason.
+        detail: String,
+    },
+    /// See [`ErrorKind::AccountMissing`].
+    #[error("{endpoint} has no account {user} (the admin login was refused for it): {detail}")]
+    AccountMissing {
+        /// The server, as `host:port`.
+        endpoint: String,
+        /// The login that does not exist.
         user: String,
         /// The server's reason.
         detail: String,
@@ -168,6 +208,7 @@ impl Error {
             Self::Connect { .. } => ErrorKind::Connect,
             Self::Tls { .. } => ErrorKind::Tls,
             Self::Auth { .. } => ErrorKind::Auth,
+            Self::AccountMissing { .. } => ErrorKind::AccountMissing,
             Self::Timeout { .. } => ErrorKind::Timeout,
             Self::Imap { kind, .. } => *kind,
             Self::ConnectionLost { .. } => ErrorKind::Connect,

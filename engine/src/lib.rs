@@ -4,11 +4,13 @@
 //!
 //! See ARCHITECTURE.md at the repository root for the data flow.
 
+pub mod batch;
 pub mod endpoint;
 pub mod error;
 pub mod fingerprint;
 pub mod folders;
 pub mod imap;
+pub mod limits;
 pub mod message;
 pub mod report;
 pub mod state;

@@ -117,6 +117,8 @@ pub fn classify_refusal(text: &str, command: &str) -> ErrorKind {
         ErrorKind::Auth
     } else if has("[TRYCREATE]") || has("[NONEXISTENT]") || has("[NOPERM]") || has("[CANNOT]") {
         ErrorKind::Folder
+    } else if command == "APPEND" && (has("[TOOBIG]") || has("TOO BIG") || has("TOO LARGE") || has("SIZE LIMIT")) {
+        ErrorKind::MessageTooLarge
     } else if command == "APPEND" {
         ErrorKind::MessageRejected
     } else if matches!(command, "SELECT" | "EXAMINE" | "CREATE" | "STATUS" | "LIST") {

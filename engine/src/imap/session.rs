@@ -113,6 +113,8 @@ pub enum FetchItems {
     Fingerprint,
     /// Flags (and MODSEQ with CONDSTORE): for flag sync.
     Flags,
+    /// Sizes only: for sizing a mailbox.
+    Size,
 }
 
 /// The header fields [`crate::fingerprint`] reads.
@@ -350,6 +352,7 @@ impl ImapSession {
                 format!("UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS ({FINGERPRINT_FIELDS})]")
             }
             FetchItems::Flags => "UID FLAGS".to_string(),
+            FetchItems::Size => "UID RFC822.SIZE".to_string(),
         };
         let modifier = match changed_since {
             Some(modseq) => format!(" (CHANGEDSINCE {modseq})"),
@@ -386,6 +389,7 @@ impl ImapSession {
                         FetchItems::Full => record.body.is_some(),
                         FetchItems::Fingerprint => record.header.is_some(),
                         FetchItems::Flags => record.flags.is_some(),
+                        FetchItems::Size => record.size.is_some(),
                     };
                     if complete && record.uid != 0 {
                         return Ok(Some(record));
@@ -736,6 +740,15 @@ async fn login(
         }
     };
     result.map_err(|e| match e {
+        // With an admin credential that works for the other mailboxes, a
+        // refusal means this user does not exist (not provisioned).
+        async_imap::error::Error::No(text) | async_imap::error::Error::Bad(text) if endpoint.master_user.is_some() => {
+            Error::AccountMissing {
+                endpoint: address,
+                user: shown_user,
+                detail: text,
+            }
+        }
         async_imap::error::Error::No(text) | async_imap::error::Error::Bad(text) => Error::Auth {
             endpoint: address,
             user: shown_user,

@@ -7,7 +7,10 @@
 //! shared PostgreSQL store later. No password or message content is stored:
 //! endpoints are stored without secrets, messages as digests.
 
+mod batch;
 mod schema;
+
+pub use batch::{BatchId, BatchRecord, BatchRowRecord};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -101,6 +104,14 @@ impl State {
     fn err(&self) -> impl Fn(rusqlite::Error) -> Error + '_ {
         move |source| Error::State {
             path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn err_owned(&self) -> impl Fn(rusqlite::Error) -> Error {
+        let path = self.path.clone();
+        move |source| Error::State {
+            path: path.clone(),
             source,
         }
     }

@@ -73,4 +73,38 @@ pub const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX run_error_by_run ON run_error(run_id);
     "#,
+    // 2: batches and their rows.
+    r#"
+    CREATE TABLE batch (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,       -- the batch file's absolute path
+        created_at TEXT NOT NULL,
+        last_phase TEXT,
+        held INTEGER NOT NULL DEFAULT 0, -- too many failures: later phases wait for a person
+        held_reason TEXT
+    ) STRICT;
+
+    CREATE TABLE batch_row (
+        batch_id INTEGER NOT NULL REFERENCES batch(id) ON DELETE CASCADE,
+        fingerprint TEXT NOT NULL,       -- digest of the row; a corrected row is a new row
+        line INTEGER NOT NULL,
+        source TEXT NOT NULL,            -- endpoint identities, no passwords
+        target TEXT NOT NULL,
+        business_unit TEXT,
+        current INTEGER NOT NULL DEFAULT 1,  -- in the latest version of the file
+        phase TEXT,
+        status TEXT NOT NULL DEFAULT 'pending', -- pending | done | partial | failed
+        error_kind TEXT,
+        error_detail TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        messages INTEGER NOT NULL DEFAULT 0,
+        bytes INTEGER NOT NULL DEFAULT 0,
+        failed_messages INTEGER NOT NULL DEFAULT 0,
+        source_folders INTEGER,          -- sizes seen by the preflight check
+        source_messages INTEGER,
+        source_bytes INTEGER,
+        updated_at TEXT,
+        PRIMARY KEY (batch_id, fingerprint)
+    ) STRICT;
+    "#,
 ];

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use super::plan::DedupPool;
 use super::{Progress, ProgressFn, SyncOptions};
-use crate::error::{ErrorKind, Result};
+use crate::error::Result;
 use crate::fingerprint::Fingerprint;
 use crate::folders::FolderMapping;
 use crate::imap::{FetchItems, FetchRecord, ImapSession};
@@ -101,6 +101,7 @@ impl FolderCopy<'_> {
             target_name: &self.mapping.target,
             report: &mut *self.report,
             progress: self.progress,
+            budgets: &self.options.budgets,
         };
         let source = &mut *self.source;
         let fetch = async move {
@@ -144,22 +145,27 @@ struct Appender<'a> {
     target_name: &'a str,
     report: &'a mut FolderReport,
     progress: Option<&'a ProgressFn>,
+    budgets: &'a [std::sync::Arc<crate::limits::Budget>],
 }
 
 impl Appender<'_> {
     /// Appends one batch and records it in the state in one transaction.
     async fn append_batch(&mut self, batch: Vec<Message>) -> Result<()> {
         let target_name = self.target_name;
+        let batch_bytes: u64 = batch.iter().map(|m| m.raw.len() as u64).sum();
+        for budget in self.budgets {
+            budget.admit(batch.len() as u32, batch_bytes).await;
+        }
         let (refs, failed) = match self.target.append(target_name, &batch).await {
             Ok(refs) => (refs, Vec::new()),
             // MULTIAPPEND is all or nothing: find the one message refused.
-            Err(e) if e.kind() == ErrorKind::MessageRejected => {
+            Err(e) if e.kind().is_per_message() => {
                 let mut refs = Vec::with_capacity(batch.len());
                 let mut failed = Vec::new();
                 for message in &batch {
                     match self.target.append(target_name, std::slice::from_ref(message)).await {
                         Ok(mut one) => refs.push(one.pop().flatten()),
-                        Err(e) if e.kind() == ErrorKind::MessageRejected => {
+                        Err(e) if e.kind().is_per_message() => {
                             refs.push(None);
                             failed.push(FailureRow {
                                 source_uid: message.uid,

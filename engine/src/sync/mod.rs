@@ -21,6 +21,7 @@ use crate::endpoint::{Endpoint, ImapEndpoint, Secret};
 use crate::error::{Error, ErrorKind, Result};
 use crate::folders::{self, FolderFilter, FolderMapping};
 use crate::imap::{ConnectOptions, FetchItems, ImapSession};
+use crate::limits::Budget;
 use crate::message::Flags;
 use crate::report::{FolderReport, ReportedError, SyncReport};
 use crate::state::{MailboxId, State};
@@ -94,6 +95,8 @@ pub struct SyncOptions {
     pub batch_messages: usize,
     /// Most bytes per APPEND batch (a larger message goes alone).
     pub batch_bytes: usize,
+    /// Rate budgets every APPEND batch draws on (per host, per mailbox).
+    pub budgets: Vec<Arc<Budget>>,
 }
 
 impl SyncOptions {
@@ -106,6 +109,7 @@ impl SyncOptions {
             connect: ConnectOptions::default(),
             batch_messages: 200,
             batch_bytes: 4 << 20,
+            budgets: Vec::new(),
         }
     }
 }
@@ -234,7 +238,7 @@ async fn run_phase(
             report.folders.push(folder_report);
             // A broken connection or a state failure ends the mailbox; a
             // refused folder does not.
-            if matches!(e.kind(), ErrorKind::Folder | ErrorKind::MessageRejected) {
+            if e.kind() == ErrorKind::Folder || e.kind().is_per_message() {
                 continue;
             }
             outcome = Err(e);

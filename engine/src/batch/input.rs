@@ -1,0 +1,964 @@
+//! Batch files: reading and validating the CSV a customer hands in.
+//!
+//! Three layouts are read: the native one ([`NATIVE_COLUMNS`]), Exchange's
+//! migration-batch CSV (`EmailAddress,UserName,Password`) and imapsync's
+//! `host1;user1;password1;host2;user2;password2` lines. The layout is told
+//! from the content, never from the file name, because customers' files are
+//! routinely misnamed. [`read_batch`] collects every problem before it gives
+//! up, so one round trip to the customer fixes the whole file.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use chrono::NaiveDate;
+use email_address::{EmailAddress, Options};
+use sha2::{Digest, Sha256};
+
+use crate::endpoint::Secret;
+use crate::error::{Error, Result};
+
+/// The columns of the native layout, in the order [`write_rows`] and [`template`] use.
+pub const NATIVE_COLUMNS: &[&str] = &[
+    "source_address",
+    "source_login",
+    "source_password",
+    "source_master",
+    "source_server",
+    "target_address",
+    "target_login",
+    "target_password",
+    "target_master",
+    "target_server",
+    "business_unit",
+    "wave",
+    "cutover_date",
+];
+
+// Indexes into NATIVE_COLUMNS. An account's five columns come in the same
+// order on both sides, so a side is an offset (SOURCE or TARGET) plus these.
+const ADDRESS: usize = 0;
+const LOGIN: usize = 1;
+const PASSWORD: usize = 2;
+const MASTER: usize = 3;
+const SERVER: usize = 4;
+const SOURCE: usize = 0;
+const TARGET: usize = 5;
+const BUSINESS_UNIT: usize = 10;
+const WAVE: usize = 11;
+const CUTOVER_DATE: usize = 12;
+
+/// Exchange's columns, squashed (lower case, no spaces or underscores), and
+/// the native column each feeds; EmailAddress feeds both addresses.
+const EXCHANGE_COLUMNS: &[(&str, &str, &[usize])] = &[
+    ("emailaddress", "EmailAddress", &[SOURCE + ADDRESS, TARGET + ADDRESS]),
+    ("username", "UserName", &[SOURCE + LOGIN]),
+    ("password", "Password", &[SOURCE + PASSWORD]),
+];
+
+const IMAPSYNC_COLUMNS: &[&str] = &["host1", "user1", "password1", "host2", "user2", "password2"];
+
+const SAVE_AS_CSV: &str = "save it as \"CSV UTF-8 (Comma delimited)\" (Excel: File > Save As; LibreOffice: Save As > Text CSV, character set UTF-8, field delimiter ,)";
+
+/// The layout a batch file was written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputFormat {
+    /// cutover's own columns ([`NATIVE_COLUMNS`]).
+    Native,
+    /// Exchange migration batch: `EmailAddress,UserName,Password`.
+    Exchange,
+    /// imapsync's `host1;user1;password1;host2;user2;password2` lines.
+    Imapsync,
+}
+
+/// Where a password comes from. Batch files should only name a place
+/// (`env:VAR`, `file:PATH`): a file with passwords in it travels by mail.
+#[derive(Debug, Clone)]
+pub enum PasswordRef {
+    /// `env:VAR`: the environment variable VAR.
+    Env(String),
+    /// `file:PATH`: the first line of the file.
+    File(PathBuf),
+    /// The password itself, written in the batch file.
+    Literal(Secret),
+    /// Nothing given; a batch-wide default may fill it in.
+    Missing,
+}
+
+impl PasswordRef {
+    /// Reads a password column: `env:VAR`, `file:PATH`, empty for
+    /// [`PasswordRef::Missing`], anything else is the password itself.
+    pub fn parse(text: &str) -> PasswordRef {
+        let trimmed = text.trim();
+        if trimmed.is_empty() {
+            PasswordRef::Missing
+        } else if let Some(var) = trimmed.strip_prefix("env:") {
+            PasswordRef::Env(var.trim().to_string())
+        } else if let Some(path) = trimmed.strip_prefix("file:") {
+            PasswordRef::File(PathBuf::from(path.trim()))
+        } else {
+            // Untrimmed: spaces may belong to a literal password.
+            PasswordRef::Literal(Secret::new(text))
+        }
+    }
+
+    /// Fetches the password. Errors name the variable or file, never a value.
+    pub fn resolve(&self) -> Result<Secret> {
+        match self {
+            PasswordRef::Env(var) => match std::env::var(var) {
+                Ok(value) if !value.is_empty() => Ok(Secret::new(value)),
+                Ok(_) => Err(Error::Config(format!("environment variable {var} (password env:{var}) is empty"))),
+                Err(std::env::VarError::NotPresent) => Err(Error::Config(format!(
+                    "environment variable {var} (password env:{var}) is not set"
+                ))),
+                Err(std::env::VarError::NotUnicode(_)) => Err(Error::Config(format!(
+                    "environment variable {var} (password env:{var}) is not valid UTF-8"
+                ))),
+            },
+            PasswordRef::File(path) => {
+                let shown = path.display();
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| Error::Config(format!("password file {shown} (file:{shown}): {e}")))?;
+                // Only the line ending goes: spaces may be part of the password.
+                match text.lines().next() {
+                    Some(line) if !line.is_empty() => Ok(Secret::new(line)),
+                    _ => Err(Error::Config(format!("password file {shown} (file:{shown}) has an empty first line"))),
+                }
+            }
+            PasswordRef::Literal(secret) => Ok(secret.clone()),
+            PasswordRef::Missing => Err(Error::Config(
+                "no password given: fill in the password column (env:VAR or file:PATH) or give a default".into(),
+            )),
+        }
+    }
+
+    /// Whether the password itself is written in the batch file.
+    pub fn is_literal(&self) -> bool {
+        matches!(self, PasswordRef::Literal(_))
+    }
+
+    /// How the password is given, for reports and files: never the password.
+    pub fn describe(&self) -> String {
+        match self {
+            PasswordRef::Env(var) => format!("env:{var}"),
+            PasswordRef::File(path) => format!("file:{}", path.display()),
+            PasswordRef::Literal(_) => "literal (insecure)".into(),
+            PasswordRef::Missing => "missing".into(),
+        }
+    }
+
+    /// What the fingerprint hashes: the reference, or a digest of a literal.
+    fn fingerprint_part(&self) -> String {
+        match self {
+            PasswordRef::Literal(secret) => format!("literal:{}", hex(&Sha256::digest(secret.expose().as_bytes()))),
+            other => other.describe(),
+        }
+    }
+}
+
+impl PartialEq for PasswordRef {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (PasswordRef::Env(a), PasswordRef::Env(b)) => a == b,
+            (PasswordRef::File(a), PasswordRef::File(b)) => a == b,
+            (PasswordRef::Literal(a), PasswordRef::Literal(b)) => a.expose() == b.expose(),
+            (PasswordRef::Missing, PasswordRef::Missing) => true,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for PasswordRef {}
+
+/// One side (source or target) of a row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountSpec {
+    /// Per-row server override (`imap://host:port` or `imaps://host:port`).
+    pub server: Option<String>,
+    /// The mailbox's address.
+    pub address: String,
+    /// The login; the address when the file leaves it empty.
+    pub login: String,
+    /// An admin that logs in on the user's behalf (Dovecot master user).
+    pub master: Option<String>,
+    /// The password (the admin's when `master` is set).
+    pub password: PasswordRef,
+}
+
+/// One mailbox to migrate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchRow {
+    /// The line of the file the row starts on (1-based).
+    pub line: usize,
+    /// Where the mail comes from.
+    pub source: AccountSpec,
+    /// Where the mail goes.
+    pub target: AccountSpec,
+    /// Free text for grouping and reports.
+    pub business_unit: Option<String>,
+    /// Free text for grouping and reports.
+    pub wave: Option<String>,
+    /// The planned cutover day.
+    pub cutover_date: Option<NaiveDate>,
+}
+
+impl BatchRow {
+    /// A hex SHA-256 of every field (password references as written, a
+    /// literal password as its digest), so a rerun can tell a corrected row
+    /// from an unchanged one. The line is left out: moving a row is no change.
+    pub fn fingerprint(&self) -> String {
+        let mut hash = Sha256::new();
+        let date = self.cutover_date.map(|d| d.to_string()).unwrap_or_default();
+        let mut parts = Vec::new();
+        for side in [&self.source, &self.target] {
+            parts.extend([
+                side.server.clone().unwrap_or_default(),
+                side.address.clone(),
+                side.login.clone(),
+                side.master.clone().unwrap_or_default(),
+                side.password.fingerprint_part(),
+            ]);
+        }
+        parts.extend([self.business_unit.clone().unwrap_or_default(), self.wave.clone().unwrap_or_default(), date]);
+        for part in parts {
+            // Length prefixes keep ("ab", "c") and ("a", "bc") apart.
+            hash.update((part.len() as u64).to_le_bytes());
+            hash.update(part.as_bytes());
+        }
+        hex(&hash.finalize())
+    }
+}
+
+/// Something wrong in a batch file, with where it is and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The file, as given.
+    pub file: PathBuf,
+    /// The line (1-based), when the problem has one.
+    pub line: Option<usize>,
+    /// The column's name, when the problem has one.
+    pub column: Option<String>,
+    /// What is wrong. Never contains a password.
+    pub message: String,
+    /// What to do about it.
+    pub fix: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(column) = &self.column {
+            write!(f, ": column {column}")?;
+        }
+        write!(f, ": {} — fix: {}", self.message, self.fix)
+    }
+}
+
+/// A batch file that read without errors.
+#[derive(Debug, Clone)]
+pub struct BatchFile {
+    /// The file, as given.
+    pub path: PathBuf,
+    /// The layout it was written in.
+    pub format: InputFormat,
+    /// The mailboxes, in file order.
+    pub rows: Vec<BatchRow>,
+    /// Things that do not stop the batch but should be fixed (literal passwords, a misleading file name).
+    pub warnings: Vec<Problem>,
+}
+
+/// Reads a batch file. On failure returns every error found (warnings are
+/// only returned with the rows, so they never read as fatal).
+pub fn read_batch(path: &Path) -> Result<BatchFile, Vec<Problem>> {
+    let mut check = Check { file: path, errors: Vec::new(), warnings: Vec::new(), mailboxes: Vec::new() };
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            check.error(None, None, format!("cannot read the file: {e}"), "check the path and the file's permissions");
+            return Err(check.errors);
+        }
+    };
+    let Some(text) = check.content(&bytes) else {
+        return Err(check.errors);
+    };
+    let Some((header_line, first)) = first_content_line(text) else {
+        check.error(
+            None,
+            None,
+            "the file is empty".into(),
+            &format!("add the header line {} and one row per mailbox", NATIVE_COLUMNS.join(",")),
+        );
+        return Err(check.errors);
+    };
+    let Some((format, delimiter)) = check.detect(header_line, &first) else {
+        return Err(check.errors);
+    };
+    let mut records = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .comment(Some(b'#'))
+        .delimiter(delimiter)
+        // imapsync splits on ';' and nothing else: a '"' is part of a password there.
+        .quoting(format != InputFormat::Imapsync)
+        .from_reader(text);
+    let mut layout = (format == InputFormat::Imapsync).then(Layout::imapsync);
+    let mut rows = Vec::new();
+    let mut data_lines = 0;
+    for record in records.byte_records() {
+        let record = match record {
+            Ok(record) => record,
+            Err(e) => {
+                let line = e.position().map(|p| p.line() as usize);
+                check.error(line, None, format!("cannot be read as CSV: {e}"), SAVE_AS_CSV);
+                break;
+            }
+        };
+        let line = record.position().map_or(0, |p| record_line(text, p.byte() as usize));
+        // Blank lines and Excel's trailing ",,,," rows carry nothing.
+        if record.iter().all(|field| field.trim_ascii().is_empty()) {
+            continue;
+        }
+        let Some(layout) = &layout else {
+            layout = Some(check.header(line, &record, format));
+            continue;
+        };
+        data_lines += 1;
+        if let Some(row) = check.row(line, &record, layout, format) {
+            rows.push(row);
+        }
+    }
+    if data_lines == 0 {
+        let message = if format == InputFormat::Imapsync { "no mailbox lines" } else { "the file has a header but no rows" };
+        check.error(None, None, message.into(), "add one row per mailbox below the header");
+    }
+    if let Some(layout) = &layout {
+        check.duplicates(layout);
+    }
+    check.file_name(format);
+    // Exchange's EmailAddress feeds both sides, so one bad cell is found twice.
+    let mut seen = Vec::new();
+    check.errors.retain(|p| {
+        let new = !seen.contains(p);
+        seen.push(p.clone());
+        new
+    });
+    if !check.errors.is_empty() {
+        return Err(check.errors);
+    }
+    Ok(BatchFile { path: path.to_path_buf(), format, rows, warnings: check.warnings })
+}
+
+/// Writes rows as a native CSV with a header. A password is never written:
+/// references are, a literal one is left empty and a comment line above the
+/// header says which lines need it entered again.
+pub fn write_rows(rows: &[&BatchRow], out: &mut impl std::io::Write) -> std::io::Result<()> {
+    // Output line of each row: after the optional comment and the header.
+    let has_literal = rows.iter().any(|r| r.source.password.is_literal() || r.target.password.is_literal());
+    let first_row_line = if has_literal { 3 } else { 2 };
+    let mut missing = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        for (column, side) in [("source_password", &row.source), ("target_password", &row.target)] {
+            if side.password.is_literal() {
+                missing.push(format!("line {} {column} (was line {})", first_row_line + i, row.line));
+            }
+        }
+    }
+    if !missing.is_empty() {
+        writeln!(
+            out,
+            "# literal passwords are never written out; enter them as env:VAR or file:PATH on {}",
+            missing.join(", ")
+        )?;
+    }
+    // comment(#) makes the writer quote a field that starts with '#', which
+    // would otherwise read back as a comment line.
+    let mut writer = csv::WriterBuilder::new().comment(Some(b'#')).from_writer(out);
+    writer.write_record(NATIVE_COLUMNS)?;
+    for row in rows {
+        let mut fields = Vec::with_capacity(NATIVE_COLUMNS.len());
+        for side in [&row.source, &row.target] {
+            let password = match &side.password {
+                PasswordRef::Env(_) | PasswordRef::File(_) => side.password.describe(),
+                PasswordRef::Literal(_) | PasswordRef::Missing => String::new(),
+            };
+            fields.extend([
+                side.address.clone(),
+                side.login.clone(),
+                password,
+                side.master.clone().unwrap_or_default(),
+                side.server.clone().unwrap_or_default(),
+            ]);
+        }
+        fields.extend([
+            row.business_unit.clone().unwrap_or_default(),
+            row.wave.clone().unwrap_or_default(),
+            row.cutover_date.map(|d| d.to_string()).unwrap_or_default(),
+        ]);
+        writer.write_record(&fields)?;
+    }
+    writer.flush()
+}
+
+/// The native template: comments explaining every column, the header, and a
+/// commented-out example row (so the template alone has no rows).
+pub fn template() -> String {
+    let header = NATIVE_COLUMNS.join(",");
+    format!(
+        "\
+# cutover batch file: one row per mailbox. Lines starting with # are comments.
+# Save as CSV UTF-8 with commas. Only source_address and target_address are required.
+#
+# source_address   the mailbox's address on the old server
+# source_login     the login there; empty = source_address
+# source_password  env:VARIABLE (an environment variable) or file:/path (first line of the file);
+#                  empty = the batch-wide default. Never the password itself: this file gets mailed around.
+# source_master    an admin that logs in on the user's behalf (Dovecot master user); the password is then the admin's
+# source_server    this row's server instead of the batch-wide one, e.g. imaps://old.example.org:993
+# target_address, target_login, target_password, target_master, target_server
+#                  the same for the new server
+# business_unit, wave  free text for grouping and reports
+# cutover_date     the planned cutover day, YYYY-MM-DD
+{header}
+# alice@old.example.org,,env:ALICE_OLD_PASSWORD,,,alice@new.example.net,,file:/secure/alice.pw,,,Sales,wave-1,2026-03-14
+"
+    )
+}
+
+/// Which file column feeds each native column, and the name problems use for it.
+struct Layout {
+    source_of: [Option<usize>; 13],
+    names: [&'static str; 13],
+    /// The number of fields a row must have.
+    width: usize,
+    /// Header cells left empty: their values have nowhere to go.
+    unnamed: Vec<usize>,
+}
+
+impl Layout {
+    fn empty(format: InputFormat) -> Self {
+        let mut names = [""; 13];
+        names.copy_from_slice(NATIVE_COLUMNS);
+        if format == InputFormat::Exchange {
+            for (_, name, targets) in EXCHANGE_COLUMNS {
+                for &t in *targets {
+                    names[t] = name;
+                }
+            }
+        }
+        Layout { source_of: [None; 13], names, width: 0, unnamed: Vec::new() }
+    }
+
+    fn imapsync() -> Self {
+        let mut layout = Layout::empty(InputFormat::Imapsync);
+        layout.width = IMAPSYNC_COLUMNS.len();
+        for (offset, first) in [(SOURCE, 0), (TARGET, 3)] {
+            // user feeds address and login; host feeds server.
+            for (field, column) in [(ADDRESS, 1), (LOGIN, 1), (PASSWORD, 2), (SERVER, 0)] {
+                layout.source_of[offset + field] = Some(first + column);
+                layout.names[offset + field] = IMAPSYNC_COLUMNS[first + column];
+            }
+        }
+        layout
+    }
+}
+
+/// Collects problems for one file.
+struct Check<'a> {
+    file: &'a Path,
+    errors: Vec<Problem>,
+    warnings: Vec<Problem>,
+    /// Line and the lower-cased (server, address) of each side of every
+    /// aligned row, also rows with other problems, for the duplicate check.
+    mailboxes: Vec<(usize, [(String, String); 2])>,
+}
+
+impl Check<'_> {
+    fn problem(&self, line: Option<usize>, column: Option<&str>, message: String, fix: &str) -> Problem {
+        Problem {
+            file: self.file.to_path_buf(),
+            line,
+            column: column.map(str::to_string),
+            message,
+            fix: fix.to_string(),
+        }
+    }
+
+    fn error(&mut self, line: Option<usize>, column: Option<&str>, message: String, fix: &str) {
+        let problem = self.problem(line, column, message, fix);
+        self.errors.push(problem);
+    }
+
+    fn warn(&mut self, line: Option<usize>, column: Option<&str>, message: String, fix: &str) {
+        let problem = self.problem(line, column, message, fix);
+        self.warnings.push(problem);
+    }
+
+    /// Tells spreadsheets, PDFs and wrong encodings from text by their bytes,
+    /// and returns the text without a UTF-8 BOM.
+    fn content<'b>(&mut self, bytes: &'b [u8]) -> Option<&'b [u8]> {
+        let not_csv = |what: &str| format!("this is {what}, not a CSV file");
+        let fatal = if bytes.starts_with(b"PK\x03\x04") {
+            Some((not_csv("an Excel workbook (.xlsx) or a zip archive"), SAVE_AS_CSV.to_string()))
+        } else if bytes.starts_with(b"\xD0\xCF\x11\xE0") {
+            Some((not_csv("an old Excel workbook (.xls)"), SAVE_AS_CSV.to_string()))
+        } else if bytes.starts_with(b"%PDF") {
+            Some((not_csv("a PDF"), "ask for the spreadsheet the PDF was made from, and save it as CSV".into()))
+        } else if bytes.starts_with(b"\xFF\xFE") || bytes.starts_with(b"\xFE\xFF") || looks_utf16(bytes) {
+            Some((
+                "the file is saved as UTF-16 (Excel's \"Unicode Text\")".into(),
+                format!("{SAVE_AS_CSV}, or convert it: iconv -f UTF-16 -t UTF-8"),
+            ))
+        } else if bytes.contains(&0) {
+            Some((not_csv("a binary file"), SAVE_AS_CSV.to_string()))
+        } else {
+            None
+        };
+        if let Some((message, fix)) = fatal {
+            self.error(None, None, message, &fix);
+            return None;
+        }
+        Some(bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes))
+    }
+
+    /// Finds the layout from the first line that is not a comment: the
+    /// delimiter that yields the most known column names wins.
+    fn detect(&mut self, line: usize, first: &str) -> Option<(InputFormat, u8)> {
+        let mut best = (0, InputFormat::Native, b',');
+        for delimiter in [b',', b';', b'\t'] {
+            let cells: Vec<&str> = first.split(delimiter as char).collect();
+            let native = cells.iter().filter(|c| native_index(c).is_some()).count();
+            let exchange = cells.iter().filter(|c| exchange_entry(c).is_some()).count();
+            let format = if exchange > native { InputFormat::Exchange } else { InputFormat::Native };
+            if native.max(exchange) > best.0 {
+                best = (native.max(exchange), format, delimiter);
+            }
+        }
+        let (known, format, delimiter) = best;
+        if known == 0 {
+            let fields: Vec<&str> = first.trim_end().split(';').collect();
+            let six = fields.len() == 6 || (fields.len() == 7 && fields[6].trim().is_empty());
+            if six {
+                return Some((InputFormat::Imapsync, b';'));
+            }
+            let start = first.split([',', ';', '\t']).next().unwrap_or("").trim();
+            let shown: String = start.chars().take(60).collect();
+            self.error(
+                Some(line),
+                None,
+                format!("the first line is not a header: \"{shown}\" is not a column name"),
+                &format!(
+                    "add the header line above the rows: {} (only source_address and target_address are required)",
+                    NATIVE_COLUMNS.join(",")
+                ),
+            );
+            return None;
+        }
+        if delimiter != b',' {
+            let name = if delimiter == b';' { "semicolons (;)" } else { "tabs" };
+            self.error(
+                Some(line),
+                None,
+                format!("the columns are separated by {name}, not commas"),
+                &format!("{SAVE_AS_CSV}; a spreadsheet in a language that writes decimal commas uses ';'"),
+            );
+        }
+        Some((format, delimiter))
+    }
+
+    /// Maps the header's cells to columns, reporting unknown, duplicated and missing ones.
+    fn header(&mut self, line: usize, record: &csv::ByteRecord, format: InputFormat) -> Layout {
+        let mut layout = Layout::empty(format);
+        layout.width = record.len();
+        let mut found: HashMap<String, usize> = HashMap::new();
+        for (index, cell) in record.iter().enumerate() {
+            let cell = String::from_utf8_lossy(cell);
+            let name = cell.trim();
+            if name.is_empty() {
+                layout.unnamed.push(index);
+                continue;
+            }
+            if let Some(first) = found.insert(squash(name), index) {
+                self.error(
+                    Some(line),
+                    Some(name),
+                    format!("the column appears twice (columns {} and {})", first + 1, index + 1),
+                    "remove or rename one of them",
+                );
+                continue;
+            }
+            let targets: Vec<usize> = match format {
+                InputFormat::Exchange => exchange_entry(name).map(|(_, _, targets)| targets.to_vec()).unwrap_or_default(),
+                _ => native_index(name).into_iter().collect(),
+            };
+            if targets.is_empty() {
+                let known = match format {
+                    InputFormat::Exchange => EXCHANGE_COLUMNS.iter().map(|(_, n, _)| *n).collect::<Vec<_>>().join(", "),
+                    _ => NATIVE_COLUMNS.join(", "),
+                };
+                let fix = match suggestion(name, format) {
+                    Some(known) => format!("rename it to {known}"),
+                    None => format!("remove the column or rename it to one of: {known}"),
+                };
+                self.error(Some(line), Some(name), "unknown column".into(), &fix);
+            }
+            for t in targets {
+                layout.source_of[t] = Some(index);
+            }
+        }
+        for required in [SOURCE + ADDRESS, TARGET + ADDRESS] {
+            if layout.source_of[required].is_none() {
+                let side = if required == SOURCE { "old" } else { "new" };
+                let name = layout.names[required];
+                self.error(
+                    Some(line),
+                    Some(name),
+                    "required column is missing".into(),
+                    &format!("add a {name} column with each mailbox's address on the {side} server"),
+                );
+            }
+        }
+        layout
+    }
+
+    /// Checks one data line and builds its row when nothing in it is wrong.
+    fn row(
+        &mut self,
+        line: usize,
+        record: &csv::ByteRecord,
+        layout: &Layout,
+        format: InputFormat,
+    ) -> Option<BatchRow> {
+        let mut count = record.len();
+        // imapsync lines may end with ';', which leaves one empty field.
+        if format == InputFormat::Imapsync && count == 7 && record.get(6).is_some_and(|f| f.trim_ascii().is_empty()) {
+            count = 6;
+        }
+        if count != layout.width {
+            let (message, fix) = match format {
+                InputFormat::Imapsync => (
+                    format!("the line has {count} fields separated by ';', not 6"),
+                    "write each line as host1;user1;password1;host2;user2;password2".to_string(),
+                ),
+                _ => (
+                    format!("the row has {count} fields, the header has {}", layout.width),
+                    format!(
+                        "give every row exactly {} fields like the header; put a value that contains a comma in double quotes (\"a,b\")",
+                        layout.width
+                    ),
+                ),
+            };
+            self.error(Some(line), None, message, &fix);
+            return None;
+        }
+        let errors_before = self.errors.len();
+        for &index in &layout.unnamed {
+            if record.get(index).is_some_and(|f| !f.trim_ascii().is_empty()) {
+                self.error(
+                    Some(line),
+                    Some(&format!("#{}", index + 1)),
+                    "a value in a column whose header is empty".into(),
+                    "give the column a name in the header, or clear the value",
+                );
+            }
+        }
+        let mut values: [String; 13] = Default::default();
+        let mut decoded = [true; 13];
+        for (field, value) in values.iter_mut().enumerate() {
+            let Some(index) = layout.source_of[field] else { continue };
+            let raw = record.get(index).unwrap_or_default();
+            let secret = field == SOURCE + PASSWORD || field == TARGET + PASSWORD;
+            (*value, decoded[field]) = self.decode(line, layout.names[field], raw, secret);
+        }
+        let key = |side: usize| (values[side + SERVER].trim().to_lowercase(), values[side + ADDRESS].trim().to_lowercase());
+        self.mailboxes.push((line, [key(SOURCE), key(TARGET)]));
+        let source = self.account(line, layout, &values, &decoded, SOURCE, format);
+        let target = self.account(line, layout, &values, &decoded, TARGET, format);
+        let optional = |text: &str| Some(text.trim().to_string()).filter(|t| !t.is_empty());
+        let date_text = values[CUTOVER_DATE].trim();
+        let cutover_date = if date_text.is_empty() {
+            None
+        } else {
+            match NaiveDate::parse_from_str(date_text, "%Y-%m-%d") {
+                Ok(date) => Some(date),
+                Err(_) => {
+                    self.error(
+                        Some(line),
+                        Some(layout.names[CUTOVER_DATE]),
+                        format!("\"{date_text}\" is not a date in YYYY-MM-DD form"),
+                        "write it as e.g. 2026-03-14 (in a spreadsheet, format the column as text or yyyy-mm-dd before saving)",
+                    );
+                    None
+                }
+            }
+        };
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        Some(BatchRow {
+            line,
+            source: source?,
+            target: target?,
+            business_unit: optional(&values[BUSINESS_UNIT]),
+            wave: optional(&values[WAVE]),
+            cutover_date,
+        })
+    }
+
+    /// One side of a row; problems are recorded, `None` when the side is unusable.
+    fn account(
+        &mut self,
+        line: usize,
+        layout: &Layout,
+        values: &[String; 13],
+        decoded: &[bool; 13],
+        side: usize,
+        format: InputFormat,
+    ) -> Option<AccountSpec> {
+        let name = |field: usize| layout.names[side + field];
+        let address = values[side + ADDRESS].trim();
+        let old_new = if side == SOURCE { "old" } else { "new" };
+        let mut ok = true;
+        if layout.source_of[side + ADDRESS].is_none() {
+            // The missing column was already reported at the header.
+            ok = false;
+        } else if address.is_empty() {
+            self.error(
+                Some(line),
+                Some(name(ADDRESS)),
+                "empty, but required".into(),
+                &format!("fill in the mailbox's {} on the {old_new} server", if format == InputFormat::Imapsync { "login" } else { "address" }),
+            );
+            ok = false;
+        } else if format != InputFormat::Imapsync && decoded[side + ADDRESS] {
+            // imapsync files hold logins, which need not be addresses; an
+            // undecodable address has been reported already.
+            let parsed = EmailAddress::parse_with_options(address, Options::default().without_display_text());
+            if let Err(e) = parsed {
+                let reason = e.to_string().trim_end_matches('.').to_lowercase();
+                self.error(
+                    Some(line),
+                    Some(name(ADDRESS)),
+                    format!("\"{address}\" is not a valid address ({reason})"),
+                    &address_fix(address),
+                );
+                ok = false;
+            }
+        }
+        let login = values[side + LOGIN].trim();
+        let password = PasswordRef::parse(&values[side + PASSWORD]);
+        match &password {
+            PasswordRef::Env(var) if var.is_empty() => {
+                self.error(Some(line), Some(name(PASSWORD)), "env: without a variable name".into(), "write env:VARIABLE_NAME");
+                ok = false;
+            }
+            PasswordRef::File(path) if path.as_os_str().is_empty() => {
+                self.error(Some(line), Some(name(PASSWORD)), "file: without a path".into(), "write file:/path/to/password-file");
+                ok = false;
+            }
+            PasswordRef::Literal(_) => self.warn(
+                Some(line),
+                Some(name(PASSWORD)),
+                "the password itself is written in the batch file".into(),
+                "keep it outside the file and write env:VARIABLE or file:/path/to/password-file here",
+            ),
+            _ => {}
+        }
+        let server = values[side + SERVER].trim();
+        let server = if server.is_empty() {
+            None
+        } else if format == InputFormat::Imapsync {
+            Some(format!("imap://{server}"))
+        } else {
+            Some(server.to_string())
+        };
+        if let Some(url) = &server {
+            if let Some(problem) = server_problem(url) {
+                let column = name(SERVER);
+                self.error(Some(line), Some(column), problem, "write it as imaps://host:993 or imap://host:143");
+                ok = false;
+            }
+        } else if format == InputFormat::Imapsync {
+            self.error(Some(line), Some(name(SERVER)), "empty, but required".into(), "fill in the IMAP server's host name");
+            ok = false;
+        }
+        let spec = AccountSpec {
+            server,
+            address: address.to_string(),
+            login: if login.is_empty() { address.to_string() } else { login.to_string() },
+            master: Some(values[side + MASTER].trim().to_string()).filter(|m| !m.is_empty()),
+            password,
+        };
+        ok.then_some(spec)
+    }
+
+    /// A field as text and whether it was UTF-8; other bytes are an error, never guessed.
+    fn decode(&mut self, line: usize, column: &str, raw: &[u8], secret: bool) -> (String, bool) {
+        match std::str::from_utf8(raw) {
+            Ok(text) => (text.to_string(), true),
+            Err(e) => {
+                let byte = raw.get(e.valid_up_to()).copied().unwrap_or_default();
+                let lossy = String::from_utf8_lossy(raw).into_owned();
+                let value = if secret { "the value".to_string() } else { format!("\"{lossy}\"") };
+                self.error(
+                    Some(line),
+                    Some(column),
+                    format!("{value} is not UTF-8 (byte 0x{byte:02X}; the file looks saved as Latin-1/Windows-1252)"),
+                    &format!("{SAVE_AS_CSV}, or convert it: iconv -f WINDOWS-1252 -t UTF-8"),
+                );
+                (lossy, false)
+            }
+        }
+    }
+
+    /// The same source mailbox or target address on several rows.
+    fn duplicates(&mut self, layout: &Layout) {
+        let mut groups: [Vec<(&(String, String), Vec<usize>)>; 2] = Default::default();
+        for (line, keys) in &self.mailboxes {
+            for (key, groups) in keys.iter().zip(&mut groups) {
+                if key.1.is_empty() {
+                    continue;
+                }
+                match groups.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, lines)) => lines.push(*line),
+                    None => groups.push((key, vec![*line])),
+                }
+            }
+        }
+        let [sources, targets] = groups.map(|mut g| {
+            g.retain(|(_, lines)| lines.len() > 1);
+            g
+        });
+        let mut found = Vec::new();
+        for (what, column, list) in [
+            ("source mailbox", layout.names[SOURCE + ADDRESS], &sources),
+            ("target address", layout.names[TARGET + ADDRESS], &targets),
+        ] {
+            for ((_, address), lines) in list {
+                // A row copied whole is a duplicate source already; say it once.
+                if what == "target address" && sources.iter().any(|(_, l)| l == lines) {
+                    continue;
+                }
+                for &line in lines {
+                    let others: Vec<String> = lines.iter().filter(|&&l| l != line).map(usize::to_string).collect();
+                    found.push(self.problem(
+                        Some(line),
+                        Some(column),
+                        format!("the same {what} {address} is also on line {}", others.join(", ")),
+                        &format!("keep one row per {what}: delete or correct lines {}", join_lines(lines)),
+                    ));
+                }
+            }
+        }
+        self.errors.extend(found);
+    }
+
+    /// Warns when the name says something other than what the content is.
+    fn file_name(&mut self, format: InputFormat) {
+        let extension = self.file.extension().and_then(|e| e.to_str()).map(str::to_lowercase);
+        let Some(extension) = extension else { return };
+        let expected = extension == "csv" || (format == InputFormat::Imapsync && extension == "txt");
+        if !expected {
+            self.warn(
+                None,
+                None,
+                format!("the file is named .{extension} but holds CSV text"),
+                "rename it to .csv so nobody opens it with the wrong program",
+            );
+        }
+    }
+}
+
+fn native_index(cell: &str) -> Option<usize> {
+    let name = cell.trim().to_lowercase();
+    NATIVE_COLUMNS.iter().position(|c| *c == name)
+}
+
+fn exchange_entry(cell: &str) -> Option<&'static (&'static str, &'static str, &'static [usize])> {
+    let name = squash(cell);
+    EXCHANGE_COLUMNS.iter().find(|(squashed, _, _)| *squashed == name)
+}
+
+/// Lower case without spaces, '_' or '-', to recognise "Source Address" as source_address.
+fn squash(text: &str) -> String {
+    text.chars().filter(|c| c.is_alphanumeric()).flat_map(char::to_lowercase).collect()
+}
+
+fn suggestion(name: &str, format: InputFormat) -> Option<&'static str> {
+    let name = squash(name);
+    match format {
+        InputFormat::Exchange => None,
+        _ => NATIVE_COLUMNS.iter().find(|c| squash(c) == name).copied(),
+    }
+}
+
+/// The line a record read from `start` begins on. csv reports the offset
+/// where its previous read stopped, which is before the last line end and
+/// before any blank or comment lines it skipped, so skip those the same way.
+fn record_line(text: &[u8], start: usize) -> usize {
+    let mut at = start;
+    while let Some(&byte) = text.get(at) {
+        match byte {
+            b'\r' | b'\n' => at += 1,
+            b'#' => at += text[at..].iter().position(|&b| b == b'\n').map_or(text.len() - at, |n| n + 1),
+            _ => break,
+        }
+    }
+    1 + text[..at.min(text.len())].iter().filter(|&&b| b == b'\n').count()
+}
+
+/// The first line that is neither blank nor a comment, with its number.
+fn first_content_line(text: &[u8]) -> Option<(usize, String)> {
+    text.split(|&b| b == b'\n')
+        .enumerate()
+        .map(|(i, line)| (i + 1, String::from_utf8_lossy(line).trim().to_string()))
+        .find(|(_, line)| !line.is_empty() && !line.starts_with('#'))
+}
+
+/// UTF-16 without a BOM: ASCII text then has a NUL in every other byte.
+fn looks_utf16(bytes: &[u8]) -> bool {
+    let sample = &bytes[..bytes.len().min(200)];
+    if sample.len() < 4 {
+        return false;
+    }
+    let nul_at = |parity: usize| sample.iter().skip(parity).step_by(2).filter(|&&b| b == 0).count();
+    let half = sample.len() / 2;
+    nul_at(0) * 10 >= half * 9 || nul_at(1) * 10 >= half * 9
+}
+
+fn server_problem(url: &str) -> Option<String> {
+    let lower = url.to_ascii_lowercase();
+    if !lower.starts_with("imap://") && !lower.starts_with("imaps://") {
+        return Some(format!("\"{url}\" is not an IMAP server URL (it must start with imap:// or imaps://)"));
+    }
+    match url::Url::parse(url) {
+        // The URL is not echoed: it may carry a password.
+        Ok(parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
+            Some("the server URL contains a login or password; put the login in the login column".into())
+        }
+        Ok(parsed) if parsed.host_str().is_some_and(|h| !h.is_empty()) => None,
+        _ => Some(format!("\"{url}\" is not a valid server URL")),
+    }
+}
+
+fn address_fix(address: &str) -> String {
+    if address.contains('<') {
+        "write only the address, without a display name or <>".into()
+    } else if address.contains(char::is_whitespace) {
+        "remove the spaces from the address".into()
+    } else if !address.contains('@') {
+        "write the full address, user@domain".into()
+    } else {
+        "correct it to the form user@domain (one @, no spaces, a domain like example.org)".into()
+    }
+}
+
+fn join_lines(lines: &[usize]) -> String {
+    lines.iter().map(usize::to_string).collect::<Vec<_>>().join(" and ")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

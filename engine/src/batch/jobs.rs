@@ -1,0 +1,126 @@
+//! From a batch row to a mailbox job: servers, logins, admin users and
+//! password references, with batch-wide defaults filling empty fields.
+
+use std::path::PathBuf;
+
+use url::Url;
+
+use super::input::{AccountSpec, BatchRow, PasswordRef};
+use crate::endpoint::Endpoint;
+use crate::error::{Error, Result};
+use crate::sync::MailboxJob;
+
+/// Batch-wide values for fields a row leaves empty.
+#[derive(Debug, Clone, Default)]
+pub struct RowDefaults {
+    /// Source server, e.g. `imaps://old.example.org:993`.
+    pub source_server: Option<String>,
+    /// Target server (`imap[s]://host:port`, or `maildir:/root` for one
+    /// Maildir per target address below that root).
+    pub target_server: Option<String>,
+    /// Password reference for sources without one (usually an admin's).
+    pub source_password: Option<String>,
+    /// Password reference for targets without one.
+    pub target_password: Option<String>,
+    /// Admin (master) user for sources without one.
+    pub source_master: Option<String>,
+    /// Admin (master) user for targets without one.
+    pub target_master: Option<String>,
+}
+
+/// One side of a row, resolved.
+struct Side<'a> {
+    account: &'a AccountSpec,
+    server: Option<&'a str>,
+    master: Option<&'a str>,
+    password: Option<&'a str>,
+    label: &'static str,
+}
+
+impl Side<'_> {
+    fn endpoint(&self) -> Result<Endpoint> {
+        let server = self.account.server.as_deref().or(self.server).ok_or_else(|| {
+            Error::Config(format!(
+                "no {} server for {}: add a {}_server column or --{}-server",
+                self.label, self.account.address, self.label, self.label
+            ))
+        })?;
+        let login = if self.account.login.is_empty() { &self.account.address } else { &self.account.login };
+        if let Some(root) = server.strip_prefix("maildir:") {
+            return Ok(Endpoint::Maildir(PathBuf::from(root).join(&self.account.address)));
+        }
+        let mut url =
+            Url::parse(server).map_err(|e| Error::Config(format!("{} server {server:?}: {e}", self.label)))?;
+        url.set_username(login)
+            .map_err(|()| Error::Config(format!("{} server {server:?} cannot take a user", self.label)))?;
+        if let Some(master) = self.account.master.as_deref().or(self.master) {
+            url.query_pairs_mut().append_pair("master", master);
+        }
+        Endpoint::parse(url.as_str())
+    }
+
+    fn password(&self) -> Result<Option<crate::endpoint::Secret>> {
+        match (&self.account.password, self.password) {
+            (PasswordRef::Missing, Some(default)) => PasswordRef::parse(default).resolve().map(Some),
+            (PasswordRef::Missing, None) => Ok(None),
+            (reference, _) => reference.resolve().map(Some),
+        }
+    }
+}
+
+fn sides<'a>(row: &'a BatchRow, defaults: &'a RowDefaults) -> (Side<'a>, Side<'a>) {
+    (
+        Side {
+            account: &row.source,
+            server: defaults.source_server.as_deref(),
+            master: defaults.source_master.as_deref(),
+            password: defaults.source_password.as_deref(),
+            label: "source",
+        },
+        Side {
+            account: &row.target,
+            server: defaults.target_server.as_deref(),
+            master: defaults.target_master.as_deref(),
+            password: defaults.target_password.as_deref(),
+            label: "target",
+        },
+    )
+}
+
+/// The mailbox job of a row.
+pub fn mailbox_job(row: &BatchRow, defaults: &RowDefaults) -> Result<MailboxJob> {
+    let (source, target) = sides(row, defaults);
+    let Endpoint::Imap(source_endpoint) = source.endpoint()? else {
+        return Err(Error::Config(format!("line {}: the source must be an IMAP server", row.line)));
+    };
+    let source_password = source.password()?.ok_or_else(|| {
+        Error::Config(format!(
+            "line {}: no source password: fill source_password (env:VAR or file:PATH) or pass --source-password",
+            row.line
+        ))
+    })?;
+    let target_endpoint = target.endpoint()?;
+    let target_password = target.password()?;
+    if matches!(target_endpoint, Endpoint::Imap(_)) && target_password.is_none() {
+        return Err(Error::Config(format!(
+            "line {}: no target password: fill target_password (env:VAR or file:PATH) or pass --target-password",
+            row.line
+        )));
+    }
+    Ok(MailboxJob {
+        source: source_endpoint,
+        source_password,
+        target: target_endpoint,
+        target_password,
+    })
+}
+
+/// How a row is named in the state and reports: its endpoints without
+/// passwords, or its addresses when those cannot be built.
+pub fn row_identity(row: &BatchRow, defaults: &RowDefaults) -> (String, String) {
+    let (source, target) = sides(row, defaults);
+    (
+        source.endpoint().map_or_else(|_| row.source.address.clone(), |e| e.to_string()),
+        target.endpoint().map_or_else(|_| row.target.address.clone(), |e| e.to_string()),
+    )
+}

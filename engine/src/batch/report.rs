@@ -1,0 +1,160 @@
+//! The per-batch error analysis: what is done, what failed and why, grouped
+//! by kind with example rows and the fix to try.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::error::ErrorKind;
+use crate::state::{BatchRecord, BatchRowRecord};
+
+/// Failures of one kind.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailureGroup {
+    /// The kind.
+    pub kind: ErrorKind,
+    /// Mailboxes with this failure.
+    pub mailboxes: usize,
+    /// Up to three example rows: `line N: source: detail`.
+    pub examples: Vec<String>,
+    /// What to try.
+    pub fix: &'static str,
+}
+
+/// One row's state, for the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct RowReport {
+    /// Line in the batch file.
+    pub line: usize,
+    /// Source identity.
+    pub source: String,
+    /// Target identity.
+    pub target: String,
+    /// `pending`, `done`, `partial` or `failed`.
+    pub status: String,
+    /// The last phase run.
+    pub phase: Option<String>,
+    /// Failure kind, if any.
+    pub error_kind: Option<ErrorKind>,
+    /// Failure text, if any.
+    pub error: Option<String>,
+    /// Messages copied by the last run.
+    pub messages: u64,
+    /// Bytes copied by the last run.
+    pub bytes: u64,
+    /// Messages that could not be copied.
+    pub failed_messages: u64,
+    /// Runs so far.
+    pub attempts: u32,
+}
+
+/// A batch at a glance.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchReport {
+    /// The batch file.
+    pub batch: String,
+    /// The last phase run.
+    pub phase: Option<String>,
+    /// Why the batch is held for a person, if it is.
+    pub held: Option<String>,
+    /// Rows in the current batch file.
+    pub mailboxes: usize,
+    /// Completed rows.
+    pub done: usize,
+    /// Completed with some messages not copied.
+    pub partial: usize,
+    /// Failed rows.
+    pub failed: usize,
+    /// Rows not run yet.
+    pub pending: usize,
+    /// Messages copied by the rows' last runs.
+    pub messages: u64,
+    /// Bytes copied by the rows' last runs.
+    pub bytes: u64,
+    /// failed / mailboxes.
+    pub failure_ratio: f64,
+    /// Failures by kind, most frequent first.
+    pub failures: Vec<FailureGroup>,
+    /// Every row.
+    pub rows: Vec<RowReport>,
+}
+
+/// What to try for a kind of failure.
+pub fn fix_for(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::Auth => "check the login and the password reference (env:/file:) of these rows, or the admin user",
+        ErrorKind::AccountMissing => {
+            "provision (and license) the account on that server, then rerun; if every row fails, check the admin credential"
+        }
+        ErrorKind::Connect => "check host, port and firewall; rerun once the server is reachable",
+        ErrorKind::Tls => "check the server certificate chain, or trust its CA with --ca-file",
+        ErrorKind::Timeout | ErrorKind::Throttled => {
+            "rerun later, or lower --connections-per-host / --messages-per-second for this server"
+        }
+        ErrorKind::Quota => "raise the target mailbox quota, then rerun",
+        ErrorKind::MessageRejected => "see the server's reason; fix the target's policy or accept these messages as exceptions",
+        ErrorKind::MessageTooLarge => "raise the target's message size limit, or accept these messages as exceptions",
+        ErrorKind::Protocol => "the server answered unexpectedly; rerun, and report the detail if it persists",
+        ErrorKind::Folder => "a folder could not be opened or created: check names and permissions on the target",
+        ErrorKind::State => "the state file failed: check disk space and permissions",
+        ErrorKind::Config => "fix the batch row (server, login, password reference)",
+        ErrorKind::Io => "check the local path and its permissions",
+    }
+}
+
+/// Builds the report from the state's records.
+pub fn build(name: &str, batch: &BatchRecord, rows: &[BatchRowRecord]) -> BatchReport {
+    let count = |status: &str| rows.iter().filter(|r| r.status == status).count();
+    let mut groups: BTreeMap<ErrorKind, FailureGroup> = BTreeMap::new();
+    for row in rows.iter().filter(|r| r.status == "failed" || r.status == "partial") {
+        let Some(kind) = row.error_kind else { continue };
+        let group = groups.entry(kind).or_insert_with(|| FailureGroup {
+            kind,
+            mailboxes: 0,
+            examples: Vec::new(),
+            fix: fix_for(kind),
+        });
+        group.mailboxes += 1;
+        if group.examples.len() < 3 {
+            group.examples.push(format!(
+                "line {}: {}: {}",
+                row.line,
+                row.source,
+                row.error_detail.as_deref().unwrap_or("")
+            ));
+        }
+    }
+    let mut failures: Vec<FailureGroup> = groups.into_values().collect();
+    failures.sort_by(|a, b| b.mailboxes.cmp(&a.mailboxes).then(a.kind.cmp(&b.kind)));
+    let failed = count("failed");
+    BatchReport {
+        batch: name.to_string(),
+        phase: batch.last_phase.clone(),
+        held: batch.held_reason.clone().filter(|_| batch.held),
+        mailboxes: rows.len(),
+        done: count("done"),
+        partial: count("partial"),
+        failed,
+        pending: count("pending"),
+        messages: rows.iter().map(|r| r.messages).sum(),
+        bytes: rows.iter().map(|r| r.bytes).sum(),
+        failure_ratio: if rows.is_empty() { 0.0 } else { failed as f64 / rows.len() as f64 },
+        failures,
+        rows: rows
+            .iter()
+            .map(|r| RowReport {
+                line: r.line,
+                source: r.source.clone(),
+                target: r.target.clone(),
+                status: r.status.clone(),
+                phase: r.phase.clone(),
+                error_kind: r.error_kind,
+                error: r.error_detail.clone(),
+                messages: r.messages,
+                bytes: r.bytes,
+                failed_messages: r.failed_messages,
+                attempts: r.attempts,
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,301 @@
+//! Running a batch: every selected row concurrently, under per-host
+//! connection limits and shared rate budgets; transient failures (throttling,
+//! dropped connections, timeouts) cool the host down and retry with
+//! jittered backoff, permanent ones (bad password, missing account) fail
+//! the row at once. Every outcome lands in the state.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::input::{BatchFile, BatchRow};
+use super::jobs::{mailbox_job, row_identity, RowDefaults};
+use super::report::{self, BatchReport};
+use crate::endpoint::Endpoint;
+use crate::error::{Error, Result};
+use crate::folders::FolderFilter;
+use crate::imap::ConnectOptions;
+use crate::limits::{Budget, HostLimits, LimitConfig};
+use crate::report::SyncReport;
+use crate::state::{BatchRowRecord, State};
+use crate::sync::{sync_mailbox, Phase, SyncOptions};
+
+/// How a batch runs.
+#[derive(Debug, Clone)]
+pub struct BatchSettings {
+    /// Values for fields rows leave empty.
+    pub defaults: RowDefaults,
+    /// Shared limits.
+    pub limits: LimitConfig,
+    /// Mailboxes at once.
+    pub concurrency: usize,
+    /// Retries of a row after a transient failure.
+    pub retries: u32,
+    /// First backoff; doubled on every retry, with jitter.
+    pub backoff: Duration,
+    /// The failed share of a batch at which it is held for a person.
+    pub max_failure_ratio: f64,
+    /// Connection settings.
+    pub connect: ConnectOptions,
+    /// Remove source deletions from the target.
+    pub propagate_deletes: bool,
+    /// Which folders to copy.
+    pub filter: FolderFilter,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        Self {
+            defaults: RowDefaults::default(),
+            limits: LimitConfig::default(),
+            concurrency: 16,
+            retries: 4,
+            backoff: Duration::from_millis(500),
+            max_failure_ratio: 0.25,
+            connect: ConnectOptions::default(),
+            propagate_deletes: false,
+            filter: FolderFilter::default(),
+        }
+    }
+}
+
+/// Which rows a run takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selection {
+    /// Every row of the file.
+    All,
+    /// Rows that failed, and rows new or corrected since the last run.
+    FailedOrChanged,
+}
+
+/// The batch's name in the state: its file's absolute path.
+pub fn batch_name(path: &Path) -> String {
+    std::fs::canonicalize(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn now() -> String {
+    Utc::now().to_rfc3339()
+}
+
+/// Registers the file's current rows in the state; returns the batch id.
+pub fn register(state: &mut State, file: &BatchFile, defaults: &RowDefaults) -> Result<crate::state::BatchRecord> {
+    let batch = state.batch(&batch_name(&file.path), &now())?;
+    let records: Vec<BatchRowRecord> = file
+        .rows
+        .iter()
+        .map(|row| {
+            let (source, target) = row_identity(row, defaults);
+            BatchRowRecord {
+                fingerprint: row.fingerprint(),
+                line: row.line,
+                source,
+                target,
+                business_unit: row.business_unit.clone(),
+                phase: None,
+                status: "pending".into(),
+                error_kind: None,
+                error_detail: None,
+                attempts: 0,
+                messages: 0,
+                bytes: 0,
+                failed_messages: 0,
+                source_size: None,
+            }
+        })
+        .collect();
+    state.sync_batch_rows(batch.id, &records)?;
+    Ok(batch)
+}
+
+/// Runs a phase over the batch and returns the batch report afterwards.
+pub async fn run(
+    file: &BatchFile,
+    state_path: &Path,
+    phase: Phase,
+    selection: Selection,
+    settings: &BatchSettings,
+    override_hold: bool,
+) -> Result<BatchReport> {
+    let mut state = State::open(state_path)?;
+    let batch = register(&mut state, file, &settings.defaults)?;
+    if batch.held && !override_hold && selection == Selection::All {
+        return Err(Error::Config(format!(
+            "batch {} is held: {}. Fix the failed rows and run `cutover batch rerun`, or pass --override-hold",
+            file.path.display(),
+            batch.held_reason.as_deref().unwrap_or("too many failures")
+        )));
+    }
+    let records = state.batch_rows(batch.id)?;
+    let selected: Vec<BatchRow> = file
+        .rows
+        .iter()
+        .filter(|row| {
+            selection == Selection::All
+                || records
+                    .iter()
+                    .find(|r| r.fingerprint == row.fingerprint())
+                    .is_none_or(|r| r.status == "pending" || r.status == "failed" || r.phase.as_deref() != Some(phase.as_str()))
+        })
+        .cloned()
+        .collect();
+    tracing::info!(rows = selected.len(), phase = %phase, "running batch");
+
+    let limits = Arc::new(HostLimits::new(settings.limits.clone()));
+    let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
+    let settings = Arc::new(settings.clone());
+    let mut tasks = JoinSet::new();
+    for row in selected {
+        let (limits, slots, settings) = (limits.clone(), slots.clone(), settings.clone());
+        let state_path = state_path.to_path_buf();
+        tasks.spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            let outcome = run_row(&row, phase, &settings, &limits, &state_path).await;
+            (row, outcome)
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let (row, outcome) = joined.map_err(|e| Error::Config(format!("a batch task panicked: {e}")))?;
+        record(&state, batch.id, &row, phase, outcome)?;
+    }
+
+    let rows = state.batch_rows(batch.id)?;
+    let failed = rows.iter().filter(|r| r.status == "failed").count();
+    let ratio = if rows.is_empty() { 0.0 } else { failed as f64 / rows.len() as f64 };
+    let hold = (ratio >= settings.max_failure_ratio && failed > 0).then(|| {
+        format!(
+            "{failed} of {} mailboxes failed ({:.0}%, limit {:.0}%)",
+            rows.len(),
+            ratio * 100.0,
+            settings.max_failure_ratio * 100.0
+        )
+    });
+    state.set_batch_status(batch.id, phase.as_str(), hold.as_deref())?;
+    let batch = state.batch(&batch_name(&file.path), &now())?;
+    Ok(report::build(&batch_name(&file.path), &batch, &rows))
+}
+
+/// Loads the report of a batch from the state.
+pub fn load_report(file: &BatchFile, state_path: &Path, defaults: &RowDefaults) -> Result<BatchReport> {
+    let mut state = State::open(state_path)?;
+    let batch = register(&mut state, file, defaults)?;
+    let rows = state.batch_rows(batch.id)?;
+    Ok(report::build(&batch_name(&file.path), &batch, &rows))
+}
+
+fn record(state: &State, batch: i64, row: &BatchRow, phase: Phase, outcome: Result<SyncReport>) -> Result<()> {
+    let fingerprint = row.fingerprint();
+    let now = now();
+    match outcome {
+        Err(e) => state.record_batch_row(batch, &fingerprint, phase.as_str(), "failed", Some((e.kind(), &e.to_string())), (0, 0, 0), &now),
+        Ok(report) => {
+            let failed_messages: usize = report.folders.iter().map(|f| f.failed.len()).sum();
+            let copied = (report.copied(), report.bytes(), failed_messages as u64);
+            let folder_error = report.folders.iter().find_map(|f| f.error.as_ref());
+            let message_error = report.folders.iter().flat_map(|f| &f.failed).next();
+            let (status, error) = match (&report.error, folder_error, message_error) {
+                (Some(e), _, _) => ("failed", Some((e.kind, e.message.clone()))),
+                (None, Some(e), _) => ("partial", Some((e.kind, e.message.clone()))),
+                (None, None, Some(m)) => ("partial", Some((m.kind, format!("UID {}: {}", m.uid, m.detail)))),
+                (None, None, None) => ("done", None),
+            };
+            state.record_batch_row(
+                batch,
+                &fingerprint,
+                phase.as_str(),
+                status,
+                error.as_ref().map(|(kind, text)| (*kind, text.as_str())),
+                copied,
+                &now,
+            )
+        }
+    }
+}
+
+fn host_of(endpoint: &Endpoint) -> String {
+    match endpoint {
+        Endpoint::Imap(imap) => imap.address(),
+        Endpoint::Maildir(_) => "maildir".to_string(),
+    }
+}
+
+/// Runs one row: builds its job, takes connection slots on both hosts, and
+/// syncs with retries on transient failures. `Err` means the row could not
+/// start (bad row, state failure); a failed sync is a report with an error.
+async fn run_row(
+    row: &BatchRow,
+    phase: Phase,
+    settings: &BatchSettings,
+    limits: &HostLimits,
+    state_path: &PathBuf,
+) -> Result<SyncReport> {
+    let job = mailbox_job(row, &settings.defaults)?;
+    let source_host = limits.host(&host_of(&Endpoint::Imap(job.source.clone())));
+    let target_host = limits.host(&host_of(&job.target));
+    let mut options = SyncOptions::new(phase);
+    options.connect = settings.connect.clone();
+    options.propagate_deletes = settings.propagate_deletes;
+    options.filter = settings.filter.clone();
+    options.budgets = vec![source_host.budget.clone(), target_host.budget.clone()];
+    let config = limits.config();
+    if config.mailbox_messages_per_second.is_some() || config.mailbox_bytes_per_second.is_some() {
+        options.budgets.push(Arc::new(Budget::new(
+            row.source.address.clone(),
+            config.mailbox_messages_per_second,
+            config.mailbox_bytes_per_second,
+        )));
+    }
+    let mut state = State::open(state_path)?;
+    let mut attempt = 0;
+    loop {
+        let report = {
+            let _source_slot = source_host.connections.acquire().await;
+            let _target_slot = target_host.connections.acquire().await;
+            sync_mailbox(&job, &options, &mut state, None).await?
+        };
+        let Some(error) = report.error.clone() else {
+            return Ok(report);
+        };
+        if !error.kind.is_transient() || attempt >= settings.retries {
+            return Ok(report);
+        }
+        let pause = backoff(settings.backoff, attempt);
+        source_host.budget.cool_down(pause);
+        target_host.budget.cool_down(pause);
+        tracing::info!(line = row.line, kind = %error.kind, attempt, "transient failure, retrying");
+        tokio::time::sleep(pause).await;
+        attempt += 1;
+    }
+}
+
+/// Exponential backoff with ±25% jitter, capped at 30 s, so throttled
+/// mailboxes do not all come back at the same moment.
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    let exponential = base.saturating_mul(1u32 << attempt.min(6)).min(Duration::from_secs(30));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let jitter = 0.75 + f64::from(nanos % 1000) / 2000.0;
+    exponential.mul_f64(jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_a_cap() {
+        let base = Duration::from_millis(100);
+        for attempt in 0..10 {
+            let pause = backoff(base, attempt);
+            let nominal = base.saturating_mul(1 << attempt.min(6)).min(Duration::from_secs(30));
+            assert!(pause >= nominal.mul_f64(0.74) && pause <= nominal.mul_f64(1.26), "{attempt}: {pause:?}");
+        }
+    }
+}

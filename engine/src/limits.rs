@@ -1,0 +1,179 @@
+//! Shared budgets: connections, messages per second and bytes per second,
+//! drawn on by every mailbox of a batch that talks to the same host, plus a
+//! cool-down all of them honour after a server said "slow down".
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+/// A rate budget (messages/s and bytes/s) with a shared cool-down.
+pub struct Budget {
+    name: String,
+    messages: Option<(DefaultDirectRateLimiter, NonZeroU32)>,
+    bytes: Option<(DefaultDirectRateLimiter, NonZeroU32)>,
+    cool_down_until: Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for Budget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Budget").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl Budget {
+    /// A budget; `None` leaves that dimension unlimited.
+    pub fn new(name: impl Into<String>, messages_per_second: Option<NonZeroU32>, bytes_per_second: Option<NonZeroU32>) -> Self {
+        Self {
+            name: name.into(),
+            messages: messages_per_second.map(|rate| (RateLimiter::direct(Quota::per_second(rate)), rate)),
+            bytes: bytes_per_second.map(|rate| (RateLimiter::direct(Quota::per_second(rate)), rate)),
+            cool_down_until: Mutex::new(None),
+        }
+    }
+
+    /// Waits until `messages` messages of `bytes` bytes may be sent.
+    pub async fn admit(&self, messages: u32, bytes: u64) {
+        self.wait_cool_down().await;
+        if let Some((limiter, burst)) = &self.messages {
+            take(limiter, messages, burst.get()).await;
+        }
+        if let Some((limiter, burst)) = &self.bytes {
+            take(limiter, u32::try_from(bytes).unwrap_or(u32::MAX), burst.get()).await;
+        }
+    }
+
+    /// Pauses everyone drawing on this budget for `pause` (the server
+    /// throttled one of them; the others would be next).
+    pub fn cool_down(&self, pause: Duration) {
+        let until = Instant::now() + pause;
+        if let Ok(mut current) = self.cool_down_until.lock() {
+            if current.is_none_or(|c| c < until) {
+                *current = Some(until);
+            }
+        }
+        tracing::info!(budget = %self.name, seconds = pause.as_secs_f32(), "cooling down after throttling");
+    }
+
+    async fn wait_cool_down(&self) {
+        let until = self.cool_down_until.lock().ok().and_then(|c| *c);
+        if let Some(until) = until {
+            tokio::time::sleep_until(until).await;
+        }
+    }
+}
+
+/// Draws `amount` cells in chunks no larger than `chunk` (the burst size,
+/// which `Quota::per_second(n)` sets to n), so a larger request waits
+/// instead of failing.
+async fn take(limiter: &DefaultDirectRateLimiter, mut amount: u32, chunk: u32) {
+    while amount > 0 {
+        let now = amount.min(chunk.max(1));
+        if let Some(cells) = NonZeroU32::new(now) {
+            if limiter.until_n_ready(cells).await.is_err() {
+                // Cannot happen with chunk ≤ burst; never block forever on it.
+                return;
+            }
+        }
+        amount -= now;
+    }
+}
+
+/// Limits per host, as a batch configures them.
+#[derive(Debug, Clone, Default)]
+pub struct LimitConfig {
+    /// Mailboxes talking to one host at once (each holds one connection).
+    pub connections_per_host: Option<usize>,
+    /// Messages per second per host.
+    pub host_messages_per_second: Option<NonZeroU32>,
+    /// Bytes per second per host.
+    pub host_bytes_per_second: Option<NonZeroU32>,
+    /// Messages per second per mailbox.
+    pub mailbox_messages_per_second: Option<NonZeroU32>,
+    /// Bytes per second per mailbox.
+    pub mailbox_bytes_per_second: Option<NonZeroU32>,
+}
+
+/// The connection slots and budget of one host.
+#[derive(Debug, Clone)]
+pub struct HostLimit {
+    /// Connection slots.
+    pub connections: Arc<Semaphore>,
+    /// Rate budget and cool-down.
+    pub budget: Arc<Budget>,
+}
+
+/// Per-host limits shared by all mailboxes of a batch.
+#[derive(Debug, Default)]
+pub struct HostLimits {
+    config: LimitConfig,
+    hosts: Mutex<HashMap<String, HostLimit>>,
+}
+
+impl HostLimits {
+    /// Limits with this configuration.
+    pub fn new(config: LimitConfig) -> Self {
+        Self {
+            config,
+            hosts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LimitConfig {
+        &self.config
+    }
+
+    /// The limits of a host (`host:port`), created on first use.
+    pub fn host(&self, host: &str) -> HostLimit {
+        let mut hosts = match self.hosts.lock() {
+            Ok(hosts) => hosts,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        hosts
+            .entry(host.to_string())
+            .or_insert_with(|| HostLimit {
+                connections: Arc::new(Semaphore::new(
+                    self.config.connections_per_host.unwrap_or(Semaphore::MAX_PERMITS).max(1),
+                )),
+                budget: Arc::new(Budget::new(
+                    host,
+                    self.config.host_messages_per_second,
+                    self.config.host_bytes_per_second,
+                )),
+            })
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_budget_spaces_requests_and_cools_down() {
+        let budget = Budget::new("t", NonZeroU32::new(20), None);
+        let start = Instant::now();
+        for _ in 0..30 {
+            budget.admit(1, 0).await;
+        }
+        // 20 at once (the burst), then 10 more at 20/s: at least ~0.45 s.
+        assert!(start.elapsed() >= Duration::from_millis(400), "{:?}", start.elapsed());
+        budget.cool_down(Duration::from_millis(200));
+        let paused = Instant::now();
+        Budget::admit(&budget, 0, 0).await;
+        assert!(paused.elapsed() >= Duration::from_millis(150));
+    }
+
+    #[tokio::test]
+    async fn bytes_larger_than_the_burst_wait_instead_of_failing() {
+        let budget = Budget::new("t", None, NonZeroU32::new(1000));
+        let start = Instant::now();
+        budget.admit(1, 2500).await;
+        assert!(start.elapsed() >= Duration::from_millis(1000));
+    }
+}

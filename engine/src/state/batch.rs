@@ -1,0 +1,218 @@
+//! Batch records in the state store: which rows of which batch file ran,
+//! with what result, so `report` and `rerun` work days later.
+
+use rusqlite::{params, OptionalExtension};
+
+use super::State;
+use crate::error::{ErrorKind, Result};
+
+/// Row id of a batch.
+pub type BatchId = i64;
+
+/// A batch row as the state remembers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchRowRecord {
+    /// Digest of the row's fields.
+    pub fingerprint: String,
+    /// Line in the batch file.
+    pub line: usize,
+    /// Source identity.
+    pub source: String,
+    /// Target identity.
+    pub target: String,
+    /// Business unit, if given.
+    pub business_unit: Option<String>,
+    /// The last phase run for this row.
+    pub phase: Option<String>,
+    /// `pending`, `done`, `partial` or `failed`.
+    pub status: String,
+    /// Why it failed (or why messages failed, for `partial`).
+    pub error_kind: Option<ErrorKind>,
+    /// The error message.
+    pub error_detail: Option<String>,
+    /// Runs of this row so far.
+    pub attempts: u32,
+    /// Messages copied by the last run.
+    pub messages: u64,
+    /// Bytes copied by the last run.
+    pub bytes: u64,
+    /// Messages that could not be copied.
+    pub failed_messages: u64,
+    /// Source size from the preflight check: folders, messages, bytes.
+    pub source_size: Option<(u64, u64, u64)>,
+}
+
+/// What a batch as a whole is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchRecord {
+    /// Row id.
+    pub id: BatchId,
+    /// The last phase run.
+    pub last_phase: Option<String>,
+    /// Held for a person after too many failures.
+    pub held: bool,
+    /// Why it is held.
+    pub held_reason: Option<String>,
+}
+
+impl State {
+    /// The batch named by its file's path, created on first use.
+    pub fn batch(&self, name: &str, now: &str) -> Result<BatchRecord> {
+        self.conn
+            .execute(
+                "INSERT INTO batch (name, created_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                params![name, now],
+            )
+            .map_err(self.err())?;
+        self.conn
+            .query_row(
+                "SELECT id, last_phase, held, held_reason FROM batch WHERE name = ?1",
+                [name],
+                |row| {
+                    Ok(BatchRecord {
+                        id: row.get(0)?,
+                        last_phase: row.get(1)?,
+                        held: row.get(2)?,
+                        held_reason: row.get(3)?,
+                    })
+                },
+            )
+            .map_err(self.err())
+    }
+
+    /// Records the rows of the current batch file: new ones are added as
+    /// pending, rows no longer in the file are marked superseded.
+    pub fn sync_batch_rows(&mut self, batch: BatchId, rows: &[BatchRowRecord]) -> Result<()> {
+        let err = self.err_owned();
+        let tx = self.conn.transaction().map_err(&err)?;
+        tx.execute("UPDATE batch_row SET current = 0 WHERE batch_id = ?1", [batch])
+            .map_err(&err)?;
+        {
+            let mut upsert = tx
+                .prepare_cached(
+                    "INSERT INTO batch_row (batch_id, fingerprint, line, source, target, business_unit, current)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1)
+                     ON CONFLICT DO UPDATE SET current = 1, line = excluded.line",
+                )
+                .map_err(&err)?;
+            for row in rows {
+                upsert
+                    .execute(params![
+                        batch,
+                        row.fingerprint,
+                        row.line as i64,
+                        row.source,
+                        row.target,
+                        row.business_unit
+                    ])
+                    .map_err(&err)?;
+            }
+        }
+        tx.commit().map_err(&err)
+    }
+
+    /// The rows of the batch file's current version, by line.
+    pub fn batch_rows(&self, batch: BatchId) -> Result<Vec<BatchRowRecord>> {
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT fingerprint, line, source, target, business_unit, phase, status, error_kind, error_detail,
+                        attempts, messages, bytes, failed_messages, source_folders, source_messages, source_bytes
+                 FROM batch_row WHERE batch_id = ?1 AND current = 1 ORDER BY line",
+            )
+            .map_err(self.err())?;
+        let rows = statement
+            .query_map([batch], |row| {
+                let kind: Option<String> = row.get(7)?;
+                let folders: Option<i64> = row.get(13)?;
+                let messages: Option<i64> = row.get(14)?;
+                let bytes: Option<i64> = row.get(15)?;
+                Ok(BatchRowRecord {
+                    fingerprint: row.get(0)?,
+                    line: row.get::<_, i64>(1)? as usize,
+                    source: row.get(2)?,
+                    target: row.get(3)?,
+                    business_unit: row.get(4)?,
+                    phase: row.get(5)?,
+                    status: row.get(6)?,
+                    error_kind: kind.and_then(|k| serde_json::from_value(serde_json::Value::String(k)).ok()),
+                    error_detail: row.get(8)?,
+                    attempts: row.get(9)?,
+                    messages: row.get::<_, i64>(10)? as u64,
+                    bytes: row.get::<_, i64>(11)? as u64,
+                    failed_messages: row.get::<_, i64>(12)? as u64,
+                    source_size: match (folders, messages, bytes) {
+                        (Some(f), Some(m), Some(b)) => Some((f as u64, m as u64, b as u64)),
+                        _ => None,
+                    },
+                })
+            })
+            .map_err(self.err())?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(self.err())
+    }
+
+    /// Stores the outcome of one row's run.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_batch_row(
+        &self,
+        batch: BatchId,
+        fingerprint: &str,
+        phase: &str,
+        status: &str,
+        error: Option<(ErrorKind, &str)>,
+        copied: (u64, u64, u64),
+        now: &str,
+    ) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE batch_row SET phase = ?3, status = ?4, error_kind = ?5, error_detail = ?6,
+                    attempts = attempts + 1, messages = ?7, bytes = ?8, failed_messages = ?9, updated_at = ?10
+                 WHERE batch_id = ?1 AND fingerprint = ?2",
+                params![
+                    batch,
+                    fingerprint,
+                    phase,
+                    status,
+                    error.map(|(kind, _)| kind.as_str()),
+                    error.map(|(_, detail)| detail),
+                    copied.0 as i64,
+                    copied.1 as i64,
+                    copied.2 as i64,
+                    now
+                ],
+            )
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    /// Stores the source size the preflight check measured.
+    pub fn record_row_size(&self, batch: BatchId, fingerprint: &str, size: (u64, u64, u64)) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE batch_row SET source_folders = ?3, source_messages = ?4, source_bytes = ?5
+                 WHERE batch_id = ?1 AND fingerprint = ?2",
+                params![batch, fingerprint, size.0 as i64, size.1 as i64, size.2 as i64],
+            )
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    /// Sets the batch's last phase and hold.
+    pub fn set_batch_status(&self, batch: BatchId, phase: &str, held_reason: Option<&str>) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE batch SET last_phase = ?2, held = ?3, held_reason = ?4 WHERE id = ?1",
+                params![batch, phase, held_reason.is_some(), held_reason],
+            )
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    /// Looks a batch up without creating it.
+    pub fn find_batch(&self, name: &str) -> Result<Option<BatchId>> {
+        self.conn
+            .query_row("SELECT id FROM batch WHERE name = ?1", [name], |row| row.get(0))
+            .optional()
+            .map_err(self.err())
+    }
+}

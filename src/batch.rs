@@ -1,0 +1,445 @@
+//! `cutover batch …`: template, validate, check, split, run, report, rerun.
+
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use cutover_engine::batch::check::{self, RowCheck};
+use cutover_engine::batch::input::{self, BatchFile};
+use cutover_engine::batch::jobs::RowDefaults;
+use cutover_engine::batch::report::BatchReport;
+use cutover_engine::batch::run::{self, BatchSettings, Selection};
+use cutover_engine::batch::split::{self, SplitRule};
+use cutover_engine::folders::FolderFilter;
+use cutover_engine::limits::LimitConfig;
+use cutover_engine::state::State;
+use cutover_engine::sync::Phase;
+
+#[derive(Subcommand)]
+pub enum BatchCommand {
+    /// Write a commented CSV template to stdout (or --out FILE).
+    Template {
+        /// Where to write it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Check a batch file and list every problem with line, column and fix.
+    Validate(FileArgs),
+    /// Log in to every source and target account (read-only) and size the sources.
+    Check(CheckArgs),
+    /// Write smaller batch files.
+    Split(SplitArgs),
+    /// Run a phase for every row.
+    Run(RunArgs),
+    /// Show what is done, what failed and why.
+    Report(ReportArgs),
+    /// Run only rows that failed or were corrected since the last run.
+    Rerun(RerunArgs),
+}
+
+#[derive(Args)]
+pub struct FileArgs {
+    /// The batch file.
+    file: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Clone)]
+struct Defaults {
+    /// Source server for rows without one, e.g. imaps://old.example.org:993.
+    #[arg(long)]
+    source_server: Option<String>,
+    /// Target server for rows without one (imap[s]://host:port or maildir:/root).
+    #[arg(long)]
+    target_server: Option<String>,
+    /// Password reference (env:VAR or file:PATH) for rows without a source password.
+    #[arg(long)]
+    source_password: Option<String>,
+    /// Password reference (env:VAR or file:PATH) for rows without a target password.
+    #[arg(long)]
+    target_password: Option<String>,
+    /// Admin (master) user that logs in on the source users' behalf.
+    #[arg(long)]
+    source_master: Option<String>,
+    /// Admin (master) user that logs in on the target users' behalf.
+    #[arg(long)]
+    target_master: Option<String>,
+    /// Extra CA certificates (PEM).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Accept any certificate (lab servers only).
+    #[arg(long)]
+    insecure: bool,
+    /// Seconds to wait for any server response.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+    /// Mailboxes at once.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+}
+
+#[derive(Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    file: FileArgs,
+    #[command(flatten)]
+    defaults: Defaults,
+    /// Remember source sizes in this state file (for `split --max-bytes`).
+    #[arg(long)]
+    state: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct SplitArgs {
+    #[command(flatten)]
+    file: FileArgs,
+    /// One file per business unit.
+    #[arg(long = "by", value_parser = ["business-unit"])]
+    by: Option<String>,
+    /// At most this many mailboxes per file.
+    #[arg(long)]
+    max_mailboxes: Option<usize>,
+    /// At most this many source bytes per file (sizes from `batch check --state`).
+    #[arg(long)]
+    max_bytes: Option<u64>,
+    /// State file with the sizes.
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Directory for the new files.
+    #[arg(long, default_value = ".")]
+    out_dir: PathBuf,
+}
+
+#[derive(Args)]
+pub struct RunOptions {
+    #[command(flatten)]
+    defaults: Defaults,
+    /// The state file.
+    #[arg(long)]
+    state: PathBuf,
+    /// Connections (mailboxes) per server at once.
+    #[arg(long)]
+    connections_per_host: Option<usize>,
+    /// Messages per second per server.
+    #[arg(long)]
+    messages_per_second: Option<NonZeroU32>,
+    /// Bytes per second per server.
+    #[arg(long)]
+    bytes_per_second: Option<NonZeroU32>,
+    /// Messages per second per mailbox.
+    #[arg(long)]
+    mailbox_messages_per_second: Option<NonZeroU32>,
+    /// Bytes per second per mailbox.
+    #[arg(long)]
+    mailbox_bytes_per_second: Option<NonZeroU32>,
+    /// Retries after throttling, timeouts or dropped connections.
+    #[arg(long, default_value_t = 4)]
+    retries: u32,
+    /// Failed share of the batch at which it is held for a person.
+    #[arg(long, default_value_t = 0.25)]
+    max_failure_ratio: f64,
+    /// Remove source deletions from the target (delta/final).
+    #[arg(long)]
+    propagate_deletes: bool,
+    /// Copy only source folders matching this glob (repeatable).
+    #[arg(long)]
+    include: Vec<String>,
+    /// Skip source folders matching this glob (repeatable).
+    #[arg(long)]
+    exclude: Vec<String>,
+    /// Write the failed rows, ready to fix, to this CSV.
+    #[arg(long)]
+    failed_csv: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    file: FileArgs,
+    /// initial, delta, final or sweep.
+    #[arg(long)]
+    phase: Phase,
+    /// Run even though the batch is held.
+    #[arg(long)]
+    override_hold: bool,
+    #[command(flatten)]
+    options: RunOptions,
+}
+
+#[derive(Args)]
+pub struct RerunArgs {
+    #[command(flatten)]
+    file: FileArgs,
+    /// The phase (default: the batch's last phase).
+    #[arg(long)]
+    phase: Option<Phase>,
+    #[command(flatten)]
+    options: RunOptions,
+}
+
+#[derive(Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    file: FileArgs,
+    /// The state file.
+    #[arg(long)]
+    state: PathBuf,
+    /// Write the failed rows, ready to fix, to this CSV.
+    #[arg(long)]
+    failed_csv: Option<PathBuf>,
+    #[command(flatten)]
+    defaults: Defaults,
+}
+
+pub async fn run(command: BatchCommand) -> Result<ExitCode> {
+    match command {
+        BatchCommand::Template { out } => {
+            let text = input::template();
+            match out {
+                Some(path) => std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?,
+                None => print!("{text}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BatchCommand::Validate(args) => validate(&args),
+        BatchCommand::Check(args) => run_check(args).await,
+        BatchCommand::Split(args) => run_split(args),
+        BatchCommand::Run(args) => {
+            let file = read(&args.file.file)?;
+            let settings = settings(&args.options)?;
+            let report = run::run(&file, &args.options.state, args.phase, Selection::All, &settings, args.override_hold).await?;
+            finish(&file, &report, &args.options, args.file.json)
+        }
+        BatchCommand::Rerun(args) => {
+            let file = read(&args.file.file)?;
+            let settings = settings(&args.options)?;
+            let phase = match args.phase {
+                Some(phase) => phase,
+                None => last_phase(&file, &args.options.state, &settings.defaults)?,
+            };
+            let report = run::run(&file, &args.options.state, phase, Selection::FailedOrChanged, &settings, true).await?;
+            finish(&file, &report, &args.options, args.file.json)
+        }
+        BatchCommand::Report(args) => {
+            let file = read(&args.file.file)?;
+            let report = run::load_report(&file, &args.state, &defaults(&args.defaults))?;
+            if let Some(path) = &args.failed_csv {
+                write_failed(&file, &report, path)?;
+            }
+            print_report(&report, args.file.json)?;
+            Ok(if report.failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+    }
+}
+
+/// Reads a batch file; every problem is printed and the command fails.
+fn read(path: &Path) -> Result<BatchFile> {
+    match input::read_batch(path) {
+        Ok(file) => {
+            for warning in &file.warnings {
+                eprintln!("warning: {warning}");
+            }
+            Ok(file)
+        }
+        Err(problems) => {
+            for problem in &problems {
+                eprintln!("{problem}");
+            }
+            bail!("{}: {} problem(s); nothing was run", path.display(), problems.len())
+        }
+    }
+}
+
+fn validate(args: &FileArgs) -> Result<ExitCode> {
+    let (problems, warnings, rows) = match input::read_batch(&args.file) {
+        Ok(file) => (Vec::new(), file.warnings, file.rows.len()),
+        Err(problems) => (problems, Vec::new(), 0),
+    };
+    if args.json {
+        let list = |items: &[input::Problem]| -> Vec<serde_json::Value> {
+            items
+                .iter()
+                .map(|p| {
+                    serde_json::json!({
+                        "file": p.file, "line": p.line, "column": p.column, "message": p.message, "fix": p.fix,
+                    })
+                })
+                .collect()
+        };
+        let out = serde_json::json!({ "rows": rows, "problems": list(&problems), "warnings": list(&warnings) });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        for problem in &problems {
+            println!("{problem}");
+        }
+        for warning in &warnings {
+            println!("warning: {warning}");
+        }
+        if problems.is_empty() {
+            println!("{}: {rows} mailboxes, valid", args.file.display());
+        } else {
+            println!("{}: {} problem(s)", args.file.display(), problems.len());
+        }
+    }
+    Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn defaults(args: &Defaults) -> RowDefaults {
+    RowDefaults {
+        source_server: args.source_server.clone(),
+        target_server: args.target_server.clone(),
+        source_password: args.source_password.clone(),
+        target_password: args.target_password.clone(),
+        source_master: args.source_master.clone(),
+        target_master: args.target_master.clone(),
+    }
+}
+
+fn base_settings(args: &Defaults) -> BatchSettings {
+    BatchSettings {
+        defaults: defaults(args),
+        concurrency: args.concurrency,
+        connect: crate::connect_options_from(args.ca_file.clone(), args.insecure, args.timeout),
+        ..BatchSettings::default()
+    }
+}
+
+fn settings(options: &RunOptions) -> Result<BatchSettings> {
+    if !(0.0..=1.0).contains(&options.max_failure_ratio) {
+        bail!("--max-failure-ratio must be between 0 and 1");
+    }
+    Ok(BatchSettings {
+        limits: LimitConfig {
+            connections_per_host: options.connections_per_host,
+            host_messages_per_second: options.messages_per_second,
+            host_bytes_per_second: options.bytes_per_second,
+            mailbox_messages_per_second: options.mailbox_messages_per_second,
+            mailbox_bytes_per_second: options.mailbox_bytes_per_second,
+        },
+        retries: options.retries,
+        max_failure_ratio: options.max_failure_ratio,
+        propagate_deletes: options.propagate_deletes,
+        filter: FolderFilter::new(&options.include, &options.exclude)?,
+        ..base_settings(&options.defaults)
+    })
+}
+
+fn last_phase(file: &BatchFile, state: &Path, defaults: &RowDefaults) -> Result<Phase> {
+    let report = run::load_report(file, state, defaults)?;
+    match report.phase {
+        Some(phase) => Ok(phase.parse()?),
+        None => bail!("{}: no run yet; use `cutover batch run --phase initial`", file.path.display()),
+    }
+}
+
+fn finish(file: &BatchFile, report: &BatchReport, options: &RunOptions, json: bool) -> Result<ExitCode> {
+    if let Some(path) = &options.failed_csv {
+        write_failed(file, report, path)?;
+    }
+    print_report(report, json)?;
+    Ok(if report.failed == 0 && report.held.is_none() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn write_failed(file: &BatchFile, report: &BatchReport, path: &Path) -> Result<()> {
+    let failed_lines: Vec<usize> = report.rows.iter().filter(|r| r.status == "failed").map(|r| r.line).collect();
+    let rows: Vec<_> = file.rows.iter().filter(|r| failed_lines.contains(&r.line)).collect();
+    let mut out = std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
+    input::write_rows(&rows, &mut out).with_context(|| format!("cannot write {}", path.display()))?;
+    eprintln!("{} failed row(s) written to {}", rows.len(), path.display());
+    Ok(())
+}
+
+fn print_report(report: &BatchReport, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+        return Ok(());
+    }
+    println!(
+        "batch {} (phase {}): {} mailboxes: {} done, {} partial, {} failed, {} pending; {} messages, {:.1} MB",
+        report.batch,
+        report.phase.as_deref().unwrap_or("none"),
+        report.mailboxes,
+        report.done,
+        report.partial,
+        report.failed,
+        report.pending,
+        report.messages,
+        report.bytes as f64 / 1e6
+    );
+    println!("failure ratio {:.1}%", report.failure_ratio * 100.0);
+    for group in &report.failures {
+        println!("  {} — {} mailbox(es); fix: {}", group.kind, group.mailboxes, group.fix);
+        for example in &group.examples {
+            println!("      {example}");
+        }
+    }
+    if let Some(reason) = &report.held {
+        println!("HELD for a person: {reason}. Later phases refuse to run until the rows are fixed and rerun, or --override-hold.");
+    }
+    Ok(())
+}
+
+async fn run_check(args: CheckArgs) -> Result<ExitCode> {
+    let file = read(&args.file.file)?;
+    let checks = check::check(&file, &base_settings(&args.defaults), args.state.as_deref()).await?;
+    if args.file.json {
+        println!("{}", serde_json::to_string_pretty(&checks)?);
+    } else {
+        for c in &checks {
+            print_check(c);
+        }
+        let bad = checks.iter().filter(|c| !c.is_ok()).count();
+        println!("{} of {} rows ready, {bad} with problems", checks.len() - bad, checks.len());
+    }
+    Ok(if checks.iter().all(RowCheck::is_ok) { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn print_check(check: &RowCheck) {
+    let source = match &check.source_result {
+        Ok(size) => format!("{} folders, {} messages, {:.1} MB", size.folders, size.messages, size.bytes as f64 / 1e6),
+        Err(e) => format!("SOURCE {}: {}", e.kind, e.message),
+    };
+    let target = match &check.target_result {
+        Ok(()) => "target ok".to_string(),
+        Err(e) => format!("TARGET {}: {}", e.kind, e.message),
+    };
+    println!("line {:4} {} → {}: {source}; {target}", check.line, check.source, check.target);
+}
+
+fn run_split(args: SplitArgs) -> Result<ExitCode> {
+    let file = read(&args.file.file)?;
+    let rule = SplitRule {
+        by_business_unit: args.by.is_some(),
+        max_mailboxes: args.max_mailboxes,
+        max_bytes: args.max_bytes,
+    };
+    if !rule.by_business_unit && rule.max_mailboxes.is_none() && rule.max_bytes.is_none() {
+        bail!("say how to split: --by business-unit, --max-mailboxes N and/or --max-bytes N");
+    }
+    let sizes = match (&args.state, rule.max_bytes) {
+        (Some(path), _) => {
+            let mut state = State::open(path)?;
+            let batch = run::register(&mut state, &file, &RowDefaults::default())?;
+            state.batch_rows(batch.id)?
+        }
+        (None, Some(_)) => bail!("--max-bytes needs the sizes of `cutover batch check --state FILE`: pass --state FILE"),
+        (None, None) => Vec::new(),
+    };
+    let size = |row: &input::BatchRow| {
+        let fingerprint = row.fingerprint();
+        sizes
+            .iter()
+            .find(|r| r.fingerprint == fingerprint)
+            .and_then(|r| r.source_size)
+            .map_or(0, |(_, _, bytes)| bytes)
+    };
+    let parts = split::plan(&file.rows, &rule, size);
+    for path in split::write(&file, &parts, &args.out_dir)? {
+        println!("{}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
