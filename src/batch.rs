@@ -139,6 +139,9 @@ pub struct RunOptions {
     /// Retries after throttling, timeouts or dropped connections.
     #[arg(long, default_value_t = 4)]
     retries: u32,
+    /// First wait before a retry, in milliseconds (doubled each time, jittered).
+    #[arg(long, default_value_t = 500)]
+    backoff_ms: u64,
     /// Failed share of the batch at which it is held for a person.
     #[arg(long, default_value_t = 0.25)]
     max_failure_ratio: f64,
@@ -200,7 +203,9 @@ pub async fn run(command: BatchCommand) -> Result<ExitCode> {
         BatchCommand::Template { out } => {
             let text = input::template();
             match out {
-                Some(path) => std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?,
+                Some(path) => {
+                    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?
+                }
                 None => print!("{text}"),
             }
             Ok(ExitCode::SUCCESS)
@@ -211,7 +216,15 @@ pub async fn run(command: BatchCommand) -> Result<ExitCode> {
         BatchCommand::Run(args) => {
             let file = read(&args.file.file)?;
             let settings = settings(&args.options)?;
-            let report = run::run(&file, &args.options.state, args.phase, Selection::All, &settings, args.override_hold).await?;
+            let report = run::run(
+                &file,
+                &args.options.state,
+                args.phase,
+                Selection::All,
+                &settings,
+                args.override_hold,
+            )
+            .await?;
             finish(&file, &report, &args.options, args.file.json)
         }
         BatchCommand::Rerun(args) => {
@@ -221,7 +234,15 @@ pub async fn run(command: BatchCommand) -> Result<ExitCode> {
                 Some(phase) => phase,
                 None => last_phase(&file, &args.options.state, &settings.defaults)?,
             };
-            let report = run::run(&file, &args.options.state, phase, Selection::FailedOrChanged, &settings, true).await?;
+            let report = run::run(
+                &file,
+                &args.options.state,
+                phase,
+                Selection::FailedOrChanged,
+                &settings,
+                true,
+            )
+            .await?;
             finish(&file, &report, &args.options, args.file.json)
         }
         BatchCommand::Report(args) => {
@@ -231,7 +252,11 @@ pub async fn run(command: BatchCommand) -> Result<ExitCode> {
                 write_failed(&file, &report, path)?;
             }
             print_report(&report, args.file.json)?;
-            Ok(if report.failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if report.failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
     }
 }
@@ -285,7 +310,11 @@ fn validate(args: &FileArgs) -> Result<ExitCode> {
             println!("{}: {} problem(s)", args.file.display(), problems.len());
         }
     }
-    Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn defaults(args: &Defaults) -> RowDefaults {
@@ -321,6 +350,7 @@ fn settings(options: &RunOptions) -> Result<BatchSettings> {
             mailbox_bytes_per_second: options.mailbox_bytes_per_second,
         },
         retries: options.retries,
+        backoff: std::time::Duration::from_millis(options.backoff_ms),
         max_failure_ratio: options.max_failure_ratio,
         propagate_deletes: options.propagate_deletes,
         filter: FolderFilter::new(&options.include, &options.exclude)?,
@@ -332,7 +362,10 @@ fn last_phase(file: &BatchFile, state: &Path, defaults: &RowDefaults) -> Result<
     let report = run::load_report(file, state, defaults)?;
     match report.phase {
         Some(phase) => Ok(phase.parse()?),
-        None => bail!("{}: no run yet; use `cutover batch run --phase initial`", file.path.display()),
+        None => bail!(
+            "{}: no run yet; use `cutover batch run --phase initial`",
+            file.path.display()
+        ),
     }
 }
 
@@ -341,11 +374,20 @@ fn finish(file: &BatchFile, report: &BatchReport, options: &RunOptions, json: bo
         write_failed(file, report, path)?;
     }
     print_report(report, json)?;
-    Ok(if report.failed == 0 && report.held.is_none() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.failed == 0 && report.held.is_none() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn write_failed(file: &BatchFile, report: &BatchReport, path: &Path) -> Result<()> {
-    let failed_lines: Vec<usize> = report.rows.iter().filter(|r| r.status == "failed").map(|r| r.line).collect();
+    let failed_lines: Vec<usize> = report
+        .rows
+        .iter()
+        .filter(|r| r.status == "failed")
+        .map(|r| r.line)
+        .collect();
     let rows: Vec<_> = file.rows.iter().filter(|r| failed_lines.contains(&r.line)).collect();
     let mut out = std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
     input::write_rows(&rows, &mut out).with_context(|| format!("cannot write {}", path.display()))?;
@@ -393,21 +435,37 @@ async fn run_check(args: CheckArgs) -> Result<ExitCode> {
             print_check(c);
         }
         let bad = checks.iter().filter(|c| !c.is_ok()).count();
-        println!("{} of {} rows ready, {bad} with problems", checks.len() - bad, checks.len());
+        println!(
+            "{} of {} rows ready, {bad} with problems",
+            checks.len() - bad,
+            checks.len()
+        );
     }
-    Ok(if checks.iter().all(RowCheck::is_ok) { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if checks.iter().all(RowCheck::is_ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn print_check(check: &RowCheck) {
     let source = match &check.source_result {
-        Ok(size) => format!("{} folders, {} messages, {:.1} MB", size.folders, size.messages, size.bytes as f64 / 1e6),
+        Ok(size) => format!(
+            "{} folders, {} messages, {:.1} MB",
+            size.folders,
+            size.messages,
+            size.bytes as f64 / 1e6
+        ),
         Err(e) => format!("SOURCE {}: {}", e.kind, e.message),
     };
     let target = match &check.target_result {
         Ok(()) => "target ok".to_string(),
         Err(e) => format!("TARGET {}: {}", e.kind, e.message),
     };
-    println!("line {:4} {} → {}: {source}; {target}", check.line, check.source, check.target);
+    println!(
+        "line {:4} {} → {}: {source}; {target}",
+        check.line, check.source, check.target
+    );
 }
 
 fn run_split(args: SplitArgs) -> Result<ExitCode> {
@@ -426,7 +484,9 @@ fn run_split(args: SplitArgs) -> Result<ExitCode> {
             let batch = run::register(&mut state, &file, &RowDefaults::default())?;
             state.batch_rows(batch.id)?
         }
-        (None, Some(_)) => bail!("--max-bytes needs the sizes of `cutover batch check --state FILE`: pass --state FILE"),
+        (None, Some(_)) => {
+            bail!("--max-bytes needs the sizes of `cutover batch check --state FILE`: pass --state FILE")
+        }
         (None, None) => Vec::new(),
     };
     let size = |row: &input::BatchRow| {

@@ -21,13 +21,19 @@ pub struct Budget {
 
 impl std::fmt::Debug for Budget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Budget").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("Budget")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
 impl Budget {
     /// A budget; `None` leaves that dimension unlimited.
-    pub fn new(name: impl Into<String>, messages_per_second: Option<NonZeroU32>, bytes_per_second: Option<NonZeroU32>) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        messages_per_second: Option<NonZeroU32>,
+        bytes_per_second: Option<NonZeroU32>,
+    ) -> Self {
         Self {
             name: name.into(),
             messages: messages_per_second.map(|rate| (RateLimiter::direct(Quota::per_second(rate)), rate)),
@@ -138,7 +144,10 @@ impl HostLimits {
             .entry(host.to_string())
             .or_insert_with(|| HostLimit {
                 connections: Arc::new(Semaphore::new(
-                    self.config.connections_per_host.unwrap_or(Semaphore::MAX_PERMITS).max(1),
+                    self.config
+                        .connections_per_host
+                        .unwrap_or(Semaphore::MAX_PERMITS)
+                        .max(1),
                 )),
                 budget: Arc::new(Budget::new(
                     host,

@@ -162,10 +162,18 @@ impl Dovecot {
         chown(&home, Some(MAIL_UID), Some(MAIL_GID)).map_err(io_err("chown", &home))?;
         let passwd = self.passwd_path();
         // One append of one line, so Dovecot never reads half an entry.
+        // Dovecot re-reads the file when its mtime changes, in whole seconds:
+        // an append within the second of its last read would go unseen, so
+        // the mtime is moved past both that second and now.
         OpenOptions::new()
             .append(true)
             .open(&passwd)
-            .and_then(|mut f| f.write_all(passwd_line(login, password).as_bytes()))
+            .and_then(|mut f| {
+                let before = f.metadata()?.modified()?;
+                f.write_all(passwd_line(login, password).as_bytes())?;
+                let later = std::time::SystemTime::now().max(before) + std::time::Duration::from_secs(2);
+                f.set_modified(later)
+            })
             .map_err(io_err("appending to", &passwd))
     }
 

@@ -55,6 +55,37 @@ pub enum Error {
     /// Generating a test certificate failed.
     #[error("certificate generation failed: {0}")]
     Certificate(#[from] rcgen::Error),
+    /// The engine failed (a server refused, a connection broke, the state store failed).
+    #[error("engine: {0}")]
+    Engine(#[from] cutover_engine::Error),
+    /// The `cutover` binary the benchmark runs is not there.
+    #[error("{} not found: run `cargo build --release --bins` first", path.display())]
+    CutoverMissing {
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// A `cutover` child process failed.
+    #[error("`{command}` failed ({status}); stderr tail:\n{stderr_tail}")]
+    CutoverFailed {
+        /// The command line, without passwords (they travel in the environment).
+        command: String,
+        /// How it ended.
+        status: ExitStatus,
+        /// The last lines it wrote to stderr.
+        stderr_tail: String,
+    },
+    /// A `cutover` child printed something that is not the expected JSON.
+    #[error("`{command}` printed no valid JSON report: {source}")]
+    BadReport {
+        /// The command line.
+        command: String,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A task or worker thread panicked or was cancelled.
+    #[error("a worker stopped abnormally: {0}")]
+    Worker(String),
 }
 
 /// The harness's result type.

@@ -1,14 +1,24 @@
 //! Test harness for cutover: runs real Dovecot servers on loopback, generates
-//! realistic mail corpora and fills mailboxes with them.
+//! realistic mail corpora and fills mailboxes with them, and on top of that
+//! the demo migration and the benchmark against a raw-copy floor.
 
+pub mod activity;
+pub mod bench;
 pub mod corpus;
+pub mod cutover_bin;
+pub mod demo;
 pub mod dovecot;
 pub mod error;
 pub mod fill;
+pub mod floor;
+pub mod lab;
+pub mod pool;
+pub mod proxy;
 pub mod tls;
 
 pub use corpus::{Corpus, CorpusSpec, GeneratedMessage};
 pub use dovecot::{Dovecot, DovecotConfig};
 pub use error::{Error, Result};
 pub use fill::{fill_maildir, FillSummary};
+pub use lab::Lab;
 pub use tls::{TestPki, TlsFiles};

@@ -70,7 +70,11 @@ pub async fn check(file: &BatchFile, settings: &BatchSettings, state_path: Optio
     if let Some(path) = state_path {
         let mut state = State::open(path)?;
         let batch = register(&mut state, file, &settings.defaults)?;
-        for (row, check) in file.rows.iter().filter_map(|r| Some((r, checks.iter().find(|c| c.line == r.line)?))) {
+        for (row, check) in file
+            .rows
+            .iter()
+            .filter_map(|r| Some((r, checks.iter().find(|c| c.line == r.line)?)))
+        {
             if let Ok(size) = &check.source_result {
                 state.record_row_size(batch.id, &row.fingerprint(), (size.folders, size.messages, size.bytes))?;
             }
@@ -96,7 +100,10 @@ async fn check_row(row: &BatchRow, settings: &BatchSettings) -> RowCheck {
                 Ok::<(), Error>(())
             };
             let (s, t) = tokio::join!(source_side, target_side);
-            (s.map_err(|e| ReportedError::from(&e)), t.map_err(|e| ReportedError::from(&e)))
+            (
+                s.map_err(|e| ReportedError::from(&e)),
+                t.map_err(|e| ReportedError::from(&e)),
+            )
         }
     };
     RowCheck {

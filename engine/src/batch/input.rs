@@ -7,7 +7,7 @@
 //! routinely misnamed. [`read_batch`] collects every problem before it gives
 //! up, so one round trip to the customer fixes the whole file.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -19,7 +19,9 @@ use crate::endpoint::Secret;
 use crate::error::{Error, Result};
 
 /// The columns of the native layout, in the order [`write_rows`] and [`template`] use.
-pub const NATIVE_COLUMNS: &[&str] = &[
+pub const NATIVE_COLUMNS: &[&str] = &COLUMNS;
+
+const COLUMNS: [&str; 13] = [
     "source_address",
     "source_login",
     "source_password",
@@ -107,7 +109,9 @@ impl PasswordRef {
         match self {
             PasswordRef::Env(var) => match std::env::var(var) {
                 Ok(value) if !value.is_empty() => Ok(Secret::new(value)),
-                Ok(_) => Err(Error::Config(format!("environment variable {var} (password env:{var}) is empty"))),
+                Ok(_) => Err(Error::Config(format!(
+                    "environment variable {var} (password env:{var}) is empty"
+                ))),
                 Err(std::env::VarError::NotPresent) => Err(Error::Config(format!(
                     "environment variable {var} (password env:{var}) is not set"
                 ))),
@@ -122,7 +126,9 @@ impl PasswordRef {
                 // Only the line ending goes: spaces may be part of the password.
                 match text.lines().next() {
                     Some(line) if !line.is_empty() => Ok(Secret::new(line)),
-                    _ => Err(Error::Config(format!("password file {shown} (file:{shown}) has an empty first line"))),
+                    _ => Err(Error::Config(format!(
+                        "password file {shown} (file:{shown}) has an empty first line"
+                    ))),
                 }
             }
             PasswordRef::Literal(secret) => Ok(secret.clone()),
@@ -219,7 +225,11 @@ impl BatchRow {
                 side.password.fingerprint_part(),
             ]);
         }
-        parts.extend([self.business_unit.clone().unwrap_or_default(), self.wave.clone().unwrap_or_default(), date]);
+        parts.extend([
+            self.business_unit.clone().unwrap_or_default(),
+            self.wave.clone().unwrap_or_default(),
+            date,
+        ]);
         for part in parts {
             // Length prefixes keep ("ab", "c") and ("a", "bc") apart.
             hash.update((part.len() as u64).to_le_bytes());
@@ -230,7 +240,7 @@ impl BatchRow {
 }
 
 /// Something wrong in a batch file, with where it is and how to fix it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Problem {
     /// The file, as given.
     pub file: PathBuf,
@@ -273,11 +283,21 @@ pub struct BatchFile {
 /// Reads a batch file. On failure returns every error found (warnings are
 /// only returned with the rows, so they never read as fatal).
 pub fn read_batch(path: &Path) -> Result<BatchFile, Vec<Problem>> {
-    let mut check = Check { file: path, errors: Vec::new(), warnings: Vec::new(), mailboxes: Vec::new() };
+    let mut check = Check {
+        file: path,
+        errors: Vec::new(),
+        warnings: Vec::new(),
+        mailboxes: Vec::new(),
+    };
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) => {
-            check.error(None, None, format!("cannot read the file: {e}"), "check the path and the file's permissions");
+            check.error(
+                None,
+                None,
+                format!("cannot read the file: {e}"),
+                "check the path and the file's permissions",
+            );
             return Err(check.errors);
         }
     };
@@ -288,8 +308,11 @@ pub fn read_batch(path: &Path) -> Result<BatchFile, Vec<Problem>> {
         check.error(
             None,
             None,
-            "the file is empty".into(),
-            &format!("add the header line {} and one row per mailbox", NATIVE_COLUMNS.join(",")),
+            "the file is empty (no header, no rows)".into(),
+            &format!(
+                "add the header line {} and one row per mailbox",
+                NATIVE_COLUMNS.join(",")
+            ),
         );
         return Err(check.errors);
     };
@@ -311,7 +334,7 @@ pub fn read_batch(path: &Path) -> Result<BatchFile, Vec<Problem>> {
         let record = match record {
             Ok(record) => record,
             Err(e) => {
-                let line = e.position().map(|p| p.line() as usize);
+                let line = e.position().map(|p| record_line(text, p.byte() as usize));
                 check.error(line, None, format!("cannot be read as CSV: {e}"), SAVE_AS_CSV);
                 break;
             }
@@ -330,25 +353,34 @@ pub fn read_batch(path: &Path) -> Result<BatchFile, Vec<Problem>> {
             rows.push(row);
         }
     }
+    // imapsync files have no header, so they always have a row here.
     if data_lines == 0 {
-        let message = if format == InputFormat::Imapsync { "no mailbox lines" } else { "the file has a header but no rows" };
-        check.error(None, None, message.into(), "add one row per mailbox below the header");
+        check.error(
+            None,
+            None,
+            "the file has a header but no rows".into(),
+            "add one row per mailbox below the header",
+        );
     }
     if let Some(layout) = &layout {
         check.duplicates(layout);
     }
     check.file_name(format);
     // Exchange's EmailAddress feeds both sides, so one bad cell is found twice.
-    let mut seen = Vec::new();
-    check.errors.retain(|p| {
-        let new = !seen.contains(p);
-        seen.push(p.clone());
-        new
-    });
+    let mut seen = HashSet::new();
+    check.errors.retain(|p| seen.insert(p.clone()));
+    // Read top to bottom, file-wide problems first.
+    check.errors.sort_by_key(|p| p.line);
+    check.warnings.sort_by_key(|p| p.line);
     if !check.errors.is_empty() {
         return Err(check.errors);
     }
-    Ok(BatchFile { path: path.to_path_buf(), format, rows, warnings: check.warnings })
+    Ok(BatchFile {
+        path: path.to_path_buf(),
+        format,
+        rows,
+        warnings: check.warnings,
+    })
 }
 
 /// Writes rows as a native CSV with a header. A password is never written:
@@ -356,7 +388,9 @@ pub fn read_batch(path: &Path) -> Result<BatchFile, Vec<Problem>> {
 /// header says which lines need it entered again.
 pub fn write_rows(rows: &[&BatchRow], out: &mut impl std::io::Write) -> std::io::Result<()> {
     // Output line of each row: after the optional comment and the header.
-    let has_literal = rows.iter().any(|r| r.source.password.is_literal() || r.target.password.is_literal());
+    let has_literal = rows
+        .iter()
+        .any(|r| r.source.password.is_literal() || r.target.password.is_literal());
     let first_row_line = if has_literal { 3 } else { 2 };
     let mut missing = Vec::new();
     for (i, row) in rows.iter().enumerate() {
@@ -439,8 +473,7 @@ struct Layout {
 
 impl Layout {
     fn empty(format: InputFormat) -> Self {
-        let mut names = [""; 13];
-        names.copy_from_slice(NATIVE_COLUMNS);
+        let mut names = COLUMNS;
         if format == InputFormat::Exchange {
             for (_, name, targets) in EXCHANGE_COLUMNS {
                 for &t in *targets {
@@ -448,7 +481,12 @@ impl Layout {
                 }
             }
         }
-        Layout { source_of: [None; 13], names, width: 0, unnamed: Vec::new() }
+        Layout {
+            source_of: [None; 13],
+            names,
+            width: 0,
+            unnamed: Vec::new(),
+        }
     }
 
     fn imapsync() -> Self {
@@ -501,11 +539,17 @@ impl Check<'_> {
     fn content<'b>(&mut self, bytes: &'b [u8]) -> Option<&'b [u8]> {
         let not_csv = |what: &str| format!("this is {what}, not a CSV file");
         let fatal = if bytes.starts_with(b"PK\x03\x04") {
-            Some((not_csv("an Excel workbook (.xlsx) or a zip archive"), SAVE_AS_CSV.to_string()))
+            Some((
+                not_csv("an Excel workbook (.xlsx) or a zip archive"),
+                SAVE_AS_CSV.to_string(),
+            ))
         } else if bytes.starts_with(b"\xD0\xCF\x11\xE0") {
             Some((not_csv("an old Excel workbook (.xls)"), SAVE_AS_CSV.to_string()))
         } else if bytes.starts_with(b"%PDF") {
-            Some((not_csv("a PDF"), "ask for the spreadsheet the PDF was made from, and save it as CSV".into()))
+            Some((
+                not_csv("a PDF"),
+                "ask for the spreadsheet the PDF was made from, and save it as CSV".into(),
+            ))
         } else if bytes.starts_with(b"\xFF\xFE") || bytes.starts_with(b"\xFE\xFF") || looks_utf16(bytes) {
             Some((
                 "the file is saved as UTF-16 (Excel's \"Unicode Text\")".into(),
@@ -531,7 +575,11 @@ impl Check<'_> {
             let cells: Vec<&str> = first.split(delimiter as char).collect();
             let native = cells.iter().filter(|c| native_index(c).is_some()).count();
             let exchange = cells.iter().filter(|c| exchange_entry(c).is_some()).count();
-            let format = if exchange > native { InputFormat::Exchange } else { InputFormat::Native };
+            let format = if exchange > native {
+                InputFormat::Exchange
+            } else {
+                InputFormat::Native
+            };
             if native.max(exchange) > best.0 {
                 best = (native.max(exchange), format, delimiter);
             }
@@ -543,12 +591,22 @@ impl Check<'_> {
             if six {
                 return Some((InputFormat::Imapsync, b';'));
             }
-            let start = first.split([',', ';', '\t']).next().unwrap_or("").trim();
-            let shown: String = start.chars().take(60).collect();
+            // Only an address is echoed: a header-less row may hold a password.
+            let start = first
+                .split([',', ';', '\t'])
+                .next()
+                .unwrap_or("")
+                .trim()
+                .trim_matches('"');
+            let message = if start.contains('@') && start.len() <= 100 {
+                format!("the first line is not a header: it starts with the address \"{start}\"")
+            } else {
+                "the first line is not a header: none of its cells is a column name".to_string()
+            };
             self.error(
                 Some(line),
                 None,
-                format!("the first line is not a header: \"{shown}\" is not a column name"),
+                message,
                 &format!(
                     "add the header line above the rows: {} (only source_address and target_address are required)",
                     NATIVE_COLUMNS.join(",")
@@ -590,12 +648,18 @@ impl Check<'_> {
                 continue;
             }
             let targets: Vec<usize> = match format {
-                InputFormat::Exchange => exchange_entry(name).map(|(_, _, targets)| targets.to_vec()).unwrap_or_default(),
+                InputFormat::Exchange => exchange_entry(name)
+                    .map(|(_, _, targets)| targets.to_vec())
+                    .unwrap_or_default(),
                 _ => native_index(name).into_iter().collect(),
             };
             if targets.is_empty() {
                 let known = match format {
-                    InputFormat::Exchange => EXCHANGE_COLUMNS.iter().map(|(_, n, _)| *n).collect::<Vec<_>>().join(", "),
+                    InputFormat::Exchange => EXCHANGE_COLUMNS
+                        .iter()
+                        .map(|(_, n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     _ => NATIVE_COLUMNS.join(", "),
                 };
                 let fix = match suggestion(name, format) {
@@ -624,13 +688,7 @@ impl Check<'_> {
     }
 
     /// Checks one data line and builds its row when nothing in it is wrong.
-    fn row(
-        &mut self,
-        line: usize,
-        record: &csv::ByteRecord,
-        layout: &Layout,
-        format: InputFormat,
-    ) -> Option<BatchRow> {
+    fn row(&mut self, line: usize, record: &csv::ByteRecord, layout: &Layout, format: InputFormat) -> Option<BatchRow> {
         let mut count = record.len();
         // imapsync lines may end with ';', which leaves one empty field.
         if format == InputFormat::Imapsync && count == 7 && record.get(6).is_some_and(|f| f.trim_ascii().is_empty()) {
@@ -672,7 +730,12 @@ impl Check<'_> {
             let secret = field == SOURCE + PASSWORD || field == TARGET + PASSWORD;
             (*value, decoded[field]) = self.decode(line, layout.names[field], raw, secret);
         }
-        let key = |side: usize| (values[side + SERVER].trim().to_lowercase(), values[side + ADDRESS].trim().to_lowercase());
+        let key = |side: usize| {
+            (
+                values[side + SERVER].trim().to_lowercase(),
+                values[side + ADDRESS].trim().to_lowercase(),
+            )
+        };
         self.mailboxes.push((line, [key(SOURCE), key(TARGET)]));
         let source = self.account(line, layout, &values, &decoded, SOURCE, format);
         let target = self.account(line, layout, &values, &decoded, TARGET, format);
@@ -699,15 +762,15 @@ impl Check<'_> {
         }
         Some(BatchRow {
             line,
-            source: source?,
-            target: target?,
+            source,
+            target,
             business_unit: optional(&values[BUSINESS_UNIT]),
             wave: optional(&values[WAVE]),
             cutover_date,
         })
     }
 
-    /// One side of a row; problems are recorded, `None` when the side is unusable.
+    /// One side of a row; its problems are recorded, and the caller drops the row then.
     fn account(
         &mut self,
         line: usize,
@@ -716,23 +779,26 @@ impl Check<'_> {
         decoded: &[bool; 13],
         side: usize,
         format: InputFormat,
-    ) -> Option<AccountSpec> {
+    ) -> AccountSpec {
         let name = |field: usize| layout.names[side + field];
         let address = values[side + ADDRESS].trim();
         let old_new = if side == SOURCE { "old" } else { "new" };
-        let mut ok = true;
-        if layout.source_of[side + ADDRESS].is_none() {
-            // The missing column was already reported at the header.
-            ok = false;
-        } else if address.is_empty() {
+        // A missing column was reported at the header, not on every row.
+        if layout.source_of[side + ADDRESS].is_some() && address.is_empty() {
             self.error(
                 Some(line),
                 Some(name(ADDRESS)),
                 "empty, but required".into(),
-                &format!("fill in the mailbox's {} on the {old_new} server", if format == InputFormat::Imapsync { "login" } else { "address" }),
+                &format!(
+                    "fill in the mailbox's {} on the {old_new} server",
+                    if format == InputFormat::Imapsync {
+                        "login"
+                    } else {
+                        "address"
+                    }
+                ),
             );
-            ok = false;
-        } else if format != InputFormat::Imapsync && decoded[side + ADDRESS] {
+        } else if !address.is_empty() && format != InputFormat::Imapsync && decoded[side + ADDRESS] {
             // imapsync files hold logins, which need not be addresses; an
             // undecodable address has been reported already.
             let parsed = EmailAddress::parse_with_options(address, Options::default().without_display_text());
@@ -744,19 +810,26 @@ impl Check<'_> {
                     format!("\"{address}\" is not a valid address ({reason})"),
                     &address_fix(address),
                 );
-                ok = false;
             }
         }
         let login = values[side + LOGIN].trim();
         let password = PasswordRef::parse(&values[side + PASSWORD]);
         match &password {
             PasswordRef::Env(var) if var.is_empty() => {
-                self.error(Some(line), Some(name(PASSWORD)), "env: without a variable name".into(), "write env:VARIABLE_NAME");
-                ok = false;
+                self.error(
+                    Some(line),
+                    Some(name(PASSWORD)),
+                    "env: without a variable name".into(),
+                    "write env:VARIABLE_NAME",
+                );
             }
             PasswordRef::File(path) if path.as_os_str().is_empty() => {
-                self.error(Some(line), Some(name(PASSWORD)), "file: without a path".into(), "write file:/path/to/password-file");
-                ok = false;
+                self.error(
+                    Some(line),
+                    Some(name(PASSWORD)),
+                    "file: without a path".into(),
+                    "write file:/path/to/password-file",
+                );
             }
             PasswordRef::Literal(_) => self.warn(
                 Some(line),
@@ -777,21 +850,32 @@ impl Check<'_> {
         if let Some(url) = &server {
             if let Some(problem) = server_problem(url) {
                 let column = name(SERVER);
-                self.error(Some(line), Some(column), problem, "write it as imaps://host:993 or imap://host:143");
-                ok = false;
+                self.error(
+                    Some(line),
+                    Some(column),
+                    problem,
+                    "write it as imaps://host:993 or imap://host:143",
+                );
             }
         } else if format == InputFormat::Imapsync {
-            self.error(Some(line), Some(name(SERVER)), "empty, but required".into(), "fill in the IMAP server's host name");
-            ok = false;
+            self.error(
+                Some(line),
+                Some(name(SERVER)),
+                "empty, but required".into(),
+                "fill in the IMAP server's host name",
+            );
         }
-        let spec = AccountSpec {
+        AccountSpec {
             server,
             address: address.to_string(),
-            login: if login.is_empty() { address.to_string() } else { login.to_string() },
+            login: if login.is_empty() {
+                address.to_string()
+            } else {
+                login.to_string()
+            },
             master: Some(values[side + MASTER].trim().to_string()).filter(|m| !m.is_empty()),
             password,
-        };
-        ok.then_some(spec)
+        }
     }
 
     /// A field as text and whether it was UTF-8; other bytes are an error, never guessed.
@@ -801,7 +885,11 @@ impl Check<'_> {
             Err(e) => {
                 let byte = raw.get(e.valid_up_to()).copied().unwrap_or_default();
                 let lossy = String::from_utf8_lossy(raw).into_owned();
-                let value = if secret { "the value".to_string() } else { format!("\"{lossy}\"") };
+                let value = if secret {
+                    "the value".to_string()
+                } else {
+                    format!("\"{lossy}\"")
+                };
                 self.error(
                     Some(line),
                     Some(column),
@@ -815,39 +903,38 @@ impl Check<'_> {
 
     /// The same source mailbox or target address on several rows.
     fn duplicates(&mut self, layout: &Layout) {
-        let mut groups: [Vec<(&(String, String), Vec<usize>)>; 2] = Default::default();
+        let mut groups: [HashMap<&(String, String), Vec<usize>>; 2] = Default::default();
         for (line, keys) in &self.mailboxes {
             for (key, groups) in keys.iter().zip(&mut groups) {
-                if key.1.is_empty() {
-                    continue;
-                }
-                match groups.iter_mut().find(|(k, _)| *k == key) {
-                    Some((_, lines)) => lines.push(*line),
-                    None => groups.push((key, vec![*line])),
+                if !key.1.is_empty() {
+                    groups.entry(key).or_default().push(*line);
                 }
             }
         }
-        let [sources, targets] = groups.map(|mut g| {
-            g.retain(|(_, lines)| lines.len() > 1);
-            g
-        });
+        let [sources, targets] = groups.map(|g| g.into_iter().filter(|(_, lines)| lines.len() > 1).collect::<Vec<_>>());
+        // A row copied whole is a duplicate source already; say it once.
+        let source_lines: HashSet<&Vec<usize>> = sources.iter().map(|(_, lines)| lines).collect();
+        let targets: Vec<_> = targets
+            .iter()
+            .filter(|(_, lines)| !source_lines.contains(lines))
+            .collect();
         let mut found = Vec::new();
         for (what, column, list) in [
-            ("source mailbox", layout.names[SOURCE + ADDRESS], &sources),
-            ("target address", layout.names[TARGET + ADDRESS], &targets),
+            (
+                "source mailbox",
+                layout.names[SOURCE + ADDRESS],
+                sources.iter().collect::<Vec<_>>(),
+            ),
+            ("target address", layout.names[TARGET + ADDRESS], targets),
         ] {
             for ((_, address), lines) in list {
-                // A row copied whole is a duplicate source already; say it once.
-                if what == "target address" && sources.iter().any(|(_, l)| l == lines) {
-                    continue;
-                }
                 for &line in lines {
-                    let others: Vec<String> = lines.iter().filter(|&&l| l != line).map(usize::to_string).collect();
+                    let others: Vec<usize> = lines.iter().copied().filter(|&l| l != line).collect();
                     found.push(self.problem(
                         Some(line),
                         Some(column),
-                        format!("the same {what} {address} is also on line {}", others.join(", ")),
-                        &format!("keep one row per {what}: delete or correct lines {}", join_lines(lines)),
+                        format!("the same {what} {address} is also on {}", join_lines(&others)),
+                        &format!("keep one row per {what}: delete or correct {}", join_lines(lines)),
                     ));
                 }
             }
@@ -872,7 +959,8 @@ impl Check<'_> {
 }
 
 fn native_index(cell: &str) -> Option<usize> {
-    let name = cell.trim().to_lowercase();
+    // Quotes: detection sees the raw first line, and some exporters quote every cell.
+    let name = cell.trim().trim_matches('"').trim().to_lowercase();
     NATIVE_COLUMNS.iter().position(|c| *c == name)
 }
 
@@ -883,7 +971,10 @@ fn exchange_entry(cell: &str) -> Option<&'static (&'static str, &'static str, &'
 
 /// Lower case without spaces, '_' or '-', to recognise "Source Address" as source_address.
 fn squash(text: &str) -> String {
-    text.chars().filter(|c| c.is_alphanumeric()).flat_map(char::to_lowercase).collect()
+    text.chars()
+        .filter(|c| c.is_alphanumeric())
+        .flat_map(char::to_lowercase)
+        .collect()
 }
 
 fn suggestion(name: &str, format: InputFormat) -> Option<&'static str> {
@@ -902,7 +993,12 @@ fn record_line(text: &[u8], start: usize) -> usize {
     while let Some(&byte) = text.get(at) {
         match byte {
             b'\r' | b'\n' => at += 1,
-            b'#' => at += text[at..].iter().position(|&b| b == b'\n').map_or(text.len() - at, |n| n + 1),
+            b'#' => {
+                at += text[at..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(text.len() - at, |n| n + 1)
+            }
             _ => break,
         }
     }
@@ -931,7 +1027,9 @@ fn looks_utf16(bytes: &[u8]) -> bool {
 fn server_problem(url: &str) -> Option<String> {
     let lower = url.to_ascii_lowercase();
     if !lower.starts_with("imap://") && !lower.starts_with("imaps://") {
-        return Some(format!("\"{url}\" is not an IMAP server URL (it must start with imap:// or imaps://)"));
+        return Some(format!(
+            "\"{url}\" is not an IMAP server URL (it must start with imap:// or imaps://)"
+        ));
     }
     match url::Url::parse(url) {
         // The URL is not echoed: it may carry a password.
@@ -955,10 +1053,61 @@ fn address_fix(address: &str) -> String {
     }
 }
 
+/// "line 4", "lines 2 and 4", "lines 2, 4 and 7".
 fn join_lines(lines: &[usize]) -> String {
-    lines.iter().map(usize::to_string).collect::<Vec<_>>().join(" and ")
+    let text: Vec<String> = lines.iter().map(usize::to_string).collect();
+    match text.split_last() {
+        Some((last, [])) => format!("line {last}"),
+        Some((last, rest)) => format!("lines {} and {last}", rest.join(", ")),
+        None => String::new(),
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_lines_skip_line_ends_blank_lines_and_comments() {
+        let text = b"a,b\r\n\n# note\r\n\nc,d\n";
+        // csv reports the offset right after "a,b", before its line end.
+        assert_eq!(record_line(text, 3), 5);
+        assert_eq!(record_line(text, 0), 1);
+        assert_eq!(record_line(text, text.len()), 6);
+    }
+
+    #[test]
+    fn utf16_without_bom_is_recognised() {
+        let le: Vec<u8> = "source_address,target_address"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        assert!(looks_utf16(&le));
+        assert!(!looks_utf16(b"source_address,target_address"));
+        assert!(!looks_utf16(b"a\0"));
+    }
+
+    #[test]
+    fn server_urls_are_checked_without_echoing_credentials() {
+        assert_eq!(server_problem("imaps://mail.example.org:993"), None);
+        assert_eq!(server_problem("IMAP://mail.example.org"), None);
+        assert!(server_problem("mail.example.org").is_some());
+        assert!(server_problem("imap://").is_some());
+        let problem = server_problem("imaps://bob:hunter2@mail.example.org").unwrap_or_default();
+        assert!(
+            problem.contains("login or password") && !problem.contains("hunter2"),
+            "{problem}"
+        );
+    }
+
+    #[test]
+    fn line_lists_read_as_english() {
+        assert_eq!(join_lines(&[4]), "line 4");
+        assert_eq!(join_lines(&[2, 4]), "lines 2 and 4");
+        assert_eq!(join_lines(&[2, 4, 7]), "lines 2, 4 and 7");
+    }
 }

@@ -45,7 +45,11 @@ impl Side<'_> {
                 self.label, self.account.address, self.label, self.label
             ))
         })?;
-        let login = if self.account.login.is_empty() { &self.account.address } else { &self.account.login };
+        let login = if self.account.login.is_empty() {
+            &self.account.address
+        } else {
+            &self.account.login
+        };
         if let Some(root) = server.strip_prefix("maildir:") {
             return Ok(Endpoint::Maildir(PathBuf::from(root).join(&self.account.address)));
         }
@@ -91,7 +95,10 @@ fn sides<'a>(row: &'a BatchRow, defaults: &'a RowDefaults) -> (Side<'a>, Side<'a
 pub fn mailbox_job(row: &BatchRow, defaults: &RowDefaults) -> Result<MailboxJob> {
     let (source, target) = sides(row, defaults);
     let Endpoint::Imap(source_endpoint) = source.endpoint()? else {
-        return Err(Error::Config(format!("line {}: the source must be an IMAP server", row.line)));
+        return Err(Error::Config(format!(
+            "line {}: the source must be an IMAP server",
+            row.line
+        )));
     };
     let source_password = source.password()?.ok_or_else(|| {
         Error::Config(format!(
@@ -120,7 +127,11 @@ pub fn mailbox_job(row: &BatchRow, defaults: &RowDefaults) -> Result<MailboxJob>
 pub fn row_identity(row: &BatchRow, defaults: &RowDefaults) -> (String, String) {
     let (source, target) = sides(row, defaults);
     (
-        source.endpoint().map_or_else(|_| row.source.address.clone(), |e| e.to_string()),
-        target.endpoint().map_or_else(|_| row.target.address.clone(), |e| e.to_string()),
+        source
+            .endpoint()
+            .map_or_else(|_| row.source.address.clone(), |e| e.to_string()),
+        target
+            .endpoint()
+            .map_or_else(|_| row.target.address.clone(), |e| e.to_string()),
     )
 }

@@ -138,7 +138,11 @@ pub fn build(name: &str, batch: &BatchRecord, rows: &[BatchRowRecord]) -> BatchR
         pending: count("pending"),
         messages: rows.iter().map(|r| r.messages).sum(),
         bytes: rows.iter().map(|r| r.bytes).sum(),
-        failure_ratio: if rows.is_empty() { 0.0 } else { failed as f64 / rows.len() as f64 },
+        failure_ratio: if rows.is_empty() {
+            0.0
+        } else {
+            failed as f64 / rows.len() as f64
+        },
         failures,
         rows: rows
             .iter()

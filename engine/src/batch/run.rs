@@ -141,7 +141,9 @@ pub async fn run(
                 || records
                     .iter()
                     .find(|r| r.fingerprint == row.fingerprint())
-                    .is_none_or(|r| r.status == "pending" || r.status == "failed" || r.phase.as_deref() != Some(phase.as_str()))
+                    .is_none_or(|r| {
+                        r.status == "pending" || r.status == "failed" || r.phase.as_deref() != Some(phase.as_str())
+                    })
         })
         .cloned()
         .collect();
@@ -167,18 +169,22 @@ pub async fn run(
 
     let rows = state.batch_rows(batch.id)?;
     let failed = rows.iter().filter(|r| r.status == "failed").count();
-    let ratio = if rows.is_empty() { 0.0 } else { failed as f64 / rows.len() as f64 };
-    let hold = (ratio >= settings.max_failure_ratio && failed > 0).then(|| {
-        format!(
-            "{failed} of {} mailboxes failed ({:.0}%, limit {:.0}%)",
-            rows.len(),
-            ratio * 100.0,
-            settings.max_failure_ratio * 100.0
-        )
-    });
+    let hold = hold_reason(failed, rows.len(), settings.max_failure_ratio);
     state.set_batch_status(batch.id, phase.as_str(), hold.as_deref())?;
     let batch = state.batch(&batch_name(&file.path), &now())?;
     Ok(report::build(&batch_name(&file.path), &batch, &rows))
+}
+
+/// Why a batch must wait for a person: `failed / total` reached the limit.
+pub fn hold_reason(failed: usize, total: usize, max_failure_ratio: f64) -> Option<String> {
+    let ratio = if total == 0 { 0.0 } else { failed as f64 / total as f64 };
+    (failed > 0 && ratio >= max_failure_ratio).then(|| {
+        format!(
+            "{failed} of {total} mailboxes failed ({:.0}%, limit {:.0}%)",
+            ratio * 100.0,
+            max_failure_ratio * 100.0
+        )
+    })
 }
 
 /// Loads the report of a batch from the state.
@@ -193,7 +199,15 @@ fn record(state: &State, batch: i64, row: &BatchRow, phase: Phase, outcome: Resu
     let fingerprint = row.fingerprint();
     let now = now();
     match outcome {
-        Err(e) => state.record_batch_row(batch, &fingerprint, phase.as_str(), "failed", Some((e.kind(), &e.to_string())), (0, 0, 0), &now),
+        Err(e) => state.record_batch_row(
+            batch,
+            &fingerprint,
+            phase.as_str(),
+            "failed",
+            Some((e.kind(), &e.to_string())),
+            (0, 0, 0),
+            &now,
+        ),
         Ok(report) => {
             let failed_messages: usize = report.folders.iter().map(|f| f.failed.len()).sum();
             let copied = (report.copied(), report.bytes(), failed_messages as u64);
@@ -290,12 +304,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_batch_is_held_from_exactly_the_limit_on() {
+        assert!(hold_reason(25, 100, 0.25).is_some(), "25% of 100 is at the limit");
+        assert!(hold_reason(24, 100, 0.25).is_none());
+        assert!(hold_reason(1, 4, 0.25).is_some());
+        assert!(hold_reason(1, 5, 0.25).is_none());
+        assert!(hold_reason(0, 0, 0.0).is_none(), "nothing failed, nothing to hold");
+    }
+
+    #[test]
     fn backoff_grows_with_jitter_and_a_cap() {
         let base = Duration::from_millis(100);
         for attempt in 0..10 {
             let pause = backoff(base, attempt);
             let nominal = base.saturating_mul(1 << attempt.min(6)).min(Duration::from_secs(30));
-            assert!(pause >= nominal.mul_f64(0.74) && pause <= nominal.mul_f64(1.26), "{attempt}: {pause:?}");
+            assert!(
+                pause >= nominal.mul_f64(0.74) && pause <= nominal.mul_f64(1.26),
+                "{attempt}: {pause:?}"
+            );
         }
     }
 }

@@ -18,11 +18,18 @@ pub struct SplitRule {
 }
 
 /// Groups rows into parts; `size` gives a row's source bytes when known.
-pub fn plan<'a>(rows: &'a [BatchRow], rule: &SplitRule, size: impl Fn(&BatchRow) -> u64) -> Vec<(String, Vec<&'a BatchRow>)> {
+pub fn plan<'a>(
+    rows: &'a [BatchRow],
+    rule: &SplitRule,
+    size: impl Fn(&BatchRow) -> u64,
+) -> Vec<(String, Vec<&'a BatchRow>)> {
     let mut groups: BTreeMap<String, Vec<&BatchRow>> = BTreeMap::new();
     for row in rows {
         let key = if rule.by_business_unit {
-            row.business_unit.clone().filter(|u| !u.is_empty()).unwrap_or_else(|| "no-unit".into())
+            row.business_unit
+                .clone()
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| "no-unit".into())
         } else {
             "all".into()
         };
@@ -36,7 +43,9 @@ pub fn plan<'a>(rows: &'a [BatchRow], rule: &SplitRule, size: impl Fn(&BatchRow)
         for row in rows {
             let row_bytes = size(row);
             let full_count = rule.max_mailboxes.is_some_and(|max| current.len() >= max.max(1));
-            let full_bytes = rule.max_bytes.is_some_and(|max| !current.is_empty() && bytes + row_bytes > max);
+            let full_bytes = rule
+                .max_bytes
+                .is_some_and(|max| !current.is_empty() && bytes + row_bytes > max);
             if full_count || full_bytes {
                 parts.push((format!("{key}-{index}"), std::mem::take(&mut current)));
                 index += 1;
@@ -46,7 +55,11 @@ pub fn plan<'a>(rows: &'a [BatchRow], rule: &SplitRule, size: impl Fn(&BatchRow)
             current.push(row);
         }
         if !current.is_empty() {
-            let name = if index == 1 { key.clone() } else { format!("{key}-{index}") };
+            let name = if index == 1 {
+                key.clone()
+            } else {
+                format!("{key}-{index}")
+            };
             parts.push((name, current));
         }
     }
@@ -59,7 +72,10 @@ pub fn write(file: &BatchFile, parts: &[(String, Vec<&BatchRow>)], out_dir: &Pat
     std::fs::create_dir_all(out_dir).map_err(|e| crate::Error::io(out_dir, e))?;
     let mut written = Vec::new();
     for (name, rows) in parts {
-        let safe: String = name.chars().map(|c| if c.is_alphanumeric() || c == '-' { c } else { '_' }).collect();
+        let safe: String = name
+            .chars()
+            .map(|c| if c.is_alphanumeric() || c == '-' { c } else { '_' })
+            .collect();
         let path = out_dir.join(format!("{stem}-{safe}.csv"));
         let mut out = std::fs::File::create(&path).map_err(|e| crate::Error::io(&path, e))?;
         write_rows(rows, &mut out).map_err(|e| crate::Error::io(&path, e))?;

@@ -225,18 +225,8 @@ impl ImapSession {
     }
 
     async fn fetch_capabilities(&mut self) -> Result<HashSet<String>> {
-        let tag = self.send("CAPABILITY").await?;
-        let mut caps = HashSet::new();
-        loop {
-            match self.event(&tag, capability_list).await? {
-                Event::Item(list) => caps.extend(list),
-                Event::Done(done) => {
-                    self.check(done, "CAPABILITY")?;
-                    return Ok(caps);
-                }
-                Event::Ignore => {}
-            }
-        }
+        let lists = self.run("CAPABILITY", "CAPABILITY", capability_list).await?;
+        Ok(lists.into_iter().flatten().collect())
     }
 
     /// Lists every folder with its special-use role.
@@ -246,34 +236,22 @@ impl ImapSession {
         } else {
             "LIST \"\" \"*\""
         };
-        let tag = self.send(command).await?;
-        let mut folders = Vec::new();
-        loop {
-            let event = self
-                .event(&tag, |response| match response {
-                    Response::MailboxData(MailboxDatum::List(list)) => Some(folder_info(list)),
-                    _ => None,
-                })
-                .await?;
-            match event {
-                Event::Item(folder) => folders.push(folder),
-                Event::Done(done) => {
-                    self.check(done, "LIST")?;
-                    return Ok(folders);
-                }
-                Event::Ignore => {}
-            }
-        }
+        self.run(command, "LIST", |response| match response {
+            Response::MailboxData(MailboxDatum::List(list)) => Some(folder_info(list)),
+            _ => None,
+        })
+        .await
     }
 
     /// Creates a folder; an existing one is not an error.
     pub async fn create_folder(&mut self, name: &str) -> Result<()> {
-        let tag = self.send(&format!("CREATE {}", codec::mailbox(name))).await?;
-        let done = self.until_done(&tag).await?;
-        if done.ok || done.text.to_ascii_uppercase().contains("[ALREADYEXISTS]") {
-            return Ok(());
+        match self
+            .run(&format!("CREATE {}", codec::mailbox(name)), "CREATE", |_| None::<()>)
+            .await
+        {
+            Err(Error::Imap { detail, .. }) if detail.to_ascii_uppercase().contains("[ALREADYEXISTS]") => Ok(()),
+            other => other.map(|_| ()),
         }
-        Err(self.refusal(&done.text, "CREATE"))
     }
 
     /// Opens a folder read-only (EXAMINE) or read-write (SELECT), with
@@ -285,57 +263,39 @@ impl ImapSession {
         } else {
             ""
         };
-        let tag = self
-            .send(&format!("{verb} {}{condstore}", codec::mailbox(name)))
+        let command = format!("{verb} {}{condstore}", codec::mailbox(name));
+        let values = self
+            .run(&command, verb, |response| match response {
+                Response::MailboxData(MailboxDatum::Exists(n)) => Some(CodeValue::Exists(*n)),
+                Response::Data { outcome, .. } => outcome.code.as_ref().map(code_value),
+                _ => None,
+            })
             .await?;
         let mut folder = SelectedFolder::default();
-        loop {
-            let event = self
-                .event(&tag, |response| match response {
-                    Response::MailboxData(MailboxDatum::Exists(n)) => Some((Some(*n), None)),
-                    Response::Data { outcome, .. } => outcome.code.as_ref().map(|code| (None, Some(code_value(code)))),
-                    _ => None,
-                })
-                .await?;
-            match event {
-                Event::Item((Some(exists), _)) => folder.exists = exists,
-                Event::Item((None, Some(value))) => match value {
-                    CodeValue::UidValidity(v) => folder.uid_validity = v,
-                    CodeValue::UidNext(v) => folder.uid_next = v,
-                    CodeValue::HighestModSeq(v) => folder.highest_modseq = Some(v),
-                    CodeValue::Other => {}
-                },
-                Event::Item(_) | Event::Ignore => {}
-                Event::Done(done) => {
-                    self.check(done, verb)?;
-                    return Ok(folder);
-                }
+        for value in values {
+            match value {
+                CodeValue::Exists(v) => folder.exists = v,
+                CodeValue::UidValidity(v) => folder.uid_validity = v,
+                CodeValue::UidNext(v) => folder.uid_next = v,
+                CodeValue::HighestModSeq(v) => folder.highest_modseq = Some(v),
+                CodeValue::Other => {}
             }
         }
+        Ok(folder)
     }
 
     /// UIDs in the selected folder matching a SEARCH criterion (e.g. `ALL`,
     /// `SINCE 1-Jan-2024`).
     pub async fn uid_search(&mut self, criteria: &str) -> Result<Vec<u32>> {
-        let tag = self.send(&format!("UID SEARCH {criteria}")).await?;
-        let mut uids = Vec::new();
-        loop {
-            let event = self
-                .event(&tag, |response| match response {
-                    Response::MailboxData(MailboxDatum::Search(found)) => Some(found.clone()),
-                    _ => None,
-                })
-                .await?;
-            match event {
-                Event::Item(found) => uids.extend(found),
-                Event::Done(done) => {
-                    self.check(done, "SEARCH")?;
-                    uids.sort_unstable();
-                    return Ok(uids);
-                }
-                Event::Ignore => {}
-            }
-        }
+        let found = self
+            .run(&format!("UID SEARCH {criteria}"), "SEARCH", |response| match response {
+                Response::MailboxData(MailboxDatum::Search(found)) => Some(found.clone()),
+                _ => None,
+            })
+            .await?;
+        let mut uids: Vec<u32> = found.into_iter().flatten().collect();
+        uids.sort_unstable();
+        Ok(uids)
     }
 
     /// Starts a `UID FETCH` of `uid_set`; read the results with
@@ -346,21 +306,7 @@ impl ImapSession {
         items: FetchItems,
         changed_since: Option<u64>,
     ) -> Result<FetchHandle> {
-        let attributes = match items {
-            FetchItems::Full => "UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[]".to_string(),
-            FetchItems::Fingerprint => {
-                format!("UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS ({FINGERPRINT_FIELDS})]")
-            }
-            FetchItems::Flags => "UID FLAGS".to_string(),
-            FetchItems::Size => "UID RFC822.SIZE".to_string(),
-        };
-        let modifier = match changed_since {
-            Some(modseq) => format!(" (CHANGEDSINCE {modseq})"),
-            None => String::new(),
-        };
-        let tag = self
-            .send(&format!("UID FETCH {uid_set} ({attributes}){modifier}"))
-            .await?;
+        let tag = self.send(&fetch_command(uid_set, items, changed_since)).await?;
         Ok(FetchHandle {
             tag,
             items,
@@ -385,13 +331,7 @@ impl ImapSession {
                 .await?;
             match event {
                 Event::Item(record) => {
-                    let complete = match wanted {
-                        FetchItems::Full => record.body.is_some(),
-                        FetchItems::Fingerprint => record.header.is_some(),
-                        FetchItems::Flags => record.flags.is_some(),
-                        FetchItems::Size => record.size.is_some(),
-                    };
-                    if complete && record.uid != 0 {
+                    if record.uid != 0 && is_complete(&record, wanted) {
                         return Ok(Some(record));
                     }
                 }
@@ -405,20 +345,25 @@ impl ImapSession {
         }
     }
 
-    /// Fetches all records of a UID set at once (for small, bounded sets:
-    /// headers and flags, never bodies of a whole folder).
+    /// Fetches all records of a UID set at once (for bounded data:
+    /// headers, flags and sizes, never the bodies of a whole folder).
     pub async fn fetch_all(
         &mut self,
         uid_set: &str,
         items: FetchItems,
         changed_since: Option<u64>,
     ) -> Result<Vec<FetchRecord>> {
-        let mut handle = self.fetch_start(uid_set, items, changed_since).await?;
-        let mut out = Vec::new();
-        while let Some(record) = self.fetch_next(&mut handle).await? {
-            out.push(record);
-        }
-        Ok(out)
+        let command = fetch_command(uid_set, items, changed_since);
+        let records = self
+            .run(&command, "FETCH", |response| match response {
+                Response::Fetch(_, attributes) => Some(fetch_record(attributes)),
+                _ => None,
+            })
+            .await?;
+        Ok(records
+            .into_iter()
+            .filter(|r| r.uid != 0 && is_complete(r, items))
+            .collect())
     }
 
     /// Appends messages to a folder in one round trip where the server
@@ -426,6 +371,20 @@ impl ImapSession {
     /// gave them (empty without UIDPLUS). MULTIAPPEND is all-or-nothing, so
     /// a refusal means none of the batch was stored.
     pub async fn append(&mut self, folder: &str, messages: &[&Message]) -> Result<Vec<u32>> {
+        let mut attempt = 0;
+        loop {
+            match self.append_once(folder, messages).await {
+                Err(e) if e.kind() == ErrorKind::Throttled && attempt < THROTTLE_RETRIES => {
+                    // Nothing of a refused APPEND was stored: send it again.
+                    tokio::time::sleep(throttle_pause(attempt)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn append_once(&mut self, folder: &str, messages: &[&Message]) -> Result<Vec<u32>> {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
@@ -433,7 +392,7 @@ impl ImapSession {
         if messages.len() > 1 && !self.has_capability("MULTIAPPEND") {
             let mut uids = Vec::with_capacity(messages.len());
             for message in messages {
-                uids.extend(Box::pin(self.append(folder, &[message])).await?);
+                uids.extend(Box::pin(self.append_once(folder, &[message])).await?);
             }
             return Ok(uids);
         }
@@ -470,14 +429,8 @@ impl ImapSession {
     /// Replaces (`+FLAGS`/`-FLAGS`/`FLAGS`) flags of messages in the selected folder.
     pub async fn uid_store(&mut self, uids: &[u32], operation: &str, flags: &Flags) -> Result<()> {
         for set in codec::uid_set_chunks(uids, 4000) {
-            let tag = self
-                .send(&format!(
-                    "UID STORE {set} {operation}.SILENT {}",
-                    codec::flag_list(flags)
-                ))
-                .await?;
-            let done = self.until_done(&tag).await?;
-            self.check(done, "STORE")?;
+            let command = format!("UID STORE {set} {operation}.SILENT {}", codec::flag_list(flags));
+            self.run(&command, "STORE", |_| None::<()>).await?;
         }
         Ok(())
     }
@@ -495,9 +448,7 @@ impl ImapSession {
             } else {
                 "EXPUNGE".to_string()
             };
-            let tag = self.send(&command).await?;
-            let done = self.until_done(&tag).await?;
-            self.check(done, "EXPUNGE")?;
+            self.run(&command, "EXPUNGE", |_| None::<()>).await?;
         }
         Ok(())
     }
@@ -506,6 +457,40 @@ impl ImapSession {
     pub async fn logout(mut self) {
         if let Ok(tag) = self.send("LOGOUT").await {
             let _ = tokio::time::timeout(Duration::from_secs(2), self.until_done(&tag)).await;
+        }
+    }
+
+    /// Sends a command and collects what `item` picks out of its untagged
+    /// responses. A throttling refusal (`NO [LIMIT]` and the like) leaves
+    /// the session usable, so the command is sent again after a growing
+    /// pause, a few times, before the error is returned.
+    async fn run<T>(
+        &mut self,
+        command: &str,
+        name: &str,
+        mut item: impl FnMut(&Response<'_>) -> Option<T>,
+    ) -> Result<Vec<T>> {
+        let mut attempt = 0;
+        loop {
+            let tag = self.send(command).await?;
+            let mut items = Vec::new();
+            let done = loop {
+                match self.event(&tag, &mut item).await? {
+                    Event::Item(found) => items.push(found),
+                    Event::Done(done) => break done,
+                    Event::Ignore => {}
+                }
+            };
+            if done.ok {
+                return Ok(items);
+            }
+            let error = self.refusal(&done.text, name);
+            if error.kind() != ErrorKind::Throttled || attempt >= THROTTLE_RETRIES {
+                return Err(error);
+            }
+            tracing::debug!(endpoint = %self.endpoint, command = name, attempt, "throttled, sending again");
+            tokio::time::sleep(throttle_pause(attempt)).await;
+            attempt += 1;
         }
     }
 
@@ -740,25 +725,38 @@ async fn login(
         }
     };
     result.map_err(|e| match e {
-        // With an admin credential that works for the other mailboxes, a
-        // refusal means this user does not exist (not provisioned).
-        async_imap::error::Error::No(text) | async_imap::error::Error::Bad(text) if endpoint.master_user.is_some() => {
-            Error::AccountMissing {
-                endpoint: address,
-                user: shown_user,
-                detail: text,
-            }
+        async_imap::error::Error::No(text) | async_imap::error::Error::Bad(text) => {
+            login_refusal(endpoint, address, shown_user, &text)
         }
-        async_imap::error::Error::No(text) | async_imap::error::Error::Bad(text) => Error::Auth {
-            endpoint: address,
-            user: shown_user,
-            detail: text,
-        },
         other => Error::ConnectionLost {
             endpoint: address,
             detail: format!("during login: {other}"),
         },
     })
+}
+
+/// A refused login. With an admin (master) credential that works for the
+/// other mailboxes, a refusal means this user does not exist (not
+/// provisioned). async-imap reports the refusal as `code: …, info:
+/// Some("…")`; only the server's words are kept.
+fn login_refusal(endpoint: &ImapEndpoint, address: String, user: String, text: &str) -> Error {
+    let detail = text
+        .split_once("info: Some(\"")
+        .map_or(text, |(_, rest)| rest.trim_end_matches("\")").trim_end_matches('"'))
+        .to_string();
+    if endpoint.master_user.is_some() {
+        Error::AccountMissing {
+            endpoint: address,
+            user,
+            detail,
+        }
+    } else {
+        Error::Auth {
+            endpoint: address,
+            user,
+            detail,
+        }
+    }
 }
 
 fn capability_name(capability: &async_imap::imap_proto::Capability<'_>) -> String {
@@ -777,7 +775,43 @@ fn capability_list(response: &Response<'_>) -> Option<Vec<String>> {
     }
 }
 
+/// How often one command is sent again after a throttling refusal.
+const THROTTLE_RETRIES: u32 = 6;
+
+/// 250 ms, doubling: about 16 s in all before giving up.
+fn throttle_pause(attempt: u32) -> Duration {
+    Duration::from_millis(250 << attempt.min(6))
+}
+
+fn fetch_command(uid_set: &str, items: FetchItems, changed_since: Option<u64>) -> String {
+    let attributes = match items {
+        FetchItems::Full => "UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[]".to_string(),
+        FetchItems::Fingerprint => {
+            format!("UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS ({FINGERPRINT_FIELDS})]")
+        }
+        FetchItems::Flags => "UID FLAGS".to_string(),
+        FetchItems::Size => "UID RFC822.SIZE".to_string(),
+    };
+    let modifier = match changed_since {
+        Some(modseq) => format!(" (CHANGEDSINCE {modseq})"),
+        None => String::new(),
+    };
+    format!("UID FETCH {uid_set} ({attributes}){modifier}")
+}
+
+/// Whether a FETCH response carries what was asked (servers also send
+/// unsolicited FETCHes with flags only).
+fn is_complete(record: &FetchRecord, items: FetchItems) -> bool {
+    match items {
+        FetchItems::Full => record.body.is_some(),
+        FetchItems::Fingerprint => record.header.is_some(),
+        FetchItems::Flags => record.flags.is_some(),
+        FetchItems::Size => record.size.is_some(),
+    }
+}
+
 enum CodeValue {
+    Exists(u32),
     UidValidity(u32),
     UidNext(u32),
     HighestModSeq(u64),

@@ -61,7 +61,9 @@ impl Target {
                         "no password for target {endpoint} (--to-password-file or CUTOVER_TO_PASSWORD)"
                     ))
                 })?;
-                Ok(Self::Imap(Box::new(ImapTarget::connect(imap, password, options).await?)))
+                Ok(Self::Imap(Box::new(
+                    ImapTarget::connect(imap, password, options).await?,
+                )))
             }
             Endpoint::Maildir(path) => Ok(Self::Maildir(MaildirTarget::open(path)?)),
         }

@@ -1,0 +1,160 @@
+//! Runs the `cutover` command line as a child process, as an operator would,
+//! and measures each run: wall time, and peak RSS from `wait4`'s rusage.
+
+use std::fs::File;
+use std::io::{self, Read, Seek};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::error::{io_err, Error, Result};
+
+const STDERR_TAIL_LINES: usize = 20;
+
+/// The `cutover` executable.
+#[derive(Debug, Clone)]
+pub struct CutoverBin {
+    path: PathBuf,
+}
+
+/// Passwords for one source/target pair, handed over in the environment
+/// (never on the command line, where `ps` shows them).
+#[derive(Debug, Clone)]
+pub struct Passwords {
+    /// `CUTOVER_FROM_PASSWORD`.
+    pub from: String,
+    /// `CUTOVER_TO_PASSWORD`.
+    pub to: String,
+}
+
+/// A finished child.
+#[derive(Debug)]
+pub struct Finished {
+    /// The command line, for messages.
+    pub command: String,
+    /// How it ended.
+    pub status: ExitStatus,
+    /// Everything it printed on stdout.
+    pub stdout: Vec<u8>,
+    /// Everything it printed on stderr.
+    pub stderr: Vec<u8>,
+    /// From spawn to exit.
+    pub wall: Duration,
+    /// Its peak resident set size (`ru_maxrss`), in bytes.
+    pub peak_rss_bytes: u64,
+}
+
+impl CutoverBin {
+    /// The `cutover` built next to the running executable (both land in
+    /// `target/<profile>/` with `cargo build --bins`).
+    pub fn beside_current_exe() -> Result<Self> {
+        let exe = std::env::current_exe().map_err(io_err("locating", Path::new("the running executable")))?;
+        Self::at(exe.with_file_name("cutover"))
+    }
+
+    /// A `cutover` at a given path, which must exist.
+    pub fn at(path: PathBuf) -> Result<Self> {
+        if path.is_file() {
+            Ok(Self { path })
+        } else {
+            Err(Error::CutoverMissing { path })
+        }
+    }
+
+    /// Where the executable is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `cutover ARGS…` to completion. Its exit status is returned, not
+    /// judged: `verify` exits 1 when it finds something missing.
+    pub fn run(&self, args: &[String], passwords: &Passwords) -> Result<Finished> {
+        let command = format!("{} {}", self.path.display(), args.join(" "));
+        // Files, not pipes: nothing has to drain them while we wait, and a
+        // large report cannot block the child.
+        let stdout = tempfile::tempfile().map_err(io_err("creating", &std::env::temp_dir()))?;
+        let stderr = tempfile::tempfile().map_err(io_err("creating", &std::env::temp_dir()))?;
+        let started = Instant::now();
+        let child = Command::new(&self.path)
+            .args(args)
+            .env("CUTOVER_FROM_PASSWORD", &passwords.from)
+            .env("CUTOVER_TO_PASSWORD", &passwords.to)
+            .stdin(Stdio::null())
+            .stdout(stdout.try_clone().map_err(io_err("duplicating", Path::new("stdout file")))?)
+            .stderr(stderr.try_clone().map_err(io_err("duplicating", Path::new("stderr file")))?)
+            .spawn()
+            .map_err(io_err("starting", &self.path))?;
+        let pid = libc::pid_t::try_from(child.id()).unwrap_or(libc::pid_t::MAX);
+        let (status, usage) = wait4(pid).map_err(io_err("waiting for", &self.path))?;
+        let wall = started.elapsed();
+        // Reaped by wait4 above; dropping a `Child` neither waits nor kills.
+        drop(child);
+        Ok(Finished {
+            command,
+            status,
+            stdout: read_all(stdout)?,
+            stderr: read_all(stderr)?,
+            wall,
+            // Linux reports ru_maxrss in KiB.
+            peak_rss_bytes: u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024,
+        })
+    }
+}
+
+impl Finished {
+    /// Fails unless the child exited with status 0.
+    pub fn success(self) -> Result<Self> {
+        if self.status.success() {
+            Ok(self)
+        } else {
+            Err(self.failure())
+        }
+    }
+
+    /// The JSON the child printed (`--json`).
+    pub fn json(&self) -> Result<serde_json::Value> {
+        serde_json::from_slice(&self.stdout).map_err(|source| Error::BadReport {
+            command: self.command.clone(),
+            source,
+        })
+    }
+
+    /// The error describing this run as failed.
+    pub fn failure(&self) -> Error {
+        let stderr = String::from_utf8_lossy(&self.stderr);
+        let lines: Vec<&str> = stderr.lines().collect();
+        Error::CutoverFailed {
+            command: self.command.clone(),
+            status: self.status,
+            stderr_tail: lines[lines.len().saturating_sub(STDERR_TAIL_LINES)..].join("\n"),
+        }
+    }
+}
+
+/// Waits for the child and returns its status and resource usage.
+fn wait4(pid: libc::pid_t) -> io::Result<(ExitStatus, libc::rusage)> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain data and all-zero is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: both pointers are valid and writable; `pid` is our own
+        // unreaped child, so its pid cannot have been reused.
+        let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if rc == pid {
+            return Ok((ExitStatus::from_raw(status), usage));
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
+fn read_all(mut file: File) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    file.rewind()
+        .and_then(|()| file.read_to_end(&mut out))
+        .map_err(io_err("reading", Path::new("child output")))?;
+    Ok(out)
+}

@@ -1,0 +1,165 @@
+//! The floor: the least work any IMAP-to-IMAP copier must do. Per folder one
+//! `UID FETCH 1:* (UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[])` streams
+//! into MULTIAPPEND batches, fetching and appending overlapped through a
+//! bounded channel as in the engine, with the engine's session, folder plan
+//! and batch limits. No state, no dedup, no fingerprints: the engine's
+//! initial copy is measured against this.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use cutover_engine::endpoint::Endpoint;
+use cutover_engine::folders::{self, FolderFilter};
+use cutover_engine::imap::{ConnectOptions, FetchItems, FetchRecord, ImapSession};
+use cutover_engine::message::Message;
+use cutover_engine::sync::{MailboxJob, Phase, SyncOptions};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::error::{Error, Result};
+
+/// What a floor copy moved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FloorCopy {
+    /// Messages appended.
+    pub messages: u64,
+    /// Bytes appended.
+    pub bytes: u64,
+    /// Folders copied (empty ones included: they are created too).
+    pub folders: u64,
+}
+
+impl FloorCopy {
+    fn add(&mut self, other: FloorCopy) {
+        self.messages += other.messages;
+        self.bytes += other.bytes;
+        self.folders += other.folders;
+    }
+}
+
+/// Copies several mailboxes, at most `parallel` at once, and returns the totals.
+pub async fn copy_mailboxes(jobs: &[MailboxJob], parallel: usize, connect: &ConnectOptions) -> Result<FloorCopy> {
+    let permits = Arc::new(Semaphore::new(parallel.max(1)));
+    let mut tasks = JoinSet::new();
+    for job in jobs {
+        let (job, connect, permits) = (job.clone(), connect.clone(), Arc::clone(&permits));
+        tasks.spawn(async move {
+            // The semaphore is never closed, so acquiring only waits.
+            let _permit = permits.acquire_owned().await.map_err(|e| Error::Worker(e.to_string()))?;
+            copy_mailbox(&job, &connect).await
+        });
+    }
+    let mut total = FloorCopy::default();
+    while let Some(joined) = tasks.join_next().await {
+        total.add(joined.map_err(|e| Error::Worker(e.to_string()))??);
+    }
+    Ok(total)
+}
+
+/// Copies every folder of one mailbox into an IMAP target, which should be
+/// empty: nothing already there is looked at.
+pub async fn copy_mailbox(job: &MailboxJob, connect: &ConnectOptions) -> Result<FloorCopy> {
+    let Endpoint::Imap(target_endpoint) = &job.target else {
+        return Err(Error::Invalid {
+            what: "floor target",
+            value: job.target.to_string(),
+            reason: "the floor copies IMAP to IMAP",
+        });
+    };
+    let Some(target_password) = &job.target_password else {
+        return Err(Error::Invalid {
+            what: "floor target",
+            value: job.target.to_string(),
+            reason: "no target password",
+        });
+    };
+    let mut source = ImapSession::connect(&job.source, &job.source_password, connect).await?;
+    let mut target = ImapSession::connect(target_endpoint, target_password, connect).await?;
+    let source_folders = source.list_folders().await?;
+    let target_folders = target.list_folders().await?;
+    let separator = target_folders.iter().find_map(|f| f.separator).unwrap_or('/');
+    let plan = folders::plan(&source_folders, &target_folders, separator, &FolderFilter::default());
+    // The engine's batch limits, so only the work around the copy differs.
+    let limits = SyncOptions::new(Phase::Initial);
+    let batch = BatchLimits {
+        messages: limits.batch_messages.max(1),
+        bytes: limits.batch_bytes.max(1),
+    };
+    let mut copied = FloorCopy::default();
+    for mapping in plan {
+        if mapping.create {
+            target.create_folder(&mapping.target).await?;
+        }
+        let status = source.open_folder(&mapping.source, true).await?;
+        copied.folders += 1;
+        if status.exists > 0 {
+            copied.add(copy_folder(&mut source, &mut target, &mapping.target, batch).await?);
+        }
+    }
+    source.logout().await;
+    target.logout().await;
+    Ok(copied)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct BatchLimits {
+    messages: usize,
+    bytes: usize,
+}
+
+/// Streams the selected source folder into `target_folder`.
+async fn copy_folder(
+    source: &mut ImapSession,
+    target: &mut ImapSession,
+    target_folder: &str,
+    limits: BatchLimits,
+) -> Result<FloorCopy> {
+    // One batch in flight while the next is fetched: memory stays at about
+    // two batches, as in the engine.
+    let (sender, mut receiver) = mpsc::channel::<Vec<Message>>(1);
+    let fetch = async move {
+        let mut handle = source.fetch_start("1:*", FetchItems::Full, None).await?;
+        let mut batch: Vec<Message> = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(record) = source.fetch_next(&mut handle).await? {
+            let message = into_message(record);
+            if !batch.is_empty() && (batch.len() >= limits.messages || bytes + message.raw.len() > limits.bytes) {
+                bytes = 0;
+                if sender.send(std::mem::take(&mut batch)).await.is_err() {
+                    return Ok(()); // the appender stopped; its error is returned
+                }
+            }
+            bytes += message.raw.len();
+            batch.push(message);
+        }
+        if !batch.is_empty() {
+            let _ = sender.send(batch).await;
+        }
+        Ok::<(), Error>(())
+    };
+    let append = async {
+        let mut copied = FloorCopy::default();
+        while let Some(batch) = receiver.recv().await {
+            let refs: Vec<&Message> = batch.iter().collect();
+            target.append(target_folder, &refs).await?;
+            copied.messages += batch.len() as u64;
+            copied.bytes += batch.iter().map(|m| m.raw.len() as u64).sum::<u64>();
+        }
+        Ok::<FloorCopy, Error>(copied)
+    };
+    let (fetched, appended) = tokio::join!(fetch, append);
+    let copied = appended?;
+    fetched?;
+    Ok(copied)
+}
+
+fn into_message(record: FetchRecord) -> Message {
+    Message {
+        uid: record.uid,
+        flags: record.flags.unwrap_or_default(),
+        // Dovecot always sends INTERNALDATE when asked; the fallback only
+        // keeps the floor from stopping on a server that does not.
+        internal_date: record.internal_date.unwrap_or_else(|| Utc::now().fixed_offset()),
+        raw: record.body.unwrap_or_default(),
+    }
+}
