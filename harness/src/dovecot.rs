@@ -506,26 +506,7 @@ fn signal(pid: libc::pid_t, sig: libc::c_int) {
 /// Whether the child has exited, without reaping it: an unreaped child keeps
 /// its pid, and so its process-group id, from being reused.
 fn has_exited(pid: libc::pid_t) -> Result<bool> {
-    // SAFETY: siginfo_t is plain data and all-zero is a valid value.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    let id = libc::id_t::try_from(pid).unwrap_or(0);
-    // SAFETY: `info` is a valid, writable siginfo_t.
-    let rc = unsafe {
-        libc::waitid(
-            libc::P_PID,
-            id,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-        )
-    };
-    if rc != 0 {
-        return Err(io_err("waiting for", Path::new("dovecot"))(
-            io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: after a successful waitid, si_pid is set, or zero when no child
-    // changed state (WNOHANG).
-    Ok(unsafe { info.si_pid() } != 0)
+    crate::process::has_exited(pid).map_err(io_err("waiting for", Path::new("dovecot")))
 }
 
 /// Kills what is left of the exited child's process group, then reaps the child.
