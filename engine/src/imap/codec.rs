@@ -111,7 +111,7 @@ pub fn classify_refusal(text: &str, command: &str) -> ErrorKind {
     let has = |code: &str| upper.contains(code);
     if has("[LIMIT]") || has("[UNAVAILABLE]") || has("[INUSE]") || has("SUGGESTED BACKOFF") || has("TRY AGAIN") {
         ErrorKind::Throttled
-    } else if has("[OVERQUOTA]") || has("QUOTA EXCEEDED") || has("[EXPUNGEISSUED]") && command == "APPEND" {
+    } else if has("[OVERQUOTA]") || has("QUOTA EXCEEDED") {
         ErrorKind::Quota
     } else if has("[AUTHENTICATIONFAILED]") || has("[AUTHORIZATIONFAILED]") || has("[EXPIRED]") {
         ErrorKind::Auth
@@ -176,8 +176,9 @@ mod tests {
         );
         assert_eq!(
             classify_refusal("Message too big", "APPEND"),
-            ErrorKind::MessageRejected
+            ErrorKind::MessageTooLarge
         );
+        assert_eq!(classify_refusal("Spam detected", "APPEND"), ErrorKind::MessageRejected);
         assert_eq!(classify_refusal("[AUTHENTICATIONFAILED] no", "LOGIN"), ErrorKind::Auth);
     }
 }
