@@ -10,12 +10,13 @@ use cutover_engine::batch::check::{self, RowCheck};
 use cutover_engine::batch::input::{self, BatchFile};
 use cutover_engine::batch::jobs::RowDefaults;
 use cutover_engine::batch::report::BatchReport;
-use cutover_engine::batch::run::{self, BatchSettings, Selection};
+use cutover_engine::batch::run::{self, BatchProgress, BatchProgressFn, BatchSettings, Selection};
 use cutover_engine::batch::split::{self, SplitRule};
 use cutover_engine::folders::FolderFilter;
 use cutover_engine::limits::LimitConfig;
 use cutover_engine::state::State;
 use cutover_engine::sync::Phase;
+use std::sync::Arc;
 
 #[derive(Subcommand)]
 pub enum BatchCommand {
@@ -354,8 +355,58 @@ fn settings(options: &RunOptions) -> Result<BatchSettings> {
         max_failure_ratio: options.max_failure_ratio,
         propagate_deletes: options.propagate_deletes,
         filter: FolderFilter::new(&options.include, &options.exclude)?,
+        progress: progress_bars(),
         ..base_settings(&options.defaults)
     })
+}
+
+/// One bar for the batch and a line per active mailbox, on a terminal only;
+/// elsewhere the structured logs say enough.
+fn progress_bars() -> Option<BatchProgressFn> {
+    use std::collections::HashMap;
+    use std::io::IsTerminal;
+    use std::sync::Mutex;
+
+    use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bars = MultiProgress::new();
+    let batch = bars.add(ProgressBar::new(0));
+    batch.set_style(
+        ProgressStyle::with_template("batch [{bar:40}] {pos}/{len} mailboxes, {elapsed} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let line_style = ProgressStyle::with_template("  {spinner} {msg} {pos} messages")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner());
+    let active: Mutex<HashMap<usize, ProgressBar>> = Mutex::new(HashMap::new());
+    Some(Arc::new(move |event: BatchProgress| {
+        let Ok(mut active) = active.lock() else { return };
+        match event {
+            BatchProgress::Selected(rows) => batch.set_length(rows as u64),
+            BatchProgress::Started { line, source } => {
+                let bar = bars.add(ProgressBar::new_spinner());
+                bar.set_style(line_style.clone());
+                bar.set_message(format!("line {line}: {source}"));
+                active.insert(line, bar);
+            }
+            BatchProgress::Copied { line, messages } => {
+                if let Some(bar) = active.get(&line) {
+                    bar.inc(messages);
+                }
+            }
+            BatchProgress::Finished { line, status } => {
+                if let Some(bar) = active.remove(&line) {
+                    bar.finish_and_clear();
+                }
+                batch.inc(1);
+                if status == "failed" {
+                    batch.set_message("(some failed)");
+                }
+            }
+        }
+    }))
 }
 
 fn last_phase(file: &BatchFile, state: &Path, defaults: &RowDefaults) -> Result<Phase> {

@@ -22,10 +22,10 @@ use crate::imap::ConnectOptions;
 use crate::limits::{Budget, HostLimits, LimitConfig};
 use crate::report::SyncReport;
 use crate::state::{BatchRowRecord, State};
-use crate::sync::{sync_mailbox, Phase, SyncOptions};
+use crate::sync::{sync_mailbox, Phase, Progress, ProgressFn, SyncOptions};
 
 /// How a batch runs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BatchSettings {
     /// Values for fields rows leave empty.
     pub defaults: RowDefaults,
@@ -45,7 +45,40 @@ pub struct BatchSettings {
     pub propagate_deletes: bool,
     /// Which folders to copy.
     pub filter: FolderFilter,
+    /// Receives progress of the batch, for progress bars.
+    pub progress: Option<BatchProgressFn>,
 }
+
+/// What a batch reports while it runs.
+#[derive(Debug, Clone)]
+pub enum BatchProgress {
+    /// The rows this run takes.
+    Selected(usize),
+    /// A row started.
+    Started {
+        /// Line in the batch file.
+        line: usize,
+        /// Source address.
+        source: String,
+    },
+    /// A row appended messages.
+    Copied {
+        /// Line in the batch file.
+        line: usize,
+        /// Messages in this step.
+        messages: u64,
+    },
+    /// A row finished with `status` (done, partial, failed).
+    Finished {
+        /// Line in the batch file.
+        line: usize,
+        /// Its status.
+        status: &'static str,
+    },
+}
+
+/// Receives [`BatchProgress`] events.
+pub type BatchProgressFn = Arc<dyn Fn(BatchProgress) + Send + Sync>;
 
 impl Default for BatchSettings {
     fn default() -> Self {
@@ -59,7 +92,19 @@ impl Default for BatchSettings {
             connect: ConnectOptions::default(),
             propagate_deletes: false,
             filter: FolderFilter::default(),
+            progress: None,
         }
+    }
+}
+
+impl std::fmt::Debug for BatchSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchSettings")
+            .field("limits", &self.limits)
+            .field("concurrency", &self.concurrency)
+            .field("retries", &self.retries)
+            .field("max_failure_ratio", &self.max_failure_ratio)
+            .finish_non_exhaustive()
     }
 }
 
@@ -148,6 +193,13 @@ pub async fn run(
         .cloned()
         .collect();
     tracing::info!(rows = selected.len(), phase = %phase, "running batch");
+    let progress = settings.progress.clone();
+    let notify = move |event: BatchProgress| {
+        if let Some(progress) = &progress {
+            progress(event);
+        }
+    };
+    notify(BatchProgress::Selected(selected.len()));
 
     let limits = Arc::new(HostLimits::new(settings.limits.clone()));
     let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
@@ -164,7 +216,8 @@ pub async fn run(
     }
     while let Some(joined) = tasks.join_next().await {
         let (row, outcome) = joined.map_err(|e| Error::Config(format!("a batch task panicked: {e}")))?;
-        record(&state, batch.id, &row, phase, outcome)?;
+        let status = record(&state, batch.id, &row, phase, outcome)?;
+        notify(BatchProgress::Finished { line: row.line, status });
     }
 
     let rows = state.batch_rows(batch.id)?;
@@ -195,19 +248,28 @@ pub fn load_report(file: &BatchFile, state_path: &Path, defaults: &RowDefaults) 
     Ok(report::build(&batch_name(&file.path), &batch, &rows))
 }
 
-fn record(state: &State, batch: i64, row: &BatchRow, phase: Phase, outcome: Result<SyncReport>) -> Result<()> {
+/// Stores a row's outcome; returns its status.
+fn record(
+    state: &State,
+    batch: i64,
+    row: &BatchRow,
+    phase: Phase,
+    outcome: Result<SyncReport>,
+) -> Result<&'static str> {
     let fingerprint = row.fingerprint();
     let now = now();
     match outcome {
-        Err(e) => state.record_batch_row(
-            batch,
-            &fingerprint,
-            phase.as_str(),
-            "failed",
-            Some((e.kind(), &e.to_string())),
-            (0, 0, 0),
-            &now,
-        ),
+        Err(e) => state
+            .record_batch_row(
+                batch,
+                &fingerprint,
+                phase.as_str(),
+                "failed",
+                Some((e.kind(), &e.to_string())),
+                (0, 0, 0),
+                &now,
+            )
+            .map(|()| "failed"),
         Ok(report) => {
             let failed_messages: usize = report.folders.iter().map(|f| f.failed.len()).sum();
             let copied = (report.copied(), report.bytes(), failed_messages as u64);
@@ -219,15 +281,17 @@ fn record(state: &State, batch: i64, row: &BatchRow, phase: Phase, outcome: Resu
                 (None, None, Some(m)) => ("partial", Some((m.kind, format!("UID {}: {}", m.uid, m.detail)))),
                 (None, None, None) => ("done", None),
             };
-            state.record_batch_row(
-                batch,
-                &fingerprint,
-                phase.as_str(),
-                status,
-                error.as_ref().map(|(kind, text)| (*kind, text.as_str())),
-                copied,
-                &now,
-            )
+            state
+                .record_batch_row(
+                    batch,
+                    &fingerprint,
+                    phase.as_str(),
+                    status,
+                    error.as_ref().map(|(kind, text)| (*kind, text.as_str())),
+                    copied,
+                    &now,
+                )
+                .map(|()| status)
         }
     }
 }
@@ -266,12 +330,24 @@ async fn run_row(
         )));
     }
     let mut state = State::open(state_path)?;
+    let line = row.line;
+    let row_progress: Option<ProgressFn> = settings.progress.clone().map(|progress| {
+        progress(BatchProgress::Started {
+            line,
+            source: row.source.address.clone(),
+        });
+        Arc::new(move |event: Progress| {
+            if let Progress::Copied { messages, .. } = event {
+                progress(BatchProgress::Copied { line, messages });
+            }
+        }) as ProgressFn
+    });
     let mut attempt = 0;
     loop {
         let report = {
             let _source_slot = source_host.connections.acquire().await;
             let _target_slot = target_host.connections.acquire().await;
-            sync_mailbox(&job, &options, &mut state, None).await?
+            sync_mailbox(&job, &options, &mut state, row_progress.as_ref()).await?
         };
         let Some(error) = report.error.clone() else {
             return Ok(report);
