@@ -63,6 +63,31 @@ fn batch(args: &[&str]) -> Output {
         .expect("run cutover batch")
 }
 
+/// `cutover batch run … --phase initial --json` with the admin target and
+/// the given servers, plus `extra` options.
+fn run_initial(csv: &Path, state: &Path, source_server: &str, target_server: &str, extra: &[&str]) -> Output {
+    let (csv, state) = (csv.to_string_lossy(), state.to_string_lossy());
+    let mut args = vec![
+        "run",
+        &csv,
+        "--phase",
+        "initial",
+        "--json",
+        "--state",
+        &state,
+        "--source-server",
+        source_server,
+        "--target-server",
+        target_server,
+        "--target-master",
+        "admin",
+        "--target-password",
+        "env:ADMIN_PW",
+    ];
+    args.extend_from_slice(extra);
+    batch(&args)
+}
+
 fn json(output: &Output) -> Value {
     serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
         panic!(
@@ -388,32 +413,15 @@ async fn throttling_and_dropped_connections_lose_nothing() {
     write_csv(&csv, &(1..=8).map(row).collect::<Vec<_>>());
     let source_server = format!("imap://127.0.0.1:{}?tls=none", proxy.port());
     let target_server = format!("imap://127.0.0.1:{}?tls=none", servers.target.imap_port());
-    let state = dir.path().join("state.db").to_string_lossy().into_owned();
-    let csv_arg = csv.to_string_lossy().into_owned();
+    let state = dir.path().join("state.db");
     let output = tokio::task::spawn_blocking(move || {
-        batch(&[
-            "run",
-            &csv_arg,
-            "--phase",
-            "initial",
-            "--json",
-            "--state",
+        run_initial(
+            &csv,
             &state,
-            "--source-server",
             &source_server,
-            "--target-server",
             &target_server,
-            "--target-master",
-            "admin",
-            "--target-password",
-            "env:ADMIN_PW",
-            "--retries",
-            "30",
-            "--backoff-ms",
-            "20",
-            "--concurrency",
-            "4",
-        ])
+            &["--retries", "30", "--backoff-ms", "20", "--concurrency", "4"],
+        )
     })
     .await
     .unwrap();
@@ -443,31 +451,16 @@ async fn the_shared_message_rate_holds_at_the_server() {
     write_csv(&csv, &(1..=4).map(row).collect::<Vec<_>>());
     let source_server = format!("imap://127.0.0.1:{}?tls=none", servers.source.imap_port());
     let target_server = format!("imap://127.0.0.1:{}?tls=none", proxy.port());
-    let state = dir.path().join("state.db").to_string_lossy().into_owned();
-    let csv_arg = csv.to_string_lossy().into_owned();
     let rate = 60u64;
+    let state = dir.path().join("state.db");
     let output = tokio::task::spawn_blocking(move || {
-        batch(&[
-            "run",
-            &csv_arg,
-            "--phase",
-            "initial",
-            "--json",
-            "--state",
+        run_initial(
+            &csv,
             &state,
-            "--source-server",
             &source_server,
-            "--target-server",
             &target_server,
-            "--target-master",
-            "admin",
-            "--target-password",
-            "env:ADMIN_PW",
-            "--messages-per-second",
-            &rate.to_string(),
-            "--concurrency",
-            "4",
-        ])
+            &["--messages-per-second", &rate.to_string(), "--concurrency", "4"],
+        )
     })
     .await
     .unwrap();
