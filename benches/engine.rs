@@ -131,5 +131,32 @@ fn maildir_writing(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, fingerprinting, delta_planning, state_batches, maildir_writing);
+fn csv_validation(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("wave.csv");
+    let mut text = String::from("source_address,source_password,target_address,target_password,business_unit,wave\n");
+    for i in 0..10_000 {
+        text.push_str(&format!(
+            "user{i}@old.example.org,env:SRC_PW,user{i}@new.example.net,file:/etc/cutover/target.pw,unit{},w{}\n",
+            i % 17,
+            i % 3
+        ));
+    }
+    std::fs::write(&path, text).expect("write csv");
+    let mut group = c.benchmark_group("batch file");
+    group.throughput(Throughput::Elements(10_000));
+    group.bench_function("validate 10,000 rows", |b| {
+        b.iter(|| cutover_engine::batch::input::read_batch(black_box(&path)).expect("valid"))
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    fingerprinting,
+    delta_planning,
+    state_batches,
+    maildir_writing,
+    csv_validation
+);
 criterion_main!(benches);

@@ -328,18 +328,21 @@ pub fn read_batch(path: &Path) -> Result<BatchFile, Vec<Problem>> {
         .quoting(format != InputFormat::Imapsync)
         .from_reader(text);
     let mut layout = (format == InputFormat::Imapsync).then(Layout::imapsync);
+    let newlines = newline_offsets(text);
     let mut rows = Vec::new();
     let mut data_lines = 0;
     for record in records.byte_records() {
         let record = match record {
             Ok(record) => record,
             Err(e) => {
-                let line = e.position().map(|p| record_line(text, p.byte() as usize));
+                let line = e.position().map(|p| record_line(text, &newlines, p.byte() as usize));
                 check.error(line, None, format!("cannot be read as CSV: {e}"), SAVE_AS_CSV);
                 break;
             }
         };
-        let line = record.position().map_or(0, |p| record_line(text, p.byte() as usize));
+        let line = record
+            .position()
+            .map_or(0, |p| record_line(text, &newlines, p.byte() as usize));
         // Blank lines and Excel's trailing ",,,," rows carry nothing.
         if record.iter().all(|field| field.trim_ascii().is_empty()) {
             continue;
@@ -988,7 +991,7 @@ fn suggestion(name: &str, format: InputFormat) -> Option<&'static str> {
 /// The line a record read from `start` begins on. csv reports the offset
 /// where its previous read stopped, which is before the last line end and
 /// before any blank or comment lines it skipped, so skip those the same way.
-fn record_line(text: &[u8], start: usize) -> usize {
+fn record_line(text: &[u8], newlines: &[usize], start: usize) -> usize {
     let mut at = start;
     while let Some(&byte) = text.get(at) {
         match byte {
@@ -1002,7 +1005,18 @@ fn record_line(text: &[u8], start: usize) -> usize {
             _ => break,
         }
     }
-    1 + text[..at.min(text.len())].iter().filter(|&&b| b == b'\n').count()
+    // Line ends before `at`, by binary search: counting them from the start
+    // for every record would make large files quadratic.
+    1 + newlines.partition_point(|&end| end < at.min(text.len()))
+}
+
+/// Offsets of every `\n`, for [`record_line`].
+fn newline_offsets(text: &[u8]) -> Vec<usize> {
+    text.iter()
+        .enumerate()
+        .filter(|(_, &b)| b == b'\n')
+        .map(|(i, _)| i)
+        .collect()
 }
 
 /// The first line that is neither blank nor a comment, with its number.
@@ -1075,9 +1089,9 @@ mod tests {
     fn record_lines_skip_line_ends_blank_lines_and_comments() {
         let text = b"a,b\r\n\n# note\r\n\nc,d\n";
         // csv reports the offset right after "a,b", before its line end.
-        assert_eq!(record_line(text, 3), 5);
-        assert_eq!(record_line(text, 0), 1);
-        assert_eq!(record_line(text, text.len()), 6);
+        assert_eq!(record_line(text, &newline_offsets(text), 3), 5);
+        assert_eq!(record_line(text, &newline_offsets(text), 0), 1);
+        assert_eq!(record_line(text, &newline_offsets(text), text.len()), 6);
     }
 
     #[test]

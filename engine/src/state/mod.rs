@@ -117,7 +117,15 @@ impl State {
     }
 
     fn configure(&mut self) -> Result<()> {
-        self.conn.busy_timeout(Duration::from_secs(30)).map_err(self.err())?;
+        // Many mailboxes of a batch write to one file. SQLite's default busy
+        // handler sleeps up to 100 ms per retry; short sleeps keep waiting
+        // writers close behind each other (about 30 s in all before giving up).
+        self.conn
+            .busy_handler(Some(|attempt| {
+                std::thread::sleep(Duration::from_millis(2));
+                attempt < 15_000
+            }))
+            .map_err(self.err())?;
         // WAL lets readers (report, verify) run while a sync writes; NORMAL
         // sync is durable at each checkpoint and safe against process kills.
         self.conn
