@@ -83,7 +83,7 @@ impl State {
     /// Records the rows of the current batch file: new ones are added as
     /// pending, rows no longer in the file are marked superseded.
     pub fn sync_batch_rows(&mut self, batch: BatchId, rows: &[BatchRowRecord]) -> Result<()> {
-        let err = self.err_owned();
+        let err = self.err();
         let tx = self.conn.transaction().map_err(&err)?;
         tx.execute("UPDATE batch_row SET current = 0 WHERE batch_id = ?1", [batch])
             .map_err(&err)?;

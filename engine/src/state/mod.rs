@@ -101,14 +101,8 @@ impl State {
         Ok(state)
     }
 
-    fn err(&self) -> impl Fn(rusqlite::Error) -> Error + '_ {
-        move |source| Error::State {
-            path: self.path.clone(),
-            source,
-        }
-    }
-
-    fn err_owned(&self) -> impl Fn(rusqlite::Error) -> Error {
+    /// Wraps SQLite errors with the state file's path.
+    fn err(&self) -> impl Fn(rusqlite::Error) -> Error {
         let path = self.path.clone();
         move |source| Error::State {
             path: path.clone(),
@@ -134,27 +128,23 @@ impl State {
     }
 
     fn migrate(&mut self) -> Result<()> {
-        let path = self.path.clone();
-        let err = |source| Error::State {
-            path: path.clone(),
-            source,
-        };
+        let err = self.err();
         let version: usize = self
             .conn
             .query_row("PRAGMA user_version", [], |row| row.get(0))
-            .map_err(err)?;
+            .map_err(&err)?;
         if version > schema::MIGRATIONS.len() {
             return Err(Error::Config(format!(
                 "state file {} has schema version {version}, newer than this cutover knows ({}); upgrade cutover",
-                path.display(),
+                self.path.display(),
                 schema::MIGRATIONS.len()
             )));
         }
         for (index, migration) in schema::MIGRATIONS.iter().enumerate().skip(version) {
-            let tx = self.conn.transaction().map_err(err)?;
-            tx.execute_batch(migration).map_err(err)?;
-            tx.pragma_update(None, "user_version", index + 1).map_err(err)?;
-            tx.commit().map_err(err)?;
+            let tx = self.conn.transaction().map_err(&err)?;
+            tx.execute_batch(migration).map_err(&err)?;
+            tx.pragma_update(None, "user_version", index + 1).map_err(&err)?;
+            tx.commit().map_err(&err)?;
         }
         Ok(())
     }
@@ -305,12 +295,8 @@ impl State {
     /// all of it or none; the target scan on the next run finds what the
     /// server stored before the kill.
     pub fn record_batch(&mut self, folder: &FolderState, copied: &[MessageRow], failed: &[FailureRow]) -> Result<()> {
-        let path = self.path.clone();
-        let err = |source| Error::State {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(err)?;
+        let err = self.err();
+        let tx = self.conn.transaction().map_err(&err)?;
         {
             let mut insert = tx
                 .prepare_cached(
@@ -318,10 +304,10 @@ impl State {
                      (folder_id, source_uid, target_ref, fingerprint, flags, size, internal_date, source_gone)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
                 )
-                .map_err(err)?;
+                .map_err(&err)?;
             let mut clear_failure = tx
                 .prepare_cached("DELETE FROM message_failure WHERE folder_id = ?1 AND source_uid = ?2")
-                .map_err(err)?;
+                .map_err(&err)?;
             for row in copied {
                 insert
                     .execute(params![
@@ -333,15 +319,15 @@ impl State {
                         row.size as i64,
                         row.internal_date,
                     ])
-                    .map_err(err)?;
-                clear_failure.execute(params![folder.id, row.source_uid]).map_err(err)?;
+                    .map_err(&err)?;
+                clear_failure.execute(params![folder.id, row.source_uid]).map_err(&err)?;
             }
             let mut fail = tx
                 .prepare_cached(
                     "INSERT INTO message_failure (folder_id, source_uid, kind, detail) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT DO UPDATE SET kind = excluded.kind, detail = excluded.detail, attempts = attempts + 1",
                 )
-                .map_err(err)?;
+                .map_err(&err)?;
             for failure in failed {
                 fail.execute(params![
                     folder.id,
@@ -349,63 +335,55 @@ impl State {
                     failure.kind.as_str(),
                     failure.detail
                 ])
-                .map_err(err)?;
+                .map_err(&err)?;
             }
             tx.execute(
                 "UPDATE folder SET highest_uid = max(highest_uid, ?2) WHERE id = ?1",
                 params![folder.id, folder.highest_uid],
             )
-            .map_err(err)?;
+            .map_err(&err)?;
         }
-        tx.commit().map_err(err)
+        tx.commit().map_err(&err)
     }
 
     /// Stores the flags now on the target for messages whose flags changed.
     pub fn update_flags(&mut self, folder_id: i64, changes: &[(u32, Flags)]) -> Result<()> {
-        let path = self.path.clone();
-        let err = |source| Error::State {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(err)?;
+        let err = self.err();
+        let tx = self.conn.transaction().map_err(&err)?;
         {
             let mut update = tx
                 .prepare_cached("UPDATE message SET flags = ?3 WHERE folder_id = ?1 AND source_uid = ?2")
-                .map_err(err)?;
+                .map_err(&err)?;
             for (uid, flags) in changes {
                 update
                     .execute(params![folder_id, uid, flags.to_string()])
-                    .map_err(err)?;
+                    .map_err(&err)?;
             }
         }
-        tx.commit().map_err(err)
+        tx.commit().map_err(&err)
     }
 
     /// Marks messages deleted on the source (kept on the target), or forgets
     /// them entirely once they were removed from the target too.
     pub fn source_deleted(&mut self, folder_id: i64, uids: &[u32], removed_from_target: bool) -> Result<()> {
-        let path = self.path.clone();
-        let err = |source| Error::State {
-            path: path.clone(),
-            source,
-        };
+        let err = self.err();
         let sql = if removed_from_target {
             "DELETE FROM message WHERE folder_id = ?1 AND source_uid = ?2"
         } else {
             "UPDATE message SET source_gone = 1 WHERE folder_id = ?1 AND source_uid = ?2"
         };
-        let tx = self.conn.transaction().map_err(err)?;
+        let tx = self.conn.transaction().map_err(&err)?;
         {
-            let mut statement = tx.prepare_cached(sql).map_err(err)?;
+            let mut statement = tx.prepare_cached(sql).map_err(&err)?;
             let mut forget_failure = tx
                 .prepare_cached("DELETE FROM message_failure WHERE folder_id = ?1 AND source_uid = ?2")
-                .map_err(err)?;
+                .map_err(&err)?;
             for uid in uids {
-                statement.execute(params![folder_id, uid]).map_err(err)?;
-                forget_failure.execute(params![folder_id, uid]).map_err(err)?;
+                statement.execute(params![folder_id, uid]).map_err(&err)?;
+                forget_failure.execute(params![folder_id, uid]).map_err(&err)?;
             }
         }
-        tx.commit().map_err(err)
+        tx.commit().map_err(&err)
     }
 
     /// Forgets every message row of a folder (after a UIDVALIDITY change).
@@ -437,30 +415,26 @@ impl State {
         report_json: &str,
         errors: &[(Option<String>, Option<u32>, ErrorKind, String)],
     ) -> Result<()> {
-        let path = self.path.clone();
-        let err = |source| Error::State {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(err)?;
+        let err = self.err();
+        let tx = self.conn.transaction().map_err(&err)?;
         tx.execute(
             "UPDATE run SET status = ?2, finished_at = ?3, report = ?4 WHERE id = ?1",
             params![run, status, now, report_json],
         )
-        .map_err(err)?;
+        .map_err(&err)?;
         {
             let mut insert = tx
                 .prepare_cached(
                     "INSERT INTO run_error (run_id, folder, source_uid, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
-                .map_err(err)?;
+                .map_err(&err)?;
             for (folder, uid, kind, detail) in errors {
                 insert
                     .execute(params![run, folder, uid, kind.as_str(), detail])
-                    .map_err(err)?;
+                    .map_err(&err)?;
             }
         }
-        tx.commit().map_err(err)
+        tx.commit().map_err(&err)
     }
 
     /// The phases that completed for a mailbox, oldest first.
