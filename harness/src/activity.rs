@@ -89,7 +89,9 @@ fn spread(uids: &[u32], count: usize, shift: usize) -> Vec<u32> {
     }
     let step = uids.len() / count;
     let offset = (step / 2) * shift;
-    (0..count).map(|i| uids[(i * step + offset).min(uids.len() - 1)]).collect()
+    (0..count)
+        .map(|i| uids[(i * step + offset).min(uids.len() - 1)])
+        .collect()
 }
 
 #[cfg(test)]

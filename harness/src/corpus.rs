@@ -273,12 +273,9 @@ impl Corpus {
         let (sent, draft) = (kind == "Sent", kind == "Drafts");
         let raw_utf8 = self.chance(RAW_UTF8_HEADER_CHANCE);
 
-        let offset = FixedOffset::east_opt(ZONES[self.rng.gen_range(0..ZONES.len())])
-            .unwrap_or_else(|| Utc.fix());
+        let offset = FixedOffset::east_opt(ZONES[self.rng.gen_range(0..ZONES.len())]).unwrap_or_else(|| Utc.fix());
         let progress = index as f64 / self.spec.messages.max(1) as f64;
-        let secs = FIRST_DATE
-            + (progress * DATE_SPAN as f64) as i64
-            + self.rng.gen_range(-3 * 86_400..3 * 86_400);
+        let secs = FIRST_DATE + (progress * DATE_SPAN as f64) as i64 + self.rng.gen_range(-3 * 86_400..3 * 86_400);
         let date = timestamp(secs, offset);
         let received = if sent || draft {
             date
@@ -374,10 +371,7 @@ impl Corpus {
             if self.recent.len() == RECENT_PARENTS {
                 self.recent.pop_front();
             }
-            self.recent.push_back(Parent {
-                subject,
-                references,
-            });
+            self.recent.push_back(Parent { subject, references });
         }
 
         GeneratedMessage {
@@ -433,8 +427,7 @@ impl Corpus {
     }
 
     fn pick_folder(&mut self) -> Vec<String> {
-        let (inbox, others): (Vec<_>, Vec<_>) =
-            self.spec.folders.iter().partition(|f| f.is_empty());
+        let (inbox, others): (Vec<_>, Vec<_>) = self.spec.folders.iter().partition(|f| f.is_empty());
         if others.is_empty() || (!inbox.is_empty() && self.rng.gen::<f64>() < 0.5) {
             return Vec::new();
         }
@@ -468,9 +461,7 @@ impl Corpus {
 
     fn subject(&mut self, non_ascii: bool) -> String {
         let count = self.rng.gen_range(3..8);
-        let mut words: Vec<&str> = (0..count)
-            .map(|_| WORDS[self.rng.gen_range(0..WORDS.len())])
-            .collect();
+        let mut words: Vec<&str> = (0..count).map(|_| WORDS[self.rng.gen_range(0..WORDS.len())]).collect();
         if non_ascii {
             let at = self.rng.gen_range(0..=words.len());
             words.insert(at, UTF8_WORDS[self.rng.gen_range(0..UTF8_WORDS.len())]);
@@ -584,12 +575,7 @@ fn base64_block(rng: &mut StdRng) -> Vec<u8> {
 /// Appends at least `size` bytes of whole lines from `block` (whose lines all
 /// end in CRLF), starting at the line containing `start` and wrapping around.
 fn cut_lines(block: &[u8], start: usize, size: usize, out: &mut Vec<u8>) {
-    let line_start = |at: usize| {
-        block[..at]
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |i| i + 1)
-    };
+    let line_start = |at: usize| block[..at].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     let mut pos = line_start(start.min(block.len()));
     let mut remaining = size.max(1);
     loop {
@@ -615,10 +601,7 @@ mod tests {
     use std::collections::HashSet;
 
     fn header_block(raw: &[u8]) -> &[u8] {
-        let end = raw
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .expect("header end");
+        let end = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("header end");
         &raw[..end + 2]
     }
 
@@ -656,10 +639,7 @@ mod tests {
         let (mut without_id, mut replies, mut eight_bit, mut attachments) = (0, 0, 0, 0);
         for m in &messages {
             assert!(spec.folders.contains(&m.folder));
-            assert!(
-                !m.raw.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r'),
-                "bare LF"
-            );
+            assert!(!m.raw.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r'), "bare LF");
             assert!(m.raw.len() < 600_000, "no large messages when switched off");
             for name in ["From", "To", "Date", "Subject", "MIME-Version"] {
                 assert!(header(&m.raw, name).is_some(), "missing {name}");
@@ -676,14 +656,8 @@ mod tests {
             }
         }
         // Loose bounds around the configured fractions.
-        assert!(
-            (50..=150).contains(&without_id),
-            "{without_id} without Message-ID"
-        );
-        assert!(
-            (100..=400).contains(&attachments),
-            "{attachments} with attachment"
-        );
+        assert!((50..=150).contains(&without_id), "{without_id} without Message-ID");
+        assert!((100..=400).contains(&attachments), "{attachments} with attachment");
         assert!(replies > 300, "{replies} replies");
         assert!(eight_bit > 20, "{eight_bit} with 8-bit headers");
         let years: HashSet<_> = messages
@@ -700,11 +674,7 @@ mod tests {
             ..CorpusSpec::new(1, 3)
         };
         for m in spec.generate() {
-            assert!(
-                (1_000_000..5_200_000).contains(&m.raw.len()),
-                "{}",
-                m.raw.len()
-            );
+            assert!((1_000_000..5_200_000).contains(&m.raw.len()), "{}", m.raw.len());
         }
     }
 }

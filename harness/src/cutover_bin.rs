@@ -1,5 +1,11 @@
 //! Runs the `cutover` command line as a child process, as an operator would,
-//! and measures each run: wall time, and peak RSS from `wait4`'s rusage.
+//! and measures each run: wall time and peak RSS.
+//!
+//! Peak RSS is the child's `VmHWM`, sampled from `/proc/<pid>/status` until it
+//! exits. `wait4`'s `ru_maxrss` cannot be used alone: Linux folds the
+//! high-water mark of the address space a process leaves at `execve` into
+//! it, and a spawned child leaves ours, so every child would report at least
+//! the harness's own peak. Both figures are kept.
 
 use std::fs::File;
 use std::io::{self, Read, Seek};
@@ -9,8 +15,12 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::error::{io_err, Error, Result};
+use crate::process::has_exited;
 
 const STDERR_TAIL_LINES: usize = 20;
+/// How often the child's high-water mark is read. It only ever grows, so a
+/// sample misses at most what the child adds in its last interval.
+const RSS_SAMPLE: Duration = Duration::from_millis(5);
 
 /// The `cutover` executable.
 #[derive(Debug, Clone)]
@@ -41,8 +51,11 @@ pub struct Finished {
     pub stderr: Vec<u8>,
     /// From spawn to exit.
     pub wall: Duration,
-    /// Its peak resident set size (`ru_maxrss`), in bytes.
+    /// Its peak resident set size (the last `VmHWM` read), in bytes.
     pub peak_rss_bytes: u64,
+    /// `wait4`'s `ru_maxrss`, in bytes: at least the harness's own peak at
+    /// spawn time (see the module documentation).
+    pub rusage_max_rss_bytes: u64,
 }
 
 impl CutoverBin {
@@ -81,13 +94,26 @@ impl CutoverBin {
             .env("CUTOVER_FROM_PASSWORD", &passwords.from)
             .env("CUTOVER_TO_PASSWORD", &passwords.to)
             .stdin(Stdio::null())
-            .stdout(stdout.try_clone().map_err(io_err("duplicating", Path::new("stdout file")))?)
-            .stderr(stderr.try_clone().map_err(io_err("duplicating", Path::new("stderr file")))?)
+            .stdout(
+                stdout
+                    .try_clone()
+                    .map_err(io_err("duplicating", Path::new("stdout file")))?,
+            )
+            .stderr(
+                stderr
+                    .try_clone()
+                    .map_err(io_err("duplicating", Path::new("stderr file")))?,
+            )
             .spawn()
             .map_err(io_err("starting", &self.path))?;
         let pid = libc::pid_t::try_from(child.id()).unwrap_or(libc::pid_t::MAX);
-        let (status, usage) = wait4(pid).map_err(io_err("waiting for", &self.path))?;
+        let mut peak_kib = 0;
+        while !has_exited(pid).map_err(io_err("waiting for", &self.path))? {
+            peak_kib = peak_kib.max(high_water_kib(pid).unwrap_or(0));
+            std::thread::sleep(RSS_SAMPLE);
+        }
         let wall = started.elapsed();
+        let (status, usage) = wait4(pid).map_err(io_err("waiting for", &self.path))?;
         // Reaped by wait4 above; dropping a `Child` neither waits nor kills.
         drop(child);
         Ok(Finished {
@@ -96,8 +122,9 @@ impl CutoverBin {
             stdout: read_all(stdout)?,
             stderr: read_all(stderr)?,
             wall,
+            peak_rss_bytes: peak_kib * 1024,
             // Linux reports ru_maxrss in KiB.
-            peak_rss_bytes: u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024,
+            rusage_max_rss_bytes: u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024,
         })
     }
 }
@@ -149,6 +176,14 @@ fn wait4(pid: libc::pid_t) -> io::Result<(ExitStatus, libc::rusage)> {
             return Err(error);
         }
     }
+}
+
+/// `VmHWM` of a running process, in KiB; `None` once it has exited (a
+/// zombie has no address space) or when `/proc` is unreadable.
+fn high_water_kib(pid: libc::pid_t) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn read_all(mut file: File) -> Result<Vec<u8>> {

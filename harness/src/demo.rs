@@ -137,7 +137,11 @@ impl DemoSummary {
     /// Nothing missing, nothing duplicated, and every phase ran clean.
     pub fn ok(&self) -> bool {
         self.checks.iter().all(|c| c.missing == 0 && c.extra == 0)
-            && self.phases.iter().flat_map(|(_, runs)| runs).all(|r| r.errors.is_empty())
+            && self
+                .phases
+                .iter()
+                .flat_map(|(_, runs)| runs)
+                .all(|r| r.errors.is_empty())
     }
 
     /// The runs of one phase.
@@ -315,7 +319,10 @@ fn event_text(phase: Phase, spec: &DemoSpec) -> String {
             "{} messages deleted by the owner, per mailbox; final runs with --propagate-deletes",
             spec.deletions_before_final
         ),
-        Phase::Sweep => format!("{} late messages delivered after final, per mailbox", spec.arrivals_after_final),
+        Phase::Sweep => format!(
+            "{} late messages delivered after final, per mailbox",
+            spec.arrivals_after_final
+        ),
     }
 }
 

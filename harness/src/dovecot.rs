@@ -33,7 +33,7 @@ const START_ATTEMPTS: usize = 3;
 const LOG_TAIL_LINES: usize = 40;
 
 /// Mailboxes declared with special-use flags when [`DovecotConfig::special_use`] is set.
-const SPECIAL_USE: [(&str, &str); 5] = [
+pub(crate) const SPECIAL_USE: [(&str, &str); 5] = [
     ("Sent", "\\Sent"),
     ("Drafts", "\\Drafts"),
     ("Trash", "\\Trash"),
@@ -148,33 +148,8 @@ impl Dovecot {
     /// Adds a user (Dovecot re-reads the passwd file on its next lookup) and
     /// creates the user's home.
     pub fn add_user(&mut self, login: &str, password: &str) -> Result<()> {
-        validate_login(login)?;
-        validate_password(password)?;
-        if !self.users.insert(login.to_owned()) {
-            return Err(Error::Invalid {
-                what: "login",
-                value: login.to_owned(),
-                reason: "user already exists",
-            });
-        }
-        let home = self.homes().join(login);
-        fs::create_dir(&home).map_err(io_err("creating", &home))?;
-        chown(&home, Some(MAIL_UID), Some(MAIL_GID)).map_err(io_err("chown", &home))?;
-        let passwd = self.passwd_path();
-        // One append of one line, so Dovecot never reads half an entry.
-        // Dovecot re-reads the file when its mtime changes, in whole seconds:
-        // an append within the second of its last read would go unseen, so
-        // the mtime is moved past both that second and now.
-        OpenOptions::new()
-            .append(true)
-            .open(&passwd)
-            .and_then(|mut f| {
-                let before = f.metadata()?.modified()?;
-                f.write_all(passwd_line(login, password).as_bytes())?;
-                let later = std::time::SystemTime::now().max(before) + std::time::Duration::from_secs(2);
-                f.set_modified(later)
-            })
-            .map_err(io_err("appending to", &passwd))
+        let (homes, passwd) = (self.homes(), self.passwd_path());
+        add_passwd_user(&mut self.users, &homes, &passwd, login, password)
     }
 
     /// Stops Dovecot: SIGTERM to its process group, SIGKILL to the master
@@ -337,11 +312,7 @@ impl Dovecot {
         let mailboxes: String = if config.special_use {
             SPECIAL_USE
                 .iter()
-                .map(|(name, flag)| {
-                    format!(
-                        "  mailbox {name} {{\n    special_use = {flag}\n    auto = create\n  }}\n"
-                    )
-                })
+                .map(|(name, flag)| format!("  mailbox {name} {{\n    special_use = {flag}\n    auto = create\n  }}\n"))
                 .collect()
         } else {
             String::new()
@@ -400,7 +371,43 @@ impl Drop for Dovecot {
     }
 }
 
-fn validate_namespace(config: &DovecotConfig) -> Result<()> {
+/// Adds a user to a Dovecot passwd file and creates its home (both the
+/// native and the Docker backend keep users this way).
+pub(crate) fn add_passwd_user(
+    users: &mut BTreeSet<String>,
+    homes: &Path,
+    passwd: &Path,
+    login: &str,
+    password: &str,
+) -> Result<()> {
+    validate_login(login)?;
+    validate_password(password)?;
+    if !users.insert(login.to_owned()) {
+        return Err(Error::Invalid {
+            what: "login",
+            value: login.to_owned(),
+            reason: "user already exists",
+        });
+    }
+    let home = homes.join(login);
+    fs::create_dir(&home).map_err(io_err("creating", &home))?;
+    chown(&home, Some(MAIL_UID), Some(MAIL_GID)).map_err(io_err("chown", &home))?;
+    // One append of one line, so Dovecot never reads half an entry.
+    // Dovecot re-reads the file when its mtime changes, in whole seconds:
+    // an append within the second of its last read would go unseen, so
+    // the mtime is moved past both that second and now.
+    OpenOptions::new()
+        .append(true)
+        .open(passwd)
+        .and_then(|mut f| {
+            let before = f.metadata()?.modified()?;
+            f.write_all(passwd_line(login, password).as_bytes())?;
+            f.set_modified(std::time::SystemTime::now().max(before) + Duration::from_secs(2))
+        })
+        .map_err(io_err("appending to", passwd))
+}
+
+pub(crate) fn validate_namespace(config: &DovecotConfig) -> Result<()> {
     let invalid = |reason| Error::Invalid {
         what: "namespace",
         value: format!("{:?} {:?}", config.separator, config.inbox_prefix),
@@ -412,22 +419,17 @@ fn validate_namespace(config: &DovecotConfig) -> Result<()> {
     if !config.inbox_prefix.is_empty() && !config.inbox_prefix.ends_with(config.separator) {
         return Err(invalid("a prefix must end with the separator"));
     }
-    if config
-        .inbox_prefix
-        .contains(|c: char| c.is_whitespace() || c == '#')
-    {
+    if config.inbox_prefix.contains(|c: char| c.is_whitespace() || c == '#') {
         return Err(invalid("prefix must not contain whitespace or '#'"));
     }
     Ok(())
 }
 
 /// Logins become directory names and passwd-file keys.
-fn validate_login(login: &str) -> Result<()> {
+pub(crate) fn validate_login(login: &str) -> Result<()> {
     let ok = !login.is_empty()
         && !login.starts_with('.')
-        && login
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._@+-".contains(c));
+        && login.chars().all(|c| c.is_ascii_alphanumeric() || "._@+-".contains(c));
     if ok {
         Ok(())
     } else {
@@ -440,7 +442,7 @@ fn validate_login(login: &str) -> Result<()> {
 }
 
 /// passwd-file fields are separated by ':' and entries by newlines.
-fn validate_password(password: &str) -> Result<()> {
+pub(crate) fn validate_password(password: &str) -> Result<()> {
     if password.is_empty() || password.contains([':', '\n', '\r']) {
         return Err(Error::Invalid {
             what: "password",
@@ -451,11 +453,11 @@ fn validate_password(password: &str) -> Result<()> {
     Ok(())
 }
 
-fn passwd_line(login: &str, password: &str) -> String {
+pub(crate) fn passwd_line(login: &str, password: &str) -> String {
     format!("{login}:{{PLAIN}}{password}\n")
 }
 
-fn set_mode(path: &Path, mode: u32) -> Result<()> {
+pub(crate) fn set_mode(path: &Path, mode: u32) -> Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_err("chmod", path))
 }
 
@@ -474,15 +476,12 @@ fn free_ports(count: usize) -> Result<Vec<u16>> {
 }
 
 /// Whether an IMAP server on `port` sends an untagged OK greeting.
-fn greets(port: u16) -> bool {
+pub(crate) fn greets(port: u16) -> bool {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
         return false;
     };
-    if stream
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .is_err()
-    {
+    if stream.set_read_timeout(Some(Duration::from_secs(2))).is_err() {
         return false;
     }
     let mut line = String::new();
@@ -512,7 +511,5 @@ fn has_exited(pid: libc::pid_t) -> Result<bool> {
 /// Kills what is left of the exited child's process group, then reaps the child.
 fn reap(child: &mut Child) -> Result<std::process::ExitStatus> {
     signal(-child_pid(child), libc::SIGKILL);
-    child
-        .wait()
-        .map_err(io_err("waiting for", Path::new("dovecot")))
+    child.wait().map_err(io_err("waiting for", Path::new("dovecot")))
 }

@@ -94,9 +94,5 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Wraps an [`io::Error`] with what was being done to which path; for `map_err`.
 pub(crate) fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Error {
     let path = path.to_path_buf();
-    move |source| Error::Io {
-        action,
-        path,
-        source,
-    }
+    move |source| Error::Io { action, path, source }
 }

@@ -57,10 +57,7 @@ where
                 .or_insert(Folder::open(root, &message.folder)?),
         };
         folder.write(message)?;
-        *summary
-            .per_folder
-            .entry(message.folder.clone())
-            .or_default() += 1;
+        *summary.per_folder.entry(message.folder.clone()).or_default() += 1;
     }
     Ok(summary)
 }
@@ -79,10 +76,7 @@ impl Folder {
         let dir = if path.is_empty() {
             root.to_path_buf()
         } else {
-            let encoded = path
-                .iter()
-                .map(|c| encode_component(c))
-                .collect::<Result<Vec<_>>>()?;
+            let encoded = path.iter().map(|c| encode_component(c)).collect::<Result<Vec<_>>>()?;
             root.join(format!(".{}", encoded.join(".")))
         };
         ensure_dir(&dir)?;
@@ -111,9 +105,7 @@ impl Folder {
                 "\\Deleted" => letters.push('T'),
                 // A session flag: Dovecot sets it itself, it cannot be stored.
                 "\\Recent" => {}
-                system if system.starts_with('\\') => {
-                    return Err(invalid("flag", system, "unknown system flag"))
-                }
+                system if system.starts_with('\\') => return Err(invalid("flag", system, "unknown system flag")),
                 keyword => letters.push(self.keyword_letter(keyword)?),
             }
         }
@@ -130,12 +122,7 @@ impl Folder {
             .enumerate()
             .filter(|&(i, &b)| b == b'\n' && (i == 0 || raw[i - 1] != b'\r'))
             .count();
-        let base = format!(
-            "{},S={},W={}",
-            unique_name(),
-            raw.len(),
-            raw.len() + bare_lf
-        );
+        let base = format!("{},S={},W={}", unique_name(), raw.len(), raw.len() + bare_lf);
         let tmp = self.dir.join("tmp").join(&base);
         let cur = self.dir.join("cur").join(format!("{base}:2,{letters}"));
 
@@ -154,11 +141,7 @@ impl Folder {
         if keyword.is_empty() || keyword.contains(|c: char| c.is_whitespace() || c.is_control()) {
             return Err(invalid("keyword", keyword, "empty or contains whitespace"));
         }
-        let index = match self
-            .keywords
-            .iter()
-            .position(|k| k.as_deref() == Some(keyword))
-        {
+        let index = match self.keywords.iter().position(|k| k.as_deref() == Some(keyword)) {
             Some(index) => index,
             None => {
                 let free = self.keywords.iter().position(Option::is_none);
@@ -192,10 +175,7 @@ impl Folder {
             .filter_map(|(i, k)| k.as_ref().map(|k| format!("{i} {k}\n")))
             .collect();
         let path = self.dir.join(KEYWORDS_FILE);
-        let tmp = self
-            .dir
-            .join("tmp")
-            .join(format!("{KEYWORDS_FILE}.{}", unique_name()));
+        let tmp = self.dir.join("tmp").join(format!("{KEYWORDS_FILE}.{}", unique_name()));
         fs::write(&tmp, content).map_err(io_err("writing", &tmp))?;
         own(&tmp)?;
         fs::rename(&tmp, &path).map_err(io_err("renaming", &tmp))
@@ -259,9 +239,7 @@ fn own(path: &Path) -> Result<()> {
 /// so a process-wide counter there keeps UIDs in write order.
 fn unique_name() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     format!("{secs}.M{n}P{}.cutover", std::process::id())
 }

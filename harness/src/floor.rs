@@ -45,7 +45,10 @@ pub async fn copy_mailboxes(jobs: &[MailboxJob], parallel: usize, connect: &Conn
         let (job, connect, permits) = (job.clone(), connect.clone(), Arc::clone(&permits));
         tasks.spawn(async move {
             // The semaphore is never closed, so acquiring only waits.
-            let _permit = permits.acquire_owned().await.map_err(|e| Error::Worker(e.to_string()))?;
+            let _permit = permits
+                .acquire_owned()
+                .await
+                .map_err(|e| Error::Worker(e.to_string()))?;
             copy_mailbox(&job, &connect).await
         });
     }

@@ -7,12 +7,14 @@ pub mod bench;
 pub mod corpus;
 pub mod cutover_bin;
 pub mod demo;
+pub mod docker;
 pub mod dovecot;
 pub mod error;
 pub mod fill;
 pub mod floor;
 pub mod lab;
 pub mod pool;
+mod process;
 pub mod proxy;
 pub mod tls;
 

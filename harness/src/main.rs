@@ -75,11 +75,7 @@ const MASTER: (&str, &str) = ("admin", "admin-secret");
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     match Cli::parse().command {
-        Command::Serve {
-            users,
-            messages,
-            seed,
-        } => serve(users, messages, seed).await.map(|()| ExitCode::SUCCESS),
+        Command::Serve { users, messages, seed } => serve(users, messages, seed).await.map(|()| ExitCode::SUCCESS),
         Command::Demo {
             mailboxes,
             messages,
@@ -112,7 +108,11 @@ async fn run_demo(spec: DemoSpec) -> anyhow::Result<ExitCode> {
     );
     let summary = demo::run(spec).await.context("demo migration")?;
     println!("{summary}");
-    Ok(if summary.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if summary.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn run_bench(spec: &BenchSpec, json: bool) -> anyhow::Result<()> {
@@ -130,9 +130,7 @@ async fn run_bench(spec: &BenchSpec, json: bool) -> anyhow::Result<()> {
 }
 
 async fn serve(users: usize, messages: usize, seed: u64) -> anyhow::Result<()> {
-    let accounts: Vec<(String, String)> = (1..=users)
-        .map(|n| (format!("user{n}"), format!("pass{n}")))
-        .collect();
+    let accounts: Vec<(String, String)> = (1..=users).map(|n| (format!("user{n}"), format!("pass{n}"))).collect();
     let config = DovecotConfig {
         users: accounts.clone(),
         master_user: Some((MASTER.0.to_owned(), MASTER.1.to_owned())),
@@ -144,15 +142,12 @@ async fn serve(users: usize, messages: usize, seed: u64) -> anyhow::Result<()> {
 
     println!("source  imap://{}:{}", source.host(), source.imap_port());
     println!("target  imap://{}:{}", target.host(), target.imap_port());
-    println!(
-        "master  {} / {} (log in as <user>*{})",
-        MASTER.0, MASTER.1, MASTER.0
-    );
+    println!("master  {} / {} (log in as <user>*{})", MASTER.0, MASTER.1, MASTER.0);
     println!("user    password  source-messages");
     for (n, (login, password)) in (0u64..).zip(&accounts) {
         let spec = CorpusSpec::new(seed + n, messages);
-        let summary = fill_maildir(&source.maildir(login), spec.generate())
-            .with_context(|| format!("filling {login}"))?;
+        let summary =
+            fill_maildir(&source.maildir(login), spec.generate()).with_context(|| format!("filling {login}"))?;
         println!("{login:<7} {password:<9} {}", summary.total());
     }
     println!(
@@ -161,8 +156,6 @@ async fn serve(users: usize, messages: usize, seed: u64) -> anyhow::Result<()> {
         target.log_path().display()
     );
     println!("Ctrl-C stops both servers.");
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
     Ok(())
 }

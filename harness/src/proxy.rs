@@ -192,17 +192,27 @@ async fn relay(
                         return;
                     }
                     let mut words = line.split(|&b| b == b' ');
-                    let (Some(tag), Some(command)) = (words.next(), words.next()) else { return };
+                    let (Some(tag), Some(command)) = (words.next(), words.next()) else {
+                        return;
+                    };
                     let command = String::from_utf8_lossy(command).trim().to_ascii_uppercase();
-                    if matches!(command.as_str(), "LOGIN" | "CAPABILITY" | "LOGOUT" | "AUTHENTICATE" | "") {
+                    if matches!(
+                        command.as_str(),
+                        "LOGIN" | "CAPABILITY" | "LOGOUT" | "AUTHENTICATE" | ""
+                    ) {
                         return;
                     }
                     let count = stats.commands.fetch_add(1, Ordering::Relaxed) + 1;
-                    if config.throttle_every.is_some_and(|every| count % u64::from(every.max(1)) == 0)
+                    if config
+                        .throttle_every
+                        .is_some_and(|every| count % u64::from(every.max(1)) == 0)
                         && literal_size(line).is_none()
                     {
                         stats.throttled.fetch_add(1, Ordering::Relaxed);
-                        refusals.push(format!("{} NO [LIMIT] Too many commands, slow down\r\n", String::from_utf8_lossy(tag)));
+                        refusals.push(format!(
+                            "{} NO [LIMIT] Too many commands, slow down\r\n",
+                            String::from_utf8_lossy(tag)
+                        ));
                         forward_all = false;
                     }
                 });
@@ -229,8 +239,8 @@ async fn relay(
         let mut framer = Framer::default();
         let mut buffer = vec![0u8; 64 * 1024];
         let mut sent = 0u64;
-        let may_drop = config.drop_after_bytes.is_some()
-            && drops.fetch_add(1, Ordering::Relaxed) < config.drop_connections;
+        let may_drop =
+            config.drop_after_bytes.is_some() && drops.fetch_add(1, Ordering::Relaxed) < config.drop_connections;
         loop {
             let n = match server_read.read(&mut buffer).await {
                 Ok(0) | Err(_) => return,
@@ -271,10 +281,16 @@ mod tests {
     fn framer_skips_literals() {
         let mut framer = Framer::default();
         let mut lines = Vec::new();
-        framer.feed(b"* 1 FETCH (BODY[] {13}\r\n* 2 FETCH x\r\n)\r\n* 3 FE", |l, c| lines.push((l.to_vec(), c)));
+        framer.feed(b"* 1 FETCH (BODY[] {13}\r\n* 2 FETCH x\r\n)\r\n* 3 FE", |l, c| {
+            lines.push((l.to_vec(), c))
+        });
         framer.feed(b"TCH (UID 3)\r\n", |l, c| lines.push((l.to_vec(), c)));
         assert_eq!(lines.len(), 3, "{lines:?}");
-        assert_eq!(lines[1], (b")\r\n".to_vec(), true), "the line after a literal continues the response");
+        assert_eq!(
+            lines[1],
+            (b")\r\n".to_vec(), true),
+            "the line after a literal continues the response"
+        );
         assert!(lines[2].0.starts_with(b"* 3 FETCH") && !lines[2].1);
         assert_eq!(literal_size(b"a APPEND x {20+}\r\n"), Some(20));
     }

@@ -38,9 +38,7 @@ impl TestPki {
         params
             .subject_alt_names
             .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "localhost");
+        params.distinguished_name.push(DnType::CommonName, "localhost");
         let server_key = KeyPair::generate()?;
         let server = params.signed_by(&server_key, &ca, &ca_key)?;
 

@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use chrono::{DateTime, FixedOffset};
-use cutover_harness::{
-    fill_maildir, CorpusSpec, Dovecot, DovecotConfig, Error, GeneratedMessage, TestPki, TlsFiles,
-};
+use cutover_harness::{fill_maildir, CorpusSpec, Dovecot, DovecotConfig, Error, GeneratedMessage, TestPki, TlsFiles};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
@@ -55,10 +53,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Imap<S> {
             };
             let at = response.len();
             response.resize(at + len, 0);
-            self.stream
-                .read_exact(&mut response[at..])
-                .await
-                .expect("read literal");
+            self.stream.read_exact(&mut response[at..]).await.expect("read literal");
         }
     }
 
@@ -107,10 +102,7 @@ async fn connect(dovecot: &Dovecot) -> Imap<TcpStream> {
 }
 
 fn users(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(l, p)| (l.to_string(), p.to_string()))
-        .collect()
+    pairs.iter().map(|(l, p)| (l.to_string(), p.to_string())).collect()
 }
 
 fn config_with_master() -> DovecotConfig {
@@ -127,16 +119,8 @@ async fn users_and_master_user_can_log_in() {
 
     let mut imap = connect(&dovecot).await;
     let caps = imap.ok("LOGIN alice alice-pw").await;
-    let caps = imap
-        .ok("CAPABILITY")
-        .await
-        .into_iter()
-        .chain(caps)
-        .collect::<String>();
-    assert!(
-        caps.contains("CONDSTORE") && caps.contains("QRESYNC"),
-        "{caps}"
-    );
+    let caps = imap.ok("CAPABILITY").await.into_iter().chain(caps).collect::<String>();
+    assert!(caps.contains("CONDSTORE") && caps.contains("QRESYNC"), "{caps}");
 
     let mut imap = connect(&dovecot).await;
     imap.ok("LOGIN bob*admin admin-pw").await;
@@ -162,10 +146,7 @@ async fn users_added_at_runtime_can_log_in() {
     let mut dovecot = Dovecot::start(DovecotConfig::default()).expect("start dovecot");
     dovecot.add_user("carol", "carol-pw").expect("add user");
     connect(&dovecot).await.ok("LOGIN carol carol-pw").await;
-    assert!(matches!(
-        dovecot.add_user("carol", "again"),
-        Err(Error::Invalid { .. })
-    ));
+    assert!(matches!(dovecot.add_user("carol", "again"), Err(Error::Invalid { .. })));
 }
 
 #[tokio::test]
@@ -193,10 +174,7 @@ async fn filled_folders_are_listed_with_their_counts() {
             folder.join("/")
         };
         assert!(listed.contains(&name), "{name} not in {listed:?}");
-        let status = imap
-            .ok(&format!("STATUS \"{name}\" (MESSAGES)"))
-            .await
-            .concat();
+        let status = imap.ok(&format!("STATUS \"{name}\" (MESSAGES)")).await.concat();
         let expected = summary.per_folder.get(folder).copied().unwrap_or(0);
         assert!(
             status.contains(&format!("(MESSAGES {expected})")),
@@ -208,8 +186,7 @@ async fn filled_folders_are_listed_with_their_counts() {
 fn message(folder: &[&str], flags: &[&str], date: &str, body: &str) -> GeneratedMessage {
     GeneratedMessage {
         folder: folder.iter().map(|s| s.to_string()).collect(),
-        raw: format!("From: a@example.com\r\nTo: b@example.com\r\nSubject: test\r\n\r\n{body}\r\n")
-            .into_bytes(),
+        raw: format!("From: a@example.com\r\nTo: b@example.com\r\nSubject: test\r\n\r\n{body}\r\n").into_bytes(),
         flags: flags.iter().map(|s| s.to_string()).collect(),
         internal_date: DateTime::parse_from_rfc3339(date).expect("date"),
     }
@@ -221,9 +198,7 @@ async fn fetch_all<S: AsyncRead + AsyncWrite + Unpin>(
     mailbox: &str,
 ) -> Vec<(DateTime<FixedOffset>, BTreeSet<String>, Vec<u8>)> {
     imap.ok(&format!("SELECT \"{mailbox}\"")).await;
-    let (untagged, status) = imap
-        .command("FETCH 1:* (INTERNALDATE FLAGS BODY.PEEK[])")
-        .await;
+    let (untagged, status) = imap.command("FETCH 1:* (INTERNALDATE FLAGS BODY.PEEK[])").await;
     assert!(status.starts_with("OK"), "{status}");
     untagged
         .iter()
@@ -231,8 +206,7 @@ async fn fetch_all<S: AsyncRead + AsyncWrite + Unpin>(
         .map(|r| {
             let text = String::from_utf8_lossy(r);
             let date = text.split("INTERNALDATE \"").nth(1).expect("INTERNALDATE");
-            let date = DateTime::parse_from_str(&date[..26], "%d-%b-%Y %H:%M:%S %z")
-                .expect("parse INTERNALDATE");
+            let date = DateTime::parse_from_str(&date[..26], "%d-%b-%Y %H:%M:%S %z").expect("parse INTERNALDATE");
             let flags = text.split("FLAGS (").nth(1).expect("FLAGS");
             let flags = flags[..flags.find(')').expect("flags end")]
                 .split_whitespace()
@@ -240,16 +214,10 @@ async fn fetch_all<S: AsyncRead + AsyncWrite + Unpin>(
                 .map(str::to_owned)
                 .collect();
             let marker = b"BODY[] {";
-            let at = r
-                .windows(marker.len())
-                .position(|w| w == marker)
-                .expect("BODY[]");
+            let at = r.windows(marker.len()).position(|w| w == marker).expect("BODY[]");
             let open = at + marker.len();
             let close = open + r[open..].iter().position(|&b| b == b'}').expect("}");
-            let len: usize = std::str::from_utf8(&r[open..close])
-                .expect("len")
-                .parse()
-                .expect("len");
+            let len: usize = std::str::from_utf8(&r[open..close]).expect("len").parse().expect("len");
             let body = r[close + 3..close + 3 + len].to_vec();
             (date, flags, body)
         })
@@ -277,12 +245,7 @@ async fn filled_messages_keep_internaldate_flags_and_bytes() {
             "2012-12-31T23:59:59-08:00",
             "two",
         ),
-        message(
-            &["Archive", "Ünïcode"],
-            &["\\Deleted"],
-            "2020-02-29T12:00:00Z",
-            "three",
-        ),
+        message(&["Archive", "Ünïcode"], &["\\Deleted"], "2020-02-29T12:00:00Z", "three"),
     ];
     fill_maildir(&maildir, &first).expect("fill");
 
@@ -323,12 +286,7 @@ async fn courier_style_namespace_with_special_use() {
         ..config_with_master()
     })
     .expect("start dovecot");
-    let msgs = [message(
-        &["Archive", "2019"],
-        &[],
-        "2019-05-05T10:00:00Z",
-        "old",
-    )];
+    let msgs = [message(&["Archive", "2019"], &[], "2019-05-05T10:00:00Z", "old")];
     fill_maildir(&dovecot.maildir("bob"), &msgs).expect("fill");
 
     let mut imap = connect(&dovecot).await;
@@ -344,10 +302,7 @@ async fn courier_style_namespace_with_special_use() {
     ] {
         assert!(list.contains(expected), "{expected} not in {list}");
     }
-    let status = imap
-        .ok("STATUS INBOX.Archive.2019 (MESSAGES)")
-        .await
-        .concat();
+    let status = imap.ok("STATUS INBOX.Archive.2019 (MESSAGES)").await.concat();
     assert!(status.contains("(MESSAGES 1)"), "{status}");
 }
 
@@ -356,13 +311,11 @@ fn tls_connector(ca: &std::path::Path) -> TlsConnector {
     roots
         .add(CertificateDer::from_pem_file(ca).expect("read CA"))
         .expect("add CA");
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("protocol versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     TlsConnector::from(Arc::new(config))
 }
 
@@ -379,9 +332,7 @@ async fn tls_implicit_and_starttls() {
     let trusted = tls_connector(pki.ca_pem());
 
     for name in ["localhost", "127.0.0.1"] {
-        let tcp = TcpStream::connect((dovecot.host(), imaps))
-            .await
-            .expect("connect");
+        let tcp = TcpStream::connect((dovecot.host(), imaps)).await.expect("connect");
         let server = ServerName::try_from(name).expect("server name");
         let tls = trusted.connect(server, tcp).await.expect("TLS handshake");
         let (mut imap, greeting) = Imap::connect(tls).await;
@@ -389,17 +340,10 @@ async fn tls_implicit_and_starttls() {
         imap.ok("LOGIN alice alice-pw").await;
     }
 
-    let tcp = TcpStream::connect((dovecot.host(), imaps))
-        .await
-        .expect("connect");
+    let tcp = TcpStream::connect((dovecot.host(), imaps)).await.expect("connect");
     let server = ServerName::try_from("localhost").expect("server name");
-    let wrong = tls_connector(pki.wrong_ca_pem())
-        .connect(server.clone(), tcp)
-        .await;
-    assert!(
-        wrong.is_err(),
-        "a server signed by another CA must be rejected"
-    );
+    let wrong = tls_connector(pki.wrong_ca_pem()).connect(server.clone(), tcp).await;
+    assert!(wrong.is_err(), "a server signed by another CA must be rejected");
 
     let mut imap = connect(&dovecot).await;
     let caps = imap.ok("CAPABILITY").await.concat();
@@ -459,10 +403,7 @@ async fn drop_stops_every_process_and_removes_the_directory() {
 
     drop(dovecot);
     assert_eq!(processes_mentioning(&instance), Vec::<String>::new());
-    assert_eq!(
-        processes_mentioning(&dir.display().to_string()),
-        Vec::<String>::new()
-    );
+    assert_eq!(processes_mentioning(&dir.display().to_string()), Vec::<String>::new());
     assert!(!dir.exists());
     drop(imap);
 }

@@ -28,7 +28,9 @@ async fn floor_copies_every_message() {
     let filled = fill_maildir(&lab.source().maildir("alice"), corpus.generate()).expect("fill");
 
     let job = lab.job("alice", "alice").expect("job");
-    let copied = floor::copy_mailboxes(&[job], 2, &ConnectOptions::default()).await.expect("floor copy");
+    let copied = floor::copy_mailboxes(&[job], 2, &ConnectOptions::default())
+        .await
+        .expect("floor copy");
 
     let source = counts(lab.source_session("alice").await.expect("source login")).await;
     let target = counts(lab.target_session("alice").await.expect("target login")).await;

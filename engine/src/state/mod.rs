@@ -320,7 +320,9 @@ impl State {
                         row.internal_date,
                     ])
                     .map_err(&err)?;
-                clear_failure.execute(params![folder.id, row.source_uid]).map_err(&err)?;
+                clear_failure
+                    .execute(params![folder.id, row.source_uid])
+                    .map_err(&err)?;
             }
             let mut fail = tx
                 .prepare_cached(
