@@ -3,10 +3,13 @@
 //! it takes, and how long a delta on one large folder lasts.
 //!
 //! One run, one Dovecot pair. Source accounts `user1..N` are copied twice,
-//! into target accounts `floorN` by [`crate::floor`] and `userN` by
+//! into target accounts `floor-userN` by [`crate::floor`] and `userN` by
 //! `cutover sync --phase initial` child processes, so both copy into empty
-//! mailboxes. A separate account holds the large folder for the delta.
-//! Figures are reported, never asserted.
+//! mailboxes. The two copies alternate over the halves of the mailboxes
+//! (floor, engine, engine, floor) and each side's time is the sum of its two
+//! halves, so neither profits from going second or from a quieter machine.
+//! A separate account holds the large folder for the delta. Figures are
+//! reported, never asserted.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -171,7 +174,7 @@ struct Invocation {
 /// Runs the benchmark. `progress` is told what starts, for a person watching.
 pub async fn run(spec: &BenchSpec, cutover: &CutoverBin, progress: &(dyn Fn(&str) + Sync)) -> Result<BenchReport> {
     let users: Vec<String> = (1..=spec.mailboxes).map(|n| format!("user{n}")).collect();
-    let floor_users: Vec<String> = (1..=spec.mailboxes).map(|n| format!("floor{n}")).collect();
+    let floor_users: Vec<String> = users.iter().map(|user| floor_user(user)).collect();
     let delta_user = [DELTA_USER.to_owned()];
     let source_users = [users.as_slice(), &delta_user].concat();
     let target_users = [users.as_slice(), &floor_users, &delta_user].concat();
@@ -190,29 +193,41 @@ pub async fn run(spec: &BenchSpec, cutover: &CutoverBin, progress: &(dyn Fn(&str
     progress("warming the source: Dovecot indexes every folder once");
     warm_source(&lab, &users).await?;
 
-    progress(&format!(
-        "floor: copying {} mailboxes, {} at a time",
-        spec.mailboxes, spec.parallel
-    ));
-    let floor_jobs = users
-        .iter()
-        .zip(&floor_users)
-        .map(|(user, floor_user)| lab.job(user, floor_user))
-        .collect::<Result<Vec<_>>>()?;
-    settle().await?;
-    let started = Instant::now();
-    let copied = floor::copy_mailboxes(&floor_jobs, spec.parallel, &ConnectOptions::default()).await?;
-    let floor = Throughput::new(copied.messages, copied.bytes, started.elapsed());
-
-    progress(&format!(
-        "engine: `cutover sync --phase initial`, {} processes at a time",
-        spec.parallel
-    ));
-    let syncs = users
-        .iter()
-        .map(|user| sync(&lab, user, "initial", &states.path().join(format!("{user}.sqlite"))))
-        .collect();
-    let (engine, peak_rss_bytes) = engine_copy(cutover, syncs, spec.parallel).await?;
+    // ABBA: floor then engine on the first half of the mailboxes, engine then
+    // floor on the second, so a drifting background load and any
+    // first-to-read effect fall on both alike.
+    let (first, second) = users.split_at(users.len() / 2);
+    let (mut floor, mut engine) = (Timed::default(), Timed::default());
+    let mut peak_rss_bytes = 0;
+    for (half, floor_first) in [(first, true), (second, false)] {
+        if half.is_empty() {
+            continue;
+        }
+        for floor_turn in [floor_first, !floor_first] {
+            if floor_turn {
+                progress(&format!(
+                    "floor: copying {} mailboxes, {} at a time",
+                    half.len(),
+                    spec.parallel
+                ));
+                floor.add(floor_copy(&lab, half, spec.parallel).await?);
+            } else {
+                progress(&format!(
+                    "engine: `cutover sync --phase initial` for {} mailboxes, {} processes at a time",
+                    half.len(),
+                    spec.parallel
+                ));
+                let syncs = half
+                    .iter()
+                    .map(|user| sync(&lab, user, "initial", &states.path().join(format!("{user}.sqlite"))))
+                    .collect();
+                let (timed, peak) = engine_copy(cutover, syncs, spec.parallel).await?;
+                engine.add(timed);
+                peak_rss_bytes = peak_rss_bytes.max(peak);
+            }
+        }
+    }
+    let (floor, engine) = (floor.throughput(), engine.throughput());
 
     progress("verify: `cutover verify --json` for every mailbox");
     let verifies = users.iter().map(|user| verify(&lab, user)).collect();
@@ -280,21 +295,64 @@ async fn fill_source(lab: &Lab, users: &[String], spec: &BenchSpec) -> Result<(C
     Ok((mailboxes, folder))
 }
 
-/// Runs the initial-copy processes; returns their throughput and the largest
-/// peak RSS among them.
-async fn engine_copy(cutover: &CutoverBin, syncs: Vec<Invocation>, parallel: usize) -> Result<(Throughput, u64)> {
+/// Messages and bytes copied in some time; the parts of one side's copy add up.
+#[derive(Debug, Clone, Copy, Default)]
+struct Timed {
+    messages: u64,
+    bytes: u64,
+    elapsed: Duration,
+}
+
+impl Timed {
+    fn add(&mut self, other: Timed) {
+        self.messages += other.messages;
+        self.bytes += other.bytes;
+        self.elapsed += other.elapsed;
+    }
+
+    fn throughput(self) -> Throughput {
+        Throughput::new(self.messages, self.bytes, self.elapsed)
+    }
+}
+
+/// Floor-copies source accounts into their `floorN` target accounts.
+async fn floor_copy(lab: &Lab, users: &[String], parallel: usize) -> Result<Timed> {
+    let jobs = users
+        .iter()
+        .map(|user| lab.job(user, &floor_user(user)))
+        .collect::<Result<Vec<_>>>()?;
+    settle().await?;
+    let started = Instant::now();
+    let copied = floor::copy_mailboxes(&jobs, parallel, &ConnectOptions::default()).await?;
+    Ok(Timed {
+        messages: copied.messages,
+        bytes: copied.bytes,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Runs the initial-copy processes; returns what they copied in how long, and
+/// the largest peak RSS among them.
+async fn engine_copy(cutover: &CutoverBin, syncs: Vec<Invocation>, parallel: usize) -> Result<(Timed, u64)> {
     settle().await?;
     let started = Instant::now();
     let finished = run_all(cutover, syncs, parallel).await?;
-    let elapsed = started.elapsed();
-    let (mut messages, mut bytes) = (0, 0);
+    let mut timed = Timed {
+        elapsed: started.elapsed(),
+        ..Timed::default()
+    };
     for run in &finished {
         let report = run.json()?;
-        messages += folder_sum(&report, "copied");
-        bytes += folder_sum(&report, "bytes");
+        timed.messages += folder_sum(&report, "copied");
+        timed.bytes += folder_sum(&report, "bytes");
     }
     let peak = finished.iter().map(|f| f.peak_rss_bytes).max().unwrap_or(0);
-    Ok((Throughput::new(messages, bytes, elapsed), peak))
+    Ok((timed, peak))
+}
+
+/// The target account the floor copies `user` into.
+fn floor_user(user: &str) -> String {
+    format!("floor-{user}")
 }
 
 /// Runs the verify processes and adds up what they found.
