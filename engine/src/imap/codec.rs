@@ -83,6 +83,9 @@ pub fn uid_set(uids: &[u32]) -> String {
 /// scattered set never produces a line the server refuses as too long.
 pub fn uid_set_chunks(uids: &[u32], max_len: usize) -> Vec<String> {
     let full = uid_set(uids);
+    if full.is_empty() {
+        return Vec::new();
+    }
     if full.len() <= max_len {
         return vec![full];
     }
@@ -136,6 +139,7 @@ mod tests {
     fn uid_sets_compress_and_chunk() {
         assert_eq!(uid_set(&[5, 1, 2, 3, 9, 12, 13, 14, 3]), "1:3,5,9,12:14");
         assert_eq!(uid_set(&[]), "");
+        assert!(uid_set_chunks(&[], 100).is_empty(), "no UIDs, no command");
         let scattered: Vec<u32> = (1..2000).map(|n| n * 2).collect();
         let chunks = uid_set_chunks(&scattered, 100);
         assert!(chunks.iter().all(|c| c.len() <= 100));

@@ -32,11 +32,14 @@ pub(super) struct FolderCopy<'a> {
     pub options: &'a SyncOptions,
     pub report: &'a mut FolderReport,
     pub progress: Option<&'a ProgressFn>,
+    /// Target references recorded by this copy (appended or matched).
+    pub recorded: Vec<String>,
 }
 
 impl FolderCopy<'_> {
     /// Copies `uids` (ascending) unless the pool already holds them.
-    pub async fn run(mut self, uids: Vec<u32>, mut pool: DedupPool) -> Result<()> {
+    /// Returns the target references it recorded.
+    pub async fn run(mut self, uids: Vec<u32>, mut pool: DedupPool) -> Result<Vec<String>> {
         let highest = uids.last().copied().unwrap_or(0);
         let remaining = if pool.is_empty() {
             uids
@@ -54,7 +57,7 @@ impl FolderCopy<'_> {
         }
         // UIDs that vanished between SEARCH and FETCH need no retry.
         self.folder.highest_uid = self.folder.highest_uid.max(highest);
-        Ok(())
+        Ok(self.recorded)
     }
 
     /// Records source messages found on the target (an earlier run killed
@@ -87,6 +90,8 @@ impl FolderCopy<'_> {
         if !matched.is_empty() {
             self.report.matched_existing += matched.len() as u64;
             self.state.record_batch(self.folder, &matched, &[])?;
+            self.recorded
+                .extend(matched.iter().filter_map(|m| m.target_ref.clone()));
         }
         Ok(remaining)
     }
@@ -102,6 +107,7 @@ impl FolderCopy<'_> {
             report: &mut *self.report,
             progress: self.progress,
             budgets: &self.options.budgets,
+            recorded: &mut self.recorded,
         };
         let source = &mut *self.source;
         let fetch = async move {
@@ -146,6 +152,7 @@ struct Appender<'a> {
     report: &'a mut FolderReport,
     progress: Option<&'a ProgressFn>,
     budgets: &'a [std::sync::Arc<crate::limits::Budget>],
+    recorded: &'a mut Vec<String>,
 }
 
 impl Appender<'_> {
@@ -202,6 +209,7 @@ impl Appender<'_> {
             self.folder.highest_uid = self.folder.highest_uid.max(last.uid);
         }
         self.state.record_batch(self.folder, &rows, &failed)?;
+        self.recorded.extend(rows.iter().filter_map(|r| r.target_ref.clone()));
         self.report.copied += rows.len() as u64;
         self.report.bytes += bytes;
         self.report.failed.extend(failed.into_iter().map(|f| MessageFailure {

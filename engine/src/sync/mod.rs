@@ -344,7 +344,7 @@ async fn sync_folder(
     if !to_copy.is_empty() {
         let known: HashSet<String> = rows.iter().filter_map(|r| r.target_ref.clone()).collect();
         let pool = DedupPool::new(target.scan(&mapping.target, folder.target_scanned_uid, &known).await?);
-        copy::FolderCopy {
+        let recorded = copy::FolderCopy {
             source,
             target,
             state,
@@ -353,17 +353,39 @@ async fn sync_folder(
             options,
             report,
             progress,
+            recorded: Vec::new(),
         }
         .run(to_copy, pool)
         .await?;
         // Only now: had the run died mid-copy, the next one must scan the
-        // same target range again to find appends it did not record.
-        folder.target_scanned_uid = target_status.highest_uid;
+        // same target range again to find appends it did not record. When
+        // every UID above the old end is one of ours, skip past them too.
+        folder.target_scanned_uid = scanned_through(target_status.highest_uid, &recorded);
     }
     if options.phase == Phase::Final {
         folder.cutover_uid = Some(folder.highest_uid);
     }
     state.save_folder(&folder)
+}
+
+/// The target UID up to which every message is known after a copy: the
+/// target's end before the copy, extended over our own appends as long as
+/// they follow each other without a foreign message in between.
+fn scanned_through(before: u32, recorded: &[String]) -> u32 {
+    let mut ours: Vec<u32> = recorded
+        .iter()
+        .filter_map(|r| r.parse().ok())
+        .filter(|uid| *uid > before)
+        .collect();
+    ours.sort_unstable();
+    let mut end = before;
+    for uid in ours {
+        if uid != end + 1 {
+            break;
+        }
+        end = uid;
+    }
+    end
 }
 
 /// Pushes source flag changes to the target: with CONDSTORE only messages
@@ -404,4 +426,34 @@ async fn sync_flags(
     state.update_flags(folder.id, &state_changes)?;
     report.flags_updated = state_changes.len() as u64;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refs(uids: &[u32]) -> Vec<String> {
+        uids.iter().map(u32::to_string).collect()
+    }
+
+    #[test]
+    fn the_scan_cursor_skips_only_our_own_contiguous_appends() {
+        assert_eq!(scanned_through(10, &refs(&[11, 12, 13])), 13);
+        assert_eq!(
+            scanned_through(10, &refs(&[13, 11, 12, 5])),
+            13,
+            "order and old UIDs do not matter"
+        );
+        assert_eq!(
+            scanned_through(10, &refs(&[11, 13])),
+            11,
+            "UID 12 is someone else's: scan it next time"
+        );
+        assert_eq!(scanned_through(10, &refs(&[])), 10);
+        assert_eq!(
+            scanned_through(0, &["1556.M1P2Q3.host,S=10".to_string()]),
+            0,
+            "Maildir keys are no UIDs"
+        );
+    }
 }

@@ -6,7 +6,7 @@ use super::{TargetFolderStatus, TargetMessage};
 use crate::endpoint::{ImapEndpoint, Secret};
 use crate::error::Result;
 use crate::fingerprint::Fingerprint;
-use crate::imap::{uid_set, ConnectOptions, FetchItems, FolderInfo, ImapSession};
+use crate::imap::{uid_set, uid_set_chunks, ConnectOptions, FetchItems, FolderInfo, ImapSession};
 use crate::message::{Flags, Message};
 
 /// Writes into folders of an IMAP account.
@@ -66,14 +66,17 @@ impl ImapTarget {
         known: &HashSet<String>,
     ) -> Result<Vec<TargetMessage>> {
         self.select(name).await?;
-        let records = self
-            .session
-            .fetch_all(&format!("{}:*", after_uid + 1), FetchItems::Fingerprint, None)
-            .await?;
+        // List the UIDs first and fetch headers only of those the state does
+        // not know: after a large copy, that is usually none of them.
+        let mut unknown = self.session.uid_search(&format!("UID {}:*", after_uid + 1)).await?;
+        // "n:*" also matches the last message when every UID is below n.
+        unknown.retain(|uid| *uid > after_uid && !known.contains(&uid.to_string()));
+        let mut records = Vec::new();
+        for set in uid_set_chunks(&unknown, 4000) {
+            records.extend(self.session.fetch_all(&set, FetchItems::Fingerprint, None).await?);
+        }
         Ok(records
             .into_iter()
-            // "n:*" also matches the last message when every UID is below n.
-            .filter(|r| r.uid > after_uid && !known.contains(&r.uid.to_string()))
             .map(|r| {
                 let size = u64::from(r.size.unwrap_or(0));
                 TargetMessage {
