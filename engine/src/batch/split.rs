@@ -83,3 +83,70 @@ pub fn write(file: &BatchFile, parts: &[(String, Vec<&BatchRow>)], out_dir: &Pat
     }
     Ok(written)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::input::{AccountSpec, PasswordRef};
+
+    fn row(line: usize, unit: &str) -> BatchRow {
+        let account = |address: String| AccountSpec {
+            server: None,
+            login: address.clone(),
+            address,
+            master: None,
+            password: PasswordRef::Missing,
+        };
+        BatchRow {
+            line,
+            source: account(format!("u{line}@old.example")),
+            target: account(format!("u{line}@new.example")),
+            business_unit: Some(unit.to_string()).filter(|u| !u.is_empty()),
+            wave: None,
+            cutover_date: None,
+        }
+    }
+
+    #[test]
+    fn splits_by_unit_then_count_and_bytes() {
+        let rows = vec![
+            row(2, "Legal"),
+            row(3, "Finance"),
+            row(4, "Legal"),
+            row(5, ""),
+            row(6, "Legal"),
+        ];
+        let rule = SplitRule {
+            by_business_unit: true,
+            max_mailboxes: Some(2),
+            max_bytes: None,
+        };
+        let parts = plan(&rows, &rule, |_| 0);
+        let names: Vec<(&str, Vec<usize>)> = parts
+            .iter()
+            .map(|(n, r)| (n.as_str(), r.iter().map(|r| r.line).collect()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("Finance", vec![3]),
+                ("Legal-1", vec![2, 4]),
+                ("Legal-2", vec![6]),
+                ("no-unit", vec![5])
+            ]
+        );
+        let by_bytes = SplitRule {
+            by_business_unit: false,
+            max_mailboxes: None,
+            max_bytes: Some(100),
+        };
+        let sizes = |r: &BatchRow| if r.line == 3 { 150 } else { 40 };
+        let parts = plan(&rows, &by_bytes, sizes);
+        let lines: Vec<Vec<usize>> = parts.iter().map(|(_, r)| r.iter().map(|r| r.line).collect()).collect();
+        assert_eq!(
+            lines,
+            [vec![2], vec![3], vec![4, 5], vec![6]],
+            "a mailbox larger than the limit goes alone"
+        );
+    }
+}
