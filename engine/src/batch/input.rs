@@ -152,14 +152,6 @@ impl PasswordRef {
             PasswordRef::Missing => "missing".into(),
         }
     }
-
-    /// What the fingerprint hashes: the reference, or a digest of a literal.
-    fn fingerprint_part(&self) -> String {
-        match self {
-            PasswordRef::Literal(secret) => format!("literal:{}", hex(&Sha256::digest(secret.expose().as_bytes()))),
-            other => other.describe(),
-        }
-    }
 }
 
 impl PartialEq for PasswordRef {
@@ -222,7 +214,11 @@ impl BatchRow {
                 side.address.clone(),
                 side.login.clone(),
                 side.master.clone().unwrap_or_default(),
-                side.password.fingerprint_part(),
+                // The reference; of a literal password only that there is one:
+                // fingerprints are stored, and an unsalted digest of a password
+                // can be looked up in a dictionary. A row whose literal
+                // password was wrong failed, so `rerun` takes it anyway.
+                side.password.describe(),
             ]);
         }
         parts.extend([
