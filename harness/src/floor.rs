@@ -7,12 +7,11 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
 use cutover_engine::endpoint::Endpoint;
 use cutover_engine::folders::{self, FolderFilter};
-use cutover_engine::imap::{ConnectOptions, FetchItems, FetchRecord, ImapSession};
+use cutover_engine::imap::{ConnectOptions, ImapSession};
 use cutover_engine::message::Message;
-use cutover_engine::sync::{MailboxJob, Phase, SyncOptions};
+use cutover_engine::sync::{fetch_batches, MailboxJob, Phase, SyncOptions};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
@@ -120,26 +119,7 @@ async fn copy_folder(
     // One batch in flight while the next is fetched: memory stays at about
     // two batches, as in the engine.
     let (sender, mut receiver) = mpsc::channel::<Vec<Message>>(1);
-    let fetch = async move {
-        let mut handle = source.fetch_start("1:*", FetchItems::Full, None).await?;
-        let mut batch: Vec<Message> = Vec::new();
-        let mut bytes = 0usize;
-        while let Some(record) = source.fetch_next(&mut handle).await? {
-            let message = into_message(record);
-            if !batch.is_empty() && (batch.len() >= limits.messages || bytes + message.raw.len() > limits.bytes) {
-                bytes = 0;
-                if sender.send(std::mem::take(&mut batch)).await.is_err() {
-                    return Ok(()); // the appender stopped; its error is returned
-                }
-            }
-            bytes += message.raw.len();
-            batch.push(message);
-        }
-        if !batch.is_empty() {
-            let _ = sender.send(batch).await;
-        }
-        Ok::<(), Error>(())
-    };
+    let fetch = fetch_batches(source, vec!["1:*".to_string()], limits.messages, limits.bytes, sender);
     let append = async {
         let mut copied = FloorCopy::default();
         while let Some(batch) = receiver.recv().await {
@@ -154,15 +134,4 @@ async fn copy_folder(
     let copied = appended?;
     fetched?;
     Ok(copied)
-}
-
-fn into_message(record: FetchRecord) -> Message {
-    Message {
-        uid: record.uid,
-        flags: record.flags.unwrap_or_default(),
-        // Dovecot always sends INTERNALDATE when asked; the fallback only
-        // keeps the floor from stopping on a server that does not.
-        internal_date: record.internal_date.unwrap_or_else(|| Utc::now().fixed_offset()),
-        raw: record.body.unwrap_or_default(),
-    }
 }

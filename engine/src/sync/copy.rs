@@ -110,28 +110,8 @@ impl FolderCopy<'_> {
             recorded: &mut self.recorded,
         };
         let source = &mut *self.source;
-        let fetch = async move {
-            let mut batch: Vec<Message> = Vec::new();
-            let mut bytes = 0usize;
-            for set in crate::imap::uid_set_chunks(&uids, UID_SET_CHARS) {
-                let mut handle = source.fetch_start(&set, FetchItems::Full, None).await?;
-                while let Some(record) = source.fetch_next(&mut handle).await? {
-                    let message = into_message(record);
-                    if !batch.is_empty() && (batch.len() >= batch_messages || bytes + message.raw.len() > batch_bytes) {
-                        bytes = 0;
-                        if sender.send(std::mem::take(&mut batch)).await.is_err() {
-                            return Ok(()); // the appender stopped; its error is reported
-                        }
-                    }
-                    bytes += message.raw.len();
-                    batch.push(message);
-                }
-            }
-            if !batch.is_empty() {
-                let _ = sender.send(batch).await;
-            }
-            Ok::<(), crate::Error>(())
-        };
+        let uid_sets = crate::imap::uid_set_chunks(&uids, UID_SET_CHARS);
+        let fetch = fetch_batches(source, uid_sets, batch_messages, batch_bytes, sender);
         let append = async {
             while let Some(batch) = receiver.recv().await {
                 appender.append_batch(batch).await?;
@@ -225,6 +205,39 @@ impl Appender<'_> {
         }
         Ok(())
     }
+}
+
+/// Streams `UID FETCH … BODY.PEEK[]` of `uid_sets` into `sender` as batches
+/// of at most `max_messages` messages and `max_bytes` bytes (a larger
+/// message goes alone). A bounded channel keeps memory at a few batches.
+/// Stops quietly when the receiver is gone: its side reports the error.
+pub async fn fetch_batches(
+    source: &mut ImapSession,
+    uid_sets: Vec<String>,
+    max_messages: usize,
+    max_bytes: usize,
+    sender: mpsc::Sender<Vec<Message>>,
+) -> Result<()> {
+    let mut batch: Vec<Message> = Vec::new();
+    let mut bytes = 0usize;
+    for set in uid_sets {
+        let mut handle = source.fetch_start(&set, FetchItems::Full, None).await?;
+        while let Some(record) = source.fetch_next(&mut handle).await? {
+            let message = into_message(record);
+            if !batch.is_empty() && (batch.len() >= max_messages || bytes + message.raw.len() > max_bytes) {
+                bytes = 0;
+                if sender.send(std::mem::take(&mut batch)).await.is_err() {
+                    return Ok(());
+                }
+            }
+            bytes += message.raw.len();
+            batch.push(message);
+        }
+    }
+    if !batch.is_empty() {
+        let _ = sender.send(batch).await;
+    }
+    Ok(())
 }
 
 fn into_message(record: FetchRecord) -> Message {

@@ -9,6 +9,8 @@
 mod copy;
 pub mod plan;
 
+pub use copy::fetch_batches;
+
 use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
