@@ -156,6 +156,12 @@ async fn serve(users: usize, messages: usize, seed: u64) -> anyhow::Result<()> {
         target.log_path().display()
     );
     println!("Ctrl-C stops both servers.");
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    // Ctrl-C or a plain `kill`: either way the servers are dropped (stopped).
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("listening for SIGTERM")?;
+    tokio::select! {
+        interrupted = tokio::signal::ctrl_c() => interrupted.context("waiting for Ctrl-C")?,
+        _ = terminate.recv() => {}
+    }
     Ok(())
 }
