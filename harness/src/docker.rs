@@ -46,7 +46,6 @@ const IMAPS_PORT: u16 = 993;
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(100);
 const LOG_TAIL_LINES: usize = 40;
-/// As in `dovecot.rs` (private there).
 
 /// The image containers are started from.
 pub fn image() -> String {

@@ -4,7 +4,7 @@
 //! jittered backoff, permanent ones (bad password, missing account) fail
 //! the row at once. Every outcome lands in the state.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -311,7 +311,7 @@ async fn run_row(
     phase: Phase,
     settings: &BatchSettings,
     limits: &HostLimits,
-    state_path: &PathBuf,
+    state_path: &Path,
 ) -> Result<SyncReport> {
     let job = mailbox_job(row, &settings.defaults)?;
     let source_host = limits.host(&host_of(&Endpoint::Imap(job.source.clone())));
