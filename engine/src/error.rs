@@ -43,24 +43,6 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    /// Every kind, in report order.
-    pub const ALL: [ErrorKind; 14] = [
-        Self::Auth,
-        Self::AccountMissing,
-        Self::Connect,
-        Self::Tls,
-        Self::Timeout,
-        Self::Throttled,
-        Self::Quota,
-        Self::MessageRejected,
-        Self::MessageTooLarge,
-        Self::Protocol,
-        Self::Folder,
-        Self::State,
-        Self::Config,
-        Self::Io,
-    ];
-
     /// Whether the failure concerns one message, not the whole mailbox.
     pub fn is_per_message(self) -> bool {
         matches!(self, Self::MessageRejected | Self::MessageTooLarge)

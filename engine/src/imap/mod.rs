@@ -16,8 +16,6 @@ pub use session::{
 };
 pub use transport::TlsOptions;
 
-/// Quotes a string for a command argument.
-pub use codec::quote;
 /// Formats a UID set (`1:5,9`) for display and SEARCH criteria.
 pub use codec::uid_set;
 /// Splits a UID list into sets of bounded text length.

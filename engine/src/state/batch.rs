@@ -1,7 +1,7 @@
 //! Batch records in the state store: which rows of which batch file ran,
 //! with what result, so `report` and `rerun` work days later.
 
-use rusqlite::{params, OptionalExtension};
+use rusqlite::params;
 
 use super::State;
 use crate::error::{ErrorKind, Result};
@@ -205,14 +205,6 @@ impl State {
                 params![batch, phase, held_reason.is_some(), held_reason],
             )
             .map(|_| ())
-            .map_err(self.err())
-    }
-
-    /// Looks a batch up without creating it.
-    pub fn find_batch(&self, name: &str) -> Result<Option<BatchId>> {
-        self.conn
-            .query_row("SELECT id FROM batch WHERE name = ?1", [name], |row| row.get(0))
-            .optional()
             .map_err(self.err())
     }
 }

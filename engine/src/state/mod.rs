@@ -15,7 +15,7 @@ pub use batch::{BatchId, BatchRecord, BatchRowRecord};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::fingerprint::Fingerprint;
@@ -437,28 +437,6 @@ impl State {
             }
         }
         tx.commit().map_err(&err)
-    }
-
-    /// The phases that completed for a mailbox, oldest first.
-    pub fn completed_phases(&self, mailbox: MailboxId) -> Result<Vec<String>> {
-        let mut statement = self
-            .conn
-            .prepare_cached("SELECT phase FROM run WHERE mailbox_id = ?1 AND status = 'done' ORDER BY id")
-            .map_err(self.err())?;
-        let rows = statement.query_map([mailbox], |row| row.get(0)).map_err(self.err())?;
-        rows.collect::<rusqlite::Result<Vec<String>>>().map_err(self.err())
-    }
-
-    /// Looks up a folder pair without creating it.
-    pub fn find_folder_target(&self, mailbox: MailboxId, source_name: &str) -> Result<Option<String>> {
-        self.conn
-            .query_row(
-                "SELECT target_name FROM folder WHERE mailbox_id = ?1 AND source_name = ?2",
-                params![mailbox, source_name],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(self.err())
     }
 }
 
