@@ -15,6 +15,7 @@ pub use batch::{BatchId, BatchRecord, BatchRowRecord};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use chrono::Utc;
 use rusqlite::{params, Connection};
 
 use crate::error::{Error, ErrorKind, Result};
@@ -77,6 +78,22 @@ pub struct FailureRow {
     pub kind: ErrorKind,
     /// The server's words.
     pub detail: String,
+}
+
+/// When one source message was recorded as present on the target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyTime {
+    /// The mailbox's source endpoint identity (as in the batch report).
+    pub source: String,
+    /// Source folder name.
+    pub folder: String,
+    /// Source UID.
+    pub source_uid: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// Unix milliseconds at which the append (or the match with a message
+    /// already on the target) was committed.
+    pub copied_at_ms: i64,
 }
 
 /// The state store.
@@ -268,6 +285,34 @@ impl State {
         rows.collect::<rusqlite::Result<Vec<_>>>().map_err(self.err())
     }
 
+    /// Every message recorded at or after `since_ms` (unix milliseconds),
+    /// oldest first: the copy log of a batch, for lag and throughput figures.
+    pub fn copy_times(&self, since_ms: i64) -> Result<Vec<CopyTime>> {
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT mailbox.source, folder.source_name, message.source_uid, message.size, message.copied_at
+                 FROM message
+                 JOIN folder ON folder.id = message.folder_id
+                 JOIN mailbox ON mailbox.id = folder.mailbox_id
+                 WHERE message.copied_at >= ?1
+                 ORDER BY message.copied_at, mailbox.id, folder.id, message.source_uid",
+            )
+            .map_err(self.err())?;
+        let rows = statement
+            .query_map([since_ms], |row| {
+                Ok(CopyTime {
+                    source: row.get(0)?,
+                    folder: row.get(1)?,
+                    source_uid: row.get(2)?,
+                    size: row.get::<_, i64>(3)? as u64,
+                    copied_at_ms: row.get(4)?,
+                })
+            })
+            .map_err(self.err())?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(self.err())
+    }
+
     /// Messages of a folder that failed and wait for a retry.
     pub fn failures(&self, folder_id: i64) -> Result<Vec<FailureRow>> {
         let mut statement = self
@@ -296,13 +341,14 @@ impl State {
     /// server stored before the kill.
     pub fn record_batch(&mut self, folder: &FolderState, copied: &[MessageRow], failed: &[FailureRow]) -> Result<()> {
         let err = self.err();
+        let copied_at = Utc::now().timestamp_millis();
         let tx = self.conn.transaction().map_err(&err)?;
         {
             let mut insert = tx
                 .prepare_cached(
                     "INSERT OR REPLACE INTO message
-                     (folder_id, source_uid, target_ref, fingerprint, flags, size, internal_date, source_gone)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
+                     (folder_id, source_uid, target_ref, fingerprint, flags, size, internal_date, source_gone, copied_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8)",
                 )
                 .map_err(&err)?;
             let mut clear_failure = tx
@@ -318,6 +364,7 @@ impl State {
                         row.flags.to_string(),
                         row.size as i64,
                         row.internal_date,
+                        copied_at,
                     ])
                     .map_err(&err)?;
                 clear_failure
@@ -488,6 +535,20 @@ mod tests {
             .collect();
         assert_eq!(uids, [1, 2, 3]);
         assert!(state.failures(folder.id).unwrap().is_empty());
+
+        // The copy log names each message by mailbox, folder and UID, in
+        // the order they were recorded (a batch shares one timestamp).
+        let log = state.copy_times(0).unwrap();
+        let logged: Vec<(&str, &str, u32)> = log
+            .iter()
+            .map(|c| (c.source.as_str(), c.folder.as_str(), c.source_uid))
+            .collect();
+        assert_eq!(logged.len(), 3);
+        assert!(logged.contains(&("imap://a@h:1", "INBOX", 2)));
+        assert!(log.windows(2).all(|w| w[0].copied_at_ms <= w[1].copied_at_ms));
+        let now = Utc::now().timestamp_millis();
+        assert!(log.iter().all(|c| c.copied_at_ms <= now && c.copied_at_ms > now - 60_000));
+        assert!(state.copy_times(now + 1).unwrap().is_empty());
     }
 
     #[test]

@@ -107,4 +107,11 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (batch_id, fingerprint)
     ) STRICT;
     "#,
+    // 3: when each message reached the target (unix milliseconds), so a
+    // customer can be shown when mail arrived and the harness can measure lag
+    // and throughput without watching the target. NULL for older rows.
+    r#"
+    ALTER TABLE message ADD COLUMN copied_at INTEGER;
+    CREATE INDEX message_by_copied_at ON message(copied_at);
+    "#,
 ];
