@@ -403,7 +403,7 @@ async fn throttling_and_dropped_connections_lose_nothing() {
             throttle_every: Some(9),
             drop_after_bytes: Some(150_000),
             drop_connections: 3,
-            latency: None,
+            ..FaultConfig::default()
         },
     )
     .await

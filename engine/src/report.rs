@@ -101,6 +101,35 @@ impl SyncReport {
         self.error.is_none() && self.folders.iter().all(|f| f.error.is_none() && f.failed.is_empty())
     }
 
+    /// Folds an earlier, interrupted attempt of the same run into this one,
+    /// so the counts say what the whole run did: copies, matches, flag
+    /// updates and deletions add up per folder, and folders only the earlier
+    /// attempt reached are kept. Errors and failed messages stay this
+    /// attempt's alone: they are what is still wrong.
+    pub fn absorb_attempt(&mut self, earlier: SyncReport) {
+        for folder in earlier.folders {
+            match self.folders.iter_mut().find(|f| f.source == folder.source) {
+                Some(f) => {
+                    f.created |= folder.created;
+                    f.uid_validity_reset |= folder.uid_validity_reset;
+                    f.copied += folder.copied;
+                    f.bytes += folder.bytes;
+                    f.matched_existing += folder.matched_existing;
+                    f.flags_updated += folder.flags_updated;
+                    f.deleted_on_source += folder.deleted_on_source;
+                    f.deleted_on_target += folder.deleted_on_target;
+                }
+                None => self.folders.push(FolderReport {
+                    failed: Vec::new(),
+                    error: None,
+                    ..folder
+                }),
+            }
+        }
+        self.started_at = earlier.started_at;
+        self.seconds += earlier.seconds;
+    }
+
     /// Every error with its folder and UID, for the state's error table.
     pub fn errors(&self) -> Vec<(Option<String>, Option<u32>, ErrorKind, String)> {
         let mut out = Vec::new();
@@ -121,5 +150,64 @@ impl SyncReport {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn folder(name: &str, copied: u64, error: Option<ReportedError>) -> FolderReport {
+        FolderReport {
+            source: name.into(),
+            target: name.into(),
+            created: false,
+            uid_validity_reset: false,
+            copied,
+            bytes: copied * 10,
+            matched_existing: 1,
+            flags_updated: 0,
+            deleted_on_source: 0,
+            deleted_on_target: 0,
+            failed: Vec::new(),
+            error,
+        }
+    }
+
+    fn report(folders: Vec<FolderReport>, error: Option<ReportedError>) -> SyncReport {
+        SyncReport {
+            source: "imap://a@h:1".into(),
+            target: "imap://a@h:2".into(),
+            phase: "initial".into(),
+            started_at: "second".into(),
+            finished_at: "end".into(),
+            seconds: 2.0,
+            folders,
+            error,
+        }
+    }
+
+    #[test]
+    fn a_retried_run_counts_what_every_attempt_copied_but_only_its_own_errors() {
+        let dropped = ReportedError {
+            kind: ErrorKind::Connect,
+            message: "connection reset".into(),
+        };
+        let earlier = report(
+            vec![folder("INBOX", 70, None), folder("Sent", 5, Some(dropped.clone()))],
+            Some(dropped),
+        );
+        let mut last = report(vec![folder("Sent", 20, None), folder("Archive", 3, None)], None);
+        last.absorb_attempt(SyncReport {
+            started_at: "first".into(),
+            ..earlier
+        });
+        assert_eq!(last.copied(), 70 + 5 + 20 + 3);
+        assert_eq!(last.bytes(), 980);
+        assert_eq!(last.started_at, "first");
+        assert_eq!(last.seconds, 4.0);
+        let sent = last.folders.iter().find(|f| f.source == "Sent").unwrap();
+        assert_eq!((sent.copied, sent.matched_existing), (25, 2));
+        assert!(last.is_clean(), "the earlier attempt's errors were overcome");
     }
 }

@@ -27,9 +27,11 @@ pub fn arrivals(seed: u64, count: usize) -> Vec<GeneratedMessage> {
 }
 
 /// Delivers messages into `folder` with APPEND; their INTERNALDATE is now,
-/// as a delivery's would be. Returns how many were delivered.
-pub async fn deliver(session: &mut ImapSession, folder: &str, messages: &[GeneratedMessage]) -> Result<usize> {
+/// as a delivery's would be. Returns the UIDs the server gave them (empty
+/// when it does not say: no UIDPLUS).
+pub async fn deliver(session: &mut ImapSession, folder: &str, messages: &[GeneratedMessage]) -> Result<Vec<u32>> {
     let now = Utc::now().fixed_offset();
+    let mut uids = Vec::with_capacity(messages.len());
     for chunk in messages.chunks(DELIVERY_BATCH) {
         let owned: Vec<Message> = chunk
             .iter()
@@ -41,9 +43,9 @@ pub async fn deliver(session: &mut ImapSession, folder: &str, messages: &[Genera
             })
             .collect();
         let refs: Vec<&Message> = owned.iter().collect();
-        session.append(folder, &refs).await?;
+        uids.extend(session.append(folder, &refs).await?);
     }
-    Ok(messages.len())
+    Ok(uids)
 }
 
 /// The owner marks `count` messages of `folder`, spread over it, read if

@@ -66,7 +66,7 @@ pub struct Throughput {
 }
 
 impl Throughput {
-    fn new(messages: u64, bytes: u64, elapsed: Duration) -> Self {
+    pub(crate) fn new(messages: u64, bytes: u64, elapsed: Duration) -> Self {
         let seconds = elapsed.as_secs_f64();
         Self {
             messages,
@@ -93,7 +93,7 @@ pub struct CorpusStats {
 }
 
 impl CorpusStats {
-    fn add(&mut self, other: CorpusStats) {
+    pub(crate) fn add(&mut self, other: CorpusStats) {
         self.messages += other.messages;
         self.bytes += other.bytes;
         self.largest_message = self.largest_message.max(other.largest_message);
@@ -166,9 +166,9 @@ pub struct BenchReport {
 
 /// One `cutover` command with the passwords for its accounts.
 #[derive(Debug, Clone)]
-struct Invocation {
-    args: Vec<String>,
-    passwords: Passwords,
+pub(crate) struct Invocation {
+    pub(crate) args: Vec<String>,
+    pub(crate) passwords: Passwords,
 }
 
 /// Runs the benchmark. `progress` is told what starts, for a person watching.
@@ -297,7 +297,7 @@ async fn fill_source(lab: &Lab, users: &[String], spec: &BenchSpec) -> Result<(C
 
 /// Messages and bytes copied in some time; the parts of one side's copy add up.
 #[derive(Debug, Clone, Copy, Default)]
-struct Timed {
+pub(crate) struct Timed {
     messages: u64,
     bytes: u64,
     elapsed: Duration,
@@ -310,13 +310,13 @@ impl Timed {
         self.elapsed += other.elapsed;
     }
 
-    fn throughput(self) -> Throughput {
+    pub(crate) fn throughput(self) -> Throughput {
         Throughput::new(self.messages, self.bytes, self.elapsed)
     }
 }
 
 /// Floor-copies source accounts into their `floorN` target accounts.
-async fn floor_copy(lab: &Lab, users: &[String], parallel: usize) -> Result<Timed> {
+pub(crate) async fn floor_copy(lab: &Lab, users: &[String], parallel: usize) -> Result<Timed> {
     let jobs = users
         .iter()
         .map(|user| lab.job(user, &floor_user(user)))
@@ -351,12 +351,12 @@ async fn engine_copy(cutover: &CutoverBin, syncs: Vec<Invocation>, parallel: usi
 }
 
 /// The target account the floor copies `user` into.
-fn floor_user(user: &str) -> String {
+pub(crate) fn floor_user(user: &str) -> String {
     format!("floor-{user}")
 }
 
 /// Runs the verify processes and adds up what they found.
-async fn verify_all(cutover: &CutoverBin, verifies: Vec<Invocation>, parallel: usize) -> Result<VerifyTotals> {
+pub(crate) async fn verify_all(cutover: &CutoverBin, verifies: Vec<Invocation>, parallel: usize) -> Result<VerifyTotals> {
     let mut totals = VerifyTotals::default();
     for run in run_verifies(cutover, verifies, parallel).await? {
         let result = run.json()?;
@@ -409,7 +409,9 @@ async fn change_source(lab: &Lab, count: usize, seed: u64) -> Result<(usize, usi
     let mut session = lab.source_session(DELTA_USER).await?;
     // Flags first, so only mail the target already has changes.
     let flags_changed = activity::toggle_seen(&mut session, INBOX, count).await?;
-    let new_messages = activity::deliver(&mut session, INBOX, &activity::arrivals(seed, count)).await?;
+    let mail = activity::arrivals(seed, count);
+    activity::deliver(&mut session, INBOX, &mail).await?;
+    let new_messages = mail.len();
     session.logout().await;
     Ok((flags_changed, new_messages))
 }
@@ -417,7 +419,7 @@ async fn change_source(lab: &Lab, count: usize, seed: u64) -> Result<(usize, usi
 /// Has Dovecot index every source folder and cache dates and sizes before
 /// anything is timed, so whichever copies first does not pay that one-time
 /// cost for the other.
-async fn warm_source(lab: &Lab, users: &[String]) -> Result<()> {
+pub(crate) async fn warm_source(lab: &Lab, users: &[String]) -> Result<()> {
     for user in users {
         let mut session = lab.source_session(user).await?;
         for folder in session.list_folders().await? {
@@ -432,7 +434,7 @@ async fn warm_source(lab: &Lab, users: &[String]) -> Result<()> {
 
 /// Writes every dirty page to disk before a timed step, so no step pays the
 /// writeback of the fills or of the step before it.
-async fn settle() -> Result<()> {
+pub(crate) async fn settle() -> Result<()> {
     pool::blocking(|| {
         // SAFETY: sync(2) takes no arguments and cannot fail.
         unsafe { libc::sync() };
@@ -442,7 +444,7 @@ async fn settle() -> Result<()> {
 }
 
 /// Writes one corpus into a Maildir and measures it.
-fn fill(maildir: &Path, corpus: &CorpusSpec) -> Result<CorpusStats> {
+pub(crate) fn fill(maildir: &Path, corpus: &CorpusSpec) -> Result<CorpusStats> {
     let mut stats = CorpusStats::default();
     fill_maildir(
         maildir,

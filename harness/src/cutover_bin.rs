@@ -56,6 +56,8 @@ pub struct Finished {
     /// `wait4`'s `ru_maxrss`, in bytes: at least the harness's own peak at
     /// spawn time (see the module documentation).
     pub rusage_max_rss_bytes: u64,
+    /// User plus system CPU time.
+    pub cpu: Duration,
 }
 
 impl CutoverBin {
@@ -125,6 +127,7 @@ impl CutoverBin {
             peak_rss_bytes: peak_kib * 1024,
             // Linux reports ru_maxrss in KiB.
             rusage_max_rss_bytes: u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024,
+            cpu: cpu_time(&usage.ru_utime) + cpu_time(&usage.ru_stime),
         })
     }
 }
@@ -176,6 +179,12 @@ fn wait4(pid: libc::pid_t) -> io::Result<(ExitStatus, libc::rusage)> {
             return Err(error);
         }
     }
+}
+
+fn cpu_time(time: &libc::timeval) -> Duration {
+    let secs = u64::try_from(time.tv_sec).unwrap_or(0);
+    let micros = u32::try_from(time.tv_usec).unwrap_or(0);
+    Duration::from_secs(secs) + Duration::from_micros(u64::from(micros))
 }
 
 /// `VmHWM` of a running process, in KiB; `None` once it has exited (a

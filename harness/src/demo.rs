@@ -232,7 +232,8 @@ impl Mailbox {
                     let flags_changed = activity::toggle_seen(&mut session, INBOX, spec.flag_changes).await?;
                     // XOR with a non-zero constant: never the corpus's own seed.
                     let mail = activity::arrivals(self.seed ^ (0xA771_0000 + index), spec.arrivals_before_delta);
-                    let arrived = activity::deliver(&mut session, INBOX, &mail).await?;
+                    activity::deliver(&mut session, INBOX, &mail).await?;
+                    let arrived = mail.len();
                     session.logout().await;
                     Event {
                         arrived,
@@ -252,7 +253,8 @@ impl Mailbox {
                 Phase::Sweep => {
                     let mut session = self.lab.source_session(&self.user).await?;
                     let mail = activity::arrivals(self.seed ^ (0xA771_0000 + index), spec.arrivals_after_final);
-                    let arrived = activity::deliver(&mut session, INBOX, &mail).await?;
+                    activity::deliver(&mut session, INBOX, &mail).await?;
+                    let arrived = mail.len();
                     session.logout().await;
                     Event {
                         arrived,

@@ -1,6 +1,6 @@
 //! Runs a test Dovecot in a Docker container instead of a local process:
 //! [`DockerDovecot`] takes the same [`DovecotConfig`] as the native
-//! [`Dovecot`], publishes its ports on 127.0.0.1 only, and keeps the mail in
+//! [`Dovecot`](crate::dovecot::Dovecot), publishes its ports on 127.0.0.1 only, and keeps the mail in
 //! a host directory bind-mounted at `/srv/mail`, so
 //! [`fill_maildir`](crate::fill::fill_maildir) works on
 //! [`DockerDovecot::maildir`] as it does on a native server.
@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use crate::dovecot::{
-    add_passwd_user, greets, passwd_line, set_mode, validate_login, validate_namespace, validate_password, Dovecot,
+    add_passwd_user, greets, passwd_line, set_mode, validate_login, validate_namespace, validate_password,
     DovecotConfig, SPECIAL_USE,
 };
 use crate::error::{io_err, Error, Result};
@@ -303,53 +303,6 @@ impl Drop for DockerDovecot {
         if let Err(e) = self.stop() {
             tracing::warn!(error = %e, container = %self.container, "removing dovecot container failed");
         }
-    }
-}
-
-/// A test Dovecot of either kind, for scenarios that run on both.
-#[derive(Debug)]
-pub enum Backend {
-    /// A `dovecot` process on this machine.
-    Native(Dovecot),
-    /// A container.
-    Docker(DockerDovecot),
-}
-
-impl Backend {
-    /// The address to connect to.
-    pub fn host(&self) -> &str {
-        match self {
-            Backend::Native(d) => d.host(),
-            Backend::Docker(d) => d.host(),
-        }
-    }
-
-    /// The plain IMAP port.
-    pub fn imap_port(&self) -> u16 {
-        match self {
-            Backend::Native(d) => d.imap_port(),
-            Backend::Docker(d) => d.imap_port(),
-        }
-    }
-
-    /// The root of `user`'s Maildir on this machine.
-    pub fn maildir(&self, user: &str) -> PathBuf {
-        match self {
-            Backend::Native(d) => d.maildir(user),
-            Backend::Docker(d) => d.maildir(user),
-        }
-    }
-}
-
-impl From<Dovecot> for Backend {
-    fn from(d: Dovecot) -> Self {
-        Backend::Native(d)
-    }
-}
-
-impl From<DockerDovecot> for Backend {
-    fn from(d: DockerDovecot) -> Self {
-        Backend::Docker(d)
     }
 }
 

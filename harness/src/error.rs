@@ -83,6 +83,20 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A scenario file or preset cannot be run as written.
+    #[error("{origin}: {field}: {reason}")]
+    Scenario {
+        /// The scenario file, or `preset NAME`.
+        origin: String,
+        /// The offending field (`cutover.arrivals_per_second`), or `toml`
+        /// for a syntax error (the reason then carries line and column).
+        field: String,
+        /// What is wrong and what is accepted.
+        reason: String,
+    },
+    /// A scenario ran but its figures cannot be put together.
+    #[error("scenario: {0}")]
+    Measure(String),
     /// A task or worker thread panicked or was cancelled.
     #[error("a worker stopped abnormally: {0}")]
     Worker(String),

@@ -7,35 +7,55 @@ use cutover_engine::endpoint::{Endpoint, ImapEndpoint, Secret};
 use cutover_engine::imap::{ConnectOptions, ImapSession};
 use cutover_engine::sync::MailboxJob;
 
-use crate::dovecot::{Dovecot, DovecotConfig};
+use crate::backend::{Backend, BackendKind};
+use crate::dovecot::DovecotConfig;
 use crate::error::{Error, Result};
+
+/// The master user on both lab servers, as a migration would use one: it
+/// logs in as any account with its own password (`user*admin`).
+pub const MASTER_USER: &str = "admin";
 
 /// A running source and target Dovecot; both stop, and their directories go,
 /// on drop.
 #[derive(Debug)]
 pub struct Lab {
-    source: Dovecot,
-    target: Dovecot,
+    source: Backend,
+    target: Backend,
 }
 
 impl Lab {
-    /// Starts both servers with these accounts; every account's password is
-    /// [`Lab::password`] of its login, on both servers.
+    /// Starts both servers natively with these accounts; see [`Lab::start_on`].
     pub fn start(source_users: &[String], target_users: &[String]) -> Result<Self> {
+        Self::start_on(BackendKind::Native, source_users, target_users)
+    }
+
+    /// Starts both servers on `kind` with these accounts; every account's
+    /// password is [`Lab::password`] of its login, on both servers, and both
+    /// have the master user [`MASTER_USER`] with [`Lab::master_password`].
+    pub fn start_on(kind: BackendKind, source_users: &[String], target_users: &[String]) -> Result<Self> {
         let accounts = |users: &[String]| users.iter().map(|u| (u.clone(), Self::password(u))).collect();
-        let source = Dovecot::start(DovecotConfig {
-            separator: '.',
-            inbox_prefix: "INBOX.".into(),
-            special_use: false,
-            users: accounts(source_users),
-            ..DovecotConfig::default()
-        })?;
-        let target = Dovecot::start(DovecotConfig {
-            separator: '/',
-            special_use: true,
-            users: accounts(target_users),
-            ..DovecotConfig::default()
-        })?;
+        let master = Some((MASTER_USER.to_owned(), Self::master_password()));
+        let source = Backend::start(
+            kind,
+            DovecotConfig {
+                separator: '.',
+                inbox_prefix: "INBOX.".into(),
+                special_use: false,
+                users: accounts(source_users),
+                master_user: master.clone(),
+                ..DovecotConfig::default()
+            },
+        )?;
+        let target = Backend::start(
+            kind,
+            DovecotConfig {
+                separator: '/',
+                special_use: true,
+                users: accounts(target_users),
+                master_user: master,
+                ..DovecotConfig::default()
+            },
+        )?;
         Ok(Self { source, target })
     }
 
@@ -44,14 +64,24 @@ impl Lab {
         format!("{user}-lab-secret")
     }
 
+    /// The master user's password on both servers.
+    pub fn master_password() -> String {
+        format!("{MASTER_USER}-lab-master-secret")
+    }
+
     /// The source server.
-    pub fn source(&self) -> &Dovecot {
+    pub fn source(&self) -> &Backend {
         &self.source
     }
 
     /// The target server.
-    pub fn target(&self) -> &Dovecot {
+    pub fn target(&self) -> &Backend {
         &self.target
+    }
+
+    /// Adds an account to the target while it runs (a fresh, empty mailbox).
+    pub fn add_target_user(&mut self, user: &str) -> Result<()> {
+        self.target.add_user(user, &Self::password(user))
     }
 
     /// `imap://user@127.0.0.1:PORT?tls=none` of a source account.
@@ -85,7 +115,7 @@ impl Lab {
     }
 }
 
-fn url(server: &Dovecot, user: &str) -> String {
+fn url(server: &Backend, user: &str) -> String {
     format!("imap://{user}@{}:{}?tls=none", server.host(), server.imap_port())
 }
 

@@ -3,6 +3,7 @@
 //! the demo migration and the benchmark against a raw-copy floor.
 
 pub mod activity;
+pub mod backend;
 pub mod bench;
 pub mod corpus;
 pub mod cutover_bin;
@@ -16,6 +17,7 @@ pub mod lab;
 pub mod pool;
 mod process;
 pub mod proxy;
+pub mod scenario;
 pub mod tls;
 
 pub use corpus::{Corpus, CorpusSpec, GeneratedMessage};

@@ -1,13 +1,16 @@
 //! `cutover-harness`: runs test servers by hand, the demo migration and the
 //! benchmark.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use cutover_harness::bench::{self, BenchSpec};
 use cutover_harness::cutover_bin::CutoverBin;
+use cutover_harness::backend::BackendKind;
 use cutover_harness::demo::{self, DemoSpec};
+use cutover_harness::scenario::{self, html, report::ScenarioReport, Scenario};
 use cutover_harness::{fill_maildir, CorpusSpec, Dovecot, DovecotConfig};
 
 #[derive(Parser)]
@@ -67,6 +70,37 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Plays a cutover-window scenario against real Dovecot: floor, initial
+    /// copy, a business day of arriving mail with deltas, then the MX flip
+    /// with the final sync and sweeps. Writes JSON and HTML reports; exits 1
+    /// when any mail was lost or duplicated.
+    Run {
+        /// A scenario file (TOML; examples in fixtures/scenarios/).
+        #[arg(required_unless_present = "preset", conflicts_with = "preset")]
+        scenario: Option<PathBuf>,
+        /// A built-in scenario: initial, business-day, cutover,
+        /// cutover-faults (20 × 1,000), ci, ci-faults (small).
+        #[arg(long)]
+        preset: Option<String>,
+        /// Run the servers here instead: native or docker.
+        #[arg(long)]
+        backend: Option<BackendKind>,
+        /// Override the number of mailboxes.
+        #[arg(long)]
+        mailboxes: Option<usize>,
+        /// Override the messages per mailbox.
+        #[arg(long)]
+        messages: Option<usize>,
+        /// Override the mailboxes synced at once.
+        #[arg(long)]
+        concurrency: Option<usize>,
+        /// Where NAME-BACKEND.json and NAME-BACKEND.html go.
+        #[arg(long, default_value = "target/scenario-reports")]
+        report_dir: PathBuf,
+        /// Print the JSON report on stdout (the summary goes to stderr).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Test-only credentials, printed so a person can connect.
@@ -98,7 +132,67 @@ async fn main() -> anyhow::Result<ExitCode> {
             };
             run_bench(&spec, json).await.map(|()| ExitCode::SUCCESS)
         }
+        Command::Run {
+            scenario,
+            preset,
+            backend,
+            mailboxes,
+            messages,
+            concurrency,
+            report_dir,
+            json,
+        } => {
+            let (mut scenario, origin) = match (scenario, preset) {
+                (Some(path), _) => (Scenario::load(&path)?, path.display().to_string()),
+                (None, Some(name)) => (Scenario::preset(&name)?, format!("preset {name}")),
+                (None, None) => anyhow::bail!("give a scenario file or --preset NAME"),
+            };
+            scenario.backend = backend.unwrap_or(scenario.backend);
+            scenario.mailboxes = mailboxes.unwrap_or(scenario.mailboxes);
+            scenario.messages = messages.unwrap_or(scenario.messages);
+            scenario.concurrency = concurrency.unwrap_or(scenario.concurrency);
+            scenario.check(&format!("{origin} with the command line's overrides"))?;
+            run_scenario(&scenario, &report_dir, json).await
+        }
     }
+}
+
+async fn run_scenario(scenario: &Scenario, report_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let cutover = CutoverBin::beside_current_exe()?;
+    let progress = |step: &str| eprintln!("scenario {}: {step}", scenario.name);
+    let report = scenario::run::run(scenario, &cutover, &progress)
+        .await
+        .with_context(|| format!("scenario {}", scenario.name))?;
+    let (json_path, html_path) = write_reports(&report, report_dir)?;
+    if json {
+        eprintln!("{report}");
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{report}");
+    }
+    eprintln!("reports: {} {}", json_path.display(), html_path.display());
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Writes `NAME-BACKEND.json` and `.html` into `dir`; returns their paths.
+fn write_reports(report: &ScenarioReport, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // The name is user input: keep it to characters safe in a file name.
+    let name: String = report
+        .name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .collect();
+    let stem = dir.join(format!("{name}-{}", report.backend));
+    let (json_path, html_path) = (stem.with_extension("json"), stem.with_extension("html"));
+    std::fs::write(&json_path, serde_json::to_string_pretty(report)?)
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    std::fs::write(&html_path, html::render(report)).with_context(|| format!("writing {}", html_path.display()))?;
+    Ok((json_path, html_path))
 }
 
 async fn run_demo(spec: DemoSpec) -> anyhow::Result<ExitCode> {

@@ -1,7 +1,14 @@
 //! A fault-injecting TCP proxy for IMAP: sits between cutover and a server
-//! on loopback, counts commands and FETCH responses per second, answers
-//! some commands with `NO [LIMIT]` itself, and drops connections after a
-//! number of bytes, so tests can prove nothing is lost under throttling.
+//! on loopback, counts commands, FETCH responses per second and bytes in
+//! each direction, and injects faults so tests can prove nothing is lost:
+//!
+//! - answers every Nth command with `NO [LIMIT]` itself;
+//! - drops connections after a number of bytes;
+//! - adds latency to every server chunk;
+//! - caps the bandwidth of the whole proxy (one token bucket shared by all
+//!   connections and both directions, like one WAN link);
+//! - stops forwarding server→client for a while after every so many bytes
+//!   on a connection, like a server that hangs mid-FETCH.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -27,6 +34,21 @@ pub struct FaultConfig {
     pub drop_connections: u32,
     /// Delay added to every server→client chunk.
     pub latency: Option<Duration>,
+    /// One cap, in bytes per second, on all bytes the proxy forwards: every
+    /// connection and both directions draw from the same token bucket, which
+    /// holds at most one second's budget (so bursts up to that pass at once,
+    /// and larger chunks wait in proportion to their size). `None` adds no
+    /// pacing at all; `Some(0)` counts as 1 byte per second.
+    pub bandwidth_bytes_per_second: Option<u64>,
+    /// On each connection, after every further this many bytes forwarded
+    /// server→client, stop forwarding server→client for [`Self::stall`]
+    /// (the server keeps writing into TCP buffers meanwhile). A connection
+    /// that forwards `n` bytes stalls `n / stall_every_bytes` times: a stall
+    /// follows each full multiple, even one that ends the stream. `Some(0)`
+    /// counts as 1.
+    pub stall_every_bytes: Option<u64>,
+    /// How long each stall lasts.
+    pub stall: Duration,
 }
 
 /// What the proxy saw.
@@ -39,6 +61,13 @@ pub struct ProxyStats {
     pub throttled: AtomicU64,
     /// Connections cut.
     pub dropped: AtomicU32,
+    /// Stalls of server→client forwarding (see [`FaultConfig::stall_every_bytes`]).
+    pub stalls: AtomicU64,
+    /// Bytes forwarded server→client (the proxy's own `NO [LIMIT]` answers
+    /// are not counted).
+    pub bytes_down: AtomicU64,
+    /// Bytes forwarded client→server (refused commands are not counted).
+    pub bytes_up: AtomicU64,
     /// Untagged FETCH responses per whole second since start.
     fetches_per_second: Mutex<BTreeMap<u64, u64>>,
     /// Messages sent in APPEND literals per whole second since start.
@@ -85,13 +114,18 @@ impl FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
         let stats = Arc::new(ProxyStats::default());
-        let shared = (stats.clone(), Arc::new(config), Arc::new(AtomicU32::new(0)));
+        let shared = Arc::new(Shared {
+            stats: stats.clone(),
+            bucket: config.bandwidth_bytes_per_second.map(TokenBucket::new),
+            config,
+            drops: AtomicU32::new(0),
+        });
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let (stats, config, counter) = (shared.0.clone(), shared.1.clone(), shared.2.clone());
+                let shared = shared.clone();
                 tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(upstream).await {
-                        relay(client, server, stats, config, counter).await;
+                        relay(client, server, shared).await;
                     }
                 });
             }
@@ -113,6 +147,125 @@ impl FaultProxy {
 impl Drop for FaultProxy {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// What all connections of one proxy share.
+#[derive(Debug)]
+struct Shared {
+    stats: Arc<ProxyStats>,
+    config: FaultConfig,
+    /// The one bandwidth budget of the whole proxy, if capped.
+    bucket: Option<TokenBucket>,
+    /// Connections counted towards `config.drop_connections`.
+    drops: AtomicU32,
+}
+
+/// A token bucket holding at most one second's worth of bytes. A caller
+/// short of tokens goes into debt and waits until it is repaid, so a chunk
+/// larger than the bucket still passes, after a wait proportional to its
+/// size, and bytes released by time `t` never exceed `rate × (1 s + t)`.
+#[derive(Debug)]
+struct TokenBucket {
+    state: Mutex<BucketState>,
+}
+
+#[derive(Debug)]
+struct BucketState {
+    /// Bytes per second, and also the capacity.
+    rate: f64,
+    /// May go negative (debt).
+    tokens: f64,
+    last: Instant,
+}
+
+impl BucketState {
+    fn new(rate: u64, now: Instant) -> Self {
+        let rate = rate.max(1) as f64;
+        Self {
+            rate,
+            tokens: rate,
+            last: now,
+        }
+    }
+
+    /// Takes `bytes` tokens at `now`; returns how long to wait before sending them.
+    fn reserve(&mut self, bytes: u64, now: Instant) -> Duration {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = self.last.max(now);
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate) - bytes as f64;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::try_from_secs_f64(-self.tokens / self.rate).unwrap_or(Duration::MAX)
+        }
+    }
+}
+
+impl TokenBucket {
+    fn new(rate: u64) -> Self {
+        Self {
+            state: Mutex::new(BucketState::new(rate, Instant::now())),
+        }
+    }
+
+    /// The largest piece to pay for at once: a tenth of a second's budget,
+    /// so a slow link trickles instead of bursting a whole read after a long wait.
+    fn piece(&self, max: usize) -> usize {
+        let rate = self.state.lock().unwrap_or_else(|p| p.into_inner()).rate;
+        max.min((rate / 10.0) as usize).max(1)
+    }
+
+    /// Waits until `bytes` may be sent. The lock is not held while waiting,
+    /// so other connections queue up behind the debt instead of the lock.
+    async fn take(&self, bytes: u64) {
+        let wait = self
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reserve(bytes, Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// Where a connection's server→client stream stalls: after every `every` bytes.
+#[derive(Debug)]
+struct StallClock {
+    every: Option<u64>,
+    since_stall: u64,
+}
+
+impl StallClock {
+    fn new(every: Option<u64>) -> Self {
+        Self {
+            every: every.map(|e| e.max(1)),
+            since_stall: 0,
+        }
+    }
+
+    /// The largest piece up to `max` bytes that does not cross the next stall.
+    fn piece(&self, max: usize) -> usize {
+        match self.every {
+            Some(every) => usize::try_from(every - self.since_stall).map_or(max, |left| max.min(left)),
+            None => max,
+        }
+    }
+
+    /// Records `bytes` forwarded (no more than [`Self::piece`] allowed);
+    /// true when they complete another `every` bytes, so a stall is due.
+    fn advance(&mut self, bytes: u64) -> bool {
+        let Some(every) = self.every else {
+            return false;
+        };
+        self.since_stall += bytes;
+        if self.since_stall >= every {
+            self.since_stall = 0;
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -157,13 +310,9 @@ fn literal_size(line: &[u8]) -> Option<u64> {
     inner[open + 1..].trim_end_matches('+').parse().ok()
 }
 
-async fn relay(
-    client: TcpStream,
-    server: TcpStream,
-    stats: Arc<ProxyStats>,
-    config: Arc<FaultConfig>,
-    drops: Arc<AtomicU32>,
-) {
+async fn relay(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
+    let (stats, config, drops) = (&shared.stats, &shared.config, &shared.drops);
+    let bucket = shared.bucket.as_ref();
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
     let (mut client_read, client_write) = client.into_split();
@@ -171,7 +320,7 @@ async fn relay(
     let client_write = Arc::new(AsyncMutex::new(client_write));
 
     let upstream = {
-        let (stats, config, client_write) = (stats.clone(), config.clone(), client_write.clone());
+        let client_write = client_write.clone();
         async move {
             let mut framer = Framer::default();
             let mut buffer = vec![0u8; 64 * 1024];
@@ -218,8 +367,17 @@ async fn relay(
                 });
                 stats.add(&stats.appends_per_second, literals);
                 if forward_all {
-                    if server_write.write_all(&buffer[..n]).await.is_err() {
-                        return;
+                    let mut rest = &buffer[..n];
+                    while !rest.is_empty() {
+                        let len = bucket.map_or(rest.len(), |b| b.piece(rest.len()));
+                        if let Some(bucket) = bucket {
+                            bucket.take(len as u64).await;
+                        }
+                        if server_write.write_all(&rest[..len]).await.is_err() {
+                            return;
+                        }
+                        stats.bytes_up.fetch_add(len as u64, Ordering::Relaxed);
+                        rest = &rest[len..];
                     }
                 } else {
                     // A refused command is answered here and never reaches the
@@ -239,6 +397,7 @@ async fn relay(
         let mut framer = Framer::default();
         let mut buffer = vec![0u8; 64 * 1024];
         let mut sent = 0u64;
+        let mut stalls = StallClock::new(config.stall_every_bytes);
         let may_drop =
             config.drop_after_bytes.is_some() && drops.fetch_add(1, Ordering::Relaxed) < config.drop_connections;
         loop {
@@ -262,8 +421,23 @@ async fn relay(
                 let _ = client_write.lock().await.shutdown().await;
                 return;
             }
-            if client_write.lock().await.write_all(&buffer[..n]).await.is_err() {
-                return;
+            // Pieces end at stall points and fit the bandwidth budget; the
+            // writer is not locked while waiting, so `NO [LIMIT]` answers pass.
+            let mut rest = &buffer[..n];
+            while !rest.is_empty() {
+                let len = stalls.piece(bucket.map_or(rest.len(), |b| b.piece(rest.len())));
+                if let Some(bucket) = bucket {
+                    bucket.take(len as u64).await;
+                }
+                if client_write.lock().await.write_all(&rest[..len]).await.is_err() {
+                    return;
+                }
+                stats.bytes_down.fetch_add(len as u64, Ordering::Relaxed);
+                rest = &rest[len..];
+                if stalls.advance(len as u64) {
+                    stats.stalls.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(config.stall).await;
+                }
             }
         }
     };
@@ -293,5 +467,111 @@ mod tests {
         );
         assert!(lines[2].0.starts_with(b"* 3 FETCH") && !lines[2].1);
         assert_eq!(literal_size(b"a APPEND x {20+}\r\n"), Some(20));
+    }
+
+    #[test]
+    fn bucket_starts_full_and_waits_for_debt() {
+        let t0 = Instant::now();
+        let mut bucket = BucketState::new(1_000, t0);
+        assert_eq!(
+            bucket.reserve(1_000, t0),
+            Duration::ZERO,
+            "one second's budget passes at once"
+        );
+        assert_eq!(bucket.reserve(500, t0), Duration::from_millis(500));
+        // Half a second later the debt is repaid; the next 250 bytes wait 250 ms.
+        assert_eq!(
+            bucket.reserve(250, t0 + Duration::from_millis(500)),
+            Duration::from_millis(250)
+        );
+    }
+
+    #[test]
+    fn bucket_refill_is_capped_at_one_second() {
+        let t0 = Instant::now();
+        let mut bucket = BucketState::new(1_000, t0);
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!(bucket.reserve(1_000, later), Duration::ZERO);
+        assert_eq!(
+            bucket.reserve(1_000, later),
+            Duration::from_secs(1),
+            "idle time saved no more than 1 s"
+        );
+    }
+
+    #[test]
+    fn bucket_passes_chunks_larger_than_its_capacity() {
+        let t0 = Instant::now();
+        let mut bucket = BucketState::new(1_000, t0);
+        assert_eq!(bucket.reserve(3_000, t0), Duration::from_secs(2));
+        let mut zero = BucketState::new(0, t0);
+        assert_eq!(
+            zero.reserve(2, t0),
+            Duration::from_secs(1),
+            "a rate of 0 counts as 1 B/s"
+        );
+    }
+
+    #[test]
+    fn bucket_never_releases_more_than_its_rate() {
+        // Callers arriving at scattered times, each sending when told to: by
+        // any release time t, at most rate × (1 s + t) bytes went out.
+        let t0 = Instant::now();
+        let rate = 10_000u64;
+        let mut bucket = BucketState::new(rate, t0);
+        let (mut now, mut released) = (t0, 0u64);
+        for i in 0..1_000u64 {
+            let bytes = (i * 7_919) % 4_000 + 1;
+            now += Duration::from_micros((i * 104_729) % 50_000);
+            let send_at = now + bucket.reserve(bytes, now);
+            released += bytes;
+            let allowed = rate as f64 * (1.0 + (send_at - t0).as_secs_f64());
+            assert!(
+                released as f64 <= allowed + 1.0,
+                "{released} bytes by {:?}",
+                send_at - t0
+            );
+        }
+    }
+
+    #[test]
+    fn token_bucket_pieces_are_a_tenth_of_a_second() {
+        assert_eq!(TokenBucket::new(1_000_000).piece(64 * 1024), 64 * 1024);
+        assert_eq!(TokenBucket::new(100_000).piece(64 * 1024), 10_000);
+        assert_eq!(TokenBucket::new(5).piece(64 * 1024), 1, "never an empty piece");
+    }
+
+    #[test]
+    fn stall_clock_splits_at_every_multiple() {
+        let mut clock = StallClock::new(Some(100));
+        assert_eq!(clock.piece(250), 100);
+        assert!(clock.advance(100), "a stall follows the 100th byte");
+        assert_eq!(clock.piece(30), 30);
+        assert!(!clock.advance(30));
+        assert_eq!(clock.piece(250), 70, "pieces end at the next multiple");
+        assert!(clock.advance(70));
+
+        let mut none = StallClock::new(None);
+        assert_eq!(none.piece(usize::MAX), usize::MAX);
+        assert!(!none.advance(u64::MAX));
+
+        let mut every_byte = StallClock::new(Some(0));
+        assert_eq!(every_byte.piece(10), 1, "0 counts as 1");
+        assert!(every_byte.advance(1));
+    }
+
+    #[test]
+    fn stall_count_is_bytes_divided_by_every() {
+        for (bytes, every, stalls) in [(1_000usize, 300u64, 3), (900, 300, 3), (899, 300, 2), (50, 300, 0)] {
+            let mut clock = StallClock::new(Some(every));
+            let (mut left, mut count) = (bytes, 0);
+            while left > 0 {
+                // Reads of awkward sizes, as TCP delivers them.
+                let len = clock.piece(left.min(77));
+                left -= len;
+                count += usize::from(clock.advance(len as u64));
+            }
+            assert_eq!(count, stalls, "{bytes} bytes, every {every}");
+        }
     }
 }

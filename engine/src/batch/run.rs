@@ -343,18 +343,24 @@ async fn run_row(
         }) as ProgressFn
     });
     let mut attempt = 0;
+    let mut earlier: Option<SyncReport> = None;
     loop {
-        let report = {
+        let mut report = {
             let _source_slot = source_host.connections.acquire().await;
             let _target_slot = target_host.connections.acquire().await;
             sync_mailbox(&job, &options, &mut state, row_progress.as_ref()).await?
         };
+        // What interrupted attempts copied belongs to this run's counts.
+        if let Some(earlier) = earlier.take() {
+            report.absorb_attempt(earlier);
+        }
         let Some(error) = report.error.clone() else {
             return Ok(report);
         };
         if !error.kind.is_transient() || attempt >= settings.retries {
             return Ok(report);
         }
+        earlier = Some(report);
         let pause = backoff(settings.backoff, attempt);
         source_host.budget.cool_down(pause);
         target_host.budget.cool_down(pause);
