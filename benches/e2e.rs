@@ -50,6 +50,8 @@ struct Bench {
     next_target: u32,
     /// Added target accounts not used yet, the last added first.
     ready: Vec<String>,
+    /// The account the last iteration copied into.
+    used: Option<String>,
     /// Bytes in the source account, as the warm-up copy counted them.
     bytes: u64,
 }
@@ -74,6 +76,7 @@ impl Bench {
             lab,
             next_target: 0,
             ready: Vec::new(),
+            used: None,
             bytes: 0,
         };
         let job = bench.fresh_target();
@@ -89,6 +92,12 @@ impl Bench {
     /// An empty target account that accepts logins, and the job copying the
     /// source account into it.
     fn fresh_target(&mut self) -> MailboxJob {
+        // The previous iteration's copy is never looked at again: drop it so
+        // a run does not leave a gigabyte in the lab's directory. Best
+        // effort, since Dovecot may still be closing that account's indexes.
+        if let Some(used) = self.used.take() {
+            let _ = std::fs::remove_dir_all(self.lab.target().maildir(&used));
+        }
         if self.ready.is_empty() {
             self.add_targets();
         }
@@ -100,7 +109,9 @@ impl Bench {
             .block_on(self.lab.target_session(&user))
             .expect("first login");
         self.runtime.block_on(session.logout());
-        self.lab.job(SOURCE_USER, &user).expect("job")
+        let job = self.lab.job(SOURCE_USER, &user).expect("job");
+        self.used = Some(user);
+        job
     }
 
     /// Adds [`TARGET_BATCH`] empty target accounts and waits until Dovecot

@@ -28,7 +28,10 @@ fn assert_consistent(scenario: &Scenario, report: &ScenarioReport) {
     assert_eq!(report.verify.flag_mismatches, 0, "{report}");
     let per_mailbox = scenario.messages as u64;
     assert_eq!(report.corpus.messages, per_mailbox * scenario.mailboxes as u64);
-    assert_eq!(report.initial.messages, report.corpus.messages, "the initial copy copies the corpus");
+    assert_eq!(
+        report.initial.messages, report.corpus.messages,
+        "the initial copy copies the corpus"
+    );
     let floor = report.floor.expect("the floor was measured");
     assert_eq!(floor.messages, report.corpus.messages, "the floor copies the same mail");
 

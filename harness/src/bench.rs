@@ -356,7 +356,11 @@ pub(crate) fn floor_user(user: &str) -> String {
 }
 
 /// Runs the verify processes and adds up what they found.
-pub(crate) async fn verify_all(cutover: &CutoverBin, verifies: Vec<Invocation>, parallel: usize) -> Result<VerifyTotals> {
+pub(crate) async fn verify_all(
+    cutover: &CutoverBin,
+    verifies: Vec<Invocation>,
+    parallel: usize,
+) -> Result<VerifyTotals> {
     let mut totals = VerifyTotals::default();
     for run in run_verifies(cutover, verifies, parallel).await? {
         let result = run.json()?;

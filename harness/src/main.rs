@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use cutover_harness::backend::BackendKind;
 use cutover_harness::bench::{self, BenchSpec};
 use cutover_harness::cutover_bin::CutoverBin;
-use cutover_harness::backend::BackendKind;
 use cutover_harness::demo::{self, DemoSpec};
 use cutover_harness::scenario::{self, html, report::ScenarioReport, Scenario};
 use cutover_harness::{fill_maildir, CorpusSpec, Dovecot, DovecotConfig};
@@ -185,7 +185,13 @@ fn write_reports(report: &ScenarioReport, dir: &Path) -> anyhow::Result<(PathBuf
     let name: String = report
         .name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let stem = dir.join(format!("{name}-{}", report.backend));
     let (json_path, html_path) = (stem.with_extension("json"), stem.with_extension("html"));

@@ -15,8 +15,8 @@ use cutover_engine::imap::{ConnectOptions, TlsOptions};
 use cutover_engine::state::State;
 use cutover_engine::sync::{sync_mailbox, MailboxJob, Phase, SyncOptions};
 use cutover_engine::verify::{verify, DateRange};
-use cutover_harness::corpus::CorpusSpec;
 use cutover_harness::backend::Backend;
+use cutover_harness::corpus::CorpusSpec;
 use cutover_harness::docker::{self, DockerDovecot};
 use cutover_harness::{fill_maildir, DovecotConfig, TestPki};
 

@@ -547,7 +547,9 @@ mod tests {
         assert!(logged.contains(&("imap://a@h:1", "INBOX", 2)));
         assert!(log.windows(2).all(|w| w[0].copied_at_ms <= w[1].copied_at_ms));
         let now = Utc::now().timestamp_millis();
-        assert!(log.iter().all(|c| c.copied_at_ms <= now && c.copied_at_ms > now - 60_000));
+        assert!(log
+            .iter()
+            .all(|c| c.copied_at_ms <= now && c.copied_at_ms > now - 60_000));
         assert!(state.copy_times(now + 1).unwrap().is_empty());
     }
 

@@ -391,17 +391,18 @@ fn phase_chart(f: &mut fmt::Formatter<'_>, r: &ScenarioReport) -> fmt::Result {
         let (left, right) = (plot.x(i as f64 + 0.2), plot.x(i as f64 + 0.8));
         let (top, base) = (plot.y(phase.seconds), plot.y(0.0));
         let middle = (left + right) / 2.0;
+        let runs = if phase.runs == 1 { "run" } else { "runs" };
         writeln!(
             f,
             "<rect class=\"bar\" x=\"{left:.1}\" y=\"{top:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\">\
              <title>{}</title></rect>\n\
              <text class=\"label\" x=\"{middle:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{} s</text>\n\
-             <text class=\"tick\" x=\"{middle:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{} ({} runs)</text>",
+             <text class=\"tick\" x=\"{middle:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{} ({} {runs})</text>",
             right - left,
             base - top,
             phase_colour(&phase.phase),
             Esc(format_args!(
-                "{}: {} runs, {} s (longest {} s), {} copied, CPU {} s",
+                "{}: {} {runs}, {} s (longest {} s), {} copied, CPU {} s",
                 phase.phase,
                 phase.runs,
                 Num(phase.seconds, 2),

@@ -89,7 +89,9 @@ pub fn timeline(copies: &[CopyTime], deliveries: &[Delivery], start_ms: i64) -> 
     let second = |at_ms: i64| u64::try_from((at_ms - start_ms).max(0) / 1000).unwrap_or(0);
     let mut points: BTreeMap<u64, TimelinePoint> = BTreeMap::new();
     for copy in copies.iter().filter(|c| c.copied_at_ms >= start_ms) {
-        let p = points.entry(second(copy.copied_at_ms)).or_insert_with_key(|&s| quiet(s));
+        let p = points
+            .entry(second(copy.copied_at_ms))
+            .or_insert_with_key(|&s| quiet(s));
         p.copied += 1;
         p.bytes += copy.size;
     }
@@ -172,7 +174,9 @@ mod tests {
     fn lag_pairs_deliveries_with_their_copies_and_counts_the_rest() {
         // 100 deliveries to mailbox a, lags 10, 20, ..., 1000 ms; the same
         // UIDs in mailbox b were never copied.
-        let copies: Vec<CopyTime> = (1..=100).map(|uid| copy("a", uid, 10_000 + i64::from(uid) * 10)).collect();
+        let copies: Vec<CopyTime> = (1..=100)
+            .map(|uid| copy("a", uid, 10_000 + i64::from(uid) * 10))
+            .collect();
         let mut deliveries: Vec<Delivery> = (1..=100).map(|uid| delivery("a", uid, 10_000)).collect();
         deliveries.push(delivery("b", 1, 10_000));
         deliveries.push(delivery("b", 2, 10_000));
@@ -201,12 +205,19 @@ mod tests {
 
     #[test]
     fn timeline_buckets_by_second_and_fills_quiet_seconds() {
-        let copies = [copy("a", 1, 500), copy("a", 2, 1_000), copy("a", 3, 1_999), copy("a", 4, 3_100)];
+        let copies = [
+            copy("a", 1, 500),
+            copy("a", 2, 1_000),
+            copy("a", 3, 1_999),
+            copy("a", 4, 3_100),
+        ];
         let deliveries = [delivery("a", 5, 1_500)];
         // Copies before the start (an earlier run) are left out.
         let points = timeline(&copies, &deliveries, 1_000);
-        let summary: Vec<(u64, u64, u64, u64)> =
-            points.iter().map(|p| (p.second, p.copied, p.bytes, p.delivered)).collect();
+        let summary: Vec<(u64, u64, u64, u64)> = points
+            .iter()
+            .map(|p| (p.second, p.copied, p.bytes, p.delivered))
+            .collect();
         assert_eq!(summary, [(0, 2, 200, 1), (1, 0, 0, 0), (2, 1, 100, 0)]);
         assert!(timeline(&[], &[], 0).is_empty());
     }

@@ -149,7 +149,14 @@ fn default_max_sweeps() -> usize {
 }
 
 /// The built-in presets, by name.
-pub const PRESETS: &[&str] = &["initial", "business-day", "cutover", "cutover-faults", "ci", "ci-faults"];
+pub const PRESETS: &[&str] = &[
+    "initial",
+    "business-day",
+    "cutover",
+    "cutover-faults",
+    "ci",
+    "ci-faults",
+];
 
 impl Scenario {
     /// Reads and checks a scenario file.
@@ -384,7 +391,10 @@ mod tests {
         let syntax = Scenario::parse("name = \"x\"\nmailboxes = = 3\n", "bad.toml")
             .unwrap_err()
             .to_string();
-        assert!(syntax.starts_with("bad.toml: toml: ") && syntax.contains("line 2"), "{syntax}");
+        assert!(
+            syntax.starts_with("bad.toml: toml: ") && syntax.contains("line 2"),
+            "{syntax}"
+        );
         let unknown = Scenario::parse("name = \"x\"\nmailboxes = 1\nmessages = 1\nmailbox = 2\n", "u.toml")
             .unwrap_err()
             .to_string();
@@ -396,9 +406,12 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert_eq!(rate, "r.toml: business_day.arrivals_per_second: must be more than 0");
-        let backend = Scenario::parse("name = \"x\"\nbackend = \"vm\"\nmailboxes = 1\nmessages = 1\n", "b.toml")
-            .unwrap_err()
-            .to_string();
+        let backend = Scenario::parse(
+            "name = \"x\"\nbackend = \"vm\"\nmailboxes = 1\nmessages = 1\n",
+            "b.toml",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(backend.contains("native") && backend.contains("docker"), "{backend}");
     }
 }

@@ -39,7 +39,11 @@ const LATE_SEED_OFFSET: u64 = 1 << 34;
 
 /// Runs the scenario; servers, state and mail are removed afterwards.
 /// `progress` is told what starts, for a person watching.
-pub async fn run(scenario: &Scenario, cutover: &CutoverBin, progress: &(dyn Fn(&str) + Sync)) -> Result<ScenarioReport> {
+pub async fn run(
+    scenario: &Scenario,
+    cutover: &CutoverBin,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<ScenarioReport> {
     let started = Instant::now();
     let started_at = Utc::now().to_rfc3339();
     let users: Vec<String> = (1..=scenario.mailboxes).map(|n| format!("mb{n}@example.org")).collect();
@@ -71,7 +75,11 @@ pub async fn run(scenario: &Scenario, cutover: &CutoverBin, progress: &(dyn Fn(&
             "floor: raw FETCH + MULTIAPPEND of every mailbox, {} at a time",
             scenario.concurrency
         ));
-        Some(bench::floor_copy(&lab, &users, scenario.concurrency).await?.throughput())
+        Some(
+            bench::floor_copy(&lab, &users, scenario.concurrency)
+                .await?
+                .throughput(),
+        )
     } else {
         None
     };
@@ -92,8 +100,18 @@ pub async fn run(scenario: &Scenario, cutover: &CutoverBin, progress: &(dyn Fn(&
                 "business day: {:.0} s of mail at {}/s, a delta every {} s",
                 day.seconds, day.arrivals_per_second, day.delta_interval_seconds
             ));
-            let mail = Mailer::start(&lab, &engine, scenario.seed + DAY_SEED_OFFSET, day.seconds, day.arrivals_per_second);
-            runs.extend(engine.repeat("delta", &clock, &mail, day.delta_interval_seconds, usize::MAX).await?);
+            let mail = Mailer::start(
+                &lab,
+                &engine,
+                scenario.seed + DAY_SEED_OFFSET,
+                day.seconds,
+                day.arrivals_per_second,
+            );
+            runs.extend(
+                engine
+                    .repeat("delta", &clock, &mail, day.delta_interval_seconds, usize::MAX)
+                    .await?,
+            );
             let (period, deliveries) = mail.finish().await?;
             day_deliveries = deliveries;
             Some(period)
@@ -139,10 +157,7 @@ pub async fn run(scenario: &Scenario, cutover: &CutoverBin, progress: &(dyn Fn(&
     let index = CopyIndex::new(&copies);
     let (day_lag, day_missing) = measure::lag(&day_deliveries, &index);
     let (late_lag, late_missing) = measure::lag(&late_deliveries, &index);
-    let business_day = business_day.map(|period| ArrivalPeriod {
-        lag: day_lag,
-        ..period
-    });
+    let business_day = business_day.map(|period| ArrivalPeriod { lag: day_lag, ..period });
     let cutover = flip.map(|(flip_at, final_seconds, sweeps, period)| {
         let flip_ms = clock.unix_ms(flip_at);
         let last_copy = copies.iter().map(|c| c.copied_at_ms).filter(|&at| at >= flip_ms).max();
@@ -178,7 +193,11 @@ pub async fn run(scenario: &Scenario, cutover: &CutoverBin, progress: &(dyn Fn(&
         engine: EngineUsage {
             cpu_seconds,
             wall_seconds,
-            cpu_per_wall: if wall_seconds > 0.0 { cpu_seconds / wall_seconds } else { 0.0 },
+            cpu_per_wall: if wall_seconds > 0.0 {
+                cpu_seconds / wall_seconds
+            } else {
+                0.0
+            },
             peak_rss_bytes: runs.iter().map(|r| r.peak_rss_bytes).max().unwrap_or(0),
         },
         runs,
