@@ -98,6 +98,15 @@ impl CorpusStats {
         self.bytes += other.bytes;
         self.largest_message = self.largest_message.max(other.largest_message);
     }
+
+    /// Counts one more message of `size` bytes.
+    pub(crate) fn count(&mut self, size: usize) {
+        self.add(CorpusStats {
+            messages: 1,
+            bytes: size as u64,
+            largest_message: size as u64,
+        });
+    }
 }
 
 /// Verify's findings over all benchmarked mailboxes.
@@ -450,17 +459,7 @@ pub(crate) async fn settle() -> Result<()> {
 /// Writes one corpus into a Maildir and measures it.
 pub(crate) fn fill(maildir: &Path, corpus: &CorpusSpec) -> Result<CorpusStats> {
     let mut stats = CorpusStats::default();
-    fill_maildir(
-        maildir,
-        corpus.generate().inspect(|m| {
-            let size = m.raw.len() as u64;
-            stats.add(CorpusStats {
-                messages: 1,
-                bytes: size,
-                largest_message: size,
-            });
-        }),
-    )?;
+    fill_maildir(maildir, corpus.generate().inspect(|m| stats.count(m.raw.len())))?;
     Ok(stats)
 }
 

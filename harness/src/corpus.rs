@@ -4,12 +4,15 @@
 //! generating gigabytes costs little more than copying them.
 
 use std::collections::VecDeque;
+use std::path::Path;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use chrono::{DateTime, FixedOffset, Offset, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
+
+use crate::error::{io_err, Error, Result};
 
 /// What to generate.
 #[derive(Debug, Clone, PartialEq)]
@@ -593,6 +596,44 @@ fn cut_lines(block: &[u8], start: usize, size: usize, out: &mut Vec<u8>) {
         remaining -= available;
         pos = 0;
     }
+}
+
+/// The odd real-world messages in `fixtures/odd` (malformed and legacy
+/// samples from mail-parser's test suite), for INBOX, with some flags and
+/// INTERNALDATEs in 2015. A message ending in a bare CR is left out: Dovecot
+/// drops that byte on APPEND, so no IMAP client can store it there.
+pub fn odd_messages() -> Result<Vec<GeneratedMessage>> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/odd");
+    let base = DateTime::parse_from_rfc3339("2015-06-01T12:00:00+02:00").map_err(|_| Error::Invalid {
+        what: "date",
+        value: "2015-06-01T12:00:00+02:00".into(),
+        reason: "not RFC 3339",
+    })?;
+    let mut out = Vec::new();
+    for sub in ["malformed", "legacy"] {
+        let dir = root.join(sub);
+        let mut paths = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(io_err("reading", &dir))? {
+            let path = entry.map_err(io_err("reading", &dir))?.path();
+            if path.extension().is_some_and(|e| e == "eml") {
+                paths.push(path);
+            }
+        }
+        paths.sort();
+        for (i, path) in (0i64..).zip(paths) {
+            let raw = std::fs::read(&path).map_err(io_err("reading", &path))?;
+            if raw.ends_with(b"\r") {
+                continue;
+            }
+            out.push(GeneratedMessage {
+                folder: Vec::new(),
+                raw,
+                flags: if i % 3 == 0 { vec!["\\Seen".into()] } else { Vec::new() },
+                internal_date: base + chrono::Duration::hours(i),
+            });
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

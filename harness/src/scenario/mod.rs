@@ -39,6 +39,10 @@ pub struct Scenario {
     /// Measure the raw FETCH + MULTIAPPEND floor of the same servers first.
     #[serde(default = "default_true")]
     pub floor: bool,
+    /// Add the odd real-world messages of `fixtures/odd` (malformed and
+    /// legacy mail) to the first mailbox.
+    #[serde(default = "default_true")]
+    pub odd_messages: bool,
     /// Extra arguments for every `cutover batch run`, e.g.
     /// `["--messages-per-second", "500"]`.
     #[serde(default)]
@@ -190,6 +194,7 @@ impl Scenario {
             seed: default_seed(),
             concurrency: default_concurrency(),
             floor: true,
+            odd_messages: true,
             engine_args: Vec::new(),
             business_day: None,
             cutover: None,

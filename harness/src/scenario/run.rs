@@ -230,6 +230,16 @@ async fn fill_sources(lab: &Lab, users: &[String], scenario: &Scenario) -> Resul
     for one in filled {
         total.add(one);
     }
+    if scenario.odd_messages {
+        if let Some(first) = users.first() {
+            let odd = crate::corpus::odd_messages()?;
+            for message in &odd {
+                total.count(message.raw.len());
+            }
+            let maildir = lab.source().maildir(first);
+            pool::blocking(move || crate::fill_maildir(&maildir, odd)).await?;
+        }
+    }
     Ok(total)
 }
 
