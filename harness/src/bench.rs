@@ -219,7 +219,7 @@ pub async fn run(spec: &BenchSpec, cutover: &CutoverBin, progress: &(dyn Fn(&str
                     half.len(),
                     spec.parallel
                 ));
-                floor.add(floor_copy(&lab, half, spec.parallel).await?);
+                floor.add(floor_copy(&lab, half, spec.parallel, floor_user).await?);
             } else {
                 progress(&format!(
                     "engine: `cutover sync --phase initial` for {} mailboxes, {} processes at a time",
@@ -313,10 +313,20 @@ pub(crate) struct Timed {
 }
 
 impl Timed {
-    fn add(&mut self, other: Timed) {
+    pub(crate) fn add(&mut self, other: Timed) {
         self.messages += other.messages;
         self.bytes += other.bytes;
         self.elapsed += other.elapsed;
+    }
+
+    /// One of `n` equal parts (the mean of `n` added copies).
+    pub(crate) fn divided(self, n: u32) -> Self {
+        let n = n.max(1);
+        Self {
+            messages: self.messages / u64::from(n),
+            bytes: self.bytes / u64::from(n),
+            elapsed: self.elapsed / n,
+        }
     }
 
     pub(crate) fn throughput(self) -> Throughput {
@@ -324,11 +334,16 @@ impl Timed {
     }
 }
 
-/// Floor-copies source accounts into their `floorN` target accounts.
-pub(crate) async fn floor_copy(lab: &Lab, users: &[String], parallel: usize) -> Result<Timed> {
+/// Floor-copies source accounts into the target accounts `target_of` names.
+pub(crate) async fn floor_copy(
+    lab: &Lab,
+    users: &[String],
+    parallel: usize,
+    target_of: impl Fn(&str) -> String,
+) -> Result<Timed> {
     let jobs = users
         .iter()
-        .map(|user| lab.job(user, &floor_user(user)))
+        .map(|user| lab.job(user, &target_of(user)))
         .collect::<Result<Vec<_>>>()?;
     settle().await?;
     let started = Instant::now();
