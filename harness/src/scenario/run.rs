@@ -51,7 +51,7 @@ pub async fn run(
     let users: Vec<String> = (1..=scenario.mailboxes).map(|n| format!("mb{n}@example.org")).collect();
     let floor_users: Vec<String> = FLOOR_ROUNDS
         .iter()
-        .flat_map(|round| users.iter().map(|user| floor_user(user, *round)))
+        .flat_map(|round| users.iter().map(|user| floor_user(user, round)))
         .collect();
     let target_users = if scenario.floor {
         [users.as_slice(), &floor_users].concat()
