@@ -193,3 +193,67 @@ async fn sweep_before_final_is_refused_with_a_clear_error() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("run --phase final first"), "{stderr}");
 }
+
+/// How many messages of a folder carry this test message's Message-ID.
+async fn copies_of(session: &mut Session, folder: &str, id: &str) -> usize {
+    session.select(folder).await.expect("select");
+    session
+        .uid_search(format!("HEADER Message-ID \"<{id}@phases.test>\""))
+        .await
+        .expect("search")
+        .len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_that_reaches_both_servers_around_the_flip_is_copied_once() {
+    let pair = Pair::start();
+    pair.fill_source(&generated(5, 20));
+    let state = tempfile::tempdir().unwrap();
+    let state_file = state.path().join("state.db");
+    let (from, to) = (pair.source_url(), pair.target_url());
+    sync(&from, &to, "initial", &state_file, &[]);
+    sync(&from, &to, "final", &state_file, &[]);
+
+    // After the flip the new MX delivers straight to the target, while the
+    // old one still gets some mail; a sweep copies that and looks at the
+    // target's new mail on the way.
+    let mut source = login(pair.source.imap_port(), USER, SOURCE_PASSWORD).await;
+    let mut target = login(pair.target.imap_port(), USER, TARGET_PASSWORD).await;
+    append(&mut target, "INBOX", "both-1", "()").await;
+    append(&mut target, "INBOX", "both-2", "()").await;
+    append(&mut source, "INBOX", "late-1", "()").await;
+    let sweep = sync(&from, &to, "sweep", &state_file, &[]);
+    assert_eq!(total(&sweep, "copied"), 1, "{sweep}");
+
+    // A sender that lost the old MX's acknowledgement retried there: the
+    // same message reaches the old server after the sweep's scan moved past
+    // it on the new one. It must be matched, not copied a second time.
+    append(&mut source, "INBOX", "both-1", "()").await;
+    let sweep = sync(&from, &to, "sweep", &state_file, &[]);
+    assert_eq!(
+        (total(&sweep, "copied"), total(&sweep, "matched_existing")),
+        (0, 1),
+        "{sweep}"
+    );
+    assert_eq!(copies_of(&mut target, "INBOX", "both-1").await, 1);
+
+    // The user deleted the other one on the new server before its twin
+    // reached the old one: nothing stands in for it any more, so it is
+    // copied (never recorded against a message that is gone).
+    let both_2 = target
+        .uid_search("HEADER Message-ID \"<both-2@phases.test>\"")
+        .await
+        .expect("search");
+    let both_2: Vec<String> = both_2.iter().map(u32::to_string).collect();
+    store(&mut target, &both_2.join(","), "+FLAGS (\\Deleted)").await;
+    expunge(&mut target).await;
+    append(&mut source, "INBOX", "both-2", "()").await;
+    let sweep = sync(&from, &to, "sweep", &state_file, &[]);
+    assert_eq!(total(&sweep, "copied"), 1, "{sweep}");
+    assert_eq!(copies_of(&mut target, "INBOX", "both-2").await, 1);
+
+    let verify = cutover(&["verify", "--from", &from, "--to", &to, "--json"]);
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    source.logout().await.ok();
+    target.logout().await.ok();
+}

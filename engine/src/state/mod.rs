@@ -21,6 +21,7 @@ use rusqlite::{params, Connection};
 use crate::error::{Error, ErrorKind, Result};
 use crate::fingerprint::Fingerprint;
 use crate::message::Flags;
+use crate::target::TargetMessage;
 
 /// Row id of a mailbox pair (source account → target account).
 pub type MailboxId = i64;
@@ -268,13 +269,7 @@ impl State {
                 Ok(MessageRow {
                     source_uid: row.get(0)?,
                     target_ref: row.get(1)?,
-                    fingerprint: Fingerprint::from_slice(&fingerprint).ok_or_else(|| {
-                        rusqlite::Error::FromSqlConversionFailure(
-                            2,
-                            rusqlite::types::Type::Blob,
-                            "fingerprint is not 16 bytes".into(),
-                        )
-                    })?,
+                    fingerprint: fingerprint_of(&fingerprint, 2)?,
                     flags: Flags::parse(&flags),
                     size: row.get::<_, i64>(4)? as u64,
                     internal_date: row.get(5)?,
@@ -311,6 +306,60 @@ impl State {
             })
             .map_err(self.err())?;
         rows.collect::<rusqlite::Result<Vec<_>>>().map_err(self.err())
+    }
+
+    /// Target messages of a folder that no source message stands for, as
+    /// last seen: dedup candidates for later runs.
+    pub fn unmatched_targets(&self, folder_id: i64) -> Result<Vec<TargetMessage>> {
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT target_ref, fingerprint, flags, size FROM target_unmatched
+                 WHERE folder_id = ?1 ORDER BY target_ref",
+            )
+            .map_err(self.err())?;
+        let rows = statement
+            .query_map([folder_id], |row| {
+                let fingerprint: Vec<u8> = row.get(1)?;
+                let flags: String = row.get(2)?;
+                Ok(TargetMessage {
+                    target_ref: row.get(0)?,
+                    fingerprint: fingerprint_of(&fingerprint, 1)?,
+                    flags: Flags::parse(&flags),
+                    internal_date: None,
+                    size: row.get::<_, i64>(3)? as u64,
+                })
+            })
+            .map_err(self.err())?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(self.err())
+    }
+
+    /// Replaces the folder's unmatched target messages.
+    pub fn set_unmatched_targets(&mut self, folder_id: i64, messages: &[TargetMessage]) -> Result<()> {
+        let err = self.err();
+        let tx = self.conn.transaction().map_err(&err)?;
+        tx.execute("DELETE FROM target_unmatched WHERE folder_id = ?1", [folder_id])
+            .map_err(&err)?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO target_unmatched (folder_id, target_ref, fingerprint, flags, size)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(&err)?;
+            for message in messages {
+                insert
+                    .execute(params![
+                        folder_id,
+                        message.target_ref,
+                        message.fingerprint.as_bytes().as_slice(),
+                        message.flags.to_string(),
+                        message.size as i64,
+                    ])
+                    .map_err(&err)?;
+            }
+        }
+        tx.commit().map_err(&err)
     }
 
     /// Messages of a folder that failed and wait for a retry.
@@ -439,7 +488,8 @@ impl State {
     pub fn forget_folder_messages(&self, folder_id: i64) -> Result<()> {
         self.conn
             .execute_batch(&format!(
-                "DELETE FROM message WHERE folder_id = {folder_id}; DELETE FROM message_failure WHERE folder_id = {folder_id};"
+                "DELETE FROM message WHERE folder_id = {folder_id}; DELETE FROM message_failure WHERE folder_id = {folder_id};
+                 DELETE FROM target_unmatched WHERE folder_id = {folder_id};"
             ))
             .map_err(self.err())
     }
@@ -485,6 +535,17 @@ impl State {
         }
         tx.commit().map_err(&err)
     }
+}
+
+/// A stored fingerprint (column `index` of a row), checked for its length.
+fn fingerprint_of(bytes: &[u8], index: usize) -> rusqlite::Result<Fingerprint> {
+    Fingerprint::from_slice(bytes).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            rusqlite::types::Type::Blob,
+            "fingerprint is not 16 bytes".into(),
+        )
+    })
 }
 
 #[cfg(test)]

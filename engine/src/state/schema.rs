@@ -114,4 +114,18 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE message ADD COLUMN copied_at INTEGER;
     CREATE INDEX message_by_copied_at ON message(copied_at);
     "#,
+    // 4: target messages the state has no source message for (another
+    // tool's copy, mail delivered straight to the new server). IMAP scans
+    // look only above a cursor, so these are remembered as dedup candidates:
+    // the same mail reaching the old server later is matched, not copied.
+    r#"
+    CREATE TABLE target_unmatched (
+        folder_id INTEGER NOT NULL REFERENCES folder(id) ON DELETE CASCADE,
+        target_ref TEXT NOT NULL,        -- target UID or Maildir key
+        fingerprint BLOB NOT NULL,       -- digest of Message-ID or header fields, no content
+        flags TEXT NOT NULL,             -- as last seen
+        size INTEGER NOT NULL,
+        PRIMARY KEY (folder_id, target_ref)
+    ) STRICT, WITHOUT ROWID;
+    "#,
 ];

@@ -17,7 +17,7 @@ use crate::imap::{FetchItems, FetchRecord, ImapSession};
 use crate::message::Message;
 use crate::report::{FolderReport, MessageFailure};
 use crate::state::{FailureRow, FolderState, MessageRow, State};
-use crate::target::Target;
+use crate::target::{Target, TargetMessage};
 
 /// Longest UID set text per FETCH command.
 const UID_SET_CHARS: usize = 4000;
@@ -38,8 +38,9 @@ pub(super) struct FolderCopy<'a> {
 
 impl FolderCopy<'_> {
     /// Copies `uids` (ascending) unless the pool already holds them.
-    /// Returns the target references it recorded.
-    pub async fn run(mut self, uids: Vec<u32>, mut pool: DedupPool) -> Result<Vec<String>> {
+    /// Returns the target references it recorded, and the pool's target
+    /// messages no source message took.
+    pub async fn run(mut self, uids: Vec<u32>, mut pool: DedupPool) -> Result<(Vec<String>, Vec<TargetMessage>)> {
         let highest = uids.last().copied().unwrap_or(0);
         let remaining = if pool.is_empty() {
             uids
@@ -57,7 +58,7 @@ impl FolderCopy<'_> {
         }
         // UIDs that vanished between SEARCH and FETCH need no retry.
         self.folder.highest_uid = self.folder.highest_uid.max(highest);
-        Ok(self.recorded)
+        Ok((self.recorded, pool.into_remaining()))
     }
 
     /// Records source messages found on the target (an earlier run killed

@@ -345,8 +345,14 @@ async fn sync_folder(
     to_copy.dedup();
     if !to_copy.is_empty() {
         let known: HashSet<String> = rows.iter().filter_map(|r| r.target_ref.clone()).collect();
-        let pool = DedupPool::new(target.scan(&mapping.target, folder.target_scanned_uid, &known).await?);
-        let recorded = copy::FolderCopy {
+        let mut candidates = target.scan(&mapping.target, folder.target_scanned_uid, &known).await?;
+        let remembered = state.unmatched_targets(folder.id)?;
+        candidates.extend(
+            target
+                .still_present(&mapping.target, remembered, folder.target_scanned_uid, &known)
+                .await?,
+        );
+        let (recorded, unmatched) = copy::FolderCopy {
             source,
             target,
             state,
@@ -357,8 +363,11 @@ async fn sync_folder(
             progress,
             recorded: Vec::new(),
         }
-        .run(to_copy, pool)
+        .run(to_copy, DedupPool::new(candidates))
         .await?;
+        // The scan cursor moves past foreign messages: remember them, so the
+        // same mail reaching the source later is matched, not copied twice.
+        state.set_unmatched_targets(folder.id, &unmatched)?;
         // Only now: had the run died mid-copy, the next one must scan the
         // same target range again to find appends it did not record. When
         // every UID above the old end is one of ours, skip past them too.

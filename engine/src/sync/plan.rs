@@ -32,6 +32,13 @@ impl DedupPool {
         self.by_fingerprint.is_empty()
     }
 
+    /// The target messages no source message took.
+    pub fn into_remaining(self) -> Vec<TargetMessage> {
+        let mut remaining: Vec<TargetMessage> = self.by_fingerprint.into_values().flatten().collect();
+        remaining.sort_by(|a, b| a.target_ref.cmp(&b.target_ref));
+        remaining
+    }
+
     /// Takes one target message with this fingerprint, if any is left.
     pub fn take(&mut self, fingerprint: &Fingerprint) -> Option<TargetMessage> {
         let list = self.by_fingerprint.get_mut(fingerprint)?;
@@ -142,6 +149,13 @@ mod tests {
         assert!(pool.take(&fp("a")).is_none(), "a third source copy must be appended");
         assert!(pool.take(&fp("b")).is_some());
         assert!(pool.is_empty());
+
+        // What no source message took is handed back, to be remembered.
+        let mut pool = DedupPool::new(vec![target("7", "c"), target("5", "a"), target("6", "a")]);
+        assert!(pool.take(&fp("a")).is_some());
+        let left: Vec<String> = pool.into_remaining().into_iter().map(|m| m.target_ref).collect();
+        assert_eq!(left.len(), 2);
+        assert!(left.contains(&"7".to_string()) && left.iter().any(|r| r == "5" || r == "6"));
     }
 
     #[test]

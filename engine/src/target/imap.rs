@@ -90,6 +90,37 @@ impl ImapTarget {
             .collect())
     }
 
+    pub(super) async fn still_present(
+        &mut self,
+        name: &str,
+        remembered: Vec<TargetMessage>,
+        after_uid: u32,
+        known: &HashSet<String>,
+    ) -> Result<Vec<TargetMessage>> {
+        // Above the cursor the scan sees them again; known ones are matched.
+        let candidates: Vec<(u32, TargetMessage)> = remembered
+            .into_iter()
+            .filter(|m| !known.contains(&m.target_ref))
+            .filter_map(|m| m.target_ref.parse::<u32>().ok().map(|uid| (uid, m)))
+            .filter(|(uid, _)| *uid <= after_uid)
+            .collect();
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.select(name).await?;
+        let mut uids: Vec<u32> = candidates.iter().map(|(uid, _)| *uid).collect();
+        uids.sort_unstable();
+        let mut present = HashSet::new();
+        for set in uid_set_chunks(&uids, 4000) {
+            present.extend(self.session.uid_search(&format!("UID {set}")).await?);
+        }
+        Ok(candidates
+            .into_iter()
+            .filter(|(uid, _)| present.contains(uid))
+            .map(|(_, m)| m)
+            .collect())
+    }
+
     pub(super) async fn append(&mut self, name: &str, messages: &[Message]) -> Result<Vec<Option<String>>> {
         let refs: Vec<&Message> = messages.iter().collect();
         let uids = self.session.append(name, &refs).await?;

@@ -110,6 +110,24 @@ impl Target {
         }
     }
 
+    /// Of `remembered` (unknown target messages an earlier scan found),
+    /// those still in the folder that [`Target::scan`] with the same
+    /// `after_uid` and `known` does not return again. IMAP scans look above a
+    /// cursor, so remembered ones below it are checked with one UID SEARCH;
+    /// a Maildir scan lists every unknown file anyway, so none are added.
+    pub async fn still_present(
+        &mut self,
+        name: &str,
+        remembered: Vec<TargetMessage>,
+        after_uid: u32,
+        known: &HashSet<String>,
+    ) -> Result<Vec<TargetMessage>> {
+        match self {
+            Self::Imap(t) => t.still_present(name, remembered, after_uid, known).await,
+            Self::Maildir(_) => Ok(Vec::new()),
+        }
+    }
+
     /// Stores messages; returns each one's target reference where the
     /// target tells it (IMAP without UIDPLUS does not).
     pub async fn append(&mut self, name: &str, messages: &[Message]) -> Result<Vec<Option<String>>> {
