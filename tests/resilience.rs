@@ -63,6 +63,14 @@ async fn kill_9_mid_initial_then_rerun_gives_the_exact_result() {
     let target_snapshot = mapped(&snapshot(pair.target.imap_port(), USER, TARGET_PASSWORD).await, &[]);
     assert_same(&target_snapshot, &source_snapshot, "after kills and a rerun");
     assert_eq!(count(&target_snapshot), messages.len());
+    // Each killed run is on record as interrupted, not left "running".
+    let conn = rusqlite::Connection::open(&state_file).expect("state");
+    let runs: Vec<String> = conn
+        .prepare("SELECT status FROM run ORDER BY id")
+        .and_then(|mut q| q.query_map([], |row| row.get(0))?.collect())
+        .expect("runs");
+    assert_eq!(runs.iter().filter(|s| *s == "interrupted").count(), kills, "{runs:?}");
+    assert_eq!(runs.last().map(String::as_str), Some("done"), "{runs:?}");
     eprintln!(
         "killed {kills} times; the rerun copied {} and matched {} already on the target",
         total(&report, "copied"),

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::Utc;
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::fingerprint::Fingerprint;
@@ -95,6 +95,27 @@ pub struct CopyTime {
     /// Unix milliseconds at which the append (or the match with a message
     /// already on the target) was committed.
     pub copied_at_ms: i64,
+}
+
+/// How a mailbox's latest run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreviousRun {
+    /// There was none.
+    None,
+    /// It completed.
+    Done,
+    /// It ended with an error (a dropped connection, a refused folder).
+    Failed,
+    /// Its process died before it could finish (kill -9, a crash).
+    Interrupted,
+}
+
+impl PreviousRun {
+    /// Whether the run may have left an APPEND the server was still
+    /// committing after the client was gone.
+    pub fn was_cut_short(self) -> bool {
+        matches!(self, PreviousRun::Failed | PreviousRun::Interrupted)
+    }
 }
 
 /// The state store.
@@ -494,6 +515,33 @@ impl State {
             .map_err(self.err())
     }
 
+    /// How the mailbox's latest run ended. A run still marked running was
+    /// killed (this is called before a new one starts); it is marked
+    /// `interrupted` on the way, so reports tell the truth.
+    pub fn previous_run(&self, mailbox: MailboxId, now: &str) -> Result<PreviousRun> {
+        let latest: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT status FROM run WHERE mailbox_id = ?1 ORDER BY id DESC LIMIT 1",
+                [mailbox],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(self.err())?;
+        self.conn
+            .execute(
+                "UPDATE run SET status = 'interrupted', finished_at = ?2 WHERE mailbox_id = ?1 AND status = 'running'",
+                params![mailbox, now],
+            )
+            .map_err(self.err())?;
+        Ok(match latest.as_deref() {
+            None => PreviousRun::None,
+            Some("done") => PreviousRun::Done,
+            Some("running" | "interrupted") => PreviousRun::Interrupted,
+            Some(_) => PreviousRun::Failed,
+        })
+    }
+
     /// Starts a run record.
     pub fn start_run(&self, mailbox: MailboxId, phase: &str, now: &str) -> Result<RunId> {
         self.conn
@@ -562,6 +610,27 @@ mod tests {
             internal_date: 1_700_000_000,
             source_gone: false,
         }
+    }
+
+    #[test]
+    fn a_run_left_running_reads_as_interrupted_and_is_marked_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = State::open(&dir.path().join("state.db")).unwrap();
+        let mailbox = state.mailbox("imap://a@h:1", "maildir:/x").unwrap();
+        assert_eq!(state.previous_run(mailbox, "t0").unwrap(), PreviousRun::None);
+        let killed = state.start_run(mailbox, "initial", "t1").unwrap();
+        assert_eq!(state.previous_run(mailbox, "t2").unwrap(), PreviousRun::Interrupted);
+        let status: String = state
+            .conn
+            .query_row("SELECT status FROM run WHERE id = ?1", [killed], |r| r.get(0))
+            .unwrap();
+        assert_eq!(status, "interrupted");
+        let run = state.start_run(mailbox, "initial", "t3").unwrap();
+        state.finish_run(run, "failed", "t4", "{}", &[]).unwrap();
+        assert!(state.previous_run(mailbox, "t5").unwrap().was_cut_short());
+        let run = state.start_run(mailbox, "initial", "t6").unwrap();
+        state.finish_run(run, "done", "t7", "{}", &[]).unwrap();
+        assert!(!state.previous_run(mailbox, "t8").unwrap().was_cut_short());
     }
 
     #[test]

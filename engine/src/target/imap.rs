@@ -9,6 +9,12 @@ use crate::fingerprint::Fingerprint;
 use crate::imap::{uid_set, uid_set_chunks, ConnectOptions, FetchItems, FolderInfo, ImapSession};
 use crate::message::{Flags, Message};
 
+/// How long a folder must stay unchanged to count as settled: longer than a
+/// server takes to commit one append batch (≤ 4 MiB) it had fully received.
+const SETTLE_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
+/// Give up waiting after this many windows (the folder is simply busy).
+const SETTLE_LOOKS: u32 = 10;
+
 /// Writes into folders of an IMAP account.
 pub struct ImapTarget {
     session: ImapSession,
@@ -50,6 +56,26 @@ impl ImapTarget {
             uid_validity: status.uid_validity,
             highest_uid: status.uid_next.saturating_sub(1),
         })
+    }
+
+    pub(super) async fn settle(&mut self, name: &str) -> Result<()> {
+        let mut last = self.open_folder(name).await?.highest_uid;
+        for _ in 0..SETTLE_LOOKS {
+            tokio::time::sleep(SETTLE_WINDOW).await;
+            // A fresh SELECT: its UIDNEXT counts what other sessions committed.
+            let now = self.open_folder(name).await?.highest_uid;
+            if now == last {
+                return Ok(());
+            }
+            tracing::info!(
+                folder = name,
+                from = last,
+                to = now,
+                "target folder still growing after an interrupted run"
+            );
+            last = now;
+        }
+        Ok(())
     }
 
     async fn select(&mut self, name: &str) -> Result<()> {

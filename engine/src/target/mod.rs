@@ -128,6 +128,17 @@ impl Target {
         }
     }
 
+    /// Waits until the folder stops growing. A client that was killed or
+    /// cut off after sending an APPEND may see the server commit it after it
+    /// is gone, and the next scan must see those messages, or it copies them
+    /// again. Maildir writes end with the process, so only IMAP waits.
+    pub async fn settle(&mut self, name: &str) -> Result<()> {
+        match self {
+            Self::Imap(t) => t.settle(name).await,
+            Self::Maildir(_) => Ok(()),
+        }
+    }
+
     /// Stores messages; returns each one's target reference where the
     /// target tells it (IMAP without UIDPLUS does not).
     pub async fn append(&mut self, name: &str, messages: &[Message]) -> Result<Vec<Option<String>>> {
