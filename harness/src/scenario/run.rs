@@ -11,6 +11,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -368,10 +369,10 @@ impl Proxies {
         let mut counts = FaultCounts::default();
         for proxy in proxies {
             let stats = proxy.stats();
-            counts.commands += stats.commands.load(std::sync::atomic::Ordering::Relaxed);
-            counts.throttled += stats.throttled.load(std::sync::atomic::Ordering::Relaxed);
-            counts.resets += u64::from(stats.dropped.load(std::sync::atomic::Ordering::Relaxed));
-            counts.stalls += stats.stalls.load(std::sync::atomic::Ordering::Relaxed);
+            counts.commands += stats.commands.load(Relaxed);
+            counts.throttled += stats.throttled.load(Relaxed);
+            counts.resets += u64::from(stats.dropped.load(Relaxed));
+            counts.stalls += stats.stalls.load(Relaxed);
         }
         Some(counts)
     }
