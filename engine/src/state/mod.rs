@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::Utc;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::fingerprint::Fingerprint;
@@ -49,6 +49,8 @@ pub struct FolderState {
     pub target_scanned_uid: u32,
     /// Source UID reached when the final phase ran.
     pub cutover_uid: Option<u32>,
+    /// A run was appending into the folder and has not finished it.
+    pub copy_in_progress: bool,
 }
 
 /// A source message that is on the target.
@@ -95,27 +97,6 @@ pub struct CopyTime {
     /// Unix milliseconds at which the append (or the match with a message
     /// already on the target) was committed.
     pub copied_at_ms: i64,
-}
-
-/// How a mailbox's latest run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PreviousRun {
-    /// There was none.
-    None,
-    /// It completed.
-    Done,
-    /// It ended with an error (a dropped connection, a refused folder).
-    Failed,
-    /// Its process died before it could finish (kill -9, a crash).
-    Interrupted,
-}
-
-impl PreviousRun {
-    /// Whether the run may have left an APPEND the server was still
-    /// committing after the client was gone.
-    pub fn was_cut_short(self) -> bool {
-        matches!(self, PreviousRun::Failed | PreviousRun::Interrupted)
-    }
 }
 
 /// The state store.
@@ -234,7 +215,7 @@ impl State {
         self.conn
             .query_row(
                 "SELECT id, source_name, target_name, source_uidvalidity, highest_uid, highest_modseq,
-                        target_uidvalidity, target_scanned_uid, cutover_uid
+                        target_uidvalidity, target_scanned_uid, cutover_uid, copy_in_progress
                  FROM folder WHERE mailbox_id = ?1 AND source_name = ?2",
                 params![mailbox, source_name],
                 |row| {
@@ -248,6 +229,7 @@ impl State {
                         target_uid_validity: row.get(6)?,
                         target_scanned_uid: row.get(7)?,
                         cutover_uid: row.get(8)?,
+                        copy_in_progress: row.get(9)?,
                     })
                 },
             )
@@ -259,7 +241,8 @@ impl State {
         self.conn
             .execute(
                 "UPDATE folder SET source_uidvalidity = ?2, highest_uid = ?3, highest_modseq = ?4,
-                    target_uidvalidity = ?5, target_scanned_uid = ?6, cutover_uid = ?7 WHERE id = ?1",
+                    target_uidvalidity = ?5, target_scanned_uid = ?6, cutover_uid = ?7, copy_in_progress = ?8
+                 WHERE id = ?1",
                 params![
                     folder.id,
                     folder.source_uid_validity,
@@ -268,6 +251,7 @@ impl State {
                     folder.target_uid_validity,
                     folder.target_scanned_uid,
                     folder.cutover_uid,
+                    folder.copy_in_progress,
                 ],
             )
             .map(|_| ())
@@ -515,31 +499,16 @@ impl State {
             .map_err(self.err())
     }
 
-    /// How the mailbox's latest run ended. A run still marked running was
-    /// killed (this is called before a new one starts); it is marked
-    /// `interrupted` on the way, so reports tell the truth.
-    pub fn previous_run(&self, mailbox: MailboxId, now: &str) -> Result<PreviousRun> {
-        let latest: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT status FROM run WHERE mailbox_id = ?1 ORDER BY id DESC LIMIT 1",
-                [mailbox],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(self.err())?;
+    /// Marks the mailbox's runs still recorded as running as `interrupted`:
+    /// called before a new run starts, so their process died (kill -9, a
+    /// crash) and reports must not show them running. Returns how many.
+    pub fn mark_interrupted_runs(&self, mailbox: MailboxId, now: &str) -> Result<usize> {
         self.conn
             .execute(
                 "UPDATE run SET status = 'interrupted', finished_at = ?2 WHERE mailbox_id = ?1 AND status = 'running'",
                 params![mailbox, now],
             )
-            .map_err(self.err())?;
-        Ok(match latest.as_deref() {
-            None => PreviousRun::None,
-            Some("done") => PreviousRun::Done,
-            Some("running" | "interrupted") => PreviousRun::Interrupted,
-            Some(_) => PreviousRun::Failed,
-        })
+            .map_err(self.err())
     }
 
     /// Starts a run record.
@@ -613,24 +582,21 @@ mod tests {
     }
 
     #[test]
-    fn a_run_left_running_reads_as_interrupted_and_is_marked_so() {
+    fn runs_left_running_are_marked_interrupted() {
         let dir = tempfile::tempdir().unwrap();
         let mut state = State::open(&dir.path().join("state.db")).unwrap();
         let mailbox = state.mailbox("imap://a@h:1", "maildir:/x").unwrap();
-        assert_eq!(state.previous_run(mailbox, "t0").unwrap(), PreviousRun::None);
-        let killed = state.start_run(mailbox, "initial", "t1").unwrap();
-        assert_eq!(state.previous_run(mailbox, "t2").unwrap(), PreviousRun::Interrupted);
-        let status: String = state
+        let done = state.start_run(mailbox, "initial", "t0").unwrap();
+        state.finish_run(done, "done", "t1", "{}", &[]).unwrap();
+        state.start_run(mailbox, "delta", "t2").unwrap();
+        assert_eq!(state.mark_interrupted_runs(mailbox, "t3").unwrap(), 1);
+        assert_eq!(state.mark_interrupted_runs(mailbox, "t4").unwrap(), 0);
+        let statuses: Vec<String> = state
             .conn
-            .query_row("SELECT status FROM run WHERE id = ?1", [killed], |r| r.get(0))
+            .prepare("SELECT status FROM run ORDER BY id")
+            .and_then(|mut q| q.query_map([], |r| r.get(0))?.collect())
             .unwrap();
-        assert_eq!(status, "interrupted");
-        let run = state.start_run(mailbox, "initial", "t3").unwrap();
-        state.finish_run(run, "failed", "t4", "{}", &[]).unwrap();
-        assert!(state.previous_run(mailbox, "t5").unwrap().was_cut_short());
-        let run = state.start_run(mailbox, "initial", "t6").unwrap();
-        state.finish_run(run, "done", "t7", "{}", &[]).unwrap();
-        assert!(!state.previous_run(mailbox, "t8").unwrap().was_cut_short());
+        assert_eq!(statuses, ["done", "interrupted"]);
     }
 
     #[test]

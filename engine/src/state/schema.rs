@@ -127,5 +127,9 @@ pub const MIGRATIONS: &[&str] = &[
         size INTEGER NOT NULL,
         PRIMARY KEY (folder_id, target_ref)
     ) STRICT, WITHOUT ROWID;
+
+    -- set while a run appends into the folder: if the run dies, the server
+    -- may still commit its last APPEND, and the next run waits for that
+    ALTER TABLE folder ADD COLUMN copy_in_progress INTEGER NOT NULL DEFAULT 0;
     "#,
 ];

@@ -170,7 +170,7 @@ pub async fn sync_mailbox(
     }
     let started = Instant::now();
     let started_at = Utc::now().to_rfc3339();
-    let cut_short = state.previous_run(mailbox, &started_at)?.was_cut_short();
+    state.mark_interrupted_runs(mailbox, &started_at)?;
     let run = state.start_run(mailbox, options.phase.as_str(), &started_at)?;
     let mut report = SyncReport {
         source: source_id,
@@ -182,7 +182,7 @@ pub async fn sync_mailbox(
         folders: Vec::new(),
         error: None,
     };
-    if let Err(e) = run_phase(job, options, state, mailbox, cut_short, &mut report, progress).await {
+    if let Err(e) = run_phase(job, options, state, mailbox, &mut report, progress).await {
         if e.kind() == ErrorKind::State {
             return Err(e);
         }
@@ -204,14 +204,11 @@ pub async fn sync_mailbox(
     Ok(report)
 }
 
-/// Syncs every planned folder. `cut_short`: the previous run ended early, so
-/// the server may still be committing its last APPEND.
 async fn run_phase(
     job: &MailboxJob,
     options: &SyncOptions,
     state: &mut State,
     mailbox: MailboxId,
-    cut_short: bool,
     report: &mut SyncReport,
     progress: Option<&ProgressFn>,
 ) -> Result<()> {
@@ -234,7 +231,6 @@ async fn run_phase(
             mailbox,
             mapping,
             options,
-            cut_short,
             &mut folder_report,
             progress,
         )
@@ -268,7 +264,6 @@ async fn sync_folder(
     mailbox: MailboxId,
     mapping: &FolderMapping,
     options: &SyncOptions,
-    cut_short: bool,
     report: &mut FolderReport,
     progress: Option<&ProgressFn>,
 ) -> Result<()> {
@@ -350,10 +345,13 @@ async fn sync_folder(
     to_copy.sort_unstable();
     to_copy.dedup();
     if !to_copy.is_empty() {
-        if cut_short {
-            // Whatever the dead run's last APPEND left must be visible to the
-            // scan below, or it is copied twice.
+        if folder.copy_in_progress {
+            // A run died appending here. Whatever its last APPEND left must
+            // be visible to the scan below, or it is copied twice.
             target.settle(&mapping.target).await?;
+        } else {
+            folder.copy_in_progress = true;
+            state.save_folder(&folder)?;
         }
         let known: HashSet<String> = rows.iter().filter_map(|r| r.target_ref.clone()).collect();
         let mut candidates = target.scan(&mapping.target, folder.target_scanned_uid, &known).await?;
@@ -384,6 +382,8 @@ async fn sync_folder(
         // every UID above the old end is one of ours, skip past them too.
         folder.target_scanned_uid = scanned_through(target_status.highest_uid, &recorded);
     }
+    // Reached only when the copy finished, or there was nothing to copy.
+    folder.copy_in_progress = false;
     if options.phase == Phase::Final {
         folder.cutover_uid = Some(folder.highest_uid);
     }
