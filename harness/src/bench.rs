@@ -271,15 +271,7 @@ pub async fn run(spec: &BenchSpec, cutover: &CutoverBin, progress: &(dyn Fn(&str
 /// Fills every mailbox with its corpus and the delta account with one large
 /// folder of small messages; returns the mailboxes' totals and the folder's.
 async fn fill_source(lab: &Lab, users: &[String], spec: &BenchSpec) -> Result<(CorpusStats, CorpusStats)> {
-    let mut fills: Vec<(PathBuf, CorpusSpec)> = (0u64..)
-        .zip(users)
-        .map(|(n, user)| {
-            (
-                lab.source().maildir(user),
-                CorpusSpec::new(spec.seed + n, spec.messages),
-            )
-        })
-        .collect();
+    let mut fills = mailbox_fills(lab, users, spec.seed, spec.messages);
     fills.push((
         lab.source().maildir(DELTA_USER),
         CorpusSpec {
@@ -289,19 +281,34 @@ async fn fill_source(lab: &Lab, users: &[String], spec: &BenchSpec) -> Result<(C
             ..CorpusSpec::new(spec.seed + DELTA_SEED_OFFSET, spec.delta_folder_messages)
         },
     ));
-    let mut filled = pool::blocking(move || {
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-        pool::map_parallel(&fills, threads, |(maildir, corpus)| fill(maildir, corpus))
-            .into_iter()
-            .collect::<Result<Vec<_>>>()
-    })
-    .await?;
+    let mut filled = fill_parallel(fills).await?;
     let folder = filled.pop().unwrap_or_default();
     let mut mailboxes = CorpusStats::default();
     for one in filled {
         mailboxes.add(one);
     }
     Ok((mailboxes, folder))
+}
+
+/// Each source account's Maildir with its corpus: user N (from 0) gets
+/// `seed + N`, so every mailbox differs and runs repeat.
+pub(crate) fn mailbox_fills(lab: &Lab, users: &[String], seed: u64, messages: usize) -> Vec<(PathBuf, CorpusSpec)> {
+    (0u64..)
+        .zip(users)
+        .map(|(n, user)| (lab.source().maildir(user), CorpusSpec::new(seed + n, messages)))
+        .collect()
+}
+
+/// Writes the corpora into their Maildirs, one thread per core; returns
+/// each one's figures in order.
+pub(crate) async fn fill_parallel(fills: Vec<(PathBuf, CorpusSpec)>) -> Result<Vec<CorpusStats>> {
+    pool::blocking(move || {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        pool::map_parallel(&fills, threads, |(maildir, corpus)| fill(maildir, corpus))
+            .into_iter()
+            .collect()
+    })
+    .await
 }
 
 /// Messages and bytes copied in some time; the parts of one side's copy add up.

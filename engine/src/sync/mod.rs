@@ -356,6 +356,7 @@ async fn sync_folder(
         let known: HashSet<String> = rows.iter().filter_map(|r| r.target_ref.clone()).collect();
         let mut candidates = target.scan(&mapping.target, folder.target_scanned_uid, &known).await?;
         let remembered = state.unmatched_targets(folder.id)?;
+        let remembered_refs: Vec<String> = remembered.iter().map(|m| m.target_ref.clone()).collect();
         candidates.extend(
             target
                 .still_present(&mapping.target, remembered, folder.target_scanned_uid, &known)
@@ -376,7 +377,11 @@ async fn sync_folder(
         .await?;
         // The scan cursor moves past foreign messages: remember them, so the
         // same mail reaching the source later is matched, not copied twice.
-        state.set_unmatched_targets(folder.id, &unmatched)?;
+        // Both lists are ordered by reference; a large unchanged set (a
+        // target in use before the migration) is not rewritten every run.
+        if !unmatched.iter().map(|m| &m.target_ref).eq(remembered_refs.iter()) {
+            state.set_unmatched_targets(folder.id, &unmatched)?;
+        }
         // Only now: had the run died mid-copy, the next one must scan the
         // same target range again to find appends it did not record. When
         // every UID above the old end is one of ours, skip past them too.

@@ -210,24 +210,9 @@ pub async fn run(
 
 /// Fills every source mailbox with its corpus, in parallel.
 async fn fill_sources(lab: &Lab, users: &[String], scenario: &Scenario) -> Result<CorpusStats> {
-    let fills: Vec<_> = (0u64..)
-        .zip(users)
-        .map(|(n, user)| {
-            (
-                lab.source().maildir(user),
-                crate::CorpusSpec::new(scenario.seed + n, scenario.messages),
-            )
-        })
-        .collect();
-    let filled = pool::blocking(move || {
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-        pool::map_parallel(&fills, threads, |(maildir, corpus)| bench::fill(maildir, corpus))
-            .into_iter()
-            .collect::<Result<Vec<_>>>()
-    })
-    .await?;
+    let fills = bench::mailbox_fills(lab, users, scenario.seed, scenario.messages);
     let mut total = CorpusStats::default();
-    for one in filled {
+    for one in bench::fill_parallel(fills).await? {
         total.add(one);
     }
     if scenario.odd_messages {
@@ -335,25 +320,23 @@ impl Proxies {
             stall_every_bytes: faults.stall_every_bytes,
             stall: Duration::from_millis(faults.stall_ms),
         };
-        let proxy = |server: &Backend, wanted: bool| {
-            let config = config.clone();
-            let upstream = address(server);
-            async move {
-                match (wanted, upstream) {
-                    (false, _) => Ok(None),
-                    (true, Ok(upstream)) => FaultProxy::start(upstream, config)
-                        .await
-                        .map(Some)
-                        .map_err(io_err("starting", Path::new("fault proxy"))),
-                    (true, Err(e)) => Err(e),
-                }
-            }
-        };
         let side = faults.side;
         Ok(Self {
-            source: proxy(lab.source(), side != FaultSide::Target).await?,
-            target: proxy(lab.target(), side != FaultSide::Source).await?,
+            source: match side {
+                FaultSide::Target => None,
+                _ => Some(Self::proxy(lab.source(), config.clone()).await?),
+            },
+            target: match side {
+                FaultSide::Source => None,
+                _ => Some(Self::proxy(lab.target(), config).await?),
+            },
         })
+    }
+
+    async fn proxy(server: &Backend, config: FaultConfig) -> Result<FaultProxy> {
+        FaultProxy::start(address(server)?, config)
+            .await
+            .map_err(io_err("starting", Path::new("fault proxy")))
     }
 
     /// The port the engine connects to for a server: its proxy's, if any.
