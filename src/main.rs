@@ -14,7 +14,7 @@ use cutover_engine::imap::{ConnectOptions, TlsOptions};
 use cutover_engine::report::SyncReport;
 use cutover_engine::state::State;
 use cutover_engine::sync::{self, MailboxJob, Phase, Progress, ProgressFn, SyncOptions};
-use cutover_engine::verify::{self, DateRange, Verification};
+use cutover_engine::verify::{self, DateRange, Verification, VerifyOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 
 mod batch;
@@ -32,7 +32,7 @@ struct Cli {
 enum Command {
     /// Copy one mailbox through a phase.
     Sync(SyncArgs),
-    /// Compare source and target; exit 1 when anything is missing.
+    /// Compare source and target; exit 1 when anything is missing, extra or different.
     Verify(VerifyArgs),
     /// Batches of mailboxes from a CSV file.
     #[command(subcommand)]
@@ -90,6 +90,17 @@ struct SyncArgs {
 }
 
 #[derive(Args)]
+#[command(after_help = "\
+Every folder pair is compared as a multiset: messages are grouped by fingerprint \
+(Message-ID, else Date/From/Subject/Received and size), N copies on the source need N \
+on the target, and each pair is checked for its INTERNALDATE, size and flags (and bytes \
+with --content).
+
+Exit code 0: nothing missing, nothing extra, no pair differing in INTERNALDATE, size or \
+bytes. Exit code 1: any of those. Flag differences are reported but do not fail (owners \
+change flags on both servers during a migration, and a delta carries them) unless \
+--strict-flags. Mail delivered straight to the new server counts as extra: use --before \
+to leave out the days after the MX flip. Exit code 2: verify could not run.")]
 struct VerifyArgs {
     #[command(flatten)]
     endpoints: Endpoints,
@@ -99,6 +110,13 @@ struct VerifyArgs {
     /// Only messages with INTERNALDATE before this day (YYYY-MM-DD).
     #[arg(long)]
     before: Option<chrono::NaiveDate>,
+    /// Also compare every message byte for byte (a SHA-256 of each whole
+    /// message on both sides): reads the whole mailbox once from each server.
+    #[arg(long)]
+    content: bool,
+    /// Exit 1 on flag differences too.
+    #[arg(long)]
+    strict_flags: bool,
 }
 
 fn main() -> ExitCode {
@@ -196,7 +214,7 @@ fn password(file: Option<&Path>, variable: &str) -> Result<Option<Secret>> {
 pub(crate) fn connect_options_from(ca_file: Option<PathBuf>, insecure: bool, timeout: u64) -> ConnectOptions {
     ConnectOptions {
         tls: TlsOptions { ca_file, insecure },
-        read_timeout: Duration::from_secs(timeout.max(1)),
+        io_timeout: Duration::from_secs(timeout.max(1)),
         ..ConnectOptions::default()
     }
 }
@@ -291,50 +309,98 @@ fn print_sync(report: &SyncReport) {
 async fn run_verify(args: VerifyArgs) -> Result<ExitCode> {
     let job = job(&args.endpoints)?;
     let filter = FolderFilter::new(&args.endpoints.include, &args.endpoints.exclude)?;
-    let range = DateRange {
-        since: args.since,
-        before: args.before,
+    let options = VerifyOptions {
+        range: DateRange {
+            since: args.since,
+            before: args.before,
+        },
+        content: args.content,
     };
-    let result = verify::verify(&job, &connect_options(&args.endpoints), &filter, range).await?;
+    let result = verify::verify_with(&job, &connect_options(&args.endpoints), &filter, options).await?;
     if args.endpoints.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
         print_verify(&result);
     }
-    Ok(if result.missing() == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    let passed = result.passed() && (!args.strict_flags || result.flag_mismatches() == 0);
+    Ok(if passed { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
+/// At most this many lines per kind of finding and folder; `--json` has all.
+const VERIFY_DETAIL_LINES: usize = 20;
+
 fn print_verify(result: &Verification) {
+    fn details<T>(items: &[T], line: impl Fn(&T) -> String) {
+        for item in items.iter().take(VERIFY_DETAIL_LINES) {
+            println!("    {}", line(item));
+        }
+        if items.len() > VERIFY_DETAIL_LINES {
+            println!("    … and {} more (--json lists all)", items.len() - VERIFY_DETAIL_LINES);
+        }
+    }
+    let date = |d: &Option<String>| d.clone().unwrap_or_else(|| "no date".into());
     for folder in &result.folders {
         println!(
-            "  {:30} → {:30} source {:6}  target {:6}  missing {:4}  extra {:4}  flag diffs {}",
+            "  {:30} → {:30} source {:6}  target {:6}  missing {:4}  extra {:4}  date diffs {}  size diffs {}  \
+             content diffs {}  flag diffs {}",
             folder.source,
             folder.target,
             folder.source_count,
             folder.target_count,
             folder.missing.len(),
             folder.extra.len(),
+            folder.date_mismatches.len(),
+            folder.size_mismatches.len(),
+            folder.content_mismatches.len(),
             folder.flag_mismatches.len()
         );
-        for missing in &folder.missing {
-            println!(
-                "    missing: source UID {} ({} bytes, {})",
-                missing.id,
-                missing.size,
-                missing.date.as_deref().unwrap_or("no date")
-            );
-        }
+        details(&folder.missing, |m| {
+            format!("missing: source UID {} ({} bytes, {})", m.id, m.size, date(&m.date))
+        });
+        details(&folder.extra, |m| {
+            format!("extra: target {} ({} bytes, {})", m.id, m.size, date(&m.date))
+        });
+        details(&folder.date_mismatches, |m| {
+            format!(
+                "date differs: source UID {} {} ≠ target {} {}",
+                m.source_uid,
+                date(&m.source_date),
+                m.target_id,
+                date(&m.target_date)
+            )
+        });
+        details(&folder.size_mismatches, |m| {
+            format!(
+                "size differs: source UID {} {} bytes ≠ target {} {} bytes",
+                m.source_uid, m.source_size, m.target_id, m.target_size
+            )
+        });
+        details(&folder.content_mismatches, |m| {
+            format!(
+                "bytes differ: source UID {} ≠ target {} ({} bytes each)",
+                m.source_uid, m.target_id, m.size
+            )
+        });
+        details(&folder.flag_mismatches, |m| {
+            format!(
+                "flags differ: source UID {} ({}) ≠ target {} ({})",
+                m.source_uid, m.source_flags, m.target_id, m.target_flags
+            )
+        });
     }
+    let content = if result.content_checked {
+        format!("{} content", result.content_mismatches())
+    } else {
+        "content not checked (--content)".to_string()
+    };
     println!(
-        "verify {} → {}: {} missing, {} extra, {} flag differences",
+        "verify {} → {}: {} missing, {} extra, differences: {} date, {} size, {content}, {} flags",
         result.source,
         result.target,
         result.missing(),
         result.extra(),
+        result.date_mismatches(),
+        result.size_mismatches(),
         result.flag_mismatches()
     );
 }

@@ -12,11 +12,11 @@ use crate::error::{Error, Result};
 pub enum Security {
     /// `imaps://`: TLS from the first byte.
     Implicit,
-    /// `imap://…?tls=starttls`: STARTTLS, and fail if the server lacks it.
-    StartTlsRequired,
-    /// `imap://` (default): STARTTLS when the server offers it, plain otherwise.
-    StartTlsIfOffered,
-    /// `imap://…?tls=none`: never TLS (lab servers on loopback).
+    /// `imap://` (and `?tls=starttls`): STARTTLS before login; a server
+    /// that does not offer it gets no password.
+    StartTls,
+    /// `imap://…?tls=none`: never TLS, the password in cleartext (lab
+    /// servers on loopback, trusted networks): only when the user says so.
     Plain,
 }
 
@@ -70,37 +70,40 @@ impl Endpoint {
     /// is written `%40`. A password in the URL is refused: it would end up in
     /// shell history and process listings.
     pub fn parse(text: &str) -> Result<Self> {
+        // Every message below names the URL as `shown`: a password someone
+        // wrote into it anyway must not reach a terminal or a log.
+        let shown = redact(text);
         if let Some(path) = text.strip_prefix("maildir:") {
             let path = path.strip_prefix("//").unwrap_or(path);
             if path.is_empty() {
-                return Err(Error::Config(format!("{text}: a maildir: URL needs a path")));
+                return Err(Error::Config(format!("{shown}: a maildir: URL needs a path")));
             }
             return Ok(Self::Maildir(PathBuf::from(path)));
         }
-        let url = Url::parse(text).map_err(|e| Error::Config(format!("{text}: not a URL: {e}")))?;
+        let url = Url::parse(text).map_err(|e| Error::Config(format!("{shown}: not a URL: {e}")))?;
         let (security, default_port) = match url.scheme() {
-            "imap" => (Security::StartTlsIfOffered, 143),
+            "imap" => (Security::StartTls, 143),
             "imaps" => (Security::Implicit, 993),
             other => {
                 return Err(Error::Config(format!(
-                    "{text}: unknown scheme {other:?} (use imap://, imaps:// or maildir:)"
+                    "{shown}: unknown scheme {other:?} (use imap://, imaps:// or maildir:)"
                 )))
             }
         };
         if url.password().is_some() {
             return Err(Error::Config(format!(
-                "{}: put the password in a file or environment variable, not in the URL",
-                redact(&url)
+                "{shown}: put the password in a file or environment variable, not in the URL"
             )));
         }
         let host = url
             .host_str()
-            .ok_or_else(|| Error::Config(format!("{text}: no host")))?
+            .ok_or_else(|| Error::Config(format!("{shown}: no host")))?
             .trim_matches(|c| c == '[' || c == ']')
             .to_string();
-        let user = percent_decode(url.username());
+        let user = percent_decode(url.username())
+            .ok_or_else(|| Error::Config(format!("{shown}: the user name is not valid UTF-8 once decoded")))?;
         if user.is_empty() {
-            return Err(Error::Config(format!("{text}: no user (imap://user@host)")));
+            return Err(Error::Config(format!("{shown}: no user (imap://user@host)")));
         }
         let mut endpoint = ImapEndpoint {
             host,
@@ -113,9 +116,7 @@ impl Endpoint {
         };
         for (key, value) in url.query_pairs() {
             match (key.as_ref(), value.as_ref()) {
-                ("tls", "starttls") if security != Security::Implicit => {
-                    endpoint.security = Security::StartTlsRequired
-                }
+                ("tls", "starttls") if security != Security::Implicit => endpoint.security = Security::StartTls,
                 ("tls", "none") if security != Security::Implicit => endpoint.security = Security::Plain,
                 ("auth", "login") => endpoint.auth = AuthMethod::Login,
                 ("auth", "plain") => endpoint.auth = AuthMethod::Plain,
@@ -123,9 +124,11 @@ impl Endpoint {
                 ("master_separator", sep) if sep.chars().count() == 1 => {
                     endpoint.master_separator = sep.chars().next().unwrap_or('*')
                 }
-                (key, value) => {
+                // The value is not repeated: it might be a secret.
+                (key, _) => {
                     return Err(Error::Config(format!(
-                        "{text}: unknown option {key}={value} (known: tls=starttls|none, auth=login|plain, master=ADMIN, master_separator=C)"
+                        "{shown}: unknown or misplaced option {key:?} (known: tls=starttls|none on imap://, \
+                         auth=login|plain, master=ADMIN, master_separator=C)"
                     )))
                 }
             }
@@ -151,18 +154,54 @@ impl fmt::Display for Endpoint {
     }
 }
 
-fn percent_decode(text: &str) -> String {
-    url::form_urlencoded::parse(format!("x={text}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
+/// Decodes `%XX` escapes only: a `+` in a login (`alice+archive`) is a
+/// plus, not the space form encoding would make of it.
+fn percent_decode(text: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8()
+        .ok()
+        .map(|decoded| decoded.into_owned())
 }
 
-fn redact(url: &Url) -> String {
-    let mut shown = url.clone();
-    let _ = shown.set_password(None);
-    shown.to_string()
+/// The URL text with anything that could be a password removed: the part
+/// of the user information after a `:`, and every query value. Works on
+/// text that does not parse as a URL, since that is where it is needed.
+pub fn redact(text: &str) -> String {
+    let (scheme, rest) = match text.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, text),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_string(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let keys: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if SAFE_OPTIONS.contains(&key) => pair.to_string(),
+                    Some((key, _)) => format!("{key}=***"),
+                    None => pair.to_string(),
+                })
+                .collect();
+            format!("{path}?{}", keys.join("&"))
+        }
+        None => tail.to_string(),
+    };
+    match scheme {
+        Some(scheme) => format!("{scheme}://{authority}{tail}"),
+        None => format!("{authority}{tail}"),
+    }
 }
+
+/// Options whose values are shown in messages (none of them is a secret).
+const SAFE_OPTIONS: &[&str] = &["tls", "auth", "master", "master_separator"];
 
 /// A password, kept out of `Debug` output and logs.
 #[derive(Clone)]
@@ -199,7 +238,7 @@ mod tests {
         };
         assert_eq!(e.user, "alice@example.org");
         assert_eq!(e.port, 1143);
-        assert_eq!(e.security, Security::StartTlsRequired);
+        assert_eq!(e.security, Security::StartTls);
         assert_eq!(e.master_user.as_deref(), Some("admin"));
         assert_eq!(e.auth, AuthMethod::Plain);
     }
@@ -212,6 +251,39 @@ mod tests {
             Endpoint::parse("maildir:/var/mail/bob").unwrap(),
             Endpoint::Maildir("/var/mail/bob".into())
         );
+    }
+
+    #[test]
+    fn a_plus_in_a_login_is_a_plus() {
+        let Endpoint::Imap(e) = Endpoint::parse("imap://a+b%40x.org@host?tls=none").unwrap() else {
+            panic!("not imap")
+        };
+        assert_eq!(e.user, "a+b@x.org");
+        assert_eq!(
+            Endpoint::parse("imap://a+b%40x.org@host").unwrap().to_string(),
+            "imap://a+b@x.org@host:143"
+        );
+    }
+
+    #[test]
+    fn errors_never_repeat_a_password() {
+        for url in [
+            "imap://bob:hunter2@host",
+            "imap://bob:hunter2@host:99999",
+            "imap://bob:hunter2@ho st",
+            "pop3://bob:hunter2@host",
+            "imap://bob@host?password=hunter2",
+            "imap://bob:hunter2@[::1",
+            "imap://bob:p@ss:hunter2@host",
+        ] {
+            let err = Endpoint::parse(url).unwrap_err().to_string();
+            assert!(!err.contains("hunter2"), "{url}: {err}");
+        }
+        assert_eq!(
+            redact("imap://bob:pw@host:1?tls=none&x=pw"),
+            "imap://bob:***@host:1?tls=none&x=***"
+        );
+        assert_eq!(redact("not a url"), "not a url");
     }
 
     #[test]

@@ -111,14 +111,15 @@ pub fn role_by_name(leaf: &str) -> Option<SpecialUse> {
 /// Splits a folder name into its levels, dropping an `INBOX` namespace
 /// prefix when `strip_inbox_prefix` says the server uses one.
 fn levels(folder: &FolderInfo, strip_inbox_prefix: bool) -> Vec<String> {
-    let mut parts: Vec<String> = match folder.separator {
-        Some(sep) => folder.name.split(sep).map(str::to_string).collect(),
-        None => vec![folder.name.clone()],
+    let Some(sep) = folder.separator else {
+        return vec![folder.name.clone()];
     };
-    if strip_inbox_prefix && parts.len() > 1 && parts[0].eq_ignore_ascii_case("INBOX") {
-        parts.remove(0);
-    }
-    parts
+    let name = if strip_inbox_prefix {
+        inbox_child(&folder.name, sep).unwrap_or(&folder.name)
+    } else {
+        &folder.name
+    };
+    name.split(sep).map(str::to_string).collect()
 }
 
 fn is_inbox(name: &str) -> bool {
@@ -129,20 +130,22 @@ fn is_inbox(name: &str) -> bool {
 /// setups) when all non-INBOX folders start that way.
 fn uses_inbox_prefix(folders: &[FolderInfo]) -> bool {
     let mut others = folders.iter().filter(|f| !is_inbox(&f.name)).peekable();
-    others.peek().is_some()
-        && others.all(|f| {
-            f.separator
-                .is_some_and(|sep| f.name.len() > 6 && is_inbox(&f.name[..5]) && f.name[5..].starts_with(sep))
-        })
+    others.peek().is_some() && others.all(|f| f.separator.is_some_and(|sep| inbox_child(&f.name, sep).is_some()))
+}
+
+/// `Projects` of `INBOX.Projects` (any case of INBOX). Compares characters,
+/// never byte offsets: names are UTF-8 and may start with `Entwürfe`.
+fn inbox_child(name: &str, separator: char) -> Option<&str> {
+    let (end, _) = name.char_indices().nth(5)?;
+    let (head, rest) = name.split_at(end);
+    let child = rest.strip_prefix(separator)?;
+    (is_inbox(head) && !child.is_empty()).then_some(child)
 }
 
 fn role_of(folder: &FolderInfo, levels: &[String]) -> Option<SpecialUse> {
-    folder.special_use.or_else(|| {
-        if levels.len() == 1 {
-            role_by_name(&levels[0])
-        } else {
-            None
-        }
+    folder.special_use.or_else(|| match levels {
+        [leaf] => role_by_name(leaf),
+        _ => None,
     })
 }
 
@@ -244,6 +247,23 @@ mod tests {
             ]
         );
         assert_eq!(plan[1].role, Some(SpecialUse::Sent));
+    }
+
+    #[test]
+    fn non_ascii_names_beside_inbox_never_panic() {
+        for name in ["Entwürfe-Alt", "Входящие", "收件箱", "Ü", "INBOXé", "INBOX.é", "INBOX."] {
+            let source = vec![folder("INBOX", '.', None), folder(name, '.', None)];
+            let target = vec![folder("INBOX", '/', None)];
+            let plan = plan(&source, &target, '/', &FolderFilter::default());
+            assert_eq!(plan.len(), 2, "{name}");
+        }
+        let source = vec![folder("INBOX", '.', None), folder("INBOX.Entwürfe", '.', None)];
+        let plan = plan(&source, &[folder("INBOX", '/', None)], '/', &FolderFilter::default());
+        assert_eq!(
+            plan[1].target, "Entwürfe",
+            "a Courier prefix is dropped before a non-ASCII name"
+        );
+        assert_eq!(plan[1].role, Some(SpecialUse::Drafts));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, FixedOffset};
 
+use super::utf7;
 use crate::error::ErrorKind;
 use crate::message::Flags;
 
@@ -33,17 +34,32 @@ pub fn quote(text: &str) -> String {
     out
 }
 
-/// A mailbox name as a command argument: modified UTF-7, quoted.
-pub fn mailbox(name: &str) -> String {
-    quote(&utf7_imap::encode_utf7_imap(name.to_string()))
+/// Undoes [`quote`]'s escapes: the text between the quotes of a quoted
+/// string, as imap-proto hands it over (still escaped).
+pub fn unescape(quoted: &str) -> String {
+    let mut out = String::with_capacity(quoted.len());
+    let mut chars = quoted.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.extend(chars.next()),
+            other => out.push(other),
+        }
+    }
+    out
 }
 
-/// Decodes a mailbox name from LIST (modified UTF-7) into UTF-8.
-pub fn decode_mailbox(raw: &str) -> String {
-    if raw.contains('&') {
-        utf7_imap::decode_utf7_imap(raw.to_string())
+/// A mailbox name as a command argument: modified UTF-7, quoted.
+pub fn mailbox(name: &str) -> String {
+    quote(&utf7::encode(name))
+}
+
+/// Decodes a mailbox name as LIST sent it (modified UTF-7, and escaped if
+/// it came as a quoted string) into UTF-8.
+pub fn decode_mailbox(wire: &str, was_quoted: bool) -> String {
+    if was_quoted {
+        utf7::decode_lossless(&unescape(wire))
     } else {
-        raw.to_string()
+        utf7::decode_lossless(wire)
     }
 }
 
@@ -160,8 +176,12 @@ mod tests {
     #[test]
     fn mailbox_names_are_utf7_and_quoted() {
         assert_eq!(mailbox("Entwürfe"), "\"Entw&APw-rfe\"");
-        assert_eq!(decode_mailbox("Entw&APw-rfe"), "Entwürfe");
+        assert_eq!(decode_mailbox("Entw&APw-rfe", false), "Entwürfe");
         assert_eq!(quote("a\"b\\c"), "\"a\\\"b\\\\c\"");
+        assert_eq!(mailbox("Projekt \"X\""), "\"Projekt \\\"X\\\"\"");
+        assert_eq!(decode_mailbox("Projekt \\\"X\\\"", true), "Projekt \"X\"");
+        assert_eq!(decode_mailbox("a\\\\b", true), "a\\b");
+        assert_eq!(decode_mailbox("a\\b", false), "a\\b", "a literal is not escaped");
     }
 
     #[test]

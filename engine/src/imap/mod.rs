@@ -9,6 +9,7 @@
 mod codec;
 mod session;
 mod transport;
+pub mod utf7;
 
 pub use session::{
     ConnectOptions, FetchHandle, FetchItems, FetchRecord, FolderInfo, ImapSession, SelectedFolder, SpecialUse,

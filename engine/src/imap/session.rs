@@ -26,8 +26,9 @@ pub struct ConnectOptions {
     pub tls: TlsOptions,
     /// Limit for TCP connect and TLS handshake.
     pub connect_timeout: Duration,
-    /// Limit for each server response.
-    pub read_timeout: Duration,
+    /// Limit for each server response, and for each write to a server
+    /// that stopped reading.
+    pub io_timeout: Duration,
 }
 
 impl Default for ConnectOptions {
@@ -35,7 +36,7 @@ impl Default for ConnectOptions {
         Self {
             tls: TlsOptions::default(),
             connect_timeout: Duration::from_secs(20),
-            read_timeout: Duration::from_secs(120),
+            io_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -125,7 +126,7 @@ pub struct ImapSession {
     inner: async_imap::Session<Transport>,
     endpoint: String,
     capabilities: HashSet<String>,
-    read_timeout: Duration,
+    io_timeout: Duration,
     next_tag: u32,
 }
 
@@ -144,7 +145,9 @@ struct Completion {
 }
 
 impl ImapSession {
-    /// Connects, negotiates TLS as the endpoint asks and logs in.
+    /// Connects, negotiates TLS as the endpoint asks and logs in. A
+    /// password is never sent in cleartext unless the endpoint says
+    /// `?tls=none`: `imap://` without STARTTLS on offer is an error.
     pub async fn connect(endpoint: &ImapEndpoint, password: &Secret, options: &ConnectOptions) -> Result<Self> {
         let address = endpoint.address();
         let tcp = connect_tcp(&endpoint.host, endpoint.port, options.connect_timeout).await?;
@@ -159,46 +162,46 @@ impl ImapSession {
                 )
                 .await?
             }
-            _ => Transport::Plain(tcp),
+            Security::StartTls | Security::Plain => Transport::Plain(tcp),
         };
-        let mut client = async_imap::Client::new(transport);
-        let greeting = read_greeting(&mut client, &address, options.read_timeout).await?;
-        let wants_tls = match endpoint.security {
-            Security::StartTlsRequired => true,
-            Security::StartTlsIfOffered => greeting.contains("STARTTLS"),
-            Security::Implicit | Security::Plain => false,
+        let mut connection = PreLogin {
+            client: async_imap::Client::new(transport),
+            address: address.clone(),
+            timeout: options.io_timeout,
+            next_tag: 0,
         };
-        if wants_tls {
-            client
-                .run_command_and_check_ok("STARTTLS", None)
-                .await
-                .map_err(|e| Error::Tls {
-                    endpoint: address.clone(),
-                    detail: format!("STARTTLS refused: {e}"),
-                })?;
-            let Transport::Plain(tcp) = client.into_inner() else {
+        let mut capabilities = match connection.greeting().await? {
+            Some(announced) => announced,
+            // Many servers announce nothing in the greeting: ask.
+            None => connection.capabilities().await?,
+        };
+        if endpoint.security == Security::StartTls {
+            if !capabilities.contains("STARTTLS") {
                 return Err(Error::Tls {
                     endpoint: address,
-                    detail: "STARTTLS on a connection that is already TLS".into(),
+                    detail: "the server does not offer STARTTLS, and the password is not sent in cleartext: \
+                             use imaps://, or add ?tls=none to the URL to allow cleartext on a trusted network"
+                        .into(),
                 });
-            };
-            let tls = start_tls(
-                tcp,
-                &endpoint.host,
-                endpoint.port,
-                &options.tls,
-                options.connect_timeout,
-            )
-            .await?;
-            client = async_imap::Client::new(tls);
+            }
+            connection = connection.starttls(endpoint, options).await?;
+            // RFC 3501 6.2.1: what the server said before TLS is void.
+            capabilities = connection.capabilities().await?;
         }
-        let login = login(client, endpoint, password);
-        let inner = match tokio::time::timeout(options.read_timeout, login).await {
+        if endpoint.auth == AuthMethod::Login && capabilities.contains("LOGINDISABLED") {
+            return Err(Error::Auth {
+                endpoint: address,
+                user: endpoint.user.clone(),
+                detail: "the server disables LOGIN on this connection (LOGINDISABLED): use TLS or ?auth=plain".into(),
+            });
+        }
+        let login = login(connection.client, endpoint, password);
+        let inner = match tokio::time::timeout(options.io_timeout, login).await {
             Ok(result) => result?,
             Err(_) => {
                 return Err(Error::Timeout {
                     endpoint: address,
-                    seconds: options.read_timeout.as_secs(),
+                    seconds: options.io_timeout.as_secs(),
                     during: "login".into(),
                 })
             }
@@ -207,9 +210,10 @@ impl ImapSession {
             inner,
             endpoint: address,
             capabilities: HashSet::new(),
-            read_timeout: options.read_timeout,
+            io_timeout: options.io_timeout,
             next_tag: 0,
         };
+        // Capabilities change with login (RFC 3501 6.2.3): ask again.
         session.capabilities = session.fetch_capabilities().await?;
         Ok(session)
     }
@@ -225,7 +229,9 @@ impl ImapSession {
     }
 
     async fn fetch_capabilities(&mut self) -> Result<HashSet<String>> {
-        let lists = self.run("CAPABILITY", "CAPABILITY", capability_list).await?;
+        let lists = self
+            .run("CAPABILITY", "CAPABILITY", |response, _| capability_list(response))
+            .await?;
         Ok(lists.into_iter().flatten().collect())
     }
 
@@ -236,8 +242,8 @@ impl ImapSession {
         } else {
             "LIST \"\" \"*\""
         };
-        self.run(command, "LIST", |response| match response {
-            Response::MailboxData(MailboxDatum::List(list)) => Some(folder_info(list)),
+        self.run(command, "LIST", |response, raw| match response {
+            Response::MailboxData(MailboxDatum::List(list)) => Some(folder_info(list, raw)),
             _ => None,
         })
         .await
@@ -246,7 +252,7 @@ impl ImapSession {
     /// Creates a folder; an existing one is not an error.
     pub async fn create_folder(&mut self, name: &str) -> Result<()> {
         match self
-            .run(&format!("CREATE {}", codec::mailbox(name)), "CREATE", |_| None::<()>)
+            .run(&format!("CREATE {}", codec::mailbox(name)), "CREATE", |_, _| None::<()>)
             .await
         {
             Err(Error::Imap { detail, .. }) if detail.to_ascii_uppercase().contains("[ALREADYEXISTS]") => Ok(()),
@@ -265,7 +271,7 @@ impl ImapSession {
         };
         let command = format!("{verb} {}{condstore}", codec::mailbox(name));
         let values = self
-            .run(&command, verb, |response| match response {
+            .run(&command, verb, |response, _| match response {
                 Response::MailboxData(MailboxDatum::Exists(n)) => Some(CodeValue::Exists(*n)),
                 Response::Data { outcome, .. } => outcome.code.as_ref().map(code_value),
                 _ => None,
@@ -288,10 +294,14 @@ impl ImapSession {
     /// `SINCE 1-Jan-2024`).
     pub async fn uid_search(&mut self, criteria: &str) -> Result<Vec<u32>> {
         let found = self
-            .run(&format!("UID SEARCH {criteria}"), "SEARCH", |response| match response {
-                Response::MailboxData(MailboxDatum::Search(found)) => Some(found.clone()),
-                _ => None,
-            })
+            .run(
+                &format!("UID SEARCH {criteria}"),
+                "SEARCH",
+                |response, _| match response {
+                    Response::MailboxData(MailboxDatum::Search(found)) => Some(found.clone()),
+                    _ => None,
+                },
+            )
             .await?;
         let mut uids: Vec<u32> = found.into_iter().flatten().collect();
         uids.sort_unstable();
@@ -324,7 +334,7 @@ impl ImapSession {
         let wanted = handle.items;
         loop {
             let event = self
-                .event(&handle.tag, |response| match response {
+                .event(&handle.tag, |response, _| match response {
                     Response::Fetch(_, attributes) => Some(fetch_record(attributes)),
                     _ => None,
                 })
@@ -355,7 +365,7 @@ impl ImapSession {
     ) -> Result<Vec<FetchRecord>> {
         let command = fetch_command(uid_set, items, changed_since);
         let records = self
-            .run(&command, "FETCH", |response| match response {
+            .run(&command, "FETCH", |response, _| match response {
                 Response::Fetch(_, attributes) => Some(fetch_record(attributes)),
                 _ => None,
             })
@@ -430,7 +440,7 @@ impl ImapSession {
     pub async fn uid_store(&mut self, uids: &[u32], operation: &str, flags: &Flags) -> Result<()> {
         for set in codec::uid_set_chunks(uids, 4000) {
             let command = format!("UID STORE {set} {operation}.SILENT {}", codec::flag_list(flags));
-            self.run(&command, "STORE", |_| None::<()>).await?;
+            self.run(&command, "STORE", |_, _| None::<()>).await?;
         }
         Ok(())
     }
@@ -448,7 +458,7 @@ impl ImapSession {
             } else {
                 "EXPUNGE".to_string()
             };
-            self.run(&command, "EXPUNGE", |_| None::<()>).await?;
+            self.run(&command, "EXPUNGE", |_, _| None::<()>).await?;
         }
         Ok(())
     }
@@ -468,7 +478,7 @@ impl ImapSession {
         &mut self,
         command: &str,
         name: &str,
-        mut item: impl FnMut(&Response<'_>) -> Option<T>,
+        mut item: impl FnMut(&Response<'_>, &[u8]) -> Option<T>,
     ) -> Result<Vec<T>> {
         let mut attempt = 0;
         loop {
@@ -506,34 +516,47 @@ impl ImapSession {
         Ok(tag)
     }
 
+    /// Writes with a deadline: a peer that stops reading (its receive
+    /// window full) would otherwise hang the run forever.
     async fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        let endpoint = &self.endpoint;
-        self.inner
-            .get_mut()
-            .write_all(bytes)
-            .await
-            .map_err(|e| Error::ConnectionLost {
-                endpoint: endpoint.clone(),
-                detail: format!("write failed: {e}"),
-            })
+        let written = tokio::time::timeout(self.io_timeout, self.inner.get_mut().write_all(bytes)).await;
+        self.sent(written, "sending a command")
     }
 
     async fn flush(&mut self) -> Result<()> {
-        let endpoint = &self.endpoint;
-        self.inner.get_mut().flush().await.map_err(|e| Error::ConnectionLost {
-            endpoint: endpoint.clone(),
-            detail: format!("flush failed: {e}"),
-        })
+        let flushed = tokio::time::timeout(self.io_timeout, self.inner.get_mut().flush()).await;
+        self.sent(flushed, "sending a command")
+    }
+
+    fn sent(
+        &self,
+        outcome: std::result::Result<std::io::Result<()>, tokio::time::error::Elapsed>,
+        during: &str,
+    ) -> Result<()> {
+        match outcome {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::ConnectionLost {
+                endpoint: self.endpoint.clone(),
+                detail: format!("write failed: {e}"),
+            }),
+            Err(_) => Err(Error::Timeout {
+                endpoint: self.endpoint.clone(),
+                seconds: self.io_timeout.as_secs(),
+                during: format!("{during} (the server stopped reading)"),
+            }),
+        }
     }
 
     async fn await_continuation(&mut self, tag: &str) -> Result<()> {
         loop {
-            let continued = self.read(|response| matches!(response, Response::Continue(_))).await?;
+            let continued = self
+                .read(|response, _| matches!(response, Response::Continue(_)))
+                .await?;
             if continued {
                 return Ok(());
             }
             // A tagged answer instead of "+" means the server refused the literal.
-            let done = self.event(tag, |_| None::<()>).await?;
+            let done = self.event(tag, |_, _| None::<()>).await?;
             if let Event::Done(done) = done {
                 return Err(self.refusal(&done.text, "APPEND"));
             }
@@ -542,7 +565,7 @@ impl ImapSession {
 
     async fn until_done(&mut self, tag: &str) -> Result<Completion> {
         loop {
-            if let Event::Done(done) = self.event(tag, |_| None::<()>).await? {
+            if let Event::Done(done) = self.event(tag, |_, _| None::<()>).await? {
                 return Ok(done);
             }
         }
@@ -567,9 +590,9 @@ impl ImapSession {
 
     /// Reads one response and sorts it into an item, the completion of
     /// `tag`, or noise. A BYE ends the session with an error.
-    async fn event<T>(&mut self, tag: &str, item: impl FnOnce(&Response<'_>) -> Option<T>) -> Result<Event<T>> {
+    async fn event<T>(&mut self, tag: &str, item: impl FnOnce(&Response<'_>, &[u8]) -> Option<T>) -> Result<Event<T>> {
         let event = self
-            .read(|response| match response {
+            .read(|response, raw| match response {
                 Response::Done {
                     tag: done_tag,
                     status,
@@ -586,7 +609,7 @@ impl ImapSession {
                     status: Status::Bye,
                     outcome,
                 } => Err(outcome_text(outcome.code.as_ref(), outcome.information.as_deref())),
-                other => Ok(item(other).map_or(Event::Ignore, Event::Item)),
+                other => Ok(item(other, raw).map_or(Event::Ignore, Event::Item)),
             })
             .await?;
         event.map_err(|text| {
@@ -602,11 +625,12 @@ impl ImapSession {
         })
     }
 
-    async fn read<T>(&mut self, f: impl FnOnce(&Response<'_>) -> T) -> Result<T> {
-        match tokio::time::timeout(self.read_timeout, self.inner.read_response()).await {
+    /// Reads one response; `f` sees it parsed and as the bytes it came in.
+    async fn read<T>(&mut self, f: impl FnOnce(&Response<'_>, &[u8]) -> T) -> Result<T> {
+        match tokio::time::timeout(self.io_timeout, self.inner.read_response()).await {
             Err(_) => Err(Error::Timeout {
                 endpoint: self.endpoint.clone(),
-                seconds: self.read_timeout.as_secs(),
+                seconds: self.io_timeout.as_secs(),
                 during: "waiting for a response".into(),
             }),
             Ok(Err(e)) => Err(Error::ConnectionLost {
@@ -617,7 +641,7 @@ impl ImapSession {
                 endpoint: self.endpoint.clone(),
                 detail: "closed by the server".into(),
             }),
-            Ok(Ok(Some(data))) => Ok(f(data.parsed())),
+            Ok(Ok(Some(data))) => Ok(f(data.parsed(), data.borrow_owner())),
         }
     }
 }
@@ -630,56 +654,182 @@ pub struct FetchHandle {
     finished: bool,
 }
 
-async fn read_greeting(client: &mut async_imap::Client<Transport>, address: &str, timeout: Duration) -> Result<String> {
-    let greeting = match tokio::time::timeout(timeout, client.read_response()).await {
-        Err(_) => {
-            return Err(Error::Timeout {
-                endpoint: address.to_string(),
-                seconds: timeout.as_secs(),
-                during: "greeting".into(),
-            })
-        }
-        Ok(Err(e)) => {
-            return Err(Error::ConnectionLost {
-                endpoint: address.to_string(),
-                detail: format!("no IMAP greeting: {e}"),
-            })
-        }
-        Ok(Ok(None)) => {
-            return Err(Error::ConnectionLost {
-                endpoint: address.to_string(),
-                detail: "closed before the greeting".into(),
-            })
-        }
-        Ok(Ok(Some(data))) => match data.parsed() {
-            Response::Data {
-                status: Status::Ok | Status::PreAuth,
-                outcome,
-            } => Ok(match &outcome.code {
-                Some(ResponseCode::Capabilities(caps)) => {
-                    caps.iter().map(capability_name).collect::<Vec<_>>().join(" ")
-                }
-                _ => String::new(),
+/// One response before login, sorted.
+enum PreLoginStep {
+    Capabilities(Vec<String>),
+    Done(Completion),
+    Bye(String),
+    Other,
+}
+
+/// The connection before login: greeting, CAPABILITY, STARTTLS. Commands
+/// are written straight to the transport with tags of our own, as in the
+/// session, and async-imap only frames and parses the answers.
+struct PreLogin {
+    client: async_imap::Client<Transport>,
+    address: String,
+    timeout: Duration,
+    next_tag: u32,
+}
+
+impl PreLogin {
+    async fn read<T>(&mut self, during: &str, f: impl FnOnce(&Response<'_>) -> T) -> Result<T> {
+        match tokio::time::timeout(self.timeout, self.client.read_response()).await {
+            Err(_) => Err(Error::Timeout {
+                endpoint: self.address.clone(),
+                seconds: self.timeout.as_secs(),
+                during: during.into(),
             }),
-            Response::Data { outcome, .. } => Err(outcome_text(outcome.code.as_ref(), outcome.information.as_deref())),
-            _ => Err("unexpected greeting".to_string()),
-        },
-    };
-    greeting.map_err(|text| {
-        if codec::classify_refusal(&text, "BYE") == ErrorKind::Throttled {
-            Error::Imap {
-                kind: ErrorKind::Throttled,
-                endpoint: address.to_string(),
-                command: "greeting".into(),
-                detail: text,
+            Ok(Err(e)) => Err(Error::ConnectionLost {
+                endpoint: self.address.clone(),
+                detail: format!("{during}: {e}"),
+            }),
+            Ok(Ok(None)) => Err(Error::ConnectionLost {
+                endpoint: self.address.clone(),
+                detail: format!("closed by the server ({during})"),
+            }),
+            Ok(Ok(Some(data))) => Ok(f(data.parsed())),
+        }
+    }
+
+    /// The capabilities the greeting announces, if it does.
+    async fn greeting(&mut self) -> Result<Option<HashSet<String>>> {
+        let greeting = self
+            .read("greeting", |response| match response {
+                Response::Data {
+                    status: Status::Ok | Status::PreAuth,
+                    outcome,
+                } => Ok(match &outcome.code {
+                    Some(ResponseCode::Capabilities(caps)) => Some(caps.iter().map(capability_name).collect()),
+                    _ => None,
+                }),
+                Response::Data { outcome, .. } => {
+                    Err(outcome_text(outcome.code.as_ref(), outcome.information.as_deref()))
+                }
+                _ => Err("not an IMAP greeting".to_string()),
+            })
+            .await?;
+        greeting.map_err(|refusal| {
+            if codec::classify_refusal(&refusal, "BYE") == ErrorKind::Throttled {
+                Error::Imap {
+                    kind: ErrorKind::Throttled,
+                    endpoint: self.address.clone(),
+                    command: "greeting".into(),
+                    detail: refusal,
+                }
+            } else {
+                Error::ConnectionLost {
+                    endpoint: self.address.clone(),
+                    detail: format!("server refused the session: {refusal}"),
+                }
             }
-        } else {
-            Error::ConnectionLost {
-                endpoint: address.to_string(),
-                detail: format!("server refused the session: {text}"),
+        })
+    }
+
+    /// Sends a command; returns the capabilities its untagged responses
+    /// listed and the tagged completion.
+    async fn command(&mut self, command: &str) -> Result<(HashSet<String>, Completion)> {
+        self.next_tag += 1;
+        let tag = format!("p{}", self.next_tag);
+        let line = format!("{tag} {command}\r\n");
+        let stream = self.client.get_mut();
+        let sent = tokio::time::timeout(self.timeout, async {
+            stream.write_all(line.as_bytes()).await?;
+            stream.flush().await
+        })
+        .await;
+        match sent {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(Error::ConnectionLost {
+                    endpoint: self.address.clone(),
+                    detail: format!("write failed: {e}"),
+                })
+            }
+            Err(_) => {
+                return Err(Error::Timeout {
+                    endpoint: self.address.clone(),
+                    seconds: self.timeout.as_secs(),
+                    during: format!("sending {command} (the server stopped reading)"),
+                })
             }
         }
-    })
+        let mut capabilities = HashSet::new();
+        loop {
+            let step = self
+                .read(command, |response| match response {
+                    Response::Capabilities(caps) => {
+                        PreLoginStep::Capabilities(caps.iter().map(capability_name).collect())
+                    }
+                    Response::Done {
+                        tag: done,
+                        status,
+                        outcome,
+                    } if done.0 == tag => PreLoginStep::Done(Completion {
+                        ok: matches!(status, Status::Ok),
+                        text: outcome_text(outcome.code.as_ref(), outcome.information.as_deref()),
+                        append_uids: Vec::new(),
+                    }),
+                    Response::Data {
+                        status: Status::Bye,
+                        outcome,
+                    } => PreLoginStep::Bye(outcome_text(outcome.code.as_ref(), outcome.information.as_deref())),
+                    _ => PreLoginStep::Other,
+                })
+                .await?;
+            match step {
+                PreLoginStep::Capabilities(caps) => capabilities.extend(caps),
+                PreLoginStep::Done(done) => return Ok((capabilities, done)),
+                PreLoginStep::Bye(text) => {
+                    return Err(Error::ConnectionLost {
+                        endpoint: self.address.clone(),
+                        detail: format!("server said BYE: {text}"),
+                    })
+                }
+                PreLoginStep::Other => {}
+            }
+        }
+    }
+
+    async fn capabilities(&mut self) -> Result<HashSet<String>> {
+        let (capabilities, done) = self.command("CAPABILITY").await?;
+        if !done.ok {
+            return Err(Error::Imap {
+                kind: ErrorKind::Protocol,
+                endpoint: self.address.clone(),
+                command: "CAPABILITY".into(),
+                detail: done.text,
+            });
+        }
+        Ok(capabilities)
+    }
+
+    /// Upgrades the connection to TLS.
+    async fn starttls(mut self, endpoint: &ImapEndpoint, options: &ConnectOptions) -> Result<Self> {
+        let (_, done) = self.command("STARTTLS").await?;
+        if !done.ok {
+            return Err(Error::Tls {
+                endpoint: self.address.clone(),
+                detail: format!("STARTTLS refused: {}", done.text),
+            });
+        }
+        let Transport::Plain(tcp) = self.client.into_inner() else {
+            return Err(Error::Tls {
+                endpoint: self.address.clone(),
+                detail: "STARTTLS on a connection that is already TLS".into(),
+            });
+        };
+        let tls = start_tls(
+            tcp,
+            &endpoint.host,
+            endpoint.port,
+            &options.tls,
+            options.connect_timeout,
+        )
+        .await?;
+        self.client = async_imap::Client::new(tls);
+        Ok(self)
+    }
 }
 
 /// AUTHENTICATE PLAIN's single response: authzid, authcid, password.
@@ -854,7 +1004,7 @@ fn expand_uid_set(set: &[UidSetMember]) -> Vec<u32> {
         .collect()
 }
 
-fn folder_info(list: &async_imap::imap_proto::MailboxListData<'_>) -> FolderInfo {
+fn folder_info(list: &async_imap::imap_proto::MailboxListData<'_>, raw: &[u8]) -> FolderInfo {
     let mut special_use = None;
     let mut selectable = true;
     for attribute in &list.name_attributes {
@@ -872,11 +1022,23 @@ fn folder_info(list: &async_imap::imap_proto::MailboxListData<'_>) -> FolderInfo
         }
     }
     FolderInfo {
-        name: codec::decode_mailbox(&list.name),
+        name: codec::decode_mailbox(&list.name, came_quoted(&list.name, raw)),
         separator: list.delimiter.as_ref().and_then(|d| d.chars().next()),
         special_use,
         selectable,
     }
+}
+
+/// Whether a string imap-proto parsed out of `raw` was a quoted string:
+/// its parser hands over quoted strings still escaped (`Projekt \"X\"`)
+/// and literals as they are, and only the byte before the text tells which.
+fn came_quoted(parsed: &str, raw: &[u8]) -> bool {
+    let start = (parsed.as_ptr() as usize).wrapping_sub(raw.as_ptr() as usize);
+    start
+        .checked_sub(1)
+        .filter(|_| start <= raw.len())
+        .and_then(|before| raw.get(before))
+        == Some(&b'"')
 }
 
 fn fetch_record(attributes: &[AttributeValue<'_>]) -> FetchRecord {
