@@ -62,8 +62,7 @@ impl MaildirTarget {
         if name.eq_ignore_ascii_case("INBOX") || name.is_empty() {
             self.root.clone()
         } else {
-            self.root
-                .join(format!(".{}", utf7_imap::encode_utf7_imap(name.to_string())))
+            self.root.join(format!(".{}", crate::imap::utf7::encode(name)))
         }
     }
 
@@ -81,7 +80,7 @@ impl MaildirTarget {
             if let Some(encoded) = file_name.strip_prefix('.') {
                 if !encoded.is_empty() && !encoded.starts_with('.') && entry.path().join("cur").is_dir() {
                     folders.push(FolderInfo {
-                        name: utf7_imap::decode_utf7_imap(encoded.to_string()),
+                        name: crate::imap::utf7::decode_lossless(encoded),
                         separator: Some(SEPARATOR),
                         special_use: None,
                         selectable: true,
@@ -122,15 +121,30 @@ impl MaildirTarget {
 
     /// Writes messages with plain blocking file I/O: a local append is a
     /// page-cache copy and a rename, shorter than a task hand-off.
+    ///
+    /// Durable before it returns, because the state records the messages as
+    /// copied right after: all files are written to `tmp/`, one `syncfs`
+    /// makes their bytes (and the keyword table) durable — one flush per
+    /// batch instead of one per message — then they are renamed into `cur/`
+    /// and that directory is synced, so the names survive a power loss too.
     pub(super) fn append(&self, name: &str, messages: &[Message]) -> Result<Vec<Option<String>>> {
         let dir = self.folder_dir(name);
         let mut keywords = Keywords::load(&dir)?;
-        let keys = messages
+        let written = messages
             .iter()
-            .map(|message| deliver(&dir, message, &mut keywords).map(Some))
+            .map(|message| write_tmp(&dir, message, &mut keywords))
             .collect::<Result<Vec<_>>>()?;
         keywords.save(&dir)?;
-        Ok(keys)
+        let tmp = dir.join("tmp");
+        sync_filesystem(&tmp)?;
+        for delivery in &written {
+            fs::rename(&delivery.tmp, &delivery.cur).map_err(|e| Error::io(&delivery.cur, e))?;
+        }
+        let cur = dir.join("cur");
+        fs::File::open(&cur)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io(&cur, e))?;
+        Ok(written.into_iter().map(|delivery| Some(delivery.key)).collect())
     }
 
     pub(super) fn set_flags(&self, name: &str, changes: &[(String, Flags)]) -> Result<()> {
@@ -158,8 +172,16 @@ impl MaildirTarget {
     }
 }
 
-/// Writes one message into `tmp/`, dates it and moves it into `cur/`.
-fn deliver(dir: &Path, message: &Message, keywords: &mut Keywords) -> Result<String> {
+/// A message written to `tmp/`, not yet in `cur/`.
+struct Delivery {
+    key: String,
+    tmp: PathBuf,
+    cur: PathBuf,
+}
+
+/// Writes one message into `tmp/` and dates it; [`MaildirTarget::append`]
+/// moves it into `cur/` once the whole batch is durable.
+fn write_tmp(dir: &Path, message: &Message, keywords: &mut Keywords) -> Result<Delivery> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let host = hostname();
     let key = format!(
@@ -175,10 +197,14 @@ fn deliver(dir: &Path, message: &Message, keywords: &mut Keywords) -> Result<Str
     file.write_all(&message.raw).map_err(|e| Error::io(&tmp, e))?;
     file.set_modified(system_time(&message.internal_date))
         .map_err(|e| Error::io(&tmp, e))?;
-    drop(file);
     let cur = dir.join("cur").join(file_name(&key, &message.flags, keywords));
-    fs::rename(&tmp, &cur).map_err(|e| Error::io(&cur, e))?;
-    Ok(key)
+    Ok(Delivery { key, tmp, cur })
+}
+
+/// Flushes everything written to the filesystem holding `path`.
+fn sync_filesystem(path: &Path) -> Result<()> {
+    let dir = fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    rustix::fs::syncfs(&dir).map_err(|e| Error::io(path, e.into()))
 }
 
 fn system_time(date: &DateTime<FixedOffset>) -> SystemTime {
@@ -339,6 +365,25 @@ impl Keywords {
         let tmp = dir.join(format!("{}.tmp", Self::FILE));
         fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
         fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
+    }
+}
+
+// Read-only access for verify, apart from the write path above.
+impl MaildirTarget {
+    /// Calls `each(key, bytes)` for every message of `refs` still in the
+    /// folder, reading one file at a time.
+    pub(super) fn read_messages(&self, name: &str, refs: &[String], mut each: impl FnMut(&str, &[u8])) -> Result<()> {
+        let files = message_files(&self.folder_dir(name))?;
+        for key in refs {
+            let Some(path) = files.get(key) else { continue };
+            match fs::read(path) {
+                Ok(raw) => each(key, &raw),
+                // Moved or removed since the scan (a flag change renames it).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(path, e)),
+            }
+        }
+        Ok(())
     }
 }
 
