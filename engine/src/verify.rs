@@ -1,16 +1,22 @@
 //! Proof that nothing is missing: compares source and target folder by
-//! folder by fingerprint multiset, and flags of messages that pair up.
+//! folder. Messages are grouped by fingerprint (a multiset: N copies on the
+//! source need N on the target); inside a group they are paired, preferring
+//! partners equal in content, size, INTERNALDATE and flags, and every pair
+//! is checked for differences in each of those. [`compare`] is the pure
+//! part; [`verify`] lists both sides and, with [`VerifyOptions::content`],
+//! hashes every message's bytes on both sides.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use chrono::NaiveDate;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use crate::endpoint::Endpoint;
 use crate::error::Result;
 use crate::fingerprint::Fingerprint;
 use crate::folders::{self, FolderFilter};
-use crate::imap::{FetchItems, ImapSession};
+use crate::imap::{uid_set_chunks, FetchItems, ImapSession};
 use crate::message::Flags;
 use crate::sync::MailboxJob;
 use crate::target::Target;
@@ -37,6 +43,17 @@ impl DateRange {
     }
 }
 
+/// What a verification checks beyond the fingerprint multiset, size,
+/// INTERNALDATE and flags, which it always compares.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VerifyOptions {
+    /// Only messages in this INTERNALDATE range, on both sides.
+    pub range: DateRange,
+    /// Also compare every message's bytes (SHA-256 of the whole message,
+    /// streamed from both sides: one message in memory at a time).
+    pub content: bool,
+}
+
 /// A message on one side without a partner on the other.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Unpaired {
@@ -50,15 +67,60 @@ pub struct Unpaired {
     pub size: u64,
 }
 
-/// A message on both sides whose flags differ.
+/// A pair whose flags differ.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct FlagMismatch {
     /// Source UID.
     pub source_uid: u32,
+    /// Target UID or Maildir key.
+    pub target_id: String,
     /// Flags on the source.
     pub source_flags: String,
     /// Flags on the target.
     pub target_flags: String,
+}
+
+/// A pair whose INTERNALDATE differs (compared as instants, to the second).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DateMismatch {
+    /// Source UID.
+    pub source_uid: u32,
+    /// Target UID or Maildir key.
+    pub target_id: String,
+    /// INTERNALDATE on the source, RFC 3339 (UTC).
+    pub source_date: Option<String>,
+    /// INTERNALDATE on the target, RFC 3339 (UTC).
+    pub target_date: Option<String>,
+}
+
+/// A pair (same fingerprint: same Message-ID) whose sizes differ.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SizeMismatch {
+    /// Source UID.
+    pub source_uid: u32,
+    /// Target UID or Maildir key.
+    pub target_id: String,
+    /// Bytes on the source.
+    pub source_size: u64,
+    /// Bytes on the target.
+    pub target_size: u64,
+}
+
+/// A pair of the same size whose bytes differ (only with
+/// [`VerifyOptions::content`]; a pair differing in size is reported in
+/// `size_mismatches` only).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ContentMismatch {
+    /// Source UID.
+    pub source_uid: u32,
+    /// Target UID or Maildir key.
+    pub target_id: String,
+    /// Bytes on each side.
+    pub size: u64,
+    /// SHA-256 of the source message (hex).
+    pub source_sha256: String,
+    /// SHA-256 of the target message (hex).
+    pub target_sha256: String,
 }
 
 /// One folder pair compared.
@@ -76,8 +138,14 @@ pub struct FolderVerification {
     pub missing: Vec<Unpaired>,
     /// On the target, not on the source (more copies than the source has).
     pub extra: Vec<Unpaired>,
-    /// Paired messages whose flags differ.
+    /// Pairs whose flags differ.
     pub flag_mismatches: Vec<FlagMismatch>,
+    /// Pairs whose INTERNALDATE differs.
+    pub date_mismatches: Vec<DateMismatch>,
+    /// Pairs whose size differs.
+    pub size_mismatches: Vec<SizeMismatch>,
+    /// Pairs of equal size whose bytes differ (content check only).
+    pub content_mismatches: Vec<ContentMismatch>,
 }
 
 /// The whole comparison.
@@ -87,6 +155,8 @@ pub struct Verification {
     pub source: String,
     /// Target identity.
     pub target: String,
+    /// Whether message bytes were compared ([`VerifyOptions::content`]).
+    pub content_checked: bool,
     /// Per folder.
     pub folders: Vec<FolderVerification>,
 }
@@ -106,37 +176,95 @@ impl Verification {
     pub fn flag_mismatches(&self) -> usize {
         self.folders.iter().map(|f| f.flag_mismatches.len()).sum()
     }
+
+    /// INTERNALDATE differences, in all folders.
+    pub fn date_mismatches(&self) -> usize {
+        self.folders.iter().map(|f| f.date_mismatches.len()).sum()
+    }
+
+    /// Size differences, in all folders.
+    pub fn size_mismatches(&self) -> usize {
+        self.folders.iter().map(|f| f.size_mismatches.len()).sum()
+    }
+
+    /// Byte differences at equal size, in all folders.
+    pub fn content_mismatches(&self) -> usize {
+        self.folders.iter().map(|f| f.content_mismatches.len()).sum()
+    }
+
+    /// Nothing missing, nothing extra, and every pair equal in INTERNALDATE,
+    /// size and (when checked) bytes. Flags are not judged here: they are
+    /// live state that owners change on both servers during a migration.
+    pub fn passed(&self) -> bool {
+        self.missing() == 0
+            && self.extra() == 0
+            && self.date_mismatches() == 0
+            && self.size_mismatches() == 0
+            && self.content_mismatches() == 0
+    }
 }
 
-struct Side {
-    id: String,
-    fingerprint: Fingerprint,
-    flags: Flags,
-    date: Option<i64>,
-    size: u64,
+/// One message as listed on either side: the input of [`compare`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Source UID, or target UID / Maildir key.
+    pub id: String,
+    /// Identity for grouping.
+    pub fingerprint: Fingerprint,
+    /// Flags.
+    pub flags: Flags,
+    /// INTERNALDATE, seconds since the epoch.
+    pub date: Option<i64>,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 of the whole message, when content is checked.
+    pub sha256: Option<[u8; 32]>,
 }
 
-impl Side {
+impl Listed {
     fn unpaired(&self) -> Unpaired {
         Unpaired {
             id: self.id.clone(),
             fingerprint: self.fingerprint.to_string(),
-            date: self
-                .date
-                .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
-                .map(|d| d.to_rfc3339()),
+            date: rfc3339(self.date),
             size: self.size,
         }
     }
+
+    fn source_uid(&self) -> u32 {
+        self.id.parse().unwrap_or(0)
+    }
 }
 
-/// Compares source and target, folder by folder, read-only on both sides.
+fn rfc3339(timestamp: Option<i64>) -> Option<String> {
+    timestamp
+        .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+        .map(|d| d.to_rfc3339())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Compares source and target, folder by folder, read-only on both sides:
+/// fingerprints, sizes, INTERNALDATEs and flags, in a date range.
 pub async fn verify(
     job: &MailboxJob,
     connect: &crate::imap::ConnectOptions,
     filter: &FolderFilter,
     range: DateRange,
 ) -> Result<Verification> {
+    verify_with(job, connect, filter, VerifyOptions { range, content: false }).await
+}
+
+/// [`verify`] with every option, including the byte-for-byte content check.
+pub async fn verify_with(
+    job: &MailboxJob,
+    connect: &crate::imap::ConnectOptions,
+    filter: &FolderFilter,
+    options: VerifyOptions,
+) -> Result<Verification> {
+    let range = options.range;
     let mut source = ImapSession::connect(&job.source, &job.source_password, connect).await?;
     let mut target = Target::open(&job.target, job.target_password.as_ref(), connect).await?;
     let source_folders = source.list_folders().await?;
@@ -145,11 +273,12 @@ pub async fn verify(
     let mut out = Verification {
         source: Endpoint::Imap(job.source.clone()).to_string(),
         target: job.target.to_string(),
+        content_checked: options.content,
         folders: Vec::new(),
     };
     for mapping in mappings {
         let status = source.open_folder(&mapping.source, true).await?;
-        let source_side: Vec<Side> = if status.exists == 0 {
+        let mut source_side: Vec<Listed> = if status.exists == 0 {
             Vec::new()
         } else {
             source
@@ -158,18 +287,19 @@ pub async fn verify(
                 .into_iter()
                 .map(|r| {
                     let size = u64::from(r.size.unwrap_or(0));
-                    Side {
+                    Listed {
                         id: r.uid.to_string(),
                         fingerprint: Fingerprint::from_headers(r.header.as_deref().unwrap_or_default(), size),
                         flags: r.flags.unwrap_or_default(),
                         date: r.internal_date.map(|d| d.timestamp()),
                         size,
+                        sha256: None,
                     }
                 })
                 .filter(|s| range.contains(s.date))
                 .collect()
         };
-        let target_side: Vec<Side> = if mapping.create {
+        let mut target_side: Vec<Listed> = if mapping.create {
             Vec::new()
         } else {
             target.open_folder(&mapping.target).await?;
@@ -177,16 +307,27 @@ pub async fn verify(
                 .scan(&mapping.target, 0, &HashSet::new())
                 .await?
                 .into_iter()
-                .map(|t| Side {
+                .map(|t| Listed {
                     id: t.target_ref,
                     fingerprint: t.fingerprint,
                     flags: t.flags,
                     date: t.internal_date.map(|d| d.timestamp()),
                     size: t.size,
+                    sha256: None,
                 })
                 .filter(|s| range.contains(s.date))
                 .collect()
         };
+        if options.content {
+            tracing::info!(
+                folder = %mapping.source,
+                source = source_side.len(),
+                target = target_side.len(),
+                "comparing message bytes"
+            );
+            hash_source(&mut source, &mut source_side).await?;
+            hash_target(&mut target, &mapping.target, &mut target_side).await?;
+        }
         out.folders
             .push(compare(&mapping.source, &mapping.target, source_side, target_side));
     }
@@ -195,14 +336,112 @@ pub async fn verify(
     Ok(out)
 }
 
-fn compare(source_name: &str, target_name: &str, source: Vec<Side>, target: Vec<Side>) -> FolderVerification {
-    let (source_count, target_count) = (source.len(), target.len());
-    let mut by_fingerprint: BTreeMap<Fingerprint, (Vec<Side>, Vec<Side>)> = BTreeMap::new();
-    for side in source {
-        by_fingerprint.entry(side.fingerprint).or_default().0.push(side);
+/// Streams the listed source messages (the selected folder) and hashes each.
+async fn hash_source(source: &mut ImapSession, listed: &mut [Listed]) -> Result<()> {
+    let uids: Vec<u32> = listed.iter().filter_map(|m| m.id.parse().ok()).collect();
+    let mut digests: HashMap<u32, [u8; 32]> = HashMap::with_capacity(uids.len());
+    for set in uid_set_chunks(&uids, 4000) {
+        let mut fetch = source.fetch_start(&set, FetchItems::Full, None).await?;
+        while let Some(record) = source.fetch_next(&mut fetch).await? {
+            if let Some(body) = record.body {
+                digests.insert(record.uid, Sha256::digest(&body).into());
+            }
+        }
     }
-    for side in target {
-        by_fingerprint.entry(side.fingerprint).or_default().1.push(side);
+    for message in listed {
+        message.sha256 = message.id.parse().ok().and_then(|uid| digests.get(&uid).copied());
+    }
+    Ok(())
+}
+
+/// Reads the listed target messages one at a time and hashes each.
+async fn hash_target(target: &mut Target, folder: &str, listed: &mut [Listed]) -> Result<()> {
+    let refs: Vec<String> = listed.iter().map(|m| m.id.clone()).collect();
+    let mut digests: HashMap<String, [u8; 32]> = HashMap::with_capacity(refs.len());
+    target
+        .read_messages(folder, &refs, |id, bytes| {
+            digests.insert(id.to_string(), Sha256::digest(bytes).into());
+        })
+        .await?;
+    for message in listed {
+        message.sha256 = digests.get(&message.id).copied();
+    }
+    Ok(())
+}
+
+/// What pairing prefers partners to agree on, most important first. Each
+/// is a bit; a pass over the masks from all bits down to none pairs the
+/// most similar partners first.
+const CONTENT: u8 = 8;
+const SIZE: u8 = 4;
+const DATE: u8 = 2;
+const FLAGS: u8 = 1;
+const ALL: u8 = CONTENT | SIZE | DATE | FLAGS;
+
+/// A message's values in the aspects of `mask` (others blanked out).
+type PairKey<'a> = (
+    Option<Option<[u8; 32]>>,
+    Option<u64>,
+    Option<Option<i64>>,
+    Option<&'a Flags>,
+);
+
+fn pair_key(message: &Listed, mask: u8) -> PairKey<'_> {
+    (
+        (mask & CONTENT != 0).then_some(message.sha256),
+        (mask & SIZE != 0).then_some(message.size),
+        (mask & DATE != 0).then_some(message.date),
+        (mask & FLAGS != 0).then_some(&message.flags),
+    )
+}
+
+/// Pairs the messages of one fingerprint group: first partners equal in
+/// everything, then ones that differ only in flags, then in date, … and
+/// finally any. Returns index pairs and the unpaired indices of each side.
+fn pair_group(source: &[Listed], target: &[Listed]) -> (Vec<(usize, usize)>, Vec<usize>, Vec<usize>) {
+    if source.len() == 1 && target.len() == 1 {
+        return (vec![(0, 0)], Vec::new(), Vec::new());
+    }
+    let mut pairs = Vec::new();
+    let mut source_left: Vec<usize> = (0..source.len()).collect();
+    let mut target_taken = vec![false; target.len()];
+    for mask in (0..=ALL).rev() {
+        if source_left.is_empty() || pairs.len() == target.len() {
+            break;
+        }
+        let mut by_key: HashMap<PairKey<'_>, VecDeque<usize>> = HashMap::new();
+        for (t, message) in target.iter().enumerate().filter(|(t, _)| !target_taken[*t]) {
+            by_key.entry(pair_key(message, mask)).or_default().push_back(t);
+        }
+        source_left.retain(|&s| {
+            match by_key
+                .get_mut(&pair_key(&source[s], mask))
+                .and_then(VecDeque::pop_front)
+            {
+                Some(t) => {
+                    target_taken[t] = true;
+                    pairs.push((s, t));
+                    false
+                }
+                None => true,
+            }
+        });
+    }
+    let target_left = (0..target.len()).filter(|t| !target_taken[*t]).collect();
+    (pairs, source_left, target_left)
+}
+
+/// Compares one folder's listings: groups by fingerprint, pairs inside each
+/// group ([`pair_group`]) and reports what has no partner and how partners
+/// differ. Pure: the same input gives the same report.
+pub fn compare(source_name: &str, target_name: &str, source: Vec<Listed>, target: Vec<Listed>) -> FolderVerification {
+    let (source_count, target_count) = (source.len(), target.len());
+    let mut by_fingerprint: BTreeMap<Fingerprint, (Vec<Listed>, Vec<Listed>)> = BTreeMap::new();
+    for message in source {
+        by_fingerprint.entry(message.fingerprint).or_default().0.push(message);
+    }
+    for message in target {
+        by_fingerprint.entry(message.fingerprint).or_default().1.push(message);
     }
     let mut result = FolderVerification {
         source: source_name.to_string(),
@@ -212,18 +451,411 @@ fn compare(source_name: &str, target_name: &str, source: Vec<Side>, target: Vec<
         missing: Vec::new(),
         extra: Vec::new(),
         flag_mismatches: Vec::new(),
+        date_mismatches: Vec::new(),
+        size_mismatches: Vec::new(),
+        content_mismatches: Vec::new(),
     };
-    for (_, (mut ours, mut theirs)) in by_fingerprint {
-        if ours.len() == 1 && theirs.len() == 1 && ours[0].flags != theirs[0].flags {
-            result.flag_mismatches.push(FlagMismatch {
-                source_uid: ours[0].id.parse().unwrap_or(0),
-                source_flags: ours[0].flags.to_string(),
-                target_flags: theirs[0].flags.to_string(),
+    for (ours, theirs) in by_fingerprint.values() {
+        let (pairs, missing, extra) = pair_group(ours, theirs);
+        result.missing.extend(missing.into_iter().map(|s| ours[s].unpaired()));
+        result.extra.extend(extra.into_iter().map(|t| theirs[t].unpaired()));
+        for (s, t) in pairs {
+            differences(&ours[s], &theirs[t], &mut result);
+        }
+    }
+    let by_id = |id: &str| (id.parse::<u64>().ok(), id.to_string());
+    result.missing.sort_by_key(|m| by_id(&m.id));
+    result.extra.sort_by_key(|m| by_id(&m.id));
+    result.flag_mismatches.sort_by_key(|m| m.source_uid);
+    result.date_mismatches.sort_by_key(|m| m.source_uid);
+    result.size_mismatches.sort_by_key(|m| m.source_uid);
+    result.content_mismatches.sort_by_key(|m| m.source_uid);
+    result
+}
+
+/// Records how a pair differs.
+fn differences(ours: &Listed, theirs: &Listed, result: &mut FolderVerification) {
+    let (source_uid, target_id) = (ours.source_uid(), theirs.id.clone());
+    if ours.flags != theirs.flags {
+        result.flag_mismatches.push(FlagMismatch {
+            source_uid,
+            target_id: target_id.clone(),
+            source_flags: ours.flags.to_string(),
+            target_flags: theirs.flags.to_string(),
+        });
+    }
+    if ours.date != theirs.date {
+        result.date_mismatches.push(DateMismatch {
+            source_uid,
+            target_id: target_id.clone(),
+            source_date: rfc3339(ours.date),
+            target_date: rfc3339(theirs.date),
+        });
+    }
+    if ours.size != theirs.size {
+        result.size_mismatches.push(SizeMismatch {
+            source_uid,
+            target_id,
+            source_size: ours.size,
+            target_size: theirs.size,
+        });
+    } else if let (Some(source_sha), Some(target_sha)) = (ours.sha256, theirs.sha256) {
+        if source_sha != target_sha {
+            result.content_mismatches.push(ContentMismatch {
+                source_uid,
+                target_id,
+                size: ours.size,
+                source_sha256: hex(&source_sha),
+                target_sha256: hex(&target_sha),
             });
         }
-        let paired = ours.len().min(theirs.len());
-        result.missing.extend(ours.drain(paired..).map(|s| s.unpaired()));
-        result.extra.extend(theirs.drain(paired..).map(|s| s.unpaired()));
     }
-    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400;
+    /// 2024-03-01T12:00:00Z.
+    const T0: i64 = 1_709_294_400;
+
+    fn fingerprint(message_id: &str) -> Fingerprint {
+        Fingerprint::from_headers(format!("Message-ID: <{message_id}>\r\n\r\n").as_bytes(), 0)
+    }
+
+    /// A message with Message-ID `mid`, 100 bytes, dated T0, no flags.
+    fn msg(id: &str, mid: &str) -> Listed {
+        Listed {
+            id: id.to_string(),
+            fingerprint: fingerprint(mid),
+            flags: Flags::default(),
+            date: Some(T0),
+            size: 100,
+            sha256: None,
+        }
+    }
+
+    fn flagged(mut m: Listed, flags: &[&str]) -> Listed {
+        m.flags = Flags::new(flags);
+        m
+    }
+
+    fn dated(mut m: Listed, date: i64) -> Listed {
+        m.date = Some(date);
+        m
+    }
+
+    fn sized(mut m: Listed, size: u64) -> Listed {
+        m.size = size;
+        m
+    }
+
+    fn hashed(mut m: Listed, content: &[u8]) -> Listed {
+        m.sha256 = Some(Sha256::digest(content).into());
+        m
+    }
+
+    fn run(source: Vec<Listed>, target: Vec<Listed>) -> FolderVerification {
+        compare("INBOX", "INBOX", source, target)
+    }
+
+    fn ids(list: &[Unpaired]) -> Vec<&str> {
+        list.iter().map(|u| u.id.as_str()).collect()
+    }
+
+    /// Counts: missing, extra, flags, dates, sizes, content.
+    fn counts(v: &FolderVerification) -> [usize; 6] {
+        [
+            v.missing.len(),
+            v.extra.len(),
+            v.flag_mismatches.len(),
+            v.date_mismatches.len(),
+            v.size_mismatches.len(),
+            v.content_mismatches.len(),
+        ]
+    }
+
+    #[test]
+    fn identical_sides_are_clean() {
+        let source = vec![msg("1", "a"), flagged(msg("2", "b"), &["\\Seen"]), msg("3", "c")];
+        let target = vec![msg("10", "c"), msg("11", "a"), flagged(msg("12", "b"), &["\\Seen"])];
+        let v = run(source, target);
+        assert_eq!(counts(&v), [0; 6]);
+        assert_eq!((v.source_count, v.target_count), (3, 3));
+    }
+
+    #[test]
+    fn empty_sides() {
+        let v = run(Vec::new(), Vec::new());
+        assert_eq!(counts(&v), [0; 6]);
+        assert_eq!((v.source_count, v.target_count), (0, 0));
+
+        let v = run(vec![msg("1", "a"), msg("2", "b")], Vec::new());
+        assert_eq!(ids(&v.missing), ["1", "2"]);
+        assert_eq!(counts(&v), [2, 0, 0, 0, 0, 0]);
+
+        let v = run(Vec::new(), vec![msg("7", "a")]);
+        assert_eq!(ids(&v.extra), ["7"]);
+        assert_eq!(counts(&v), [0, 1, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn missing_message_is_reported_with_its_source_uid() {
+        let v = run(
+            vec![msg("1", "a"), msg("2", "b"), msg("3", "c")],
+            vec![msg("10", "a"), msg("12", "c")],
+        );
+        assert_eq!(counts(&v), [1, 0, 0, 0, 0, 0]);
+        let missing = &v.missing[0];
+        assert_eq!(missing.id, "2");
+        assert_eq!(missing.fingerprint, fingerprint("b").to_string());
+        assert_eq!(missing.size, 100);
+        assert_eq!(missing.date.as_deref(), Some("2024-03-01T12:00:00+00:00"));
+    }
+
+    #[test]
+    fn extra_message_is_reported_with_its_target_id() {
+        let v = run(vec![msg("1", "a")], vec![msg("10", "a"), msg("11", "z")]);
+        assert_eq!(counts(&v), [0, 1, 0, 0, 0, 0]);
+        assert_eq!(ids(&v.extra), ["11"]);
+    }
+
+    #[test]
+    fn flag_difference() {
+        let v = run(
+            vec![flagged(msg("1", "a"), &["\\Seen", "$Forwarded"]), msg("2", "b")],
+            vec![flagged(msg("10", "a"), &["\\Seen"]), msg("11", "b")],
+        );
+        assert_eq!(counts(&v), [0, 0, 1, 0, 0, 0]);
+        assert_eq!(
+            v.flag_mismatches[0],
+            FlagMismatch {
+                source_uid: 1,
+                target_id: "10".into(),
+                source_flags: "$Forwarded \\Seen".into(),
+                target_flags: "\\Seen".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn date_difference_reports_both_dates() {
+        let v = run(vec![msg("1", "a")], vec![dated(msg("10", "a"), T0 + 3600)]);
+        assert_eq!(counts(&v), [0, 0, 0, 1, 0, 0]);
+        assert_eq!(
+            v.date_mismatches[0],
+            DateMismatch {
+                source_uid: 1,
+                target_id: "10".into(),
+                source_date: Some("2024-03-01T12:00:00+00:00".into()),
+                target_date: Some("2024-03-01T13:00:00+00:00".into()),
+            }
+        );
+        // A date lost on one side is a difference too.
+        let mut undated = msg("11", "a");
+        undated.date = None;
+        let v = run(vec![msg("1", "a")], vec![undated]);
+        assert_eq!(v.date_mismatches[0].target_date, None);
+    }
+
+    #[test]
+    fn size_difference_with_the_same_message_id() {
+        let v = run(vec![msg("1", "a")], vec![sized(msg("10", "a"), 99)]);
+        assert_eq!(counts(&v), [0, 0, 0, 0, 1, 0]);
+        assert_eq!(
+            v.size_mismatches[0],
+            SizeMismatch {
+                source_uid: 1,
+                target_id: "10".into(),
+                source_size: 100,
+                target_size: 99,
+            }
+        );
+    }
+
+    #[test]
+    fn content_difference_only_when_both_sides_were_hashed() {
+        // Without hashes (no content check) equal size and date pass.
+        let v = run(vec![msg("1", "a")], vec![msg("10", "a")]);
+        assert_eq!(counts(&v), [0; 6]);
+
+        let v = run(
+            vec![hashed(msg("1", "a"), b"one")],
+            vec![hashed(msg("10", "a"), b"two")],
+        );
+        assert_eq!(counts(&v), [0, 0, 0, 0, 0, 1]);
+        let c = &v.content_mismatches[0];
+        assert_eq!((c.source_uid, c.target_id.as_str(), c.size), (1, "10", 100));
+        assert_eq!(c.source_sha256, hex(&Sha256::digest(b"one")));
+        assert_eq!(c.target_sha256.len(), 64);
+
+        let v = run(
+            vec![hashed(msg("1", "a"), b"same")],
+            vec![hashed(msg("10", "a"), b"same")],
+        );
+        assert_eq!(counts(&v), [0; 6]);
+
+        // A size difference is reported once, as a size difference.
+        let v = run(
+            vec![hashed(msg("1", "a"), b"one")],
+            vec![hashed(sized(msg("10", "a"), 120), b"longer")],
+        );
+        assert_eq!(counts(&v), [0, 0, 0, 0, 1, 0]);
+    }
+
+    #[test]
+    fn one_pair_can_differ_in_several_aspects() {
+        let v = run(
+            vec![msg("1", "a")],
+            vec![flagged(dated(sized(msg("10", "a"), 5), T0 - DAY), &["\\Flagged"])],
+        );
+        assert_eq!(counts(&v), [0, 0, 1, 1, 1, 0]);
+    }
+
+    #[test]
+    fn identical_duplicates_count_as_a_multiset() {
+        let three = || (1..=3).map(|i| msg(&i.to_string(), "dup")).collect::<Vec<_>>();
+        let two = (10..=11).map(|i| msg(&i.to_string(), "dup")).collect::<Vec<_>>();
+        let v = run(three(), two.clone());
+        assert_eq!(counts(&v), [1, 0, 0, 0, 0, 0]);
+
+        let v = run(two, three());
+        assert_eq!(counts(&v), [0, 1, 0, 0, 0, 0]);
+
+        let target = (10..=12).map(|i| msg(&i.to_string(), "dup")).collect();
+        assert_eq!(counts(&run(three(), target)), [0; 6]);
+    }
+
+    #[test]
+    fn flags_are_compared_inside_groups_of_duplicates() {
+        let source = vec![
+            flagged(msg("1", "dup"), &["\\Seen"]),
+            msg("2", "dup"),
+            flagged(msg("3", "dup"), &["\\Seen"]),
+        ];
+        // Same multiset of flags in another order: clean.
+        let target = vec![
+            msg("10", "dup"),
+            flagged(msg("11", "dup"), &["\\Seen"]),
+            flagged(msg("12", "dup"), &["\\Seen"]),
+        ];
+        assert_eq!(counts(&run(source.clone(), target)), [0; 6]);
+
+        // One copy lost its \Seen: exactly one difference, not three.
+        let target = vec![
+            msg("10", "dup"),
+            msg("11", "dup"),
+            flagged(msg("12", "dup"), &["\\Seen"]),
+        ];
+        let v = run(source, target);
+        assert_eq!(counts(&v), [0, 0, 1, 0, 0, 0]);
+        assert_eq!(v.flag_mismatches[0].source_flags, "\\Seen");
+        assert_eq!(v.flag_mismatches[0].target_flags, "");
+    }
+
+    #[test]
+    fn pairs_by_date_inside_a_group() {
+        // Two copies of one message with different INTERNALDATEs; the target
+        // lists them the other way round and has one more.
+        let source = vec![msg("1", "a"), dated(msg("2", "a"), T0 + DAY)];
+        let target = vec![
+            dated(msg("10", "a"), T0 + DAY),
+            dated(msg("11", "a"), T0 + 2 * DAY),
+            msg("12", "a"),
+        ];
+        let v = run(source, target);
+        assert_eq!(counts(&v), [0, 1, 0, 0, 0, 0]);
+        assert_eq!(ids(&v.extra), ["11"]);
+
+        // One date changed: one date difference, reported against the copy
+        // that has no exact partner.
+        let source = vec![msg("1", "a"), dated(msg("2", "a"), T0 + DAY)];
+        let target = vec![dated(msg("10", "a"), T0 + DAY), dated(msg("11", "a"), T0 + 5 * DAY)];
+        let v = run(source, target);
+        assert_eq!(counts(&v), [0, 0, 0, 1, 0, 0]);
+        assert_eq!(
+            (v.date_mismatches[0].source_uid, v.date_mismatches[0].target_id.as_str()),
+            (1, "11")
+        );
+    }
+
+    #[test]
+    fn pairing_prefers_equal_content_over_equal_flags() {
+        let source = vec![
+            flagged(hashed(msg("1", "a"), b"x"), &["\\Seen"]),
+            hashed(msg("2", "a"), b"y"),
+        ];
+        // The target swapped the flags between the two copies.
+        let target = vec![
+            flagged(hashed(msg("10", "a"), b"y"), &["\\Seen"]),
+            hashed(msg("11", "a"), b"x"),
+        ];
+        let v = run(source, target);
+        assert_eq!(counts(&v), [0, 0, 2, 0, 0, 0], "{v:?}");
+        assert_eq!(v.flag_mismatches[0].target_id, "11");
+    }
+
+    #[test]
+    fn moved_between_folders_is_missing_in_one_and_extra_in_the_other() {
+        let inbox = run(vec![msg("1", "a"), msg("2", "b")], vec![msg("10", "a")]);
+        let archive = compare(
+            "Archive",
+            "Archive",
+            vec![msg("1", "c")],
+            vec![msg("5", "c"), msg("6", "b")],
+        );
+        assert_eq!(ids(&inbox.missing), ["2"]);
+        assert_eq!(ids(&archive.extra), ["6"]);
+        assert_eq!(inbox.missing[0].fingerprint, archive.extra[0].fingerprint);
+    }
+
+    #[test]
+    fn verdict_counts_every_aspect_but_flags() {
+        let verification = |folder: FolderVerification| Verification {
+            source: "s".into(),
+            target: "t".into(),
+            content_checked: true,
+            folders: vec![folder],
+        };
+        assert!(verification(run(vec![msg("1", "a")], vec![msg("10", "a")])).passed());
+        let flags_only = verification(run(vec![msg("1", "a")], vec![flagged(msg("10", "a"), &["\\Seen"])]));
+        assert!(flags_only.passed());
+        assert_eq!(flags_only.flag_mismatches(), 1);
+        for failing in [
+            run(vec![msg("1", "a")], Vec::new()),
+            run(Vec::new(), vec![msg("1", "a")]),
+            run(vec![msg("1", "a")], vec![dated(msg("10", "a"), T0 + 1)]),
+            run(vec![msg("1", "a")], vec![sized(msg("10", "a"), 1)]),
+            run(vec![hashed(msg("1", "a"), b"x")], vec![hashed(msg("10", "a"), b"y")]),
+        ] {
+            assert!(!verification(failing).passed());
+        }
+    }
+
+    #[test]
+    fn date_range_includes_since_and_excludes_before() {
+        let day = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok();
+        let range = DateRange {
+            since: day("2024-03-01"),
+            before: day("2024-03-02"),
+        };
+        assert!(range.contains(Some(T0)));
+        assert!(!range.contains(Some(T0 - DAY)));
+        assert!(!range.contains(Some(T0 + DAY)));
+        assert!(!range.contains(None));
+        assert!(DateRange::default().contains(None));
+    }
+
+    #[test]
+    fn large_groups_pair_in_linear_passes() {
+        let source: Vec<Listed> = (0..5000).map(|i| dated(msg(&i.to_string(), "storm"), T0 + i)).collect();
+        let target: Vec<Listed> = (0..5000)
+            .rev()
+            .map(|i| dated(msg(&(100_000 + i).to_string(), "storm"), T0 + i))
+            .collect();
+        let started = std::time::Instant::now();
+        assert_eq!(counts(&run(source, target)), [0; 6]);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
 }

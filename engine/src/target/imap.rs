@@ -187,6 +187,29 @@ impl ImapTarget {
         self.session.delete_messages(&uids).await
     }
 
+    pub(super) async fn read_messages(
+        &mut self,
+        name: &str,
+        refs: &[String],
+        mut each: impl FnMut(&str, &[u8]) + Send,
+    ) -> Result<()> {
+        let uids: Vec<u32> = refs.iter().filter_map(|r| r.parse().ok()).collect();
+        if uids.is_empty() {
+            return Ok(());
+        }
+        self.select(name).await?;
+        // Streamed: one message in memory at a time, however large the folder.
+        for set in uid_set_chunks(&uids, 4000) {
+            let mut fetch = self.session.fetch_start(&set, FetchItems::Full, None).await?;
+            while let Some(record) = self.session.fetch_next(&mut fetch).await? {
+                if let Some(body) = record.body {
+                    each(&record.uid.to_string(), &body);
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub(super) async fn close(self) {
         self.session.logout().await;
     }

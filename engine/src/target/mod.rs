@@ -164,6 +164,21 @@ impl Target {
         }
     }
 
+    /// Reads the whole bytes of stored messages, read-only, one message at a
+    /// time (verify's content check): calls `each(target_ref, bytes)` for
+    /// every one of `refs` still in the folder. Memory holds one message.
+    pub async fn read_messages(
+        &mut self,
+        name: &str,
+        refs: &[String],
+        each: impl FnMut(&str, &[u8]) + Send,
+    ) -> Result<()> {
+        match self {
+            Self::Imap(t) => t.read_messages(name, refs, each).await,
+            Self::Maildir(t) => t.read_messages(name, refs, each),
+        }
+    }
+
     /// Closes connections politely.
     pub async fn close(self) {
         if let Self::Imap(t) = self {
