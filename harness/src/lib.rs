@@ -13,6 +13,7 @@ pub mod dovecot;
 pub mod error;
 pub mod fill;
 pub mod floor;
+pub mod hostile;
 pub mod lab;
 pub mod pool;
 mod process;
