@@ -59,6 +59,21 @@ pub struct DovecotConfig {
     /// A master user as (login, password): `user*login` with the master
     /// password logs in as `user`.
     pub master_user: Option<(String, String)>,
+    /// A storage quota for every user (native servers only; the Docker
+    /// backend ignores it).
+    pub quota: Option<Quota>,
+}
+
+/// A per-user quota: Dovecot's quota plugin with the Maildir++ backend
+/// (`quota = maildir:User quota`), plus `imap_quota` so clients can ask
+/// (`GETQUOTAROOT`). An APPEND beyond it is refused with `NO [OVERQUOTA]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Bytes each user may store (`quota_rule = *:storage=<n>B`).
+    pub storage_bytes: u64,
+    /// The largest message accepted (`quota_max_mail_size`). Dovecot 2.3
+    /// refuses a larger APPEND but does not advertise `APPENDLIMIT`.
+    pub max_mail_size: Option<u64>,
 }
 
 impl Default for DovecotConfig {
@@ -70,6 +85,7 @@ impl Default for DovecotConfig {
             tls: None,
             users: Vec::new(),
             master_user: None,
+            quota: None,
         }
     }
 }
@@ -82,6 +98,8 @@ pub struct Dovecot {
     imaps_port: Option<u16>,
     users: BTreeSet<String>,
     instance_name: String,
+    /// What the configuration file was rendered from.
+    config: DovecotConfig,
     // Last, so the directory is removed only after `Drop` stopped Dovecot.
     dir: TempDir,
 }
@@ -108,6 +126,7 @@ impl Dovecot {
             imaps_port: None,
             users: BTreeSet::new(),
             instance_name,
+            config: config.clone(),
             dir,
         };
         let homes = dovecot.homes();
@@ -173,6 +192,86 @@ impl Dovecot {
         }
         reap(&mut child)?;
         Ok(())
+    }
+
+    /// Crashes Dovecot: SIGKILL to every process of it at once, no grace
+    /// (open connections die mid-response, as when the machine fails).
+    /// The mail, the configuration and the ports stay; [`Self::restart`]
+    /// brings it back. Idempotent.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let pid = child_pid(&child);
+            // `reap` SIGKILLs the whole process group before waiting.
+            reap(&mut child)?;
+            // The other processes die on their own time; one that still
+            // holds a listening socket would keep a restart from binding.
+            let deadline = Instant::now() + STOP_GRACE;
+            while group_alive(pid) && Instant::now() < deadline {
+                sleep(POLL);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether Dovecot is running (not stopped, killed, or exited by itself).
+    pub fn is_running(&mut self) -> Result<bool> {
+        match self.child.as_ref() {
+            Some(child) => Ok(!has_exited(child_pid(child))?),
+            None => Ok(false),
+        }
+    }
+
+    /// Stops Dovecot if it still runs, then starts it again on the same
+    /// ports with the same mail, users and configuration, and waits for its
+    /// greeting. Fails (rather than moving) if another process took a port
+    /// meanwhile.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop()?;
+        let conf = self.conf_path();
+        fs::write(&conf, self.render_conf(&self.config)).map_err(io_err("writing", &conf))?;
+        self.spawn()?;
+        self.wait_ready()
+    }
+
+    /// The quota this server enforces now.
+    pub fn quota(&self) -> Option<Quota> {
+        self.config.quota
+    }
+
+    /// Changes (or removes, with `None`) every user's quota: rewrites the
+    /// configuration and restarts Dovecot on the same ports, so the new
+    /// limit holds for every login after this returns (open connections
+    /// drop). Dovecot rewrites the limit in each Maildir's `maildirsize`
+    /// file on the next access.
+    pub fn set_quota(&mut self, quota: Option<Quota>) -> Result<()> {
+        self.config.quota = quota;
+        self.restart()
+    }
+
+    /// Runs `doveadm -c <this server's config> ARGS` (e.g. `mailbox delete
+    /// -u alice INBOX.Archive`) and returns its stdout. doveadm works on the
+    /// mail directly, as the mail user, whether or not Dovecot runs.
+    pub fn doveadm(&self, args: &[&str]) -> Result<String> {
+        let output = Command::new("doveadm")
+            .arg("-c")
+            .arg(self.conf_path())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(io_err("running", Path::new("doveadm")))?;
+        if !output.status.success() {
+            return Err(Error::Io {
+                action: "running",
+                path: PathBuf::from("doveadm"),
+                source: io::Error::other(format!(
+                    "`doveadm {}` failed ({}): {}",
+                    args.join(" "),
+                    output.status,
+                    String::from_utf8_lossy(&output.stderr).trim()
+                )),
+            });
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     /// The loopback address Dovecot listens on.
@@ -317,6 +416,7 @@ impl Dovecot {
         } else {
             String::new()
         };
+        let quota = config.quota.map(render_quota).unwrap_or_default();
         format!(
             "# Generated by cutover-harness for one test server.\n\
              instance_name = {instance}\n\
@@ -350,7 +450,8 @@ impl Dovecot {
              }}\n\
              # Without this socket auth disables its per-IP failure penalty, which\n\
              # would otherwise slow every login from 127.0.0.1 after a bad password.\n\
-             service anvil {{\n  unix_listener anvil-auth-penalty {{\n    mode = 0\n  }}\n}}\n",
+             service anvil {{\n  unix_listener anvil-auth-penalty {{\n    mode = 0\n  }}\n}}\n\
+             {quota}",
             instance = self.instance_name,
             log = self.log_path().display(),
             passwd = self.passwd_path().display(),
@@ -361,6 +462,20 @@ impl Dovecot {
             imaps = self.imaps_port.unwrap_or(0),
         )
     }
+}
+
+/// The quota plugin's settings (Dovecot 2.3 syntax).
+fn render_quota(quota: Quota) -> String {
+    let max_mail_size = quota
+        .max_mail_size
+        .map(|bytes| format!("  quota_max_mail_size = {bytes}B\n"))
+        .unwrap_or_default();
+    format!(
+        "mail_plugins = $mail_plugins quota\n\
+         protocol imap {{\n  mail_plugins = $mail_plugins imap_quota\n}}\n\
+         plugin {{\n  quota = maildir:User quota\n  quota_rule = *:storage={}B\n{max_mail_size}}}\n",
+        quota.storage_bytes
+    )
 }
 
 impl Drop for Dovecot {
@@ -506,6 +621,27 @@ fn signal(pid: libc::pid_t, sig: libc::c_int) {
 /// its pid, and so its process-group id, from being reused.
 fn has_exited(pid: libc::pid_t) -> Result<bool> {
     crate::process::has_exited(pid).map_err(io_err("waiting for", Path::new("dovecot")))
+}
+
+/// Whether a process of group `pgid` is still alive (zombies waiting for
+/// their new parent to reap them do not count).
+fn group_alive(pgid: libc::pid_t) -> bool {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.filter_map(|e| e.ok()).any(|entry| {
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            return false;
+        };
+        // After "(comm) ": state, ppid, pgrp.
+        let Some(fields) = stat.rfind(')').and_then(|at| stat.get(at + 2..)) else {
+            return false;
+        };
+        let mut fields = fields.split(' ');
+        let state = fields.next();
+        let pgrp = fields.nth(1).and_then(|p| p.parse::<libc::pid_t>().ok());
+        pgrp == Some(pgid) && state != Some("Z") && state != Some("X")
+    })
 }
 
 /// Kills what is left of the exited child's process group, then reaps the child.

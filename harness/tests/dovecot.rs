@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use chrono::{DateTime, FixedOffset};
+use cutover_harness::dovecot::Quota;
 use cutover_harness::{fill_maildir, CorpusSpec, Dovecot, DovecotConfig, Error, GeneratedMessage, TestPki, TlsFiles};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
@@ -406,4 +407,135 @@ async fn drop_stops_every_process_and_removes_the_directory() {
     assert_eq!(processes_mentioning(&dir.display().to_string()), Vec::<String>::new());
     assert!(!dir.exists());
     drop(imap);
+}
+
+/// APPENDs `body` with LITERAL+ and returns the tagged status.
+async fn append<S: AsyncRead + AsyncWrite + Unpin>(imap: &mut Imap<S>, mailbox: &str, body: &[u8]) -> String {
+    let body = String::from_utf8(body.to_vec()).expect("ASCII test message");
+    imap.command(&format!("APPEND \"{mailbox}\" {{{}+}}\r\n{body}", body.len()))
+        .await
+        .1
+}
+
+/// Whether the server closed this connection: a NOOP gets no answer.
+async fn is_closed<S: AsyncRead + AsyncWrite + Unpin>(imap: &mut Imap<S>) -> bool {
+    let _ = imap.stream.get_mut().write_all(b"x NOOP\r\n").await;
+    let mut line = Vec::new();
+    matches!(
+        tokio::time::timeout(IO_TIMEOUT, imap.stream.read_until(b'\n', &mut line)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+fn filler(kib: usize) -> Vec<u8> {
+    let mut raw = b"From: a@example.com\r\nSubject: filler\r\n\r\n".to_vec();
+    while raw.len() < kib * 1024 {
+        raw.extend_from_slice(b"0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz\r\n");
+    }
+    raw
+}
+
+#[tokio::test]
+async fn killed_and_restarted_keeps_ports_mail_and_users() {
+    let mut dovecot = Dovecot::start(config_with_master()).expect("start dovecot");
+    fill_maildir(
+        &dovecot.maildir("alice"),
+        &[message(&[], &["\\Seen"], "2020-01-01T00:00:00Z", "kept")],
+    )
+    .expect("fill");
+    let (port, instance) = (dovecot.imap_port(), dovecot.instance_name().to_owned());
+    let mut open = connect(&dovecot).await;
+    open.ok("LOGIN alice alice-pw").await;
+    open.ok("SELECT INBOX").await;
+
+    dovecot.kill().expect("kill");
+    assert!(!dovecot.is_running().expect("status"));
+    assert_eq!(
+        processes_mentioning(&instance),
+        Vec::<String>::new(),
+        "nothing survives a kill"
+    );
+    assert!(
+        TcpStream::connect((dovecot.host(), port)).await.is_err(),
+        "nobody listens while it is down"
+    );
+    assert!(is_closed(&mut open).await, "the open connection died with the server");
+
+    dovecot.restart().expect("restart");
+    assert!(dovecot.is_running().expect("status"));
+    assert_eq!(dovecot.imap_port(), port, "same port");
+    let mut imap = connect(&dovecot).await;
+    imap.ok("LOGIN bob*admin admin-pw").await;
+    let mut imap = connect(&dovecot).await;
+    imap.ok("LOGIN alice alice-pw").await;
+    let inbox = fetch_all(&mut imap, "INBOX").await;
+    assert_eq!(inbox.len(), 1, "the mail survived");
+    assert_eq!(inbox[0].1, flag_set(&["\\Seen"]));
+
+    // A graceful restart of a running server works the same way.
+    dovecot.restart().expect("restart a running server");
+    connect(&dovecot).await.ok("LOGIN alice alice-pw").await;
+}
+
+#[tokio::test]
+async fn quota_refuses_appends_until_it_is_raised() {
+    let mut dovecot = Dovecot::start(DovecotConfig {
+        quota: Some(Quota {
+            storage_bytes: 100 * 1024,
+            max_mail_size: Some(60 * 1024),
+        }),
+        ..config_with_master()
+    })
+    .expect("start dovecot");
+    let mut imap = connect(&dovecot).await;
+    let caps = imap.ok("LOGIN alice alice-pw").await.concat() + &imap.ok("CAPABILITY").await.concat();
+    assert!(caps.contains("QUOTA"), "{caps}");
+    let quota = imap.ok("GETQUOTAROOT INBOX").await.concat();
+    assert!(quota.contains("STORAGE 0 100"), "{quota}");
+
+    let fits = filler(40);
+    assert!(append(&mut imap, "INBOX", &fits).await.starts_with("OK"));
+    assert!(append(&mut imap, "INBOX", &fits).await.starts_with("OK"));
+    let refused = append(&mut imap, "INBOX", &fits).await;
+    assert!(refused.starts_with("NO [OVERQUOTA]"), "{refused}");
+    let too_big = append(&mut imap, "INBOX", &filler(70)).await;
+    assert!(too_big.starts_with("NO"), "{too_big}");
+    eprintln!("over quota: {refused}\nover the size limit: {too_big}");
+
+    dovecot
+        .set_quota(Some(Quota {
+            storage_bytes: 1024 * 1024,
+            max_mail_size: None,
+        }))
+        .expect("raise quota");
+    let mut imap = connect(&dovecot).await;
+    imap.ok("LOGIN alice alice-pw").await;
+    let quota = imap.ok("GETQUOTAROOT INBOX").await.concat();
+    assert!(quota.contains(" 1024)"), "the new limit holds: {quota}");
+    assert!(append(&mut imap, "INBOX", &fits).await.starts_with("OK"));
+    assert!(append(&mut imap, "INBOX", &filler(70)).await.starts_with("OK"));
+    assert_eq!(fetch_all(&mut imap, "INBOX").await.len(), 4);
+
+    dovecot.set_quota(None).expect("remove quota");
+    let mut imap = connect(&dovecot).await;
+    imap.ok("LOGIN alice alice-pw").await;
+    assert!(!imap.ok("CAPABILITY").await.concat().contains("QUOTA"));
+}
+
+#[tokio::test]
+async fn doveadm_works_on_the_servers_mail() {
+    let dovecot = Dovecot::start(config_with_master()).expect("start dovecot");
+    let msgs = [message(&["Archive"], &[], "2019-05-05T10:00:00Z", "old")];
+    fill_maildir(&dovecot.maildir("alice"), &msgs).expect("fill");
+    let listed = dovecot.doveadm(&["mailbox", "list", "-u", "alice"]).expect("list");
+    assert!(listed.lines().any(|l| l == "Archive"), "{listed}");
+    dovecot
+        .doveadm(&["mailbox", "delete", "-u", "alice", "Archive"])
+        .expect("delete");
+    let listed = dovecot.doveadm(&["mailbox", "list", "-u", "alice"]).expect("list");
+    assert!(!listed.lines().any(|l| l == "Archive"), "{listed}");
+    let err = dovecot
+        .doveadm(&["mailbox", "delete", "-u", "alice", "Nonexistent"])
+        .expect_err("no such folder");
+    assert!(err.to_string().contains("doveadm mailbox delete"), "{err}");
 }
