@@ -335,7 +335,10 @@ fn print_verify(result: &Verification) {
             println!("    {}", line(item));
         }
         if items.len() > VERIFY_DETAIL_LINES {
-            println!("    … and {} more (--json lists all)", items.len() - VERIFY_DETAIL_LINES);
+            println!(
+                "    … and {} more (--json lists all)",
+                items.len() - VERIFY_DETAIL_LINES
+            );
         }
     }
     let date = |d: &Option<String>| d.clone().unwrap_or_else(|| "no date".into());
