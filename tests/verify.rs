@@ -359,6 +359,20 @@ async fn verify_follows_the_folder_mapping_and_finds_a_moved_message() {
     assert_eq!(missing[0]["fingerprint"], extra[0]["fingerprint"]);
     assert_eq!(missing[0]["size"], moved.raw.len());
 
+    // The terminal summary says the same.
+    let text = cutover(&["verify", "--from", &from, "--to", &to]);
+    assert_eq!(text.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(": 1 missing, 1 extra, differences: 0 date, 0 size, content not checked (--content), 0 flags"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("missing: source UID {}", missing[0]["id"].as_str().unwrap())),
+        "{text}"
+    );
+    assert!(text.contains("extra: target "), "{text}");
+
     // Limited to the two folders by --include, the same finding.
     expect(
         verify(
