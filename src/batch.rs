@@ -425,11 +425,13 @@ fn finish(file: &BatchFile, report: &BatchReport, options: &RunOptions, json: bo
         write_failed(file, report, path)?;
     }
     print_report(report, json)?;
-    Ok(if report.failed == 0 && report.held.is_none() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(
+        if report.failed == 0 && report.held.is_none() && report.locked.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        },
+    )
 }
 
 fn write_failed(file: &BatchFile, report: &BatchReport, path: &Path) -> Result<()> {
@@ -472,6 +474,15 @@ fn print_report(report: &BatchReport, json: bool) -> Result<()> {
     }
     if let Some(reason) = &report.held {
         println!("HELD for a person: {reason}. Later phases refuse to run until the rows are fixed and rerun, or --override-hold.");
+    }
+    if !report.locked.is_empty() {
+        println!(
+            "{} row(s) left alone: another cutover process is syncing them (rerun once it has finished):",
+            report.locked.len()
+        );
+        for line in &report.locked {
+            println!("      {line}");
+        }
     }
     Ok(())
 }

@@ -40,6 +40,10 @@ pub enum ErrorKind {
     Config,
     /// Local file I/O failed (Maildir target, password files).
     Io,
+    /// Another cutover process is working on the same mailbox pair.
+    Locked,
+    /// A defect in cutover itself (a panic), caught for one mailbox.
+    Internal,
 }
 
 impl ErrorKind {
@@ -70,6 +74,8 @@ impl ErrorKind {
             Self::State => "state",
             Self::Config => "config",
             Self::Io => "io",
+            Self::Locked => "locked",
+            Self::Internal => "internal",
         }
     }
 }
@@ -172,6 +178,19 @@ pub enum Error {
     /// See [`ErrorKind::Config`].
     #[error("{0}")]
     Config(String),
+    /// See [`ErrorKind::Locked`].
+    #[error("{mailbox} is being synced by another cutover process ({owner}, lease until {until}); wait for it to finish, or stop it")]
+    Locked {
+        /// The mailbox pair, as `source → target`.
+        mailbox: String,
+        /// `pid N on HOST`.
+        owner: String,
+        /// When its lease runs out unless renewed (RFC 3339).
+        until: String,
+    },
+    /// See [`ErrorKind::Internal`].
+    #[error("internal error (a defect in cutover, please report it): {0}")]
+    Internal(String),
     /// See [`ErrorKind::Io`].
     #[error("{path}: {source}")]
     Io {
@@ -198,6 +217,8 @@ impl Error {
             Self::State { .. } => ErrorKind::State,
             Self::Config(_) => ErrorKind::Config,
             Self::Io { .. } => ErrorKind::Io,
+            Self::Locked { .. } => ErrorKind::Locked,
+            Self::Internal(_) => ErrorKind::Internal,
         }
     }
 

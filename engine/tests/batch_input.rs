@@ -113,7 +113,11 @@ fn imapsync_file_parses_without_header() {
     assert_eq!(alice.source.address, "alice@example.org");
     assert_eq!(bob.source.login, "bob");
     assert_eq!(bob.source.address, "bob", "a login that is no address stands in for it");
-    assert_eq!(bob.source.server.as_deref(), Some("imap://old.example.org:993"));
+    assert_eq!(
+        bob.source.server.as_deref(),
+        Some("imaps://old.example.org:993"),
+        "port 993 is implicit TLS"
+    );
     assert_eq!(bob.source.password, PasswordRef::Env("BOB_OLD".into()));
     assert_eq!(bob.target.password, PasswordRef::File("/secure/bob.pw".into()));
     // Literal passwords on line 2 only; a .txt name is normal for imapsync.
@@ -543,4 +547,29 @@ fn imapsync_lines_are_checked_too() {
         &errors(&path),
         &[(Some(2), Some("host1"), "empty"), (Some(3), None, "4 fields")],
     );
+}
+
+#[test]
+fn a_plus_in_a_login_reaches_the_server_as_a_plus() {
+    let (_dir, path) = temp_file(
+        "plus.csv",
+        b"source_address,source_login,source_password,target_address,target_password\n\
+          a+b@old.example.org,a+archive@old.example.org,env:PW,a+b@new.example.net,env:PW\n",
+    );
+    let batch = read_batch(&path).unwrap();
+    let [row] = &batch.rows[..] else {
+        panic!("{:?}", batch.rows)
+    };
+    let defaults = cutover_engine::batch::jobs::RowDefaults {
+        source_server: Some("imap://old.example.org".into()),
+        target_server: Some("imaps://new.example.net".into()),
+        ..Default::default()
+    };
+    std::env::set_var("PW", "x");
+    let job = cutover_engine::batch::jobs::mailbox_job(row, &defaults).unwrap();
+    assert_eq!(job.source.user, "a+archive@old.example.org");
+    let cutover_engine::endpoint::Endpoint::Imap(target) = &job.target else {
+        panic!("{:?}", job.target)
+    };
+    assert_eq!(target.user, "a+b@new.example.net");
 }

@@ -439,6 +439,8 @@ impl Dovecot {
              auth_mechanisms = plain login\n\
              disable_plaintext_auth = no\n\
              auth_failure_delay = 0\n\
+             # real logins carry `+` (alice+archive): allow every character\n\
+             auth_username_chars =\n\
              auth_master_user_separator = *\n\
              {master}\
              passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN {passwd}\n}}\n\

@@ -173,7 +173,7 @@ pub async fn snapshot(port: u16, user: &str, password: &str) -> Snapshot {
                 .iter()
                 .any(|a| matches!(a, async_imap::types::NameAttribute::NoSelect))
         })
-        .map(|n| n.name().to_string())
+        .map(|n| unescape(n.name()))
         .collect();
     let mut out = Snapshot::new();
     for name in names {
@@ -203,6 +203,17 @@ pub async fn snapshot(port: u16, user: &str, password: &str) -> Snapshot {
         out.insert(decode_utf7(&name), messages);
     }
     session.logout().await.ok();
+    out
+}
+
+/// async-imap hands over a quoted LIST name still escaped (`a \"b\"`),
+/// and escapes again when it sends one: undo the first.
+fn unescape(name: &str) -> String {
+    let mut out = String::new();
+    let mut chars = name.chars();
+    while let Some(c) = chars.next() {
+        out.extend(if c == '\\' { chars.next() } else { Some(c) });
+    }
     out
 }
 

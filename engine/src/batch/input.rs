@@ -842,7 +842,7 @@ impl Check<'_> {
         let server = if server.is_empty() {
             None
         } else if format == InputFormat::Imapsync {
-            Some(format!("imap://{server}"))
+            Some(imapsync_server(server))
         } else {
             Some(server.to_string())
         };
@@ -1032,6 +1032,17 @@ fn looks_utf16(bytes: &[u8]) -> bool {
     let nul_at = |parity: usize| sample.iter().skip(parity).step_by(2).filter(|&&b| b == 0).count();
     let half = sample.len() / 2;
     nul_at(0) * 10 >= half * 9 || nul_at(1) * 10 >= half * 9
+}
+
+/// An imapsync host (`host`, `host:port`) as a URL: port 993 is implicit
+/// TLS by convention (imapsync's `--ssl1`), anything else STARTTLS.
+fn imapsync_server(host: &str) -> String {
+    let port = host.rsplit_once(':').map(|(_, port)| port);
+    if port == Some("993") {
+        format!("imaps://{host}")
+    } else {
+        format!("imap://{host}")
+    }
 }
 
 fn server_problem(url: &str) -> Option<String> {

@@ -77,6 +77,10 @@ pub struct BatchReport {
     pub failures: Vec<FailureGroup>,
     /// Every row.
     pub rows: Vec<RowReport>,
+    /// Rows this run left alone because another cutover process was
+    /// syncing their mailbox: `line N: source: who holds it`. Their status
+    /// is that process's to record.
+    pub locked: Vec<String>,
 }
 
 /// What to try for a kind of failure.
@@ -99,6 +103,8 @@ pub fn fix_for(kind: ErrorKind) -> &'static str {
         ErrorKind::State => "the state file failed: check disk space and permissions",
         ErrorKind::Config => "fix the batch row (server, login, password reference)",
         ErrorKind::Io => "check the local path and its permissions",
+        ErrorKind::Locked => "another cutover process is syncing this mailbox: let it finish (or stop it), then rerun",
+        ErrorKind::Internal => "a defect in cutover: report the detail; the other mailboxes were not affected",
     }
 }
 
@@ -144,6 +150,7 @@ pub fn build(name: &str, batch: &BatchRecord, rows: &[BatchRowRecord]) -> BatchR
             failed as f64 / rows.len() as f64
         },
         failures,
+        locked: Vec::new(),
         rows: rows
             .iter()
             .map(|r| RowReport {

@@ -4,11 +4,13 @@
 //! jittered backoff, permanent ones (bad password, missing account) fail
 //! the row at once. Every outcome lands in the state.
 
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use futures::FutureExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -210,12 +212,17 @@ pub async fn run(
         let state_path = state_path.to_path_buf();
         tasks.spawn(async move {
             let _slot = slots.acquire_owned().await;
-            let outcome = run_row(&row, phase, &settings, &limits, &state_path).await;
+            // A panic is a defect in cutover; it fails this row, not the batch.
+            let outcome = AssertUnwindSafe(run_row(&row, phase, &settings, &limits, &state_path))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| Err(Error::Internal(panic_message(panic.as_ref()))));
             (row, outcome)
         });
     }
     while let Some(joined) = tasks.join_next().await {
-        let (row, outcome) = joined.map_err(|e| Error::Config(format!("a batch task panicked: {e}")))?;
+        // Only a cancelled task ends up here; a panic was caught above.
+        let (row, outcome) = joined.map_err(|e| Error::Internal(format!("a batch task ended abnormally: {e}")))?;
         let status = record(&state, batch.id, &row, phase, outcome)?;
         notify(BatchProgress::Finished { line: row.line, status });
     }
@@ -226,6 +233,15 @@ pub async fn run(
     state.set_batch_status(batch.id, phase.as_str(), hold.as_deref())?;
     let batch = state.batch(&batch_name(&file.path), &now())?;
     Ok(report::build(&batch_name(&file.path), &batch, &rows))
+}
+
+/// What a panic said, for the row's error detail.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
 }
 
 /// Why a batch must wait for a person: `failed / total` reached the limit.

@@ -8,9 +8,11 @@
 //! endpoints are stored without secrets, messages as digests.
 
 mod batch;
+mod lock;
 mod schema;
 
 pub use batch::{BatchId, BatchRecord, BatchRowRecord};
+pub use lock::LockOwner;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -105,9 +107,27 @@ pub struct State {
     path: PathBuf,
 }
 
+/// Creates the state file readable by its owner only (0600) before SQLite
+/// opens it; SQLite gives its -wal and -shm files the same mode. Mailbox
+/// names, folder names and logins are nobody else's business.
+fn create_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
 impl State {
     /// Opens (creating if needed) a state file and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Self> {
+        create_private(path)?;
         let conn = Connection::open(path).map_err(|source| Error::State {
             path: path.to_path_buf(),
             source,
@@ -119,6 +139,11 @@ impl State {
         state.configure()?;
         state.migrate()?;
         Ok(state)
+    }
+
+    /// The state file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Wraps SQLite errors with the state file's path.

@@ -132,4 +132,15 @@ pub const MIGRATIONS: &[&str] = &[
     -- may still commit its last APPEND, and the next run waits for that
     ALTER TABLE folder ADD COLUMN copy_in_progress INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 5: one process per mailbox pair (see state/lock.rs): the owner and
+    // a lease it renews; a dead owner's row frees itself.
+    r#"
+    CREATE TABLE mailbox_lock (
+        mailbox_id INTEGER PRIMARY KEY REFERENCES mailbox(id) ON DELETE CASCADE,
+        token TEXT NOT NULL,             -- one acquisition
+        pid INTEGER NOT NULL,
+        host TEXT NOT NULL,
+        lease_until INTEGER NOT NULL     -- unix milliseconds
+    ) STRICT;
+    "#,
 ];

@@ -13,9 +13,10 @@ pub use copy::fetch_batches;
 
 use std::collections::HashSet;
 use std::fmt;
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
@@ -26,7 +27,7 @@ use crate::imap::{ConnectOptions, FetchItems, ImapSession};
 use crate::limits::Budget;
 use crate::message::Flags;
 use crate::report::{FolderReport, ReportedError, SyncReport};
-use crate::state::{MailboxId, State};
+use crate::state::{LockOwner, MailboxId, State};
 use crate::target::Target;
 use plan::DedupPool;
 
@@ -168,6 +169,65 @@ pub async fn sync_mailbox(
             "{source_id}: a sweep runs after the final phase; run --phase final first"
         )));
     }
+    let owner = LockOwner::this_process();
+    state.lock_mailbox(mailbox, &format!("{source_id} → {target_id}"), &owner, LOCK_LEASE)?;
+    let renewal = LeaseRenewal::start(state.path(), mailbox, &owner.token);
+    let result = sync_locked(job, options, state, mailbox, progress, source_id, target_id).await;
+    drop(renewal);
+    let released = state.unlock_mailbox(mailbox, &owner.token);
+    let report = result?;
+    released.map(|()| report)
+}
+
+/// How long a mailbox lock holds without renewal; renewed every third of it.
+const LOCK_LEASE: Duration = Duration::from_secs(60);
+
+/// Renews a mailbox lock's lease in the background for as long as it lives,
+/// over a connection of its own (the sync's is busy in its transactions).
+struct LeaseRenewal(tokio::task::JoinHandle<()>);
+
+impl LeaseRenewal {
+    fn start(path: &Path, mailbox: MailboxId, token: &str) -> Self {
+        let (path, token) = (path.to_path_buf(), token.to_string());
+        Self(tokio::spawn(async move {
+            let state = match State::open(&path) {
+                Ok(state) => state,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot renew the mailbox lock; it expires in {} s", LOCK_LEASE.as_secs());
+                    return;
+                }
+            };
+            loop {
+                tokio::time::sleep(LOCK_LEASE / 3).await;
+                match state.renew_mailbox_lock(mailbox, &token, LOCK_LEASE) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!("the mailbox lock was taken over by another process");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "renewing the mailbox lock failed"),
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for LeaseRenewal {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// [`sync_mailbox`] once the mailbox is locked.
+async fn sync_locked(
+    job: &MailboxJob,
+    options: &SyncOptions,
+    state: &mut State,
+    mailbox: MailboxId,
+    progress: Option<&ProgressFn>,
+    source_id: String,
+    target_id: String,
+) -> Result<SyncReport> {
     let started = Instant::now();
     let started_at = Utc::now().to_rfc3339();
     state.mark_interrupted_runs(mailbox, &started_at)?;

@@ -1,0 +1,208 @@
+//! One process per mailbox pair: an exclusive lease in the state store.
+//!
+//! Two processes appending into the same target folder would both copy the
+//! same mail, and each would take the other's run for a dead one. The lock
+//! row names its owner (pid and host) and carries a lease the owner renews
+//! while it runs; a process killed with -9 leaves a row behind that frees
+//! itself when the lease runs out — at once when its owner was on this host
+//! and its pid is gone.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, OptionalExtension, TransactionBehavior};
+
+use super::{MailboxId, State};
+use crate::error::{Error, Result};
+
+/// Who holds a mailbox lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockOwner {
+    /// Distinguishes two acquisitions of one process.
+    pub token: String,
+    /// Process id.
+    pub pid: u32,
+    /// Host name.
+    pub host: String,
+}
+
+impl LockOwner {
+    /// This process, with a token unique to this acquisition.
+    pub fn this_process() -> Self {
+        static ACQUISITIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let pid = std::process::id();
+        let n = ACQUISITIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self {
+            token: format!("{pid}-{}-{n}", now_ms()),
+            pid,
+            host: host_name(),
+        }
+    }
+
+    /// Whether the owner is a process of this host that no longer exists.
+    fn is_gone(&self) -> bool {
+        if self.host != host_name() {
+            return false;
+        }
+        let Some(pid) = i32::try_from(self.pid).ok().and_then(rustix::process::Pid::from_raw) else {
+            return true;
+        };
+        // ESRCH: no such process. EPERM means it exists under another user.
+        matches!(rustix::process::test_kill_process(pid), Err(rustix::io::Errno::SRCH))
+    }
+}
+
+/// The host name locks are taken under.
+fn host_name() -> String {
+    rustix::system::uname().nodename().to_string_lossy().into_owned()
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn lease_ms(lease: Duration) -> i64 {
+    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl State {
+    /// Takes the mailbox's lock for `owner`, or says who holds it. A lock
+    /// whose lease ran out, or whose owner on this host is gone, is taken over.
+    pub fn lock_mailbox(&mut self, mailbox: MailboxId, label: &str, owner: &LockOwner, lease: Duration) -> Result<()> {
+        let err = self.err();
+        // IMMEDIATE: the check and the write happen under one write lock.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(&err)?;
+        let held: Option<(LockOwner, i64)> = tx
+            .query_row(
+                "SELECT token, pid, host, lease_until FROM mailbox_lock WHERE mailbox_id = ?1",
+                [mailbox],
+                |row| {
+                    Ok((
+                        LockOwner {
+                            token: row.get(0)?,
+                            pid: row.get(1)?,
+                            host: row.get(2)?,
+                        },
+                        row.get(3)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(&err)?;
+        let now = now_ms();
+        if let Some((holder, until)) = held {
+            if until > now && !holder.is_gone() {
+                let until = chrono::DateTime::from_timestamp_millis(until).map_or_else(String::new, |t| t.to_rfc3339());
+                return Err(Error::Locked {
+                    mailbox: label.to_string(),
+                    owner: format!("pid {} on {}", holder.pid, holder.host),
+                    until,
+                });
+            }
+            tracing::info!(
+                mailbox = label,
+                pid = holder.pid,
+                host = %holder.host,
+                "taking over the lock of a process that is gone or whose lease ran out"
+            );
+        }
+        tx.execute(
+            "INSERT INTO mailbox_lock (mailbox_id, token, pid, host, lease_until) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (mailbox_id) DO UPDATE SET token = excluded.token, pid = excluded.pid,
+                host = excluded.host, lease_until = excluded.lease_until",
+            params![mailbox, owner.token, owner.pid, owner.host, now + lease_ms(lease)],
+        )
+        .map_err(&err)?;
+        tx.commit().map_err(&err)
+    }
+
+    /// Extends the lease; `false` when the lock is no longer `token`'s.
+    pub fn renew_mailbox_lock(&self, mailbox: MailboxId, token: &str, lease: Duration) -> Result<bool> {
+        self.conn
+            .execute(
+                "UPDATE mailbox_lock SET lease_until = ?3 WHERE mailbox_id = ?1 AND token = ?2",
+                params![mailbox, token, now_ms() + lease_ms(lease)],
+            )
+            .map(|changed| changed == 1)
+            .map_err(self.err())
+    }
+
+    /// Releases the lock if `token` still holds it.
+    pub fn unlock_mailbox(&self, mailbox: MailboxId, token: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "DELETE FROM mailbox_lock WHERE mailbox_id = ?1 AND token = ?2",
+                params![mailbox, token],
+            )
+            .map(|_| ())
+            .map_err(self.err())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn other_host() -> LockOwner {
+        LockOwner {
+            token: "t-remote".into(),
+            pid: 1,
+            host: "elsewhere.invalid".into(),
+        }
+    }
+
+    #[test]
+    fn a_held_lock_refuses_a_second_owner_until_released_or_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = State::open(&dir.path().join("s.db")).unwrap();
+        let mailbox = state.mailbox("imap://a@src:143", "imap://a@dst:143").unwrap();
+        let lease = Duration::from_secs(60);
+        let first = LockOwner::this_process();
+        state.lock_mailbox(mailbox, "a", &first, lease).unwrap();
+        let second = LockOwner::this_process();
+        let err = state.lock_mailbox(mailbox, "a", &second, lease).unwrap_err();
+        assert_eq!(err.kind(), crate::error::ErrorKind::Locked);
+        assert!(
+            err.to_string().contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
+        assert!(!state.renew_mailbox_lock(mailbox, &second.token, lease).unwrap());
+        assert!(state.renew_mailbox_lock(mailbox, &first.token, lease).unwrap());
+        state.unlock_mailbox(mailbox, &first.token).unwrap();
+        state.lock_mailbox(mailbox, "a", &second, lease).unwrap();
+
+        // Another host's live lock holds until its lease runs out.
+        let other = state.mailbox("imap://b@src:143", "imap://b@dst:143").unwrap();
+        state
+            .lock_mailbox(other, "b", &other_host(), Duration::from_millis(300))
+            .unwrap();
+        assert!(state.lock_mailbox(other, "b", &first, lease).is_err());
+        std::thread::sleep(Duration::from_millis(350));
+        state.lock_mailbox(other, "b", &first, lease).unwrap();
+    }
+
+    #[test]
+    fn the_lock_of_a_dead_process_on_this_host_is_taken_over_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = State::open(&dir.path().join("s.db")).unwrap();
+        let mailbox = state.mailbox("imap://a@src:143", "imap://a@dst:143").unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = child.id();
+        child.wait().unwrap();
+        let dead = LockOwner {
+            token: "t-dead".into(),
+            pid: dead_pid,
+            host: host_name(),
+        };
+        state
+            .lock_mailbox(mailbox, "a", &dead, Duration::from_secs(600))
+            .unwrap();
+        state
+            .lock_mailbox(mailbox, "a", &LockOwner::this_process(), Duration::from_secs(60))
+            .unwrap();
+    }
+}
