@@ -4,6 +4,9 @@
 //!
 //! - answers every Nth command with `NO [LIMIT]` itself;
 //! - drops connections after a number of bytes;
+//! - cuts one connection, on demand, after exactly so many bytes in either
+//!   direction ([`FaultProxy::arm_cut`]: a cut inside an APPEND literal, a
+//!   FETCH response, a LOGIN);
 //! - adds latency to every server chunk;
 //! - caps the bandwidth of the whole proxy (one token bucket shared by all
 //!   connections and both directions, like one WAN link);
@@ -49,6 +52,24 @@ pub struct FaultConfig {
     pub stall_every_bytes: Option<u64>,
     /// How long each stall lasts.
     pub stall: Duration,
+}
+
+/// Which bytes a cut ([`FaultProxy::arm_cut`]) counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Server → client: greetings, responses, FETCH data.
+    Down,
+    /// Client → server: commands, APPEND literals.
+    Up,
+}
+
+/// A cut waiting for a connection to reach its mark.
+#[derive(Debug, Clone, Copy)]
+struct ArmedCut {
+    flow: Flow,
+    after_bytes: u64,
+    /// Tells this arming from a later one.
+    id: u64,
 }
 
 /// What the proxy saw.
@@ -105,6 +126,7 @@ impl ProxyStats {
 pub struct FaultProxy {
     port: u16,
     stats: Arc<ProxyStats>,
+    shared: Arc<Shared>,
     task: JoinHandle<()>,
 }
 
@@ -119,8 +141,12 @@ impl FaultProxy {
             bucket: config.bandwidth_bytes_per_second.map(TokenBucket::new),
             config,
             drops: AtomicU32::new(0),
+            cut: Mutex::new(None),
+            cuts_armed: AtomicU64::new(0),
         });
+        let accepting = shared.clone();
         let task = tokio::spawn(async move {
+            let shared = accepting;
             while let Ok((client, _)) = listener.accept().await {
                 let shared = shared.clone();
                 tokio::spawn(async move {
@@ -130,7 +156,28 @@ impl FaultProxy {
                 });
             }
         });
-        Ok(Self { port, stats, task })
+        Ok(Self {
+            port,
+            stats,
+            shared,
+            task,
+        })
+    }
+
+    /// Cuts one connection, once: the first of those opened from now on to
+    /// carry `after_bytes` bytes in `flow`. Upwards exactly `after_bytes`
+    /// reach the server (a cut can fall inside an APPEND literal);
+    /// downwards the read that crosses the mark is not forwarded. Both
+    /// sides of the connection are closed and [`ProxyStats::dropped`]
+    /// counts the cut. Arming again replaces a cut that has not fired.
+    pub fn arm_cut(&self, flow: Flow, after_bytes: u64) {
+        let id = self.shared.cuts_armed.fetch_add(1, Ordering::Relaxed) + 1;
+        *self.shared.cut.lock().unwrap_or_else(|p| p.into_inner()) = Some(ArmedCut { flow, after_bytes, id });
+    }
+
+    /// Whether an armed cut is still waiting for its connection.
+    pub fn cut_pending(&self) -> bool {
+        self.shared.cut.lock().unwrap_or_else(|p| p.into_inner()).is_some()
     }
 
     /// The loopback port to connect to.
@@ -159,6 +206,25 @@ struct Shared {
     bucket: Option<TokenBucket>,
     /// Connections counted towards `config.drop_connections`.
     drops: AtomicU32,
+    /// The cut waiting to fire, if any.
+    cut: Mutex<Option<ArmedCut>>,
+    /// Cuts armed so far (ids).
+    cuts_armed: AtomicU64,
+}
+
+impl Shared {
+    /// Whether `cut` (a connection's copy) is still the armed one; if so it
+    /// fires now and is disarmed, so only one connection is cut.
+    fn fire(&self, cut: &ArmedCut) -> bool {
+        let mut armed = self.cut.lock().unwrap_or_else(|p| p.into_inner());
+        if armed.is_some_and(|a| a.id == cut.id) {
+            *armed = None;
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// A token bucket holding at most one second's worth of bytes. A caller
@@ -313,6 +379,10 @@ fn literal_size(line: &[u8]) -> Option<u64> {
 async fn relay(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
     let (stats, config, drops) = (&shared.stats, &shared.config, &shared.drops);
     let bucket = shared.bucket.as_ref();
+    let armed = *shared.cut.lock().unwrap_or_else(|p| p.into_inner());
+    let cut_up = armed.filter(|c| c.flow == Flow::Up);
+    let cut_down = armed.filter(|c| c.flow == Flow::Down);
+    let shared = &shared;
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
     let (mut client_read, client_write) = client.into_split();
@@ -324,6 +394,7 @@ async fn relay(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
         async move {
             let mut framer = Framer::default();
             let mut buffer = vec![0u8; 64 * 1024];
+            let mut sent_up = 0u64;
             loop {
                 let n = match client_read.read(&mut buffer).await {
                     Ok(0) | Err(_) => return,
@@ -367,7 +438,15 @@ async fn relay(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
                 });
                 stats.add(&stats.appends_per_second, literals);
                 if forward_all {
-                    let mut rest = &buffer[..n];
+                    // Up to an armed cut's mark, and not a byte further.
+                    let (allowed, cut) = match cut_up {
+                        Some(cut) if sent_up + n as u64 >= cut.after_bytes && shared.fire(&cut) => {
+                            (usize::try_from(cut.after_bytes - sent_up).unwrap_or(n).min(n), true)
+                        }
+                        _ => (n, false),
+                    };
+                    sent_up += allowed as u64;
+                    let mut rest = &buffer[..allowed];
                     while !rest.is_empty() {
                         let len = bucket.map_or(rest.len(), |b| b.piece(rest.len()));
                         if let Some(bucket) = bucket {
@@ -378,6 +457,10 @@ async fn relay(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
                         }
                         stats.bytes_up.fetch_add(len as u64, Ordering::Relaxed);
                         rest = &rest[len..];
+                    }
+                    if cut {
+                        let _ = client_write.lock().await.shutdown().await;
+                        return;
                     }
                 } else {
                     // A refused command is answered here and never reaches the
@@ -416,6 +499,10 @@ async fn relay(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
             });
             stats.add(&stats.fetches_per_second, fetches);
             sent += n as u64;
+            if cut_down.is_some_and(|cut| sent >= cut.after_bytes && shared.fire(&cut)) {
+                let _ = client_write.lock().await.shutdown().await;
+                return;
+            }
             if may_drop && config.drop_after_bytes.is_some_and(|limit| sent >= limit) {
                 stats.dropped.fetch_add(1, Ordering::Relaxed);
                 let _ = client_write.lock().await.shutdown().await;
@@ -450,6 +537,51 @@ async fn relay(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server that sends `greeting`, then reads until EOF and returns what it got.
+    async fn server(greeting: &'static [u8]) -> (SocketAddr, JoinHandle<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let _ = stream.write_all(greeting).await;
+            let mut got = Vec::new();
+            let _ = stream.read_to_end(&mut got).await;
+            got
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn an_armed_cut_fires_once_at_its_mark() {
+        // Upwards: exactly the first 10 bytes reach the server.
+        let (addr, received) = server(b"* OK hi\r\n").await;
+        let proxy = FaultProxy::start(addr, FaultConfig::default()).await.expect("proxy");
+        proxy.arm_cut(Flow::Up, 10);
+        assert!(proxy.cut_pending());
+        let mut client = TcpStream::connect(("127.0.0.1", proxy.port())).await.expect("connect");
+        let mut greeting = [0u8; 9];
+        client.read_exact(&mut greeting).await.expect("greeting");
+        client
+            .write_all(b"a APPEND x {9+}\r\n123456789\r\n")
+            .await
+            .expect("send");
+        let mut rest = Vec::new();
+        let _ = client.read_to_end(&mut rest).await;
+        assert_eq!(received.await.expect("server"), b"a APPEND x");
+        assert!(!proxy.cut_pending(), "fired");
+        assert_eq!(proxy.stats().dropped.load(Ordering::Relaxed), 1);
+
+        // Downwards: the read that crosses the mark never reaches the client.
+        let (addr, _received) = server(b"* OK a greeting of 30 bytes..\r\n").await;
+        let proxy = FaultProxy::start(addr, FaultConfig::default()).await.expect("proxy");
+        proxy.arm_cut(Flow::Down, 5);
+        let mut client = TcpStream::connect(("127.0.0.1", proxy.port())).await.expect("connect");
+        let mut got = Vec::new();
+        let _ = client.read_to_end(&mut got).await;
+        assert!(got.is_empty(), "{got:?}");
+        assert_eq!(proxy.stats().dropped.load(Ordering::Relaxed), 1);
+    }
 
     #[test]
     fn framer_skips_literals() {
