@@ -197,3 +197,80 @@ async fn a_25_mb_message_is_copied_byte_exact() {
     assert_eq!(target["INBOX"][0].sha256, sha256(&raw));
     assert_eq!(target["INBOX"][0].flags, "\\Seen");
 }
+
+/// Two processes on one mailbox pair: the second is refused with a clear
+/// message while the first runs, and the first's run is not taken for a
+/// dead one (it ends `done`, not `interrupted`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_on_the_same_mailbox_pair_is_refused_while_the_first_runs() {
+    use cutover_harness::proxy::{FaultConfig, FaultProxy};
+    let pair = Pair::start();
+    pair.fill_source(&generated(9, 400));
+    // A slow link keeps the first run busy long enough to collide with.
+    let proxy = FaultProxy::start(
+        ([127, 0, 0, 1], pair.source.imap_port()).into(),
+        FaultConfig {
+            latency: Some(Duration::from_millis(3)),
+            bandwidth_bytes_per_second: Some(2_000_000),
+            ..FaultConfig::default()
+        },
+    )
+    .await
+    .expect("proxy");
+    let slow_from = format!("imap://{USER}@127.0.0.1:{}?tls=none", proxy.port());
+    let state = tempfile::tempdir().unwrap();
+    let state_file = state.path().join("state.db");
+    let state_arg = state_file.to_string_lossy().into_owned();
+    let to = pair.target_url();
+    let mut first = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args([
+            "sync", "--from", &slow_from, "--to", &to, "--phase", "initial", "--state", &state_arg,
+        ])
+        .env("CUTOVER_FROM_PASSWORD", SOURCE_PASSWORD)
+        .env("CUTOVER_TO_PASSWORD", TARGET_PASSWORD)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn cutover");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while copied_rows(&state_file) == 0 && Instant::now() < deadline {
+        assert!(
+            first.try_wait().expect("wait").is_none(),
+            "the first run ended before the collision"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The same pair, named the same way (the lock is per source → target).
+    let second = cutover(&[
+        "sync", "--from", &slow_from, "--to", &to, "--phase", "initial", "--state", &state_arg,
+    ]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&second.stdout),
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert!(!second.status.success(), "the second process must not run: {said}");
+    assert!(
+        said.contains("another cutover process") && said.contains(&format!("pid {}", first.id())),
+        "the refusal says who holds the mailbox: {said}"
+    );
+    assert!(
+        first.try_wait().expect("wait").is_none(),
+        "the first run was still going"
+    );
+    let status = first.wait().expect("wait");
+    assert!(status.success(), "the first run finishes undisturbed");
+
+    let conn = rusqlite::Connection::open(&state_file).expect("state");
+    let runs: Vec<String> = conn
+        .prepare("SELECT status FROM run ORDER BY id")
+        .and_then(|mut q| q.query_map([], |row| row.get(0))?.collect())
+        .expect("runs");
+    assert_eq!(runs, ["done"], "one run, finished, never marked interrupted");
+    let source = mapped(
+        &snapshot(pair.source.imap_port(), USER, SOURCE_PASSWORD).await,
+        FOLDER_MAP,
+    );
+    let target = mapped(&snapshot(pair.target.imap_port(), USER, TARGET_PASSWORD).await, &[]);
+    assert_same(&target, &source, "one copy of everything");
+}
