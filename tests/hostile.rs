@@ -56,15 +56,27 @@ impl Run {
             "exit {:?} after {:.1} s\nstdout:\n{}\nstderr (tail):\n{}",
             self.code,
             self.elapsed.as_secs_f64(),
-            self.stdout,
+            clip(&self.stdout, 4000),
             tail(&self.stderr, 30)
         )
     }
 }
 
+/// At most `chars` characters of `text`.
+fn clip(text: &str, chars: usize) -> String {
+    match text.char_indices().nth(chars) {
+        Some((end, _)) => format!("{}… ({} bytes in all)", &text[..end], text.len()),
+        None => text.to_string(),
+    }
+}
+
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+    all[all.len().saturating_sub(lines)..]
+        .iter()
+        .map(|line| clip(line, 400))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Runs `cutover sync --json` off the async runtime (the hostile server

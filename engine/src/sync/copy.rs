@@ -5,6 +5,8 @@
 //! the previous batch is being appended. A bounded channel of one batch
 //! keeps memory at a few batches, whatever the folder's size.
 
+use std::collections::HashSet;
+
 use chrono::Utc;
 use tokio::sync::mpsc;
 
@@ -67,8 +69,14 @@ impl FolderCopy<'_> {
     async fn match_existing(&mut self, uids: Vec<u32>, pool: &mut DedupPool) -> Result<Vec<u32>> {
         let mut matched = Vec::new();
         let mut remaining = Vec::new();
+        // A server may answer a UID twice or one not asked for: each source
+        // message takes at most one pool entry.
+        let mut unseen: HashSet<u32> = uids.iter().copied().collect();
         for set in crate::imap::uid_set_chunks(&uids, UID_SET_CHARS) {
             for record in self.source.fetch_all(&set, FetchItems::Fingerprint, None).await? {
+                if !unseen.remove(&record.uid) {
+                    continue;
+                }
                 let size = u64::from(record.size.unwrap_or(0));
                 let fingerprint = Fingerprint::from_headers(record.header.as_deref().unwrap_or_default(), size);
                 match pool.take(&fingerprint) {
@@ -221,9 +229,19 @@ pub async fn fetch_batches(
 ) -> Result<()> {
     let mut batch: Vec<Message> = Vec::new();
     let mut bytes = 0usize;
+    // A server that sends a message's FETCH response twice must not get it
+    // appended twice.
+    let mut seen = HashSet::new();
     for set in uid_sets {
         let mut handle = source.fetch_start(&set, FetchItems::Full, None).await?;
         while let Some(record) = source.fetch_next(&mut handle).await? {
+            if !seen.insert(record.uid) {
+                tracing::warn!(
+                    uid = record.uid,
+                    "the source sent this message twice in one FETCH; copied once"
+                );
+                continue;
+            }
             let message = into_message(record);
             if !batch.is_empty() && (batch.len() >= max_messages || bytes + message.raw.len() > max_bytes) {
                 bytes = 0;
