@@ -212,11 +212,7 @@ pub async fn run(
         let state_path = state_path.to_path_buf();
         tasks.spawn(async move {
             let _slot = slots.acquire_owned().await;
-            // A panic is a defect in cutover; it fails this row, not the batch.
-            let outcome = AssertUnwindSafe(run_row(&row, phase, &settings, &limits, &state_path))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|panic| Err(Error::Internal(panic_message(panic.as_ref()))));
+            let outcome = catching_panics(run_row(&row, phase, &settings, &limits, &state_path)).await;
             (row, outcome)
         });
     }
@@ -233,6 +229,15 @@ pub async fn run(
     state.set_batch_status(batch.id, phase.as_str(), hold.as_deref())?;
     let batch = state.batch(&batch_name(&file.path), &now())?;
     Ok(report::build(&batch_name(&file.path), &batch, &rows))
+}
+
+/// Runs a row; a panic in it (a defect in cutover) becomes an `internal`
+/// failure of that row instead of taking the whole batch down.
+async fn catching_panics<T>(row: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    AssertUnwindSafe(row)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| Err(Error::Internal(panic_message(panic.as_ref()))))
 }
 
 /// What a panic said, for the row's error detail.
@@ -408,6 +413,20 @@ mod tests {
         assert!(hold_reason(1, 4, 0.25).is_some());
         assert!(hold_reason(1, 5, 0.25).is_none());
         assert!(hold_reason(0, 0, 0.0).is_none(), "nothing failed, nothing to hold");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_row_fails_as_internal_and_the_others_go_on() {
+        let panicked = catching_panics(async {
+            let name = "Entwürfe-Alt";
+            let _ = name.get(..5).expect("char boundary");
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(panicked.kind(), crate::error::ErrorKind::Internal);
+        assert!(panicked.to_string().contains("char boundary"), "{panicked}");
+        assert_eq!(catching_panics(async { Ok(7) }).await.unwrap(), 7);
     }
 
     #[test]
