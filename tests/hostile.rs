@@ -22,7 +22,7 @@ use cutover_harness::hostile::{Fault, FetchFault, HostileServer, Mailbox, Script
 use futures::TryStreamExt;
 
 /// No run may take longer than this, whatever the server does.
-const RUN_LIMIT: Duration = Duration::from_secs(90);
+const RUN_LIMIT: Duration = Duration::from_secs(60);
 /// Every test message carries this; no report, log or state may.
 const BODY_MARKER: &str = "SECRET-BODY-";
 
@@ -79,8 +79,9 @@ fn tail(text: &str, lines: usize) -> String {
         .join("\n")
 }
 
-/// Runs `cutover sync --json` off the async runtime (the hostile server
-/// runs on it), killing it if it outlives [`RUN_LIMIT`].
+/// Runs `cutover sync --json` (with `--timeout 10` unless `extra` sets one)
+/// off the async runtime, which the hostile server runs on, and kills it if
+/// it outlives [`RUN_LIMIT`].
 async fn sync_run(from: &str, to: &str, phase: &str, state: &Path, extra: &[&str]) -> Run {
     let mut args: Vec<String> = [
         "sync",
@@ -98,6 +99,9 @@ async fn sync_run(from: &str, to: &str, phase: &str, state: &Path, extra: &[&str
     .map(|s| s.to_string())
     .collect();
     args.extend(extra.iter().map(|s| s.to_string()));
+    if !extra.contains(&"--timeout") {
+        args.extend(["--timeout".to_string(), "10".to_string()]);
+    }
     tokio::task::spawn_blocking(move || bounded(&args))
         .await
         .expect("cutover runner")
@@ -543,25 +547,19 @@ async fn bare_greeting_with_tls_none_asks_capability_before_login_and_copies_eve
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_instead_of_a_fetch_response_is_a_protocol_error() {
-    fault_in_projects(FetchFault::Garbage, 2, "protocol", &["--timeout", "10"]).await;
+    fault_in_projects(FetchFault::Garbage, 2, "protocol", &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fetch_response_cut_off_by_a_closed_connection_is_a_connection_error() {
-    fault_in_projects(FetchFault::Truncated, 2, "connect", &["--timeout", "10"]).await;
+    fault_in_projects(FetchFault::Truncated, 2, "connect", &[]).await;
 }
 
 // 3. Literals that lie about their size.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_literal_longer_than_announced_is_a_protocol_error() {
-    fault_in_projects(
-        FetchFault::LiteralTooLong { extra: 40 },
-        2,
-        "protocol",
-        &["--timeout", "10"],
-    )
-    .await;
+    fault_in_projects(FetchFault::LiteralTooLong { extra: 40 }, 2, "protocol", &[]).await;
 }
 
 /// The literal of the last message is 300 bytes short: the client reads
@@ -581,7 +579,7 @@ async fn a_body_literal_shorter_than_announced_ends_in_a_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bye_in_the_middle_of_a_fetch_is_a_connection_error() {
-    fault_in_projects(FetchFault::Bye, 3, "connect", &["--timeout", "10"]).await;
+    fault_in_projects(FetchFault::Bye, 3, "connect", &[]).await;
 }
 
 // 5. Duplicate UIDs.
@@ -741,7 +739,7 @@ async fn quota_run(messages: usize, limit: usize) -> (Run, HostileServer, Doveco
     let state_dir = tempfile::tempdir().expect("tempdir");
     let state = state_dir.path().join("state.db");
     let from = format!("imap://{USER}@127.0.0.1:{}?tls=none", source.imap_port());
-    let run = sync_run(&from, &plain(&server), "initial", &state, &["--timeout", "10"]).await;
+    let run = sync_run(&from, &plain(&server), "initial", &state, &[]).await;
     assert!(server.faults_played() >= 1, "no APPEND was refused\n{}", run.explain());
     assert_failed_with(&run, "quota");
     // Source UIDs → bodies, target (the hostile store) UIDs → bodies.
