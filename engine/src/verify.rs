@@ -395,39 +395,39 @@ fn pair_key(message: &Listed, mask: u8) -> PairKey<'_> {
     )
 }
 
+/// One side's messages of a group, with their listing order.
+type Left<'a> = Vec<(usize, &'a Listed)>;
+
 /// Pairs the messages of one fingerprint group: first partners equal in
 /// everything, then ones that differ only in flags, then in date, … and
-/// finally any. Returns index pairs and the unpaired indices of each side.
-fn pair_group(source: &[Listed], target: &[Listed]) -> (Vec<(usize, usize)>, Vec<usize>, Vec<usize>) {
-    if source.len() == 1 && target.len() == 1 {
-        return (vec![(0, 0)], Vec::new(), Vec::new());
-    }
+/// finally any. Returns the pairs and the unpaired messages of each side.
+fn pair_group<'a>(source: &'a [Listed], target: &'a [Listed]) -> (Vec<(&'a Listed, &'a Listed)>, Left<'a>, Left<'a>) {
     let mut pairs = Vec::new();
-    let mut source_left: Vec<usize> = (0..source.len()).collect();
-    let mut target_taken = vec![false; target.len()];
+    let mut source_left: Left<'a> = source.iter().enumerate().collect();
+    let mut target_left: Left<'a> = target.iter().enumerate().collect();
     for mask in (0..=ALL).rev() {
-        if source_left.is_empty() || pairs.len() == target.len() {
+        if source_left.is_empty() || target_left.is_empty() {
             break;
         }
-        let mut by_key: HashMap<PairKey<'_>, VecDeque<usize>> = HashMap::new();
-        for (t, message) in target.iter().enumerate().filter(|(t, _)| !target_taken[*t]) {
-            by_key.entry(pair_key(message, mask)).or_default().push_back(t);
+        let mut by_key: HashMap<PairKey<'a>, VecDeque<(usize, &'a Listed)>> = HashMap::new();
+        for (i, message) in target_left.drain(..) {
+            by_key
+                .entry(pair_key(message, mask))
+                .or_default()
+                .push_back((i, message));
         }
-        source_left.retain(|&s| {
-            match by_key
-                .get_mut(&pair_key(&source[s], mask))
-                .and_then(VecDeque::pop_front)
-            {
-                Some(t) => {
-                    target_taken[t] = true;
-                    pairs.push((s, t));
+        source_left.retain(
+            |(_, ours)| match by_key.get_mut(&pair_key(ours, mask)).and_then(VecDeque::pop_front) {
+                Some((_, theirs)) => {
+                    pairs.push((*ours, theirs));
                     false
                 }
                 None => true,
-            }
-        });
+            },
+        );
+        target_left = by_key.into_values().flatten().collect();
+        target_left.sort_unstable_by_key(|(i, _)| *i);
     }
-    let target_left = (0..target.len()).filter(|t| !target_taken[*t]).collect();
     (pairs, source_left, target_left)
 }
 
@@ -457,10 +457,10 @@ pub fn compare(source_name: &str, target_name: &str, source: Vec<Listed>, target
     };
     for (ours, theirs) in by_fingerprint.values() {
         let (pairs, missing, extra) = pair_group(ours, theirs);
-        result.missing.extend(missing.into_iter().map(|s| ours[s].unpaired()));
-        result.extra.extend(extra.into_iter().map(|t| theirs[t].unpaired()));
-        for (s, t) in pairs {
-            differences(&ours[s], &theirs[t], &mut result);
+        result.missing.extend(missing.into_iter().map(|(_, m)| m.unpaired()));
+        result.extra.extend(extra.into_iter().map(|(_, m)| m.unpaired()));
+        for (source, target) in pairs {
+            differences(source, target, &mut result);
         }
     }
     let by_id = |id: &str| (id.parse::<u64>().ok(), id.to_string());
