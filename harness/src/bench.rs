@@ -118,6 +118,8 @@ pub struct VerifyTotals {
     pub extra: u64,
     /// Paired messages whose flags differ.
     pub flag_mismatches: u64,
+    /// Paired messages whose INTERNALDATE, size or bytes differ.
+    pub differences: u64,
 }
 
 /// The delta benchmark on one large folder.
@@ -398,6 +400,10 @@ pub(crate) async fn verify_all(
         totals.missing += folder_len(&result, "missing");
         totals.extra += folder_len(&result, "extra");
         totals.flag_mismatches += folder_len(&result, "flag_mismatches");
+        totals.differences += ["date_mismatches", "size_mismatches", "content_mismatches"]
+            .iter()
+            .map(|field| folder_len(&result, field))
+            .sum::<u64>();
     }
     Ok(totals)
 }
@@ -623,8 +629,8 @@ impl fmt::Display for BenchReport {
         )?;
         writeln!(
             f,
-            "verify   missing {}, extra {}, flag differences {}",
-            self.verify.missing, self.verify.extra, self.verify.flag_mismatches
+            "verify   missing {}, extra {}, date/size/content differences {}, flag differences {}",
+            self.verify.missing, self.verify.extra, self.verify.differences, self.verify.flag_mismatches
         )?;
         let delta = &self.delta;
         writeln!(

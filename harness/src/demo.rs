@@ -118,6 +118,8 @@ pub struct MailboxCheck {
     pub extra: usize,
     /// Paired messages whose flags differ.
     pub flag_mismatches: usize,
+    /// Paired messages whose INTERNALDATE, size or bytes differ.
+    pub differences: usize,
 }
 
 /// Everything the demo did.
@@ -136,7 +138,9 @@ pub struct DemoSummary {
 impl DemoSummary {
     /// Nothing missing, nothing duplicated, and every phase ran clean.
     pub fn ok(&self) -> bool {
-        self.checks.iter().all(|c| c.missing == 0 && c.extra == 0)
+        self.checks
+            .iter()
+            .all(|c| c.missing == 0 && c.extra == 0 && c.differences == 0)
             && self
                 .phases
                 .iter()
@@ -282,6 +286,9 @@ impl Mailbox {
             missing: verification.missing(),
             extra: verification.extra(),
             flag_mismatches: verification.flag_mismatches(),
+            differences: verification.date_mismatches()
+                + verification.size_mismatches()
+                + verification.content_mismatches(),
         };
         Ok((runs, check))
     }
@@ -357,18 +364,19 @@ impl fmt::Display for DemoSummary {
         writeln!(f, "verify")?;
         writeln!(
             f,
-            "  {:<10} {:>8} {:>8} {:>8} {:>8} {:>11}",
-            "mailbox", "source", "target", "missing", "extra", "flag diffs"
+            "  {:<10} {:>8} {:>8} {:>8} {:>8} {:>11} {:>11}",
+            "mailbox", "source", "target", "missing", "extra", "other diffs", "flag diffs"
         )?;
         for check in &self.checks {
             writeln!(
                 f,
-                "  {:<10} {:>8} {:>8} {:>8} {:>8} {:>11}",
+                "  {:<10} {:>8} {:>8} {:>8} {:>8} {:>11} {:>11}",
                 check.mailbox,
                 check.source_messages,
                 check.target_messages,
                 check.missing,
                 check.extra,
+                check.differences,
                 check.flag_mismatches
             )?;
         }

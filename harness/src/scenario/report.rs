@@ -57,9 +57,13 @@ pub struct ScenarioReport {
 }
 
 impl ScenarioReport {
-    /// Nothing missing, nothing duplicated, every arrival copied.
+    /// Nothing missing, nothing duplicated, nothing copied differently,
+    /// every arrival copied.
     pub fn ok(&self) -> bool {
-        self.verify.missing == 0 && self.verify.extra == 0 && self.arrivals_not_copied == 0
+        self.verify.missing == 0
+            && self.verify.extra == 0
+            && self.verify.differences == 0
+            && self.arrivals_not_copied == 0
     }
 }
 
@@ -271,8 +275,12 @@ impl fmt::Display for ScenarioReport {
         }
         writeln!(
             f,
-            "  verify: {} missing, {} duplicated, {} flag differences; {} arrivals never copied",
-            self.verify.missing, self.verify.extra, self.verify.flag_mismatches, self.arrivals_not_copied
+            "  verify: {} missing, {} duplicated, {} date/size/content differences, {} flag differences; {} arrivals never copied",
+            self.verify.missing,
+            self.verify.extra,
+            self.verify.differences,
+            self.verify.flag_mismatches,
+            self.arrivals_not_copied
         )?;
         write!(
             f,
