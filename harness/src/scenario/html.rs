@@ -204,10 +204,10 @@ fn key_figures(f: &mut fmt::Formatter<'_>, r: &ScenarioReport) -> fmt::Result {
         f,
         "Verify",
         format_args!(
-            "{} missing, {} duplicated, {} flag differences",
-            v.missing, v.extra, v.flag_mismatches
+            "{} missing, {} duplicated, {} date/size/content differences, {} flag differences",
+            v.missing, v.extra, v.differences, v.flag_mismatches
         ),
-        v.missing + v.extra > 0,
+        v.missing + v.extra + v.differences > 0,
     )?;
     row(
         f,
