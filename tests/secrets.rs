@@ -70,7 +70,7 @@ fn cases() -> (Vec<Case>, String, String) {
     let seed = std::env::var("PROPTEST_RNG_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5ec2_e75);
+        .unwrap_or(0x05ec_2e75);
     let mut runner = TestRunner::new(Config {
         rng_seed: RngSeed::Fixed(seed),
         failure_persistence: None,
