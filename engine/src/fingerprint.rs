@@ -45,8 +45,11 @@ impl Fingerprint {
             }
         }
         let digest = hasher.finalize();
+        // The first 16 of the digest's 32 bytes.
         let mut bytes = [0u8; 16];
-        bytes.copy_from_slice(&digest[..16]);
+        for (byte, &digest_byte) in bytes.iter_mut().zip(digest.iter()) {
+            *byte = digest_byte;
+        }
         Self(bytes)
     }
 

@@ -4,6 +4,9 @@
 //!
 //! See ARCHITECTURE.md at the repository root for the data flow.
 
+// Input from servers and users must never panic the engine; tests may index.
+#![cfg_attr(not(test), deny(clippy::string_slice, clippy::indexing_slicing, clippy::unwrap_used))]
+
 pub mod batch;
 pub mod endpoint;
 pub mod error;

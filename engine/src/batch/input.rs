@@ -37,28 +37,149 @@ const COLUMNS: [&str; 13] = [
     "cutover_date",
 ];
 
-// Indexes into NATIVE_COLUMNS. An account's five columns come in the same
-// order on both sides, so a side is an offset (SOURCE or TARGET) plus these.
-const ADDRESS: usize = 0;
-const LOGIN: usize = 1;
-const PASSWORD: usize = 2;
-const MASTER: usize = 3;
-const SERVER: usize = 4;
-const SOURCE: usize = 0;
-const TARGET: usize = 5;
-const BUSINESS_UNIT: usize = 10;
-const WAVE: usize = 11;
-const CUTOVER_DATE: usize = 12;
+/// A native column: one of an account's five on either side, or one of the row's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Column {
+    Source(Field),
+    Target(Field),
+    BusinessUnit,
+    Wave,
+    CutoverDate,
+}
+
+/// An account's columns, the same five on both sides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Address,
+    Login,
+    Password,
+    Master,
+    Server,
+}
+
+/// One value per native column. Named fields instead of an array indexed
+/// by column number: no lookup can be out of range.
+#[derive(Debug, Clone, Copy)]
+struct Columns<T> {
+    source: Account<T>,
+    target: Account<T>,
+    business_unit: T,
+    wave: T,
+    cutover_date: T,
+}
+
+/// One value per column of an account.
+#[derive(Debug, Clone, Copy)]
+struct Account<T> {
+    address: T,
+    login: T,
+    password: T,
+    master: T,
+    server: T,
+}
+
+impl<T> Columns<T> {
+    /// From values in [`NATIVE_COLUMNS`] order.
+    fn from_array(values: [T; 13]) -> Self {
+        let [s1, s2, s3, s4, s5, t1, t2, t3, t4, t5, business_unit, wave, cutover_date] = values;
+        Columns {
+            source: Account::from_array([s1, s2, s3, s4, s5]),
+            target: Account::from_array([t1, t2, t3, t4, t5]),
+            business_unit,
+            wave,
+            cutover_date,
+        }
+    }
+
+    fn get_mut(&mut self, column: Column) -> &mut T {
+        match column {
+            Column::Source(field) => self.source.get_mut(field),
+            Column::Target(field) => self.target.get_mut(field),
+            Column::BusinessUnit => &mut self.business_unit,
+            Column::Wave => &mut self.wave,
+            Column::CutoverDate => &mut self.cutover_date,
+        }
+    }
+
+    /// Applies `f` to every column in [`NATIVE_COLUMNS`] order.
+    fn map<U>(self, mut f: impl FnMut(Column, T) -> U) -> Columns<U> {
+        Columns {
+            source: self.source.map(|field, value| f(Column::Source(field), value)),
+            target: self.target.map(|field, value| f(Column::Target(field), value)),
+            business_unit: f(Column::BusinessUnit, self.business_unit),
+            wave: f(Column::Wave, self.wave),
+            cutover_date: f(Column::CutoverDate, self.cutover_date),
+        }
+    }
+
+    /// The first column, in [`NATIVE_COLUMNS`] order, whose value matches.
+    fn find(self, mut matches: impl FnMut(&T) -> bool) -> Option<Column> {
+        let mut found = None;
+        self.map(|column, value| {
+            if found.is_none() && matches(&value) {
+                found = Some(column);
+            }
+        });
+        found
+    }
+}
+
+impl<T> Account<T> {
+    /// From values in [`NATIVE_COLUMNS`] order.
+    fn from_array([address, login, password, master, server]: [T; 5]) -> Self {
+        Account {
+            address,
+            login,
+            password,
+            master,
+            server,
+        }
+    }
+
+    fn get_mut(&mut self, field: Field) -> &mut T {
+        match field {
+            Field::Address => &mut self.address,
+            Field::Login => &mut self.login,
+            Field::Password => &mut self.password,
+            Field::Master => &mut self.master,
+            Field::Server => &mut self.server,
+        }
+    }
+
+    /// Applies `f` to every column in [`NATIVE_COLUMNS`] order.
+    fn map<U>(self, mut f: impl FnMut(Field, T) -> U) -> Account<U> {
+        Account {
+            address: f(Field::Address, self.address),
+            login: f(Field::Login, self.login),
+            password: f(Field::Password, self.password),
+            master: f(Field::Master, self.master),
+            server: f(Field::Server, self.server),
+        }
+    }
+}
 
 /// Exchange's columns, squashed (lower case, no spaces or underscores), and
 /// the native column each feeds; EmailAddress feeds both addresses.
-const EXCHANGE_COLUMNS: &[(&str, &str, &[usize])] = &[
-    ("emailaddress", "EmailAddress", &[SOURCE + ADDRESS, TARGET + ADDRESS]),
-    ("username", "UserName", &[SOURCE + LOGIN]),
-    ("password", "Password", &[SOURCE + PASSWORD]),
+const EXCHANGE_COLUMNS: &[(&str, &str, &[Column])] = &[
+    (
+        "emailaddress",
+        "EmailAddress",
+        &[Column::Source(Field::Address), Column::Target(Field::Address)],
+    ),
+    ("username", "UserName", &[Column::Source(Field::Login)]),
+    ("password", "Password", &[Column::Source(Field::Password)]),
 ];
 
-const IMAPSYNC_COLUMNS: &[&str] = &["host1", "user1", "password1", "host2", "user2", "password2"];
+/// imapsync's columns, in file order, and the native columns each feeds:
+/// user feeds address and login, host feeds server.
+const IMAPSYNC_COLUMNS: &[(&str, &[Column])] = &[
+    ("host1", &[Column::Source(Field::Server)]),
+    ("user1", &[Column::Source(Field::Address), Column::Source(Field::Login)]),
+    ("password1", &[Column::Source(Field::Password)]),
+    ("host2", &[Column::Target(Field::Server)]),
+    ("user2", &[Column::Target(Field::Address), Column::Target(Field::Login)]),
+    ("password2", &[Column::Target(Field::Password)]),
+];
 
 const SAVE_AS_CSV: &str = "save it as \"CSV UTF-8 (Comma delimited)\" (Excel: File > Save As; LibreOffice: Save As > Text CSV, character set UTF-8, field delimiter ,)";
 
@@ -462,27 +583,34 @@ pub fn template() -> String {
 
 /// Which file column feeds each native column, and the name problems use for it.
 struct Layout {
-    source_of: [Option<usize>; 13],
-    names: [&'static str; 13],
+    columns: Columns<FileColumn>,
     /// The number of fields a row must have.
     width: usize,
     /// Header cells left empty: their values have nowhere to go.
     unnamed: Vec<usize>,
 }
 
+/// Where a native column comes from in the file.
+#[derive(Debug, Clone, Copy)]
+struct FileColumn {
+    /// The name problems use for it: the name this file's layout gives it.
+    name: &'static str,
+    /// The field that feeds it; none when the file lacks the column.
+    index: Option<usize>,
+}
+
 impl Layout {
     fn empty(format: InputFormat) -> Self {
-        let mut names = COLUMNS;
+        let mut columns = Columns::from_array(COLUMNS).map(|_, name| FileColumn { name, index: None });
         if format == InputFormat::Exchange {
             for (_, name, targets) in EXCHANGE_COLUMNS {
                 for &t in *targets {
-                    names[t] = name;
+                    columns.get_mut(t).name = name;
                 }
             }
         }
         Layout {
-            source_of: [None; 13],
-            names,
+            columns,
             width: 0,
             unnamed: Vec::new(),
         }
@@ -491,15 +619,28 @@ impl Layout {
     fn imapsync() -> Self {
         let mut layout = Layout::empty(InputFormat::Imapsync);
         layout.width = IMAPSYNC_COLUMNS.len();
-        for (offset, first) in [(SOURCE, 0), (TARGET, 3)] {
-            // user feeds address and login; host feeds server.
-            for (field, column) in [(ADDRESS, 1), (LOGIN, 1), (PASSWORD, 2), (SERVER, 0)] {
-                layout.source_of[offset + field] = Some(first + column);
-                layout.names[offset + field] = IMAPSYNC_COLUMNS[first + column];
+        for (index, (name, targets)) in IMAPSYNC_COLUMNS.iter().enumerate() {
+            for &t in *targets {
+                *layout.columns.get_mut(t) = FileColumn {
+                    name,
+                    index: Some(index),
+                };
             }
         }
         layout
     }
+}
+
+/// One native column of a data row.
+struct Cell {
+    /// The name problems use for it.
+    name: &'static str,
+    /// Whether the file has the column (a missing one is reported at the header).
+    in_file: bool,
+    /// The value; empty when the file lacks the column.
+    text: String,
+    /// False when the value was not UTF-8 (reported already).
+    decoded: bool,
 }
 
 /// Collects problems for one file.
@@ -572,7 +713,7 @@ impl Check<'_> {
         let mut best = (0, InputFormat::Native, b',');
         for delimiter in [b',', b';', b'\t'] {
             let cells: Vec<&str> = first.split(delimiter as char).collect();
-            let native = cells.iter().filter(|c| native_index(c).is_some()).count();
+            let native = cells.iter().filter(|c| native_column(c).is_some()).count();
             let exchange = cells.iter().filter(|c| exchange_entry(c).is_some()).count();
             let format = if exchange > native {
                 InputFormat::Exchange
@@ -586,7 +727,7 @@ impl Check<'_> {
         let (known, format, delimiter) = best;
         if known == 0 {
             let fields: Vec<&str> = first.trim_end().split(';').collect();
-            let six = fields.len() == 6 || (fields.len() == 7 && fields[6].trim().is_empty());
+            let six = fields.len() == 6 || (fields.len() == 7 && fields.last().is_some_and(|f| f.trim().is_empty()));
             if six {
                 return Some((InputFormat::Imapsync, b';'));
             }
@@ -646,11 +787,11 @@ impl Check<'_> {
                 );
                 continue;
             }
-            let targets: Vec<usize> = match format {
+            let targets: Vec<Column> = match format {
                 InputFormat::Exchange => exchange_entry(name)
                     .map(|(_, _, targets)| targets.to_vec())
                     .unwrap_or_default(),
-                _ => native_index(name).into_iter().collect(),
+                _ => native_column(name).into_iter().collect(),
             };
             if targets.is_empty() {
                 let known = match format {
@@ -668,18 +809,18 @@ impl Check<'_> {
                 self.error(Some(line), Some(name), "unknown column".into(), &fix);
             }
             for t in targets {
-                layout.source_of[t] = Some(index);
+                layout.columns.get_mut(t).index = Some(index);
             }
         }
-        for required in [SOURCE + ADDRESS, TARGET + ADDRESS] {
-            if layout.source_of[required].is_none() {
-                let side = if required == SOURCE { "old" } else { "new" };
-                let name = layout.names[required];
+        let Columns { source, target, .. } = &layout.columns;
+        for (required, old_new) in [(&source.address, "old"), (&target.address, "new")] {
+            if required.index.is_none() {
+                let name = required.name;
                 self.error(
                     Some(line),
                     Some(name),
                     "required column is missing".into(),
-                    &format!("add a {name} column with each mailbox's address on the {side} server"),
+                    &format!("add a {name} column with each mailbox's address on the {old_new} server"),
                 );
             }
         }
@@ -721,25 +862,39 @@ impl Check<'_> {
                 );
             }
         }
-        let mut values: [String; 13] = Default::default();
-        let mut decoded = [true; 13];
-        for (field, value) in values.iter_mut().enumerate() {
-            let Some(index) = layout.source_of[field] else { continue };
+        let cells = layout.columns.map(|column, FileColumn { name, index }| {
+            let Some(index) = index else {
+                return Cell {
+                    name,
+                    in_file: false,
+                    text: String::new(),
+                    decoded: true,
+                };
+            };
             let raw = record.get(index).unwrap_or_default();
-            let secret = field == SOURCE + PASSWORD || field == TARGET + PASSWORD;
-            (*value, decoded[field]) = self.decode(line, layout.names[field], raw, secret);
-        }
-        let key = |side: usize| {
+            let secret = matches!(
+                column,
+                Column::Source(Field::Password) | Column::Target(Field::Password)
+            );
+            let (text, decoded) = self.decode(line, name, raw, secret);
+            Cell {
+                name,
+                in_file: true,
+                text,
+                decoded,
+            }
+        });
+        let key = |side: &Account<Cell>| {
             (
-                values[side + SERVER].trim().to_lowercase(),
-                values[side + ADDRESS].trim().to_lowercase(),
+                side.server.text.trim().to_lowercase(),
+                side.address.text.trim().to_lowercase(),
             )
         };
-        self.mailboxes.push((line, [key(SOURCE), key(TARGET)]));
-        let source = self.account(line, layout, &values, &decoded, SOURCE, format);
-        let target = self.account(line, layout, &values, &decoded, TARGET, format);
+        self.mailboxes.push((line, [key(&cells.source), key(&cells.target)]));
+        let source = self.account(line, &cells.source, "old", format);
+        let target = self.account(line, &cells.target, "new", format);
         let optional = |text: &str| Some(text.trim().to_string()).filter(|t| !t.is_empty());
-        let date_text = values[CUTOVER_DATE].trim();
+        let date_text = cells.cutover_date.text.trim();
         let cutover_date = if date_text.is_empty() {
             None
         } else {
@@ -748,7 +903,7 @@ impl Check<'_> {
                 Err(_) => {
                     self.error(
                         Some(line),
-                        Some(layout.names[CUTOVER_DATE]),
+                        Some(cells.cutover_date.name),
                         format!("\"{date_text}\" is not a date in YYYY-MM-DD form"),
                         "write it as e.g. 2026-03-14 (in a spreadsheet, format the column as text or yyyy-mm-dd before saving)",
                     );
@@ -763,30 +918,21 @@ impl Check<'_> {
             line,
             source,
             target,
-            business_unit: optional(&values[BUSINESS_UNIT]),
-            wave: optional(&values[WAVE]),
+            business_unit: optional(&cells.business_unit.text),
+            wave: optional(&cells.wave.text),
             cutover_date,
         })
     }
 
-    /// One side of a row; its problems are recorded, and the caller drops the row then.
-    fn account(
-        &mut self,
-        line: usize,
-        layout: &Layout,
-        values: &[String; 13],
-        decoded: &[bool; 13],
-        side: usize,
-        format: InputFormat,
-    ) -> AccountSpec {
-        let name = |field: usize| layout.names[side + field];
-        let address = values[side + ADDRESS].trim();
-        let old_new = if side == SOURCE { "old" } else { "new" };
+    /// One side of a row (`old_new`: "old" for the source, "new" for the
+    /// target); its problems are recorded, and the caller drops the row then.
+    fn account(&mut self, line: usize, cells: &Account<Cell>, old_new: &str, format: InputFormat) -> AccountSpec {
+        let address = cells.address.text.trim();
         // A missing column was reported at the header, not on every row.
-        if layout.source_of[side + ADDRESS].is_some() && address.is_empty() {
+        if cells.address.in_file && address.is_empty() {
             self.error(
                 Some(line),
-                Some(name(ADDRESS)),
+                Some(cells.address.name),
                 "empty, but required".into(),
                 &format!(
                     "fill in the mailbox's {} on the {old_new} server",
@@ -797,7 +943,7 @@ impl Check<'_> {
                     }
                 ),
             );
-        } else if !address.is_empty() && format != InputFormat::Imapsync && decoded[side + ADDRESS] {
+        } else if !address.is_empty() && format != InputFormat::Imapsync && cells.address.decoded {
             // imapsync files hold logins, which need not be addresses; an
             // undecodable address has been reported already.
             let parsed = EmailAddress::parse_with_options(address, Options::default().without_display_text());
@@ -805,19 +951,19 @@ impl Check<'_> {
                 let reason = e.to_string().trim_end_matches('.').to_lowercase();
                 self.error(
                     Some(line),
-                    Some(name(ADDRESS)),
+                    Some(cells.address.name),
                     format!("\"{address}\" is not a valid address ({reason})"),
                     &address_fix(address),
                 );
             }
         }
-        let login = values[side + LOGIN].trim();
-        let password = PasswordRef::parse(&values[side + PASSWORD]);
+        let login = cells.login.text.trim();
+        let password = PasswordRef::parse(&cells.password.text);
         match &password {
             PasswordRef::Env(var) if var.is_empty() => {
                 self.error(
                     Some(line),
-                    Some(name(PASSWORD)),
+                    Some(cells.password.name),
                     "env: without a variable name".into(),
                     "write env:VARIABLE_NAME",
                 );
@@ -825,20 +971,20 @@ impl Check<'_> {
             PasswordRef::File(path) if path.as_os_str().is_empty() => {
                 self.error(
                     Some(line),
-                    Some(name(PASSWORD)),
+                    Some(cells.password.name),
                     "file: without a path".into(),
                     "write file:/path/to/password-file",
                 );
             }
             PasswordRef::Literal(_) => self.warn(
                 Some(line),
-                Some(name(PASSWORD)),
+                Some(cells.password.name),
                 "the password itself is written in the batch file".into(),
                 "keep it outside the file and write env:VARIABLE or file:/path/to/password-file here",
             ),
             _ => {}
         }
-        let server = values[side + SERVER].trim();
+        let server = cells.server.text.trim();
         let server = if server.is_empty() {
             None
         } else if format == InputFormat::Imapsync {
@@ -848,10 +994,9 @@ impl Check<'_> {
         };
         if let Some(url) = &server {
             if let Some(problem) = server_problem(url) {
-                let column = name(SERVER);
                 self.error(
                     Some(line),
-                    Some(column),
+                    Some(cells.server.name),
                     problem,
                     "write it as imaps://host:993 or imap://host:143",
                 );
@@ -859,7 +1004,7 @@ impl Check<'_> {
         } else if format == InputFormat::Imapsync {
             self.error(
                 Some(line),
-                Some(name(SERVER)),
+                Some(cells.server.name),
                 "empty, but required".into(),
                 "fill in the IMAP server's host name",
             );
@@ -872,7 +1017,7 @@ impl Check<'_> {
             } else {
                 login.to_string()
             },
-            master: Some(values[side + MASTER].trim().to_string()).filter(|m| !m.is_empty()),
+            master: Some(cells.master.text.trim().to_string()).filter(|m| !m.is_empty()),
             password,
         }
     }
@@ -921,10 +1066,10 @@ impl Check<'_> {
         for (what, column, list) in [
             (
                 "source mailbox",
-                layout.names[SOURCE + ADDRESS],
+                layout.columns.source.address.name,
                 sources.iter().collect::<Vec<_>>(),
             ),
-            ("target address", layout.names[TARGET + ADDRESS], targets),
+            ("target address", layout.columns.target.address.name, targets),
         ] {
             for ((_, address), lines) in list {
                 for &line in lines {
@@ -957,13 +1102,13 @@ impl Check<'_> {
     }
 }
 
-fn native_index(cell: &str) -> Option<usize> {
+fn native_column(cell: &str) -> Option<Column> {
     // Quotes: detection sees the raw first line, and some exporters quote every cell.
     let name = cell.trim().trim_matches('"').trim().to_lowercase();
-    NATIVE_COLUMNS.iter().position(|c| *c == name)
+    Columns::from_array(COLUMNS).find(|c| **c == name)
 }
 
-fn exchange_entry(cell: &str) -> Option<&'static (&'static str, &'static str, &'static [usize])> {
+fn exchange_entry(cell: &str) -> Option<&'static (&'static str, &'static str, &'static [Column])> {
     let name = squash(cell);
     EXCHANGE_COLUMNS.iter().find(|(squashed, _, _)| *squashed == name)
 }
@@ -989,15 +1134,10 @@ fn suggestion(name: &str, format: InputFormat) -> Option<&'static str> {
 /// before any blank or comment lines it skipped, so skip those the same way.
 fn record_line(text: &[u8], newlines: &[usize], start: usize) -> usize {
     let mut at = start;
-    while let Some(&byte) = text.get(at) {
-        match byte {
-            b'\r' | b'\n' => at += 1,
-            b'#' => {
-                at += text[at..]
-                    .iter()
-                    .position(|&b| b == b'\n')
-                    .map_or(text.len() - at, |n| n + 1)
-            }
+    while let Some(rest) = text.get(at..) {
+        match rest.first() {
+            Some(b'\r' | b'\n') => at += 1,
+            Some(b'#') => at += rest.iter().position(|&b| b == b'\n').map_or(rest.len(), |n| n + 1),
             _ => break,
         }
     }
@@ -1025,7 +1165,7 @@ fn first_content_line(text: &[u8]) -> Option<(usize, String)> {
 
 /// UTF-16 without a BOM: ASCII text then has a NUL in every other byte.
 fn looks_utf16(bytes: &[u8]) -> bool {
-    let sample = &bytes[..bytes.len().min(200)];
+    let sample = bytes.get(..200).unwrap_or(bytes);
     if sample.len() < 4 {
         return false;
     }
@@ -1099,6 +1239,18 @@ mod tests {
         assert_eq!(record_line(text, &newline_offsets(text), 3), 5);
         assert_eq!(record_line(text, &newline_offsets(text), 0), 1);
         assert_eq!(record_line(text, &newline_offsets(text), text.len()), 6);
+    }
+
+    #[test]
+    fn every_native_name_finds_its_own_column() {
+        let mut names = Columns::from_array(COLUMNS);
+        for name in COLUMNS {
+            let column = native_column(name).unwrap_or_else(|| panic!("{name} is not a native column"));
+            assert_eq!(*names.get_mut(column), name);
+        }
+        assert_eq!(native_column("target_login"), Some(Column::Target(Field::Login)));
+        assert_eq!(native_column(" \"Cutover_Date\" "), Some(Column::CutoverDate));
+        assert_eq!(native_column("login"), None);
     }
 
     #[test]

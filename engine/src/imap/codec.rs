@@ -73,15 +73,17 @@ pub fn uid_set(uids: &[u32]) -> String {
     let mut sorted = uids.to_vec();
     sorted.sort_unstable();
     sorted.dedup();
-    let mut out = String::new();
-    let mut i = 0;
-    while i < sorted.len() {
-        let start = sorted[i];
-        let mut end = start;
-        while i + 1 < sorted.len() && sorted[i + 1] == end + 1 {
-            i += 1;
-            end = sorted[i];
+    // Runs of consecutive UIDs as (first, last).
+    let mut runs: Vec<(u32, u32)> = Vec::new();
+    for uid in sorted {
+        match runs.last_mut() {
+            // Sorted and deduplicated: uid > end, so end + 1 cannot overflow.
+            Some((_, end)) if *end + 1 == uid => *end = uid,
+            _ => runs.push((uid, uid)),
         }
+    }
+    let mut out = String::new();
+    for (start, end) in runs {
         if !out.is_empty() {
             out.push(',');
         }
@@ -90,7 +92,6 @@ pub fn uid_set(uids: &[u32]) -> String {
         } else {
             out.push_str(&format!("{start}:{end}"));
         }
-        i += 1;
     }
     out
 }

@@ -323,7 +323,9 @@ impl Keywords {
                 if let Ok(index) = index.parse::<usize>() {
                     if index < 26 {
                         names.resize(names.len().max(index + 1), String::new());
-                        names[index] = name.to_string();
+                        if let Some(slot) = names.get_mut(index) {
+                            *slot = name.to_string();
+                        }
                     }
                 }
             }
