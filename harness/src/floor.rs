@@ -11,7 +11,7 @@ use cutover_engine::endpoint::Endpoint;
 use cutover_engine::folders::{self, FolderFilter};
 use cutover_engine::imap::{ConnectOptions, ImapSession};
 use cutover_engine::message::Message;
-use cutover_engine::sync::{fetch_batches, MailboxJob, Phase, SyncOptions};
+use cutover_engine::sync::{fetch_batches, FetchSet, MailboxJob, Phase, SyncOptions};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
@@ -119,7 +119,7 @@ async fn copy_folder(
     // One batch in flight while the next is fetched: memory stays at about
     // two batches, as in the engine.
     let (sender, mut receiver) = mpsc::channel::<Vec<Message>>(1);
-    let fetch = fetch_batches(source, vec!["1:*".to_string()], limits.messages, limits.bytes, sender);
+    let fetch = fetch_batches(source, FetchSet::All, limits.messages, limits.bytes, sender);
     let append = async {
         let mut copied = FloorCopy::default();
         while let Some(batch) = receiver.recv().await {

@@ -633,10 +633,7 @@ impl ImapSession {
                 seconds: self.io_timeout.as_secs(),
                 during: "waiting for a response".into(),
             }),
-            Ok(Err(e)) => Err(Error::ConnectionLost {
-                endpoint: self.endpoint.clone(),
-                detail: e.to_string(),
-            }),
+            Ok(Err(e)) => Err(read_failure(&self.endpoint, &e, "reading a response")),
             Ok(Ok(None)) => Err(Error::ConnectionLost {
                 endpoint: self.endpoint.clone(),
                 detail: "closed by the server".into(),
@@ -680,10 +677,7 @@ impl PreLogin {
                 seconds: self.timeout.as_secs(),
                 during: during.into(),
             }),
-            Ok(Err(e)) => Err(Error::ConnectionLost {
-                endpoint: self.address.clone(),
-                detail: format!("{during}: {e}"),
-            }),
+            Ok(Err(e)) => Err(read_failure(&self.address, &e, during)),
             Ok(Ok(None)) => Err(Error::ConnectionLost {
                 endpoint: self.address.clone(),
                 detail: format!("closed by the server ({during})"),
@@ -878,11 +872,43 @@ async fn login(
         async_imap::error::Error::No(text) | async_imap::error::Error::Bad(text) => {
             login_refusal(endpoint, address, shown_user, &text)
         }
-        other => Error::ConnectionLost {
+        async_imap::error::Error::Io(e) => read_failure(&address, &e, "login"),
+        async_imap::error::Error::ConnectionLost => Error::ConnectionLost {
             endpoint: address,
-            detail: format!("during login: {other}"),
+            detail: "closed during login".into(),
+        },
+        // The other variants' texts may quote what the server sent.
+        _ => Error::Imap {
+            kind: ErrorKind::Protocol,
+            endpoint: address,
+            command: "LOGIN".into(),
+            detail: "unexpected answer to the login".into(),
         },
     })
+}
+
+/// A failed read, as an error that never repeats what was read. async-imap
+/// reports a response it cannot parse as an `Other` I/O error whose text is
+/// the whole unread buffer — message bodies included — so only the kind is
+/// kept; an operating-system error (reset, refused) is shown as it is.
+fn read_failure(endpoint: &str, error: &std::io::Error, during: &str) -> Error {
+    if error.kind() == std::io::ErrorKind::Other {
+        return Error::Imap {
+            kind: ErrorKind::Protocol,
+            endpoint: endpoint.to_string(),
+            command: during.to_string(),
+            detail: "the server sent something that is not valid IMAP (not repeated here: it may be mail content)"
+                .into(),
+        };
+    }
+    let detail = match error.raw_os_error() {
+        Some(_) => error.to_string(),
+        None => error.kind().to_string(),
+    };
+    Error::ConnectionLost {
+        endpoint: endpoint.to_string(),
+        detail: format!("{during}: {detail}"),
+    }
 }
 
 /// A refused login. With an admin (master) credential that works for the

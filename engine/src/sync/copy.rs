@@ -119,8 +119,7 @@ impl FolderCopy<'_> {
             recorded: &mut self.recorded,
         };
         let source = &mut *self.source;
-        let uid_sets = crate::imap::uid_set_chunks(&uids, UID_SET_CHARS);
-        let fetch = fetch_batches(source, uid_sets, batch_messages, batch_bytes, sender);
+        let fetch = fetch_batches(source, FetchSet::Uids(uids), batch_messages, batch_bytes, sender);
         let append = async {
             while let Some(batch) = receiver.recv().await {
                 appender.append_batch(batch).await?;
@@ -216,30 +215,47 @@ impl Appender<'_> {
     }
 }
 
-/// Streams `UID FETCH … BODY.PEEK[]` of `uid_sets` into `sender` as batches
+/// Which messages [`fetch_batches`] reads.
+#[derive(Debug, Clone)]
+pub enum FetchSet {
+    /// Every message of the folder (the floor's raw copy).
+    All,
+    /// These UIDs.
+    Uids(Vec<u32>),
+}
+
+/// Streams `UID FETCH … BODY.PEEK[]` of a set into `sender` as batches
 /// of at most `max_messages` messages and `max_bytes` bytes (a larger
 /// message goes alone). A bounded channel keeps memory at a few batches.
 /// Stops quietly when the receiver is gone: its side reports the error.
+///
+/// Each UID is passed on once, and only if it was asked for: a server that
+/// sends a response twice, or one for a UID nobody asked about, must not
+/// get a message appended twice or move the folder's cursor past UIDs that
+/// were never copied.
 pub async fn fetch_batches(
     source: &mut ImapSession,
-    uid_sets: Vec<String>,
+    set: FetchSet,
     max_messages: usize,
     max_bytes: usize,
     sender: mpsc::Sender<Vec<Message>>,
 ) -> Result<()> {
+    let (uid_sets, mut wanted) = match set {
+        FetchSet::All => (vec!["1:*".to_string()], None),
+        FetchSet::Uids(uids) => (
+            crate::imap::uid_set_chunks(&uids, UID_SET_CHARS),
+            Some(uids.into_iter().collect::<HashSet<u32>>()),
+        ),
+    };
+    let mut seen = HashSet::new();
     let mut batch: Vec<Message> = Vec::new();
     let mut bytes = 0usize;
-    // A server that sends a message's FETCH response twice must not get it
-    // appended twice.
-    let mut seen = HashSet::new();
     for set in uid_sets {
         let mut handle = source.fetch_start(&set, FetchItems::Full, None).await?;
         while let Some(record) = source.fetch_next(&mut handle).await? {
-            if !seen.insert(record.uid) {
-                tracing::warn!(
-                    uid = record.uid,
-                    "the source sent this message twice in one FETCH; copied once"
-                );
+            let asked = wanted.as_mut().is_none_or(|wanted| wanted.remove(&record.uid));
+            if !seen.insert(record.uid) || !asked {
+                tracing::warn!(uid = record.uid, "the source sent a message twice or unasked; ignored");
                 continue;
             }
             let message = into_message(record);

@@ -9,7 +9,7 @@
 mod copy;
 pub mod plan;
 
-pub use copy::fetch_batches;
+pub use copy::{fetch_batches, FetchSet};
 
 use std::collections::HashSet;
 use std::fmt;
