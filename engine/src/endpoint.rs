@@ -90,6 +90,13 @@ impl Endpoint {
                 )))
             }
         };
+        // RFC 5092 mailbox paths and fragments are not ours to follow; a
+        // `#` here is more likely part of a password typed into the URL.
+        if url.fragment().is_some() || !matches!(url.path(), "" | "/") {
+            return Err(Error::Config(format!(
+                "{shown}: an account URL has no path or #fragment (imap://user@host:port?options)"
+            )));
+        }
         if url.password().is_some() {
             return Err(Error::Config(format!(
                 "{shown}: put the password in a file or environment variable, not in the URL"
@@ -166,23 +173,26 @@ fn percent_decode(text: &str) -> Option<String> {
 /// The URL text with anything that could be a password removed: the part
 /// of the user information after a `:`, and every query value. Works on
 /// text that does not parse as a URL, since that is where it is needed.
+/// A password typed in raw may hold `/`, `?`, `#` or `@`, so the user
+/// information runs to the last `@`; where that over-reaches (an `@` in an
+/// option), more is hidden, never less.
 pub fn redact(text: &str) -> String {
     let (scheme, rest) = match text.split_once("://") {
         Some((scheme, rest)) => (Some(scheme), rest),
         None => (None, text),
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{user}:***@{host}"),
-            None => format!("{userinfo}@{host}"),
+    let (user, after_user) = match rest.rsplit_once('@') {
+        Some((userinfo, after)) => match userinfo.split_once(':') {
+            Some((user, _)) => (format!("{user}:***@"), after),
+            None => (format!("{userinfo}@"), after),
         },
-        None => authority.to_string(),
+        None => (String::new(), rest),
     };
-    let tail = match tail.split_once('?') {
+    // The first `?` of what is left starts the options, wherever the `@`s are.
+    let rest = format!("{user}{after_user}");
+    let shown = match rest.split_once('?') {
         Some((path, query)) => {
-            let keys: Vec<String> = query
+            let pairs: Vec<String> = query
                 .split('&')
                 .map(|pair| match pair.split_once('=') {
                     Some((key, _)) if SAFE_OPTIONS.contains(&key) => pair.to_string(),
@@ -190,13 +200,13 @@ pub fn redact(text: &str) -> String {
                     None => pair.to_string(),
                 })
                 .collect();
-            format!("{path}?{}", keys.join("&"))
+            format!("{path}?{}", pairs.join("&"))
         }
-        None => tail.to_string(),
+        None => rest,
     };
     match scheme {
-        Some(scheme) => format!("{scheme}://{authority}{tail}"),
-        None => format!("{authority}{tail}"),
+        Some(scheme) => format!("{scheme}://{shown}"),
+        None => shown,
     }
 }
 
@@ -275,6 +285,9 @@ mod tests {
             "imap://bob@host?password=hunter2",
             "imap://bob:hunter2@[::1",
             "imap://bob:p@ss:hunter2@host",
+            "imap://bob:/hunter2@host",
+            "imap://bob:pa/hunter2?x#y@host",
+            "imap://bob:hunter2@host?master=a@b",
         ] {
             let err = Endpoint::parse(url).unwrap_err().to_string();
             assert!(!err.contains("hunter2"), "{url}: {err}");

@@ -1187,9 +1187,11 @@ fn imapsync_server(host: &str) -> String {
 
 fn server_problem(url: &str) -> Option<String> {
     let lower = url.to_ascii_lowercase();
+    // A URL is only ever shown redacted: a password may have been typed into it.
+    let shown = crate::endpoint::redact(url);
     if !lower.starts_with("imap://") && !lower.starts_with("imaps://") {
         return Some(format!(
-            "\"{url}\" is not an IMAP server URL (it must start with imap:// or imaps://)"
+            "\"{shown}\" is not an IMAP server URL (it must start with imap:// or imaps://)"
         ));
     }
     match url::Url::parse(url) {
@@ -1198,7 +1200,7 @@ fn server_problem(url: &str) -> Option<String> {
             Some("the server URL contains a login or password; put the login in the login column".into())
         }
         Ok(parsed) if parsed.host_str().is_some_and(|h| !h.is_empty()) => None,
-        _ => Some(format!("\"{url}\" is not a valid server URL")),
+        _ => Some(format!("\"{shown}\" is not a valid server URL")),
     }
 }
 
