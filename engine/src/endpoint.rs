@@ -192,15 +192,23 @@ pub fn redact(text: &str) -> String {
     let rest = format!("{user}{after_user}");
     let shown = match rest.split_once('?') {
         Some((path, query)) => {
-            let pairs: Vec<String> = query
-                .split('&')
-                .map(|pair| match pair.split_once('=') {
-                    Some((key, _)) if SAFE_OPTIONS.contains(&key) => pair.to_string(),
-                    Some((key, _)) => format!("{key}=***"),
-                    None => pair.to_string(),
-                })
-                .collect();
-            format!("{path}?{}", pairs.join("&"))
+            // Known options are shown; from the first other one on, a raw
+            // `&` or `=` may be part of a secret, so the rest is hidden.
+            let mut shown: Vec<&str> = Vec::new();
+            let mut hidden = false;
+            for pair in query.split('&') {
+                match pair.split_once('=') {
+                    Some((key, _)) if SAFE_OPTIONS.contains(&key) => shown.push(pair),
+                    _ => {
+                        hidden = true;
+                        break;
+                    }
+                }
+            }
+            if hidden {
+                shown.push("***");
+            }
+            format!("{path}?{}", shown.join("&"))
         }
         None => rest,
     };
@@ -293,8 +301,8 @@ mod tests {
             assert!(!err.contains("hunter2"), "{url}: {err}");
         }
         assert_eq!(
-            redact("imap://bob:pw@host:1?tls=none&x=pw"),
-            "imap://bob:***@host:1?tls=none&x=***"
+            redact("imap://bob:pw@host:1?tls=none&x=pw&y"),
+            "imap://bob:***@host:1?tls=none&***"
         );
         assert_eq!(redact("not a url"), "not a url");
     }
