@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use cutover_engine::endpoint::{Endpoint, Secret};
-use cutover_engine::folders::FolderFilter;
+use cutover_engine::folders::{FolderFilter, Pinned};
 use cutover_engine::imap::{ConnectOptions, TlsOptions};
 use cutover_engine::report::SyncReport;
 use cutover_engine::state::State;
@@ -117,6 +117,10 @@ struct VerifyArgs {
     /// Exit 1 on flag differences too.
     #[arg(long)]
     strict_flags: bool,
+    /// The state file the syncs used: verify then compares each source
+    /// folder with the target folder it was really copied into.
+    #[arg(long)]
+    state: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -309,12 +313,24 @@ fn print_sync(report: &SyncReport) {
 async fn run_verify(args: VerifyArgs) -> Result<ExitCode> {
     let job = job(&args.endpoints)?;
     let filter = FolderFilter::new(&args.endpoints.include, &args.endpoints.exclude)?;
+    let pinned = match &args.state {
+        Some(path) => {
+            let state = State::open(path)?;
+            let source = Endpoint::Imap(job.source.clone()).to_string();
+            match state.find_mailbox(&source, &job.target.to_string())? {
+                Some(mailbox) => state.pinned(mailbox)?,
+                None => bail!("{}: no sync of {source} → {} on record", path.display(), job.target),
+            }
+        }
+        None => Pinned::default(),
+    };
     let options = VerifyOptions {
         range: DateRange {
             since: args.since,
             before: args.before,
         },
         content: args.content,
+        pinned,
     };
     let result = verify::verify_with(&job, &connect_options(&args.endpoints), &filter, options).await?;
     if args.endpoints.json {

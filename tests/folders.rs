@@ -150,3 +150,68 @@ fn a_batch_whose_first_mailbox_has_a_non_ascii_folder_completes() {
         "a + in a login stays a plus: {plus_row}"
     );
 }
+
+/// A source with `INBOX/a` and an excluded `Junk`: after the first run the
+/// target holds only `INBOX` and `INBOX/a`, which looks like an
+/// INBOX-prefixed server. The second run must still use `INBOX/a`, not copy
+/// everything again into `INBOX/INBOX/a`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_keeps_the_folder_mapping_of_the_first() {
+    let pair = Pair::start_with(
+        |source| {
+            source.separator = '/';
+            source.inbox_prefix = String::new();
+        },
+        |target| target.special_use = false,
+    );
+    let messages: Vec<GeneratedMessage> = generated(77, 40)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut m)| {
+            m.folder = match i % 3 {
+                0 => vec!["INBOX".into(), "a".into()],
+                1 => vec!["Junk".into()],
+                _ => Vec::new(),
+            };
+            m
+        })
+        .collect();
+    pair.fill_source(&messages);
+    let state = tempfile::tempdir().unwrap();
+    let state_file = state.path().join("s.db");
+    let (from, to) = (pair.source_url(), pair.target_url());
+    let exclude = ["--exclude", "Junk"];
+    let first = sync(&from, &to, "initial", &state_file, &exclude);
+    assert_eq!(total(&first, "copied"), 27, "{first:#}");
+    let second = sync(&from, &to, "delta", &state_file, &exclude);
+    assert_eq!(total(&second, "copied"), 0, "{second:#}");
+    let mut targets: Vec<&str> = second["folders"]
+        .as_array()
+        .expect("folders")
+        .iter()
+        .filter_map(|f| f["target"].as_str())
+        .collect();
+    targets.sort_unstable();
+    assert_eq!(targets, ["INBOX", "INBOX/a"], "{second:#}");
+    let target = snapshot(pair.target.imap_port(), USER, TARGET_PASSWORD).await;
+    assert_eq!(target.keys().collect::<Vec<_>>(), ["INBOX", "INBOX/a"]);
+    assert_eq!(count(&target), 27);
+    let state_arg = state_file.to_string_lossy().into_owned();
+    let verified = cutover(&[
+        "verify",
+        "--from",
+        &from,
+        "--to",
+        &to,
+        "--exclude",
+        "Junk",
+        "--state",
+        &state_arg,
+        "--json",
+    ]);
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stdout)
+    );
+}

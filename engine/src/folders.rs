@@ -6,6 +6,8 @@
 //! folder) whether the role is declared by SPECIAL-USE or only by a
 //! well-known name.
 
+use std::collections::BTreeMap;
+
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::error::{Error, Result};
@@ -149,16 +151,52 @@ fn role_of(folder: &FolderInfo, levels: &[String]) -> Option<SpecialUse> {
     })
 }
 
-/// Plans the folder mapping from both servers' LIST results.
-/// `target_separator` is used for folders the target does not have yet.
+/// What earlier runs of a mailbox decided. A plan made again from LIST
+/// results alone can come out differently once the first run has created
+/// folders (a created `Sent Items` now looks like the target's Sent folder;
+/// a target holding only `INBOX/a` now looks INBOX-prefixed), and a folder
+/// whose target moved would be copied a second time into the new place.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pinned {
+    /// Source folder → the target folder it was copied into.
+    pub folders: BTreeMap<String, String>,
+    /// Whether the target was taken to put every folder under `INBOX<sep>`.
+    pub target_prefixed: Option<bool>,
+}
+
+/// A folder plan and the target-prefix decision it was made with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// One mapping per copied source folder.
+    pub mappings: Vec<FolderMapping>,
+    /// Whether new target folders go under `INBOX<sep>`.
+    pub target_prefixed: bool,
+}
+
+/// Plans the folder mapping from both servers' LIST results, with nothing
+/// decided before (see [`plan_pinned`]).
 pub fn plan(
     source: &[FolderInfo],
     target: &[FolderInfo],
     target_separator: char,
     filter: &FolderFilter,
 ) -> Vec<FolderMapping> {
+    plan_pinned(source, target, target_separator, filter, &Pinned::default()).mappings
+}
+
+/// Plans the folder mapping from both servers' LIST results; a source
+/// folder mapped before keeps its target, and the target-prefix decision
+/// of earlier runs stands. `target_separator` is used for folders the
+/// target does not have yet.
+pub fn plan_pinned(
+    source: &[FolderInfo],
+    target: &[FolderInfo],
+    target_separator: char,
+    filter: &FolderFilter,
+    pinned: &Pinned,
+) -> Plan {
     let source_prefixed = uses_inbox_prefix(source);
-    let target_prefixed = uses_inbox_prefix(target);
+    let target_prefixed = pinned.target_prefixed.unwrap_or_else(|| uses_inbox_prefix(target));
     let target_role = |role: SpecialUse| {
         // A declared role wins over a name that merely looks like one.
         target
@@ -170,7 +208,7 @@ pub fn plan(
                     .find(|f| f.selectable && role_of(f, &levels(f, target_prefixed)) == Some(role))
             })
     };
-    let mut plan: Vec<FolderMapping> = Vec::new();
+    let mut mappings: Vec<FolderMapping> = Vec::new();
     for folder in source {
         if !folder.selectable
             || matches!(folder.special_use, Some(SpecialUse::All | SpecialUse::Flagged))
@@ -180,7 +218,9 @@ pub fn plan(
         }
         let parts = levels(folder, source_prefixed);
         let role = role_of(folder, &parts);
-        let target_name = if is_inbox(&folder.name) {
+        let target_name = if let Some(earlier) = pinned.folders.get(&folder.name) {
+            earlier.clone()
+        } else if is_inbox(&folder.name) {
             "INBOX".to_string()
         } else if let Some(existing) = role.and_then(target_role) {
             existing.name.clone()
@@ -197,14 +237,17 @@ pub fn plan(
             }
         };
         let create = !target.iter().any(|f| f.name == target_name);
-        plan.push(FolderMapping {
+        mappings.push(FolderMapping {
             source: folder.name.clone(),
             target: target_name,
             role,
             create,
         });
     }
-    plan
+    Plan {
+        mappings,
+        target_prefixed,
+    }
 }
 
 #[cfg(test)]
@@ -264,6 +307,49 @@ mod tests {
             "a Courier prefix is dropped before a non-ASCII name"
         );
         assert_eq!(plan[1].role, Some(SpecialUse::Drafts));
+    }
+
+    #[test]
+    fn a_second_run_keeps_the_first_runs_mapping() {
+        let created = |plan: &[FolderMapping], sep: char| -> Vec<FolderInfo> {
+            plan.iter().map(|m| folder(&m.target, sep, None)).collect()
+        };
+        // A declared \Sent and a "Sent Items" by name; then only INBOX/a
+        // (its target then looks INBOX-prefixed).
+        for source in [
+            vec![
+                folder("INBOX", '/', None),
+                folder("Sent", '/', Some(SpecialUse::Sent)),
+                folder("Sent Items", '/', None),
+            ],
+            vec![folder("INBOX", '/', None), folder("INBOX/a", '/', None)],
+        ] {
+            let first = plan_pinned(
+                &source,
+                &[folder("INBOX", '/', None)],
+                '/',
+                &FolderFilter::default(),
+                &Pinned::default(),
+            );
+            let pinned = Pinned {
+                folders: first
+                    .mappings
+                    .iter()
+                    .map(|m| (m.source.clone(), m.target.clone()))
+                    .collect(),
+                target_prefixed: Some(first.target_prefixed),
+            };
+            let target = created(&first.mappings, '/');
+            let unpinned = plan(&source, &target, '/', &FolderFilter::default());
+            assert_ne!(
+                unpinned, first.mappings,
+                "the heuristic alone moves a folder (why pins exist)"
+            );
+            let second = plan_pinned(&source, &target, '/', &FolderFilter::default(), &pinned);
+            let targets = |plan: &[FolderMapping]| plan.iter().map(|m| m.target.clone()).collect::<Vec<_>>();
+            assert_eq!(targets(&second.mappings), targets(&first.mappings));
+            assert!(second.mappings.iter().all(|m| !m.create), "everything exists now");
+        }
     }
 
     #[test]

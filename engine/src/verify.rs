@@ -45,13 +45,16 @@ impl DateRange {
 
 /// What a verification checks beyond the fingerprint multiset, size,
 /// INTERNALDATE and flags, which it always compares.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct VerifyOptions {
     /// Only messages in this INTERNALDATE range, on both sides.
     pub range: DateRange,
     /// Also compare every message's bytes (SHA-256 of the whole message,
     /// streamed from both sides: one message in memory at a time).
     pub content: bool,
+    /// The folder mapping the syncs used (from their state), so verify
+    /// compares the folders mail was really copied into.
+    pub pinned: folders::Pinned,
 }
 
 /// A message on one side without a partner on the other.
@@ -254,7 +257,11 @@ pub async fn verify(
     filter: &FolderFilter,
     range: DateRange,
 ) -> Result<Verification> {
-    verify_with(job, connect, filter, VerifyOptions { range, content: false }).await
+    let options = VerifyOptions {
+        range,
+        ..VerifyOptions::default()
+    };
+    verify_with(job, connect, filter, options).await
 }
 
 /// [`verify`] with every option, including the byte-for-byte content check.
@@ -269,7 +276,14 @@ pub async fn verify_with(
     let mut target = Target::open(&job.target, job.target_password.as_ref(), connect).await?;
     let source_folders = source.list_folders().await?;
     let target_folders = target.folders().await?;
-    let mappings = folders::plan(&source_folders, &target_folders, target.separator(), filter);
+    let mappings = folders::plan_pinned(
+        &source_folders,
+        &target_folders,
+        target.separator(),
+        filter,
+        &options.pinned,
+    )
+    .mappings;
     let mut out = Verification {
         source: Endpoint::Imap(job.source.clone()).to_string(),
         target: job.target.to_string(),

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use cutover_engine::batch::input::{read_batch, write_rows, AccountSpec, BatchRow, PasswordRef, Problem};
 use cutover_engine::endpoint::{AuthMethod, Endpoint, ImapEndpoint, Security};
-use cutover_engine::folders::{plan, FolderFilter, FolderMapping};
+use cutover_engine::folders::{plan, plan_pinned, FolderFilter, FolderMapping, Pinned};
 use cutover_engine::imap::{uid_set, uid_set_chunks, FolderInfo, SpecialUse};
 use cutover_engine::message::Flags;
 use proptest::prelude::*;
@@ -1023,7 +1023,8 @@ proptest! {
     }
 
     /// Running the plan again after its folders were created (the next
-    /// phase of the same mailbox) maps every source folder to the same
+    /// phase of the same mailbox), pinned to what the first run decided as
+    /// the engine does from its state, maps every source folder to the same
     /// target folder and creates nothing: otherwise a delta copies a folder
     /// again into a new place.
     #[test]
@@ -1033,7 +1034,12 @@ proptest! {
         }),
     ) {
         let filter = FolderFilter::default();
-        let first = plan(&source, &target, target_sep, &filter);
+        let planned = plan_pinned(&source, &target, target_sep, &filter, &Pinned::default());
+        let pinned = Pinned {
+            folders: planned.mappings.iter().map(|m| (m.source.clone(), m.target.clone())).collect(),
+            target_prefixed: Some(planned.target_prefixed),
+        };
+        let first = planned.mappings;
         for m in first.iter().filter(|m| m.create) {
             if !target.iter().any(|f| f.name == m.target) {
                 target.push(FolderInfo {
@@ -1044,7 +1050,7 @@ proptest! {
                 });
             }
         }
-        let second = plan(&source, &target, target_sep, &filter);
+        let second = plan_pinned(&source, &target, target_sep, &filter, &pinned).mappings;
         prop_assert_eq!(pairs(&second), pairs(&first), "source {:?}\ntarget after the first run {:?}", source, target);
         let created: Vec<&str> = second.iter().filter(|m| m.create).map(|m| m.source.as_str()).collect();
         prop_assert!(created.is_empty(), "created again: {:?}", created);

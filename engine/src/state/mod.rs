@@ -18,10 +18,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::Utc;
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::fingerprint::Fingerprint;
+use crate::folders::Pinned;
 use crate::message::Flags;
 use crate::target::TargetMessage;
 
@@ -208,6 +209,54 @@ impl State {
                 params![source, target],
                 |row| row.get(0),
             )
+            .map_err(self.err())
+    }
+
+    /// The mailbox pair's id, if the state knows it (read-only).
+    pub fn find_mailbox(&self, source: &str, target: &str) -> Result<Option<MailboxId>> {
+        self.conn
+            .query_row(
+                "SELECT id FROM mailbox WHERE source = ?1 AND target = ?2",
+                params![source, target],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(self.err())
+    }
+
+    /// What earlier folder plans of the mailbox decided.
+    pub fn pinned(&self, mailbox: MailboxId) -> Result<Pinned> {
+        let err = self.err();
+        let mut query = self
+            .conn
+            .prepare("SELECT source_name, target_name FROM folder WHERE mailbox_id = ?1")
+            .map_err(&err)?;
+        let folders = query
+            .query_map([mailbox], |row| Ok((row.get(0)?, row.get(1)?)))
+            .and_then(Iterator::collect)
+            .map_err(&err)?;
+        let target_prefixed = self
+            .conn
+            .query_row(
+                "SELECT target_inbox_prefix FROM mailbox WHERE id = ?1",
+                [mailbox],
+                |row| row.get(0),
+            )
+            .map_err(&err)?;
+        Ok(Pinned {
+            folders,
+            target_prefixed,
+        })
+    }
+
+    /// Records the target-prefix decision of the mailbox's first plan.
+    pub fn set_target_prefixed(&self, mailbox: MailboxId, prefixed: bool) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE mailbox SET target_inbox_prefix = ?2 WHERE id = ?1 AND target_inbox_prefix IS NULL",
+                params![mailbox, prefixed],
+            )
+            .map(|_| ())
             .map_err(self.err())
     }
 

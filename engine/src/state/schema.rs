@@ -143,4 +143,9 @@ pub const MIGRATIONS: &[&str] = &[
         lease_until INTEGER NOT NULL     -- unix milliseconds
     ) STRICT;
     "#,
+    // 6: the target-prefix decision of a mailbox's first folder plan, so
+    // later plans never move a folder (see folders::Pinned).
+    r#"
+    ALTER TABLE mailbox ADD COLUMN target_inbox_prefix INTEGER;
+    "#,
 ];

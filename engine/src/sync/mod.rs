@@ -276,7 +276,16 @@ async fn run_phase(
     let mut target = Target::open(&job.target, job.target_password.as_ref(), &options.connect).await?;
     let source_folders = source.list_folders().await?;
     let target_folders = target.folders().await?;
-    let mappings = folders::plan(&source_folders, &target_folders, target.separator(), &options.filter);
+    let pinned = state.pinned(mailbox)?;
+    let plan = folders::plan_pinned(
+        &source_folders,
+        &target_folders,
+        target.separator(),
+        &options.filter,
+        &pinned,
+    );
+    state.set_target_prefixed(mailbox, plan.target_prefixed)?;
+    let mappings = plan.mappings;
     let mut outcome = Ok(());
     for mapping in &mappings {
         let mut folder_report = FolderReport {
