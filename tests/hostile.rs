@@ -794,3 +794,53 @@ async fn a_server_that_never_speaks_times_out() {
     assert!(state_rows(&state).is_empty());
     assert!(server.received().is_empty(), "nothing to answer, nothing sent");
 }
+
+// 9. A target that stops reading in the middle of an APPEND.
+
+/// The peer's receive window fills and the client's writes block: the run
+/// must end with a timeout naming the stalled write, not hang, and record
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_stops_reading_mid_append_times_out() {
+    let source = Dovecot::start(DovecotConfig {
+        users: vec![(USER.into(), SOURCE_PASSWORD.into())],
+        ..DovecotConfig::default()
+    })
+    .expect("start source dovecot");
+    // Larger than both sockets' buffers together, so the write must block.
+    let mut raw = b"Message-ID: <stall@hostile.test>\r\nSubject: stall\r\n\r\n".to_vec();
+    while raw.len() < 24 << 20 {
+        raw.extend_from_slice(b"0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz\r\n");
+    }
+    let message = GeneratedMessage {
+        folder: Vec::new(),
+        raw,
+        flags: Vec::new(),
+        internal_date: date(1),
+    };
+    cutover_harness::fill::fill_maildir(&source.maildir(USER), [&message]).expect("fill source");
+    let server = HostileServer::start(
+        Script::new(USER, TARGET_PASSWORD).with_fault(Fault::StopsReadingAtAppend),
+        Mailbox::new(),
+    )
+    .await
+    .expect("start hostile target");
+    let state_dir = tempfile::tempdir().expect("tempdir");
+    let state = state_dir.path().join("state.db");
+    let from = format!("imap://{USER}@127.0.0.1:{}?tls=none", source.imap_port());
+    let run = sync_run(&from, &plain(&server), "initial", &state, &["--timeout", "3"]).await;
+    assert!(
+        server.faults_played() >= 1,
+        "no APPEND reached the target\n{}",
+        run.explain()
+    );
+    assert_failed_with(&run, "timeout");
+    assert!(
+        run.stdout.contains("stopped reading"),
+        "the error names the stalled write\n{}",
+        run.explain()
+    );
+    assert!(run.elapsed < Duration::from_secs(40), "took {:?}", run.elapsed);
+    assert!(state_rows(&state).is_empty(), "nothing was stored, nothing recorded");
+    assert_eq!(server.mailbox().message_count(), 0);
+}

@@ -111,6 +111,11 @@ pub enum Fault {
     DuplicateSearch,
     /// Every FETCH response is sent twice.
     DuplicateFetch,
+    /// Stops reading from the connection as soon as an APPEND command line
+    /// arrives (its literal is never taken in), and keeps the connection
+    /// open: a peer whose receive window fills up, so the client's writes
+    /// block.
+    StopsReadingAtAppend,
     /// An APPEND that would store more than `limit` messages in the whole
     /// mailbox is refused with `NO [OVERQUOTA] Quota exceeded`; nothing of
     /// it is stored.
@@ -819,6 +824,16 @@ impl Connection {
             line.pop();
             if line.ends_with(b"\r") {
                 line.pop();
+            }
+            if self.shared.script().fault == Fault::StopsReadingAtAppend
+                && String::from_utf8_lossy(&line).to_ascii_uppercase().contains(" APPEND ")
+            {
+                self.shared.played();
+                lock(&self.shared.received).push(Received {
+                    connection: self.id,
+                    line: "APPEND (not read)".into(),
+                });
+                std::future::pending::<()>().await;
             }
             let Some((start, size, plus)) = literal_suffix(&line) else {
                 shown.push_str(&String::from_utf8_lossy(&line));
