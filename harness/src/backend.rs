@@ -58,7 +58,7 @@ impl FromStr for BackendKind {
 #[derive(Debug)]
 pub enum Backend {
     /// A `dovecot` process on this machine.
-    Native(Dovecot),
+    Native(Box<Dovecot>),
     /// A container.
     Docker(DockerDovecot),
 }
@@ -68,7 +68,7 @@ impl Backend {
     /// this machine has none.
     pub fn start(kind: BackendKind, config: DovecotConfig) -> Result<Self> {
         match kind {
-            BackendKind::Native => Dovecot::start(config).map(Backend::Native),
+            BackendKind::Native => Dovecot::start(config).map(Backend::from),
             BackendKind::Docker => {
                 docker::ensure_image()?;
                 DockerDovecot::start(config).map(Backend::Docker)
@@ -119,7 +119,7 @@ impl Backend {
 
 impl From<Dovecot> for Backend {
     fn from(d: Dovecot) -> Self {
-        Backend::Native(d)
+        Backend::Native(Box::new(d))
     }
 }
 
