@@ -150,7 +150,7 @@ impl FaultProxy {
             while let Ok((client, _)) = listener.accept().await {
                 let shared = shared.clone();
                 tokio::spawn(async move {
-                    if let Ok(server) = TcpStream::connect(upstream).await {
+                    if let Ok(server) = connect(upstream, shared.bucket.is_some()).await {
                         relay(client, server, shared).await;
                     }
                 });
@@ -195,6 +195,23 @@ impl Drop for FaultProxy {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Receive buffer of the proxy's connections to a server behind a bandwidth
+/// cap. Loopback buffers grow to megabytes, and a server could write a
+/// whole folder into them at once; a small one makes it wait for the link,
+/// as it would behind a real slow one.
+const CAPPED_RECEIVE_BUFFER: u32 = 64 * 1024;
+
+async fn connect(upstream: SocketAddr, capped: bool) -> std::io::Result<TcpStream> {
+    let socket = match upstream {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    if capped {
+        socket.set_recv_buffer_size(CAPPED_RECEIVE_BUFFER)?;
+    }
+    socket.connect(upstream).await
 }
 
 /// What all connections of one proxy share.
