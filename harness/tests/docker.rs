@@ -4,8 +4,8 @@
 //! the servers are dropped.
 //!
 //! Runs only with `CUTOVER_DOCKER_TESTS=1` (`docker/ci.sh` installs Docker,
-//! starts the daemon and builds the image); otherwise each test prints a
-//! skip line and passes.
+//! starts the daemon and builds the image), and then fails when Docker is
+//! not usable; unset, each test prints a skip line and passes.
 
 use std::process::Command;
 
@@ -25,13 +25,36 @@ const SOURCE_PASSWORD: &str = "src-pw-D0ck3r";
 const TARGET_PASSWORD: &str = "tgt-pw-D0ck3r";
 const ADMIN_PASSWORD: &str = "adm-pw-D0ck3r";
 
-/// Whether the Docker tests are switched on; prints a skip line when not.
+/// Whether this Docker test runs, from `CUTOVER_DOCKER_TESTS`:
+/// - unset, empty or `0`: no; a line on the terminal says it is skipped
+///   and why (written past the test harness's capture, so it shows even
+///   when the test passes);
+/// - `1`: yes, and Docker must be usable: no daemon, no `docker`, or an
+///   image that cannot be built fails the test here, saying what is
+///   missing (a broken CI machine never passes as a skip);
+/// - anything else (`true`, `yes`, ...) is a mistake and fails the test.
 fn enabled(test: &str) -> bool {
-    if std::env::var("CUTOVER_DOCKER_TESTS").as_deref() == Ok("1") {
-        return true;
+    use std::io::Write as _;
+    match std::env::var("CUTOVER_DOCKER_TESTS").as_deref() {
+        Err(std::env::VarError::NotPresent) | Ok("" | "0") => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipping {test}: CUTOVER_DOCKER_TESTS is not 1 (docker/ci.sh prepares the machine, then set it to 1)"
+            );
+            false
+        }
+        Ok("1") => {
+            if let Err(e) = docker::ensure_image() {
+                panic!(
+                    "CUTOVER_DOCKER_TESTS=1, but {test} cannot run: Docker or the image {} is not usable: {e}",
+                    docker::image()
+                );
+            }
+            true
+        }
+        Ok(other) => panic!("CUTOVER_DOCKER_TESTS={other:?}: set it to 1 to run the Docker tests, or unset it"),
+        Err(e) => panic!("CUTOVER_DOCKER_TESTS: {e}"),
     }
-    println!("skipping {test}: set CUTOVER_DOCKER_TESTS=1 to run the Docker tests (docker/ci.sh prepares the machine)");
-    false
 }
 
 /// Which of `ids` `docker ps -a` still lists.
@@ -62,7 +85,6 @@ fn initial_sync_between_containers_loses_nothing_and_leaves_no_container() {
     if !enabled("initial_sync_between_containers_loses_nothing_and_leaves_no_container") {
         return;
     }
-    docker::ensure_image().unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().expect("temp dir");
     let pki = TestPki::generate(dir.path()).expect("test pki");
 
@@ -160,7 +182,6 @@ fn a_user_added_while_running_can_log_in() {
     if !enabled("a_user_added_while_running_can_log_in") {
         return;
     }
-    docker::ensure_image().unwrap_or_else(|e| panic!("{e}"));
     let mut server = DockerDovecot::start(DovecotConfig::default()).unwrap_or_else(|e| panic!("start container: {e}"));
     server.add_user("bob", "bob-pw").expect("add user");
     let url = format!("imap://bob@{}:{}?tls=none", server.host(), server.imap_port());
