@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use chrono::NaiveDate;
-use cutover_engine::batch::input::{read_batch, template, write_rows, BatchRow, InputFormat, PasswordRef, Problem};
+use cutover_engine::batch::input::{
+    read_batch, template, write_rows, BatchRow, CutoverDate, InputFormat, PasswordRef, Problem,
+};
 use cutover_engine::endpoint::Secret;
 
 fn fixture(name: &str) -> PathBuf {
@@ -54,7 +56,10 @@ fn native_file_parses_with_every_field() {
     assert_eq!(alice.target.password, PasswordRef::Env("ALICE_NEW".into()));
     assert_eq!(alice.business_unit.as_deref(), Some("Sales"));
     assert_eq!(alice.wave.as_deref(), Some("wave-1"));
-    assert_eq!(alice.cutover_date, NaiveDate::from_ymd_opt(2026, 3, 14));
+    assert_eq!(
+        alice.cutover_date,
+        NaiveDate::from_ymd_opt(2026, 3, 14).map(CutoverDate::Day)
+    );
 
     let bob = &batch.rows[1];
     assert_eq!(bob.source.login, "bob");
@@ -572,4 +577,24 @@ fn a_plus_in_a_login_reaches_the_server_as_a_plus() {
         panic!("{:?}", job.target)
     };
     assert_eq!(target.user, "a+b@new.example.net");
+}
+
+#[test]
+fn a_cutover_date_may_be_a_day_or_a_moment_with_its_offset() {
+    let day = CutoverDate::parse("2026-12-05").unwrap();
+    assert_eq!(day.to_string(), "2026-12-05");
+    for text in [
+        "2026-12-05T18:00+01:00",
+        "2026-12-05 18:00 +01:00",
+        "2026-12-05T18:00:00+01:00",
+        "2026-12-05T17:00Z",
+    ] {
+        let Some(CutoverDate::Moment(moment)) = CutoverDate::parse(text) else {
+            panic!("{text}")
+        };
+        assert_eq!(moment.to_utc().to_rfc3339(), "2026-12-05T17:00:00+00:00", "{text}");
+    }
+    for bad in ["05.12.2026", "2026-12-05T18:00", "tomorrow", "2026-13-01"] {
+        assert_eq!(CutoverDate::parse(bad), None, "{bad}");
+    }
 }

@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use chrono::NaiveDate;
+use chrono::{DateTime, FixedOffset, NaiveDate};
 use email_address::{EmailAddress, Options};
 use sha2::{Digest, Sha256};
 
@@ -317,8 +317,60 @@ pub struct BatchRow {
     pub business_unit: Option<String>,
     /// Free text for grouping and reports.
     pub wave: Option<String>,
-    /// The planned cutover day.
-    pub cutover_date: Option<NaiveDate>,
+    /// The planned cutover: a day, or a moment with its UTC offset.
+    pub cutover_date: Option<CutoverDate>,
+}
+
+/// When a row's mailbox is cut over (the MX flip).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutoverDate {
+    /// A day; the plan gives the time of day.
+    Day(NaiveDate),
+    /// A moment, with the offset it was written in.
+    Moment(DateTime<FixedOffset>),
+}
+
+impl CutoverDate {
+    /// Reads `2026-12-05`, `2026-12-05T18:00+01:00`, `2026-12-05 18:00 +01:00`
+    /// or RFC 3339 with seconds or `Z`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let text = text.trim();
+        if let Ok(day) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+            return Some(Self::Day(day));
+        }
+        parse_moment(text).map(Self::Moment)
+    }
+}
+
+impl std::fmt::Display for CutoverDate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Day(day) => write!(f, "{}", day.format("%Y-%m-%d")),
+            Self::Moment(moment) => write!(f, "{}", moment.format("%Y-%m-%dT%H:%M%:z")),
+        }
+    }
+}
+
+/// A moment with an explicit offset, in the spellings people type:
+/// `2026-12-05T18:00+01:00`, `2026-12-05 18:00 +01:00`, RFC 3339.
+pub fn parse_moment(text: &str) -> Option<DateTime<FixedOffset>> {
+    let text = text.trim();
+    DateTime::parse_from_rfc3339(text).ok().or_else(|| {
+        let compact: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        [
+            "%Y-%m-%dT%H:%M%:z",
+            "%Y-%m-%d %H:%M%:z",
+            "%Y-%m-%d %H:%M %:z",
+            "%Y-%m-%dT%H:%M%z",
+            "%Y-%m-%d %H:%M %z",
+        ]
+        .iter()
+        .find_map(|format| DateTime::parse_from_str(&compact, format).ok())
+        .or_else(|| {
+            let utc = compact.strip_suffix('Z')?;
+            DateTime::parse_from_str(&format!("{utc}+00:00"), "%Y-%m-%dT%H:%M%:z").ok()
+        })
+    })
 }
 
 impl BatchRow {
@@ -574,7 +626,7 @@ pub fn template() -> String {
 # target_address, target_login, target_password, target_master, target_server
 #                  the same for the new server
 # business_unit, wave  free text for grouping and reports
-# cutover_date     the planned cutover day, YYYY-MM-DD
+# cutover_date     the planned cutover: a day, YYYY-MM-DD (the plan gives the time), or a moment, 2026-03-14T18:00+01:00
 {header}
 # alice@old.example.org,,env:ALICE_OLD_PASSWORD,,,alice@new.example.net,,file:/secure/alice.pw,,,Sales,wave-1,2026-03-14
 "
@@ -898,14 +950,14 @@ impl Check<'_> {
         let cutover_date = if date_text.is_empty() {
             None
         } else {
-            match NaiveDate::parse_from_str(date_text, "%Y-%m-%d") {
-                Ok(date) => Some(date),
-                Err(_) => {
+            match CutoverDate::parse(date_text) {
+                Some(date) => Some(date),
+                None => {
                     self.error(
                         Some(line),
                         Some(cells.cutover_date.name),
-                        format!("\"{date_text}\" is not a date in YYYY-MM-DD form"),
-                        "write it as e.g. 2026-03-14 (in a spreadsheet, format the column as text or yyyy-mm-dd before saving)",
+                        format!("\"{date_text}\" is not a date in YYYY-MM-DD form, nor a moment like 2026-03-14T18:00+01:00"),
+                        "write it as e.g. 2026-03-14, or 2026-03-14T18:00+01:00 for a time (in a spreadsheet, format the column as text before saving)",
                     );
                     None
                 }
