@@ -18,12 +18,12 @@ use super::input::{BatchFile, BatchRow};
 use super::jobs::{mailbox_job, row_identity, RowDefaults};
 use super::report::{self, BatchReport};
 use crate::endpoint::Endpoint;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::folders::FolderFilter;
 use crate::imap::ConnectOptions;
 use crate::limits::{Budget, HostLimits, LimitConfig};
 use crate::report::SyncReport;
-use crate::state::{BatchRowRecord, State};
+use crate::state::{BatchId, BatchRowRecord, State};
 use crate::sync::{sync_mailbox, Phase, Progress, ProgressFn, SyncOptions};
 
 /// How a batch runs.
@@ -195,19 +195,65 @@ pub async fn run(
         .cloned()
         .collect();
     tracing::info!(rows = selected.len(), phase = %phase, "running batch");
+    let outcomes = run_rows(&state, batch.id, selected, phase, settings, state_path).await?;
+    let rows = state.batch_rows(batch.id)?;
+    let failed = rows.iter().filter(|r| r.status == "failed").count();
+    let hold = hold_reason(failed, rows.len(), settings.max_failure_ratio);
+    state.set_batch_status(batch.id, phase.as_str(), hold.as_deref())?;
+    let batch = state.batch(&batch_name(&file.path), &now())?;
+    let mut report = report::build(&batch_name(&file.path), &batch, &rows);
+    report.locked = outcomes
+        .iter()
+        .filter(|o| o.status == LOCKED)
+        .map(|o| {
+            let detail = o.error.as_ref().map_or("", |(_, detail)| detail.as_str());
+            format!("line {}: {}: {detail}", o.row.line, o.row.source.address)
+        })
+        .collect();
+    Ok(report)
+}
+
+/// The status of a row another cutover process is syncing: its outcome is
+/// that process's to record, and it is not a failure of this run.
+pub const LOCKED: &str = "locked";
+
+/// How one row's run ended.
+#[derive(Debug, Clone)]
+pub struct RowOutcome {
+    /// The row.
+    pub row: BatchRow,
+    /// `done`, `partial`, `failed`, or [`LOCKED`] (nothing recorded).
+    pub status: &'static str,
+    /// Why it failed, or why messages failed (`partial`).
+    pub error: Option<(ErrorKind, String)>,
+    /// Messages copied, over all attempts.
+    pub messages: u64,
+    /// Bytes copied, over all attempts.
+    pub bytes: u64,
+}
+
+/// Runs `phase` for `rows` of a registered batch, concurrently under the
+/// settings' limits and retries, and records each row's outcome.
+pub async fn run_rows(
+    state: &State,
+    batch: BatchId,
+    rows: Vec<BatchRow>,
+    phase: Phase,
+    settings: &BatchSettings,
+    state_path: &Path,
+) -> Result<Vec<RowOutcome>> {
     let progress = settings.progress.clone();
     let notify = move |event: BatchProgress| {
         if let Some(progress) = &progress {
             progress(event);
         }
     };
-    notify(BatchProgress::Selected(selected.len()));
-
+    notify(BatchProgress::Selected(rows.len()));
     let limits = Arc::new(HostLimits::new(settings.limits.clone()));
     let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
     let settings = Arc::new(settings.clone());
     let mut tasks = JoinSet::new();
-    for row in selected {
+    for row in rows {
         let (limits, slots, settings) = (limits.clone(), slots.clone(), settings.clone());
         let state_path = state_path.to_path_buf();
         tasks.spawn(async move {
@@ -216,19 +262,31 @@ pub async fn run(
             (row, outcome)
         });
     }
+    let mut outcomes = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         // Only a cancelled task ends up here; a panic was caught above.
         let (row, outcome) = joined.map_err(|e| Error::Internal(format!("a batch task ended abnormally: {e}")))?;
-        let status = record(&state, batch.id, &row, phase, outcome)?;
-        notify(BatchProgress::Finished { line: row.line, status });
+        let outcome = match outcome {
+            Err(e @ Error::Locked { .. }) => {
+                tracing::warn!(line = row.line, error = %e, "row left alone");
+                RowOutcome {
+                    row,
+                    status: LOCKED,
+                    error: Some((e.kind(), e.to_string())),
+                    messages: 0,
+                    bytes: 0,
+                }
+            }
+            outcome => record(state, batch, row, phase, outcome)?,
+        };
+        notify(BatchProgress::Finished {
+            line: outcome.row.line,
+            status: outcome.status,
+        });
+        outcomes.push(outcome);
     }
-
-    let rows = state.batch_rows(batch.id)?;
-    let failed = rows.iter().filter(|r| r.status == "failed").count();
-    let hold = hold_reason(failed, rows.len(), settings.max_failure_ratio);
-    state.set_batch_status(batch.id, phase.as_str(), hold.as_deref())?;
-    let batch = state.batch(&batch_name(&file.path), &now())?;
-    Ok(report::build(&batch_name(&file.path), &batch, &rows))
+    outcomes.sort_by_key(|o| o.row.line);
+    Ok(outcomes)
 }
 
 /// Runs a row; a panic in it (a defect in cutover) becomes an `internal`
@@ -269,28 +327,16 @@ pub fn load_report(file: &BatchFile, state_path: &Path, defaults: &RowDefaults) 
     Ok(report::build(&batch_name(&file.path), &batch, &rows))
 }
 
-/// Stores a row's outcome; returns its status.
+/// Stores a row's outcome.
 fn record(
     state: &State,
-    batch: i64,
-    row: &BatchRow,
+    batch: BatchId,
+    row: BatchRow,
     phase: Phase,
     outcome: Result<SyncReport>,
-) -> Result<&'static str> {
-    let fingerprint = row.fingerprint();
-    let now = now();
-    match outcome {
-        Err(e) => state
-            .record_batch_row(
-                batch,
-                &fingerprint,
-                phase.as_str(),
-                "failed",
-                Some((e.kind(), &e.to_string())),
-                (0, 0, 0),
-                &now,
-            )
-            .map(|()| "failed"),
+) -> Result<RowOutcome> {
+    let (status, error, copied) = match outcome {
+        Err(e) => ("failed", Some((e.kind(), e.to_string())), (0, 0, 0)),
         Ok(report) => {
             let failed_messages: usize = report.folders.iter().map(|f| f.failed.len()).sum();
             let copied = (report.copied(), report.bytes(), failed_messages as u64);
@@ -302,19 +348,25 @@ fn record(
                 (None, None, Some(m)) => ("partial", Some((m.kind, format!("UID {}: {}", m.uid, m.detail)))),
                 (None, None, None) => ("done", None),
             };
-            state
-                .record_batch_row(
-                    batch,
-                    &fingerprint,
-                    phase.as_str(),
-                    status,
-                    error.as_ref().map(|(kind, text)| (*kind, text.as_str())),
-                    copied,
-                    &now,
-                )
-                .map(|()| status)
+            (status, error, copied)
         }
-    }
+    };
+    state.record_batch_row(
+        batch,
+        &row.fingerprint(),
+        phase.as_str(),
+        status,
+        error.as_ref().map(|(kind, text)| (*kind, text.as_str())),
+        copied,
+        &now(),
+    )?;
+    Ok(RowOutcome {
+        row,
+        status,
+        error,
+        messages: copied.0,
+        bytes: copied.1,
+    })
 }
 
 fn host_of(endpoint: &Endpoint) -> String {

@@ -7,6 +7,8 @@
 //! the batch runner, restart-safe: a step is `running` only while a live
 //! runner holds the plan, and a mailbox's sync steps are idempotent.
 
+pub mod plan;
 pub mod schedule;
+pub mod status;
 
 pub use schedule::{schedule, Rhythm, Step, StepKind};

@@ -8,10 +8,12 @@
 //! endpoints are stored without secrets, messages as digests.
 
 mod batch;
+mod calendar;
 mod lock;
 mod schema;
 
 pub use batch::{BatchId, BatchRecord, BatchRowRecord};
+pub use calendar::{PlanId, PlanRecord, StepRecord, WaveId, WaveRecord};
 pub use lock::LockOwner;
 
 use std::path::{Path, PathBuf};

@@ -148,4 +148,55 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE mailbox ADD COLUMN target_inbox_prefix INTEGER;
     "#,
+    // 7: migration plans (see calendar/): one plan per batch, its waves
+    // with their cutover moments, every mailbox's steps with their progress,
+    // and the status last reported per mailbox (for status-change events).
+    r#"
+    CREATE TABLE plan (
+        id INTEGER PRIMARY KEY,
+        batch_id INTEGER NOT NULL UNIQUE REFERENCES batch(id) ON DELETE CASCADE,
+        created_at TEXT NOT NULL,
+        readiness_min INTEGER NOT NULL,   -- the rhythm, in minutes
+        sweep_every_min INTEGER NOT NULL,
+        sweep_for_min INTEGER NOT NULL,
+        complete_after_min INTEGER NOT NULL,
+        overdue_after_min INTEGER NOT NULL
+    ) STRICT;
+
+    CREATE TABLE plan_wave (
+        id INTEGER PRIMARY KEY,
+        plan_id INTEGER NOT NULL REFERENCES plan(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        cutover_ms INTEGER NOT NULL,      -- the MX flip, unix milliseconds
+        cutover_text TEXT NOT NULL,       -- as given, with its offset
+        frozen INTEGER NOT NULL DEFAULT 0,
+        held_reason TEXT,                 -- set: later steps wait for a person
+        UNIQUE (plan_id, name)
+    ) STRICT;
+
+    CREATE TABLE plan_step (
+        wave_id INTEGER NOT NULL REFERENCES plan_wave(id) ON DELETE CASCADE,
+        row_fingerprint TEXT NOT NULL,    -- batch_row.fingerprint
+        kind TEXT NOT NULL,               -- initial | resync | readiness | final | delta | sweep | complete
+        ordinal INTEGER NOT NULL,
+        due_ms INTEGER NOT NULL,
+        status TEXT NOT NULL DEFAULT 'pending', -- pending | running | done | failed | skipped
+        attempts INTEGER NOT NULL DEFAULT 0,
+        started_ms INTEGER,
+        finished_ms INTEGER,
+        error_kind TEXT,
+        error_detail TEXT,
+        messages INTEGER NOT NULL DEFAULT 0,
+        bytes INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (wave_id, row_fingerprint, kind, ordinal)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX plan_step_by_due ON plan_step(status, due_ms);
+
+    CREATE TABLE plan_mailbox (
+        wave_id INTEGER NOT NULL REFERENCES plan_wave(id) ON DELETE CASCADE,
+        row_fingerprint TEXT NOT NULL,
+        status TEXT NOT NULL,
+        PRIMARY KEY (wave_id, row_fingerprint)
+    ) STRICT, WITHOUT ROWID;
+    "#,
 ];

@@ -1,0 +1,350 @@
+//! Migration plans in the state store: waves with their cutover moments,
+//! and every mailbox's steps with their progress, so `cutover run` can be
+//! killed at any point and `cutover status` works from any machine.
+
+use rusqlite::{params, OptionalExtension};
+
+use super::{BatchId, State};
+use crate::error::{ErrorKind, Result};
+
+/// Row id of a plan.
+pub type PlanId = i64;
+/// Row id of a wave.
+pub type WaveId = i64;
+
+/// A plan: one per batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanRecord {
+    /// Row id.
+    pub id: PlanId,
+    /// The batch whose rows it schedules.
+    pub batch: BatchId,
+    /// The batch file (the batch's name).
+    pub file: String,
+    /// The rhythm's distances in minutes: readiness before cutover, sweep
+    /// interval, sweep period, completion after cutover, overdue after cutover.
+    pub rhythm_minutes: [i64; 5],
+}
+
+/// A wave of a plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaveRecord {
+    /// Row id.
+    pub id: WaveId,
+    /// Its name (the batch file's `wave` column).
+    pub name: String,
+    /// The cutover moment, unix milliseconds.
+    pub cutover_ms: i64,
+    /// The cutover moment as given, with its offset.
+    pub cutover_text: String,
+    /// Rows may no longer change (after the readiness check, until cutover).
+    pub frozen: bool,
+    /// Why later steps wait for a person, if they do.
+    pub held_reason: Option<String>,
+}
+
+/// One step of one mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepRecord {
+    /// The wave.
+    pub wave: WaveId,
+    /// The batch row (its fingerprint).
+    pub row: String,
+    /// `initial`, `resync`, … (see [`crate::calendar::StepKind`]).
+    pub kind: String,
+    /// Its number among steps of its kind.
+    pub ordinal: u32,
+    /// When it is due, unix milliseconds.
+    pub due_ms: i64,
+    /// `pending`, `running`, `done`, `failed` or `skipped`.
+    pub status: String,
+    /// Runs so far.
+    pub attempts: u32,
+    /// When the last run started / finished, unix milliseconds.
+    pub started_ms: Option<i64>,
+    /// When the last run finished.
+    pub finished_ms: Option<i64>,
+    /// Why the last run failed.
+    pub error: Option<(ErrorKind, String)>,
+    /// Messages and bytes the last run copied.
+    pub copied: (u64, u64),
+}
+
+impl State {
+    /// The plan of a batch, if there is one.
+    pub fn plan(&self, batch: BatchId) -> Result<Option<PlanRecord>> {
+        self.conn
+            .query_row(
+                "SELECT plan.id, plan.batch_id, batch.name, readiness_min, sweep_every_min, sweep_for_min,
+                        complete_after_min, overdue_after_min
+                 FROM plan JOIN batch ON batch.id = plan.batch_id WHERE plan.batch_id = ?1",
+                [batch],
+                plan_record,
+            )
+            .optional()
+            .map_err(self.err())
+    }
+
+    /// Every plan in the state.
+    pub fn plans(&self) -> Result<Vec<PlanRecord>> {
+        let err = self.err();
+        let mut query = self
+            .conn
+            .prepare(
+                "SELECT plan.id, plan.batch_id, batch.name, readiness_min, sweep_every_min, sweep_for_min,
+                        complete_after_min, overdue_after_min
+                 FROM plan JOIN batch ON batch.id = plan.batch_id ORDER BY plan.id",
+            )
+            .map_err(&err)?;
+        let plans = query
+            .query_map([], plan_record)
+            .and_then(Iterator::collect)
+            .map_err(&err);
+        plans
+    }
+
+    /// Creates the batch's plan, or updates its rhythm.
+    pub fn save_plan(&self, batch: BatchId, rhythm_minutes: [i64; 5], now: &str) -> Result<PlanRecord> {
+        let [readiness, every, period, complete, overdue] = rhythm_minutes;
+        self.conn
+            .execute(
+                "INSERT INTO plan (batch_id, created_at, readiness_min, sweep_every_min, sweep_for_min,
+                                   complete_after_min, overdue_after_min)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (batch_id) DO UPDATE SET readiness_min = excluded.readiness_min,
+                    sweep_every_min = excluded.sweep_every_min, sweep_for_min = excluded.sweep_for_min,
+                    complete_after_min = excluded.complete_after_min, overdue_after_min = excluded.overdue_after_min",
+                params![batch, now, readiness, every, period, complete, overdue],
+            )
+            .map_err(self.err())?;
+        self.plan(batch)?.ok_or_else(|| {
+            crate::Error::Config(format!("state {}: the plan just saved is missing", self.path.display()))
+        })
+    }
+
+    /// The plan's waves, by cutover.
+    pub fn waves(&self, plan: PlanId) -> Result<Vec<WaveRecord>> {
+        let err = self.err();
+        let mut query = self
+            .conn
+            .prepare(
+                "SELECT id, name, cutover_ms, cutover_text, frozen, held_reason FROM plan_wave
+                 WHERE plan_id = ?1 ORDER BY cutover_ms, name",
+            )
+            .map_err(&err)?;
+        let waves = query
+            .query_map([plan], |row| {
+                Ok(WaveRecord {
+                    id: row.get(0)?,
+                    name: row.get(1)?,
+                    cutover_ms: row.get(2)?,
+                    cutover_text: row.get(3)?,
+                    frozen: row.get(4)?,
+                    held_reason: row.get(5)?,
+                })
+            })
+            .and_then(Iterator::collect)
+            .map_err(&err);
+        waves
+    }
+
+    /// Creates a wave or moves its cutover.
+    pub fn save_wave(&self, plan: PlanId, name: &str, cutover_ms: i64, cutover_text: &str) -> Result<WaveId> {
+        self.conn
+            .query_row(
+                "INSERT INTO plan_wave (plan_id, name, cutover_ms, cutover_text) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (plan_id, name) DO UPDATE SET cutover_ms = excluded.cutover_ms,
+                    cutover_text = excluded.cutover_text
+                 RETURNING id",
+                params![plan, name, cutover_ms, cutover_text],
+                |row| row.get(0),
+            )
+            .map_err(self.err())
+    }
+
+    /// Freezes or unfreezes a wave's rows.
+    pub fn set_wave_frozen(&self, wave: WaveId, frozen: bool) -> Result<()> {
+        self.conn
+            .execute("UPDATE plan_wave SET frozen = ?2 WHERE id = ?1", params![wave, frozen])
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    /// Holds a wave for a person (`Some(reason)`) or releases it (`None`).
+    pub fn set_wave_held(&self, wave: WaveId, reason: Option<&str>) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE plan_wave SET held_reason = ?2 WHERE id = ?1",
+                params![wave, reason],
+            )
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    /// Every step of the plan's waves, by due time.
+    pub fn plan_steps(&self, plan: PlanId) -> Result<Vec<StepRecord>> {
+        let err = self.err();
+        let mut query = self
+            .conn
+            .prepare_cached(
+                "SELECT s.wave_id, s.row_fingerprint, s.kind, s.ordinal, s.due_ms, s.status, s.attempts,
+                        s.started_ms, s.finished_ms, s.error_kind, s.error_detail, s.messages, s.bytes
+                 FROM plan_step s JOIN plan_wave w ON w.id = s.wave_id
+                 WHERE w.plan_id = ?1 ORDER BY s.due_ms, s.wave_id, s.row_fingerprint",
+            )
+            .map_err(&err)?;
+        let steps = query
+            .query_map([plan], |row| {
+                let kind: Option<String> = row.get(9)?;
+                let detail: Option<String> = row.get(10)?;
+                Ok(StepRecord {
+                    wave: row.get(0)?,
+                    row: row.get(1)?,
+                    kind: row.get(2)?,
+                    ordinal: row.get(3)?,
+                    due_ms: row.get(4)?,
+                    status: row.get(5)?,
+                    attempts: row.get(6)?,
+                    started_ms: row.get(7)?,
+                    finished_ms: row.get(8)?,
+                    error: kind
+                        .and_then(|k| serde_json::from_value(serde_json::Value::String(k)).ok())
+                        .map(|k| (k, detail.unwrap_or_default())),
+                    copied: (row.get::<_, i64>(11)? as u64, row.get::<_, i64>(12)? as u64),
+                })
+            })
+            .and_then(Iterator::collect)
+            .map_err(&err);
+        steps
+    }
+
+    /// Adds a mailbox's steps to a wave; steps it has already keep their
+    /// progress, and pending ones move to their new due time.
+    pub fn save_steps(&mut self, wave: WaveId, row: &str, steps: &[(String, u32, i64)]) -> Result<()> {
+        let err = self.err();
+        let tx = self.conn.transaction().map_err(&err)?;
+        {
+            let mut upsert = tx
+                .prepare_cached(
+                    "INSERT INTO plan_step (wave_id, row_fingerprint, kind, ordinal, due_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT DO UPDATE SET due_ms = excluded.due_ms WHERE status = 'pending'",
+                )
+                .map_err(&err)?;
+            for (kind, ordinal, due) in steps {
+                upsert.execute(params![wave, row, kind, ordinal, due]).map_err(&err)?;
+            }
+        }
+        tx.commit().map_err(&err)
+    }
+
+    /// Marks steps as running (`started_ms` set, attempts counted).
+    pub fn start_steps(&mut self, steps: &[(WaveId, String, String, u32)], now_ms: i64) -> Result<()> {
+        let err = self.err();
+        let tx = self.conn.transaction().map_err(&err)?;
+        {
+            let mut update = tx
+                .prepare_cached(
+                    "UPDATE plan_step SET status = 'running', started_ms = ?5, attempts = attempts + 1
+                     WHERE wave_id = ?1 AND row_fingerprint = ?2 AND kind = ?3 AND ordinal = ?4",
+                )
+                .map_err(&err)?;
+            for (wave, row, kind, ordinal) in steps {
+                update
+                    .execute(params![wave, row, kind, ordinal, now_ms])
+                    .map_err(&err)?;
+            }
+        }
+        tx.commit().map_err(&err)
+    }
+
+    /// Records how a step ended.
+    #[allow(clippy::too_many_arguments)]
+    pub fn finish_step(
+        &self,
+        wave: WaveId,
+        row: &str,
+        kind: &str,
+        ordinal: u32,
+        status: &str,
+        error: Option<(ErrorKind, &str)>,
+        copied: (u64, u64),
+        now_ms: i64,
+    ) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE plan_step SET status = ?5, finished_ms = ?6, error_kind = ?7, error_detail = ?8,
+                    messages = ?9, bytes = ?10
+                 WHERE wave_id = ?1 AND row_fingerprint = ?2 AND kind = ?3 AND ordinal = ?4",
+                params![
+                    wave,
+                    row,
+                    kind,
+                    ordinal,
+                    status,
+                    now_ms,
+                    error.map(|(k, _)| k.as_str()),
+                    error.map(|(_, d)| d),
+                    copied.0 as i64,
+                    copied.1 as i64
+                ],
+            )
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    /// Steps a dead runner left `running` go back to `pending`: the syncs
+    /// they stand for are idempotent, so running them again loses nothing.
+    pub fn reset_running_steps(&self, plan: PlanId) -> Result<usize> {
+        self.conn
+            .execute(
+                "UPDATE plan_step SET status = 'pending'
+                 WHERE status = 'running' AND wave_id IN (SELECT id FROM plan_wave WHERE plan_id = ?1)",
+                [plan],
+            )
+            .map_err(self.err())
+    }
+
+    /// The statuses last reported per mailbox (for status-change events).
+    pub fn reported_statuses(&self, plan: PlanId) -> Result<Vec<(WaveId, String, String)>> {
+        let err = self.err();
+        let mut query = self
+            .conn
+            .prepare(
+                "SELECT m.wave_id, m.row_fingerprint, m.status FROM plan_mailbox m
+                 JOIN plan_wave w ON w.id = m.wave_id WHERE w.plan_id = ?1",
+            )
+            .map_err(&err)?;
+        let rows = query
+            .query_map([plan], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .and_then(Iterator::collect)
+            .map_err(&err);
+        rows
+    }
+
+    /// Remembers the statuses reported per mailbox.
+    pub fn save_reported_statuses(&mut self, statuses: &[(WaveId, String, String)]) -> Result<()> {
+        let err = self.err();
+        let tx = self.conn.transaction().map_err(&err)?;
+        {
+            let mut upsert = tx
+                .prepare_cached(
+                    "INSERT INTO plan_mailbox (wave_id, row_fingerprint, status) VALUES (?1, ?2, ?3)
+                     ON CONFLICT DO UPDATE SET status = excluded.status",
+                )
+                .map_err(&err)?;
+            for (wave, row, status) in statuses {
+                upsert.execute(params![wave, row, status]).map_err(&err)?;
+            }
+        }
+        tx.commit().map_err(&err)
+    }
+}
+
+fn plan_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<PlanRecord> {
+    Ok(PlanRecord {
+        id: row.get(0)?,
+        batch: row.get(1)?,
+        file: row.get(2)?,
+        rhythm_minutes: [row.get(3)?, row.get(4)?, row.get(5)?, row.get(6)?, row.get(7)?],
+    })
+}
