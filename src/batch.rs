@@ -50,7 +50,7 @@ pub struct FileArgs {
 }
 
 #[derive(Args, Clone)]
-struct Defaults {
+pub(crate) struct Defaults {
     /// Source server for rows without one, e.g. imaps://old.example.org:993.
     #[arg(long)]
     source_server: Option<String>,
@@ -121,7 +121,7 @@ pub struct RunOptions {
     defaults: Defaults,
     /// The state file.
     #[arg(long)]
-    state: PathBuf,
+    pub(crate) state: PathBuf,
     /// Connections (mailboxes) per server at once.
     #[arg(long)]
     connections_per_host: Option<usize>,
@@ -263,7 +263,7 @@ pub async fn run(command: BatchCommand) -> Result<ExitCode> {
 }
 
 /// Reads a batch file; every problem is printed and the command fails.
-fn read(path: &Path) -> Result<BatchFile> {
+pub(crate) fn read(path: &Path) -> Result<BatchFile> {
     match input::read_batch(path) {
         Ok(file) => {
             for warning in &file.warnings {
@@ -318,7 +318,7 @@ fn validate(args: &FileArgs) -> Result<ExitCode> {
     })
 }
 
-fn defaults(args: &Defaults) -> RowDefaults {
+pub(crate) fn defaults(args: &Defaults) -> RowDefaults {
     RowDefaults {
         source_server: args.source_server.clone(),
         target_server: args.target_server.clone(),
@@ -338,7 +338,7 @@ fn base_settings(args: &Defaults) -> BatchSettings {
     }
 }
 
-fn settings(options: &RunOptions) -> Result<BatchSettings> {
+pub(crate) fn settings(options: &RunOptions) -> Result<BatchSettings> {
     if !(0.0..=1.0).contains(&options.max_failure_ratio) {
         bail!("--max-failure-ratio must be between 0 and 1");
     }

@@ -18,6 +18,7 @@ use cutover_engine::verify::{self, DateRange, Verification, VerifyOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 
 mod batch;
+mod project;
 
 /// Copies mailboxes from IMAP servers into IMAP servers or Maildirs, through
 /// initial, delta, final and sweep phases, without ever duplicating a message.
@@ -37,6 +38,14 @@ enum Command {
     /// Batches of mailboxes from a CSV file.
     #[command(subcommand)]
     Batch(batch::BatchCommand),
+    /// Plan a migration project: waves, cutover moments and every sync's due time.
+    Plan(project::PlanArgs),
+    /// Run every step of the plan that is due (or keep running with the calendar).
+    Run(project::RunArgs),
+    /// Where every mailbox of the plan stands; exit 1 when one failed or is overdue.
+    Status(project::StatusArgs),
+    /// Let a held wave go on (after the failures were looked at).
+    Release(project::ReleaseArgs),
 }
 
 #[derive(Args)]
@@ -170,6 +179,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Sync(args) => run_sync(args).await,
         Command::Verify(args) => run_verify(args).await,
         Command::Batch(command) => batch::run(command).await,
+        Command::Plan(args) => project::plan(args),
+        Command::Run(args) => project::run(args).await,
+        Command::Status(args) => project::status(args),
+        Command::Release(args) => project::release(args),
     }
 }
 

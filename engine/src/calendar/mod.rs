@@ -8,6 +8,7 @@
 //! runner holds the plan, and a mailbox's sync steps are idempotent.
 
 pub mod plan;
+pub mod run;
 pub mod schedule;
 pub mod status;
 

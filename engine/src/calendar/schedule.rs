@@ -206,11 +206,7 @@ mod tests {
         expected.push((StepKind::Complete, -120));
         assert_eq!(kinds(&steps), expected);
         assert_eq!(
-            steps
-                .iter()
-                .filter(|s| s.kind == StepKind::Sweep)
-                .last()
-                .map(|s| s.ordinal),
+            steps.iter().rfind(|s| s.kind == StepKind::Sweep).map(|s| s.ordinal),
             Some(12)
         );
     }

@@ -180,14 +180,14 @@ pub async fn sync_mailbox(
 }
 
 /// How long a mailbox lock holds without renewal; renewed every third of it.
-const LOCK_LEASE: Duration = Duration::from_secs(60);
+pub(crate) const LOCK_LEASE: Duration = Duration::from_secs(60);
 
 /// Renews a mailbox lock's lease in the background for as long as it lives,
 /// over a connection of its own (the sync's is busy in its transactions).
-struct LeaseRenewal(tokio::task::JoinHandle<()>);
+pub(crate) struct LeaseRenewal(tokio::task::JoinHandle<()>);
 
 impl LeaseRenewal {
-    fn start(path: &Path, mailbox: MailboxId, token: &str) -> Self {
+    pub(crate) fn start(path: &Path, mailbox: MailboxId, token: &str) -> Self {
         let (path, token) = (path.to_path_buf(), token.to_string());
         Self(tokio::spawn(async move {
             let state = match State::open(&path) {
