@@ -80,7 +80,7 @@ pub(crate) struct Defaults {
     timeout: u64,
     /// Mailboxes at once.
     #[arg(long, default_value_t = 16)]
-    concurrency: usize,
+    pub(crate) concurrency: usize,
 }
 
 #[derive(Args)]

@@ -1,7 +1,7 @@
 //! `cutover plan`, `run`, `status`, `release`: a migration project's
 //! calendar from a batch file (see the engine's `calendar` module).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -9,7 +9,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use chrono::{DateTime, Duration, FixedOffset, NaiveTime, Utc};
 use clap::Args;
 use cutover_engine::batch::input::parse_moment;
+use cutover_engine::batch::jobs::row_identity;
 use cutover_engine::batch::run::register;
+use cutover_engine::calendar::estimate::{estimate_wave, human, suggest_dates, Suggestion, WaveEstimate};
 use cutover_engine::calendar::plan::{make_plan, rhythm_of, PlanSpec, Planned};
 use cutover_engine::calendar::run::{run_due, Event, Pass};
 use cutover_engine::calendar::status::{plan_status, MailboxView};
@@ -97,6 +99,13 @@ pub struct PlanArgs {
     /// Change the rows or cutover of a frozen wave anyway.
     #[arg(long)]
     force: bool,
+    /// Warn when a wave's final sync is estimated to take longer than this (e.g. 2h).
+    #[arg(long, value_parser = duration)]
+    window: Option<Duration>,
+    /// Suggest cutover moments, one wave per night, smallest first, from
+    /// the night starting at this moment (needs --window); the plan is not changed.
+    #[arg(long, value_parser = moment, requires = "window")]
+    suggest_dates: Option<DateTime<FixedOffset>>,
     #[command(flatten)]
     clock: Clock,
     #[command(flatten)]
@@ -178,19 +187,109 @@ pub fn plan(args: PlanArgs) -> Result<ExitCode> {
         }
     }
     let mut state = State::open(&args.state)?;
-    let planned = make_plan(
+    let defaults = batch::defaults(&args.defaults);
+    let now = args.clock.now();
+    let planned = make_plan(&file, &mut state, &defaults, &spec, now)?;
+    let estimates = estimates(
         &file,
-        &mut state,
-        &batch::defaults(&args.defaults),
-        &spec,
-        args.clock.now(),
+        &state,
+        &planned,
+        &defaults,
+        args.defaults.concurrency,
+        args.window,
     )?;
+    let suggestions = match (args.suggest_dates, args.window) {
+        (Some(first_night), Some(window)) => suggest_dates(&estimates, first_night, window, now),
+        _ => Vec::new(),
+    };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&plan_json(&planned))?);
+        let mut out = plan_json(&planned);
+        out["estimates"] = serde_json::to_value(&estimates)?;
+        out["suggestions"] = serde_json::to_value(&suggestions)?;
+        println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         print_plan(&planned);
+        print_estimates(&estimates, args.defaults.concurrency);
+        print_suggestions(&suggestions);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Each wave's estimate from the preflight's sizes and this state's
+/// measured throughput per source host.
+fn estimates(
+    file: &cutover_engine::batch::input::BatchFile,
+    state: &State,
+    planned: &Planned,
+    defaults: &cutover_engine::batch::jobs::RowDefaults,
+    concurrency: usize,
+    window: Option<Duration>,
+) -> Result<Vec<WaveEstimate>> {
+    let sizes: HashMap<String, u64> = state
+        .batch_rows(planned.plan.batch)?
+        .into_iter()
+        .filter_map(|r| Some((r.fingerprint, r.source_size?.2)))
+        .collect();
+    let host_of: HashMap<String, String> = file
+        .rows
+        .iter()
+        .map(|row| {
+            let (source, _) = row_identity(row, defaults);
+            let host = source
+                .rsplit_once('@')
+                .map_or(source.as_str(), |(_, host)| host)
+                .to_string();
+            (row.fingerprint(), host)
+        })
+        .collect();
+    let throughput = state.throughput_by_host()?;
+    Ok(planned
+        .waves
+        .iter()
+        .map(|wave| estimate_wave(wave, &sizes, &host_of, &throughput, concurrency, window))
+        .collect())
+}
+
+fn print_estimates(estimates: &[WaveEstimate], concurrency: usize) {
+    if estimates.is_empty() {
+        return;
+    }
+    println!("\nestimates ({concurrency} mailboxes at once):");
+    for e in estimates {
+        println!(
+            "  wave {}: {:.1} GB in {} of {} mailbox(es) sized; {:.1} MB/s per mailbox ({}); initial ≈ {}, final ≈ {}",
+            e.wave,
+            e.bytes as f64 / 1e9,
+            e.sized,
+            e.mailboxes,
+            e.bytes_per_second / 1e6,
+            if e.measured {
+                "measured here"
+            } else {
+                "default, nothing measured yet"
+            },
+            human(e.initial_seconds),
+            human(e.final_seconds)
+        );
+        for warning in &e.warnings {
+            println!("    warning: {warning}");
+        }
+    }
+}
+
+fn print_suggestions(suggestions: &[Suggestion]) {
+    if suggestions.is_empty() {
+        return;
+    }
+    println!("\nsuggested cutovers (nothing changed; plan again with these to apply them):");
+    for s in suggestions {
+        println!(
+            "  --cutover {}={}{}",
+            s.wave,
+            s.cutover.format("%Y-%m-%dT%H:%M%:z"),
+            s.note.as_ref().map(|n| format!("    # {n}")).unwrap_or_default()
+        );
+    }
 }
 
 /// Steps of a wave folded into lines: one per (kind, ordinal, due time).

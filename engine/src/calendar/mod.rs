@@ -7,6 +7,7 @@
 //! the batch runner, restart-safe: a step is `running` only while a live
 //! runner holds the plan, and a mailbox's sync steps are idempotent.
 
+pub mod estimate;
 pub mod plan;
 pub mod run;
 pub mod schedule;

@@ -348,3 +348,58 @@ fn plan_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<PlanRecord> {
         rhythm_minutes: [row.get(3)?, row.get(4)?, row.get(5)?, row.get(6)?, row.get(7)?],
     })
 }
+
+/// What earlier runs of one source host achieved, for estimates.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct HostThroughput {
+    /// Bytes copied by finished runs that copied something.
+    pub bytes: u64,
+    /// Seconds those runs took.
+    pub seconds: f64,
+    /// Runs that copied nothing (deltas with no change): their count…
+    pub idle_runs: u64,
+    /// …and seconds, the per-mailbox cost of a sync that finds nothing.
+    pub idle_seconds: f64,
+}
+
+impl State {
+    /// Throughput of finished runs by source host (`host:port`), from the
+    /// runs' stored reports.
+    pub fn throughput_by_host(&self) -> Result<std::collections::BTreeMap<String, HostThroughput>> {
+        let err = self.err();
+        let mut query = self
+            .conn
+            .prepare(
+                "SELECT m.source, r.report FROM run r JOIN mailbox m ON m.id = r.mailbox_id WHERE r.status = 'done'",
+            )
+            .map_err(&err)?;
+        let rows: Vec<(String, Option<String>)> = query
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .and_then(Iterator::collect)
+            .map_err(&err)?;
+        let mut out: std::collections::BTreeMap<String, HostThroughput> = std::collections::BTreeMap::new();
+        for (source, report) in rows {
+            let Some(report) = report.and_then(|r| serde_json::from_str::<serde_json::Value>(&r).ok()) else {
+                continue;
+            };
+            let seconds = report["seconds"].as_f64().unwrap_or(0.0);
+            let bytes: u64 = report["folders"]
+                .as_array()
+                .map(|folders| folders.iter().filter_map(|f| f["bytes"].as_u64()).sum())
+                .unwrap_or(0);
+            let host = source
+                .rsplit_once('@')
+                .map_or(source.as_str(), |(_, host)| host)
+                .to_string();
+            let entry = out.entry(host).or_default();
+            if bytes > 0 {
+                entry.bytes += bytes;
+                entry.seconds += seconds;
+            } else {
+                entry.idle_runs += 1;
+                entry.idle_seconds += seconds;
+            }
+        }
+        Ok(out)
+    }
+}

@@ -13,7 +13,7 @@ mod lock;
 mod schema;
 
 pub use batch::{BatchId, BatchRecord, BatchRowRecord};
-pub use calendar::{PlanId, PlanRecord, StepRecord, WaveId, WaveRecord};
+pub use calendar::{HostThroughput, PlanId, PlanRecord, StepRecord, WaveId, WaveRecord};
 pub use lock::LockOwner;
 
 use std::path::{Path, PathBuf};
