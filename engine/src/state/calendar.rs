@@ -382,10 +382,11 @@ impl State {
             let Some(report) = report.and_then(|r| serde_json::from_str::<serde_json::Value>(&r).ok()) else {
                 continue;
             };
-            let seconds = report["seconds"].as_f64().unwrap_or(0.0);
-            let bytes: u64 = report["folders"]
-                .as_array()
-                .map(|folders| folders.iter().filter_map(|f| f["bytes"].as_u64()).sum())
+            let seconds = report.get("seconds").and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+            let bytes: u64 = report
+                .get("folders")
+                .and_then(serde_json::Value::as_array)
+                .map(|folders| folders.iter().filter_map(|f| f.get("bytes")?.as_u64()).sum())
                 .unwrap_or(0);
             let host = source
                 .rsplit_once('@')
