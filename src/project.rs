@@ -126,6 +126,9 @@ pub struct RunArgs {
     /// Run this command for every event, with the event as one JSON object on stdin.
     #[arg(long)]
     notify_command: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics while running (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     #[command(flatten)]
     clock: Clock,
     #[command(flatten)]
@@ -386,9 +389,11 @@ fn relative(offset: Duration) -> String {
 pub async fn run(args: RunArgs) -> Result<ExitCode> {
     let file = batch::read(&args.file)?;
     let settings = batch::settings(&args.options)?;
+    let mut metrics = crate::metrics::install(args.metrics_addr)?;
     loop {
         let now = args.clock.now();
         let pass = run_due(&file, &args.options.state, &settings, now).await?;
+        metrics.observe(&pass);
         if let Some(command) = &args.notify_command {
             for event in &pass.events {
                 notify(command, event).await;
@@ -542,7 +547,11 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
                 "wave {} — cutover {}{}{} — {}",
                 wave.name,
                 wave.cutover_text,
-                if wave.frozen { " — frozen" } else { "" },
+                if wave.frozen && now.timestamp_millis() < wave.cutover_ms {
+                    " — frozen"
+                } else {
+                    ""
+                },
                 wave.held_reason
                     .as_ref()
                     .map(|r| format!(" — HELD: {r}"))
