@@ -40,7 +40,7 @@ fn moment(text: &str) -> std::result::Result<DateTime<FixedOffset>, String> {
 }
 
 /// `90m`, `6h`, `72h`, `5d`.
-fn duration(text: &str) -> std::result::Result<Duration, String> {
+pub(crate) fn duration(text: &str) -> std::result::Result<Duration, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
@@ -512,12 +512,12 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
     let mut state = State::open(&args.state)?;
     let now = args.clock.now();
     let (views, waves) = load_status(&file, &mut state, &args.defaults, now)?;
-    let address = |row: &str| {
-        file.rows
-            .iter()
-            .find(|r| r.fingerprint() == row)
-            .map_or_else(|| row.to_string(), |r| r.source.address.clone())
-    };
+    let addresses: HashMap<String, &str> = file
+        .rows
+        .iter()
+        .map(|r| (r.fingerprint(), r.source.address.as_str()))
+        .collect();
+    let address = |row: &str| addresses.get(row).map_or_else(|| row.to_string(), |a| a.to_string());
     if args.json {
         let mailboxes: Vec<serde_json::Value> = views
             .iter()
