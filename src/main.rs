@@ -18,6 +18,7 @@ use cutover_engine::verify::{self, DateRange, Verification, VerifyOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 
 mod batch;
+mod metrics;
 mod project;
 
 /// Copies mailboxes from IMAP servers into IMAP servers or Maildirs, through

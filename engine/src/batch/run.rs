@@ -277,7 +277,7 @@ pub async fn run_rows(
                     bytes: 0,
                 }
             }
-            outcome => record(state, batch, row, phase, outcome)?,
+            outcome => record(state, batch, row, phase, outcome, &settings.defaults)?,
         };
         notify(BatchProgress::Finished {
             line: outcome.row.line,
@@ -334,6 +334,7 @@ fn record(
     row: BatchRow,
     phase: Phase,
     outcome: Result<SyncReport>,
+    defaults: &RowDefaults,
 ) -> Result<RowOutcome> {
     let (status, error, copied) = match outcome {
         Err(e) => ("failed", Some((e.kind(), e.to_string())), (0, 0, 0)),
@@ -360,6 +361,7 @@ fn record(
         copied,
         &now(),
     )?;
+    count_outcome(&row, defaults, copied, error.as_ref());
     Ok(RowOutcome {
         row,
         status,
@@ -434,12 +436,71 @@ async fn run_row(
             return Ok(report);
         }
         earlier = Some(report);
+        count_mailbox_retry(&error, &job);
         let pause = backoff(settings.backoff, attempt);
         source_host.budget.cool_down(pause);
         target_host.budget.cool_down(pause);
         tracing::info!(line = row.line, kind = %error.kind, attempt, "transient failure, retrying");
         tokio::time::sleep(pause).await;
         attempt += 1;
+    }
+}
+
+// Metrics, through the `metrics` facade: no-ops unless the CLI installed a
+// recorder (`cutover run --metrics-addr`). Labels are hosts and kinds only,
+// never a mailbox, so 100k mailboxes do not make 100k series.
+
+/// Copied messages and bytes, and the failure (kind, host) of a row's outcome.
+fn count_outcome(row: &BatchRow, defaults: &RowDefaults, copied: (u64, u64, u64), error: Option<&(ErrorKind, String)>) {
+    metrics::counter!("cutover_messages_copied_total").increment(copied.0);
+    metrics::counter!("cutover_bytes_copied_total").increment(copied.1);
+    if let Some((kind, text)) = error {
+        let (source, target) = row_identity(row, defaults);
+        let host = failure_host(*kind, text, identity_host(&source), identity_host(&target));
+        metrics::counter!("cutover_failures_total", "kind" => kind.as_str(), "host" => host).increment(1);
+    }
+}
+
+/// `host:port` of a row identity (`imap://user@host:port`), `maildir`, or
+/// `unknown` when the row named no server (never the address).
+fn identity_host(identity: &str) -> String {
+    if identity.starts_with("maildir:") {
+        return "maildir".to_string();
+    }
+    identity
+        .split_once("://")
+        .map_or("unknown", |(_, rest)| {
+            rest.rsplit_once('@').map_or(rest, |(_, host)| host)
+        })
+        .to_string()
+}
+
+/// A mailbox retried after a transient failure (throttling, a dropped
+/// connection, a timeout), counted on the host it concerns.
+fn count_mailbox_retry(error: &crate::report::ReportedError, job: &crate::sync::MailboxJob) {
+    let host = failure_host(error.kind, &error.message, job.source.address(), host_of(&job.target));
+    metrics::counter!("cutover_throttle_events_total", "host" => host).increment(1);
+}
+
+/// The side a failure concerns: the server its text names (errors name
+/// servers as `host:port`), else the target for what only a target refuses
+/// or a Maildir writes, else the source.
+fn failure_host(kind: ErrorKind, text: &str, source: String, target: String) -> String {
+    let names = |host: &str| {
+        text.match_indices(host).any(|(at, _)| {
+            text.get(at + host.len()..)
+                .is_none_or(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
+        })
+    };
+    if names(&target) && !names(&source) {
+        return target;
+    }
+    if names(&source) {
+        return source;
+    }
+    match kind {
+        ErrorKind::Quota | ErrorKind::MessageRejected | ErrorKind::MessageTooLarge | ErrorKind::Io => target,
+        _ => source,
     }
 }
 
@@ -479,6 +540,19 @@ mod tests {
         assert_eq!(panicked.kind(), crate::error::ErrorKind::Internal);
         assert!(panicked.to_string().contains("char boundary"), "{panicked}");
         assert_eq!(catching_panics(async { Ok(7) }).await.unwrap(), 7);
+    }
+
+    #[test]
+    fn metrics_label_failures_with_the_server_never_the_mailbox() {
+        assert_eq!(identity_host("imap://alice@example.org@10.0.0.1:993"), "10.0.0.1:993");
+        assert_eq!(identity_host("maildir:/srv/mail/alice@example.org"), "maildir");
+        assert_eq!(identity_host("alice@example.org"), "unknown");
+        let (source, target) = ("h:143".to_string(), "h:1430".to_string());
+        let host = |kind, text| failure_host(kind, text, source.clone(), target.clone());
+        assert_eq!(host(ErrorKind::Connect, "cannot connect to h:1430: refused"), "h:1430");
+        assert_eq!(host(ErrorKind::Throttled, "h:143: FETCH failed: [LIMIT]"), "h:143");
+        assert_eq!(host(ErrorKind::Quota, "over quota"), "h:1430");
+        assert_eq!(host(ErrorKind::Config, "no source password"), "h:143");
     }
 
     #[test]

@@ -386,6 +386,7 @@ impl ImapSession {
             match self.append_once(folder, messages).await {
                 Err(e) if e.kind() == ErrorKind::Throttled && attempt < THROTTLE_RETRIES => {
                     // Nothing of a refused APPEND was stored: send it again.
+                    metrics::counter!("cutover_throttle_events_total", "host" => self.endpoint.clone()).increment(1);
                     tokio::time::sleep(throttle_pause(attempt)).await;
                     attempt += 1;
                 }
@@ -499,6 +500,7 @@ impl ImapSession {
                 return Err(error);
             }
             tracing::debug!(endpoint = %self.endpoint, command = name, attempt, "throttled, sending again");
+            metrics::counter!("cutover_throttle_events_total", "host" => self.endpoint.clone()).increment(1);
             tokio::time::sleep(throttle_pause(attempt)).await;
             attempt += 1;
         }
