@@ -20,6 +20,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 mod batch;
 mod metrics;
 mod project;
+mod report;
 
 /// Copies mailboxes from IMAP servers into IMAP servers or Maildirs, through
 /// initial, delta, final and sweep phases, without ever duplicating a message.
@@ -47,6 +48,9 @@ enum Command {
     Status(project::StatusArgs),
     /// Let a held wave go on (after the failures were looked at).
     Release(project::ReleaseArgs),
+    /// The daily report of a migration plan: per wave what moved, what failed and why
+    /// (with the fix), what is overdue and what is due next (text, --json, --html).
+    Report(report::ReportArgs),
 }
 
 #[derive(Args)]
@@ -184,6 +188,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => project::run(args).await,
         Command::Status(args) => project::status(args),
         Command::Release(args) => project::release(args),
+        Command::Report(args) => report::report(args),
     }
 }
 

@@ -9,6 +9,7 @@
 
 pub mod estimate;
 pub mod plan;
+pub mod report;
 pub mod run;
 pub mod schedule;
 pub mod status;
