@@ -788,18 +788,28 @@ fn batch_run_killed_ten_times_at_random_moments() {
         });
     eprintln!("kill -9 seed: {seed} (CUTOVER_FAULT_SEED={seed} replays it)");
     let mut rng = Rng(seed);
-    let mut messages = corpus(45, 300, 1);
+    // Mostly small mail (batches of 200 messages, about 1 MB) and one large
+    // message, appended through about 1 MB/s: a batch is in flight for about
+    // a second, and a run after a killed one first waits 2 s for the target
+    // to settle. Kills land at login, in that wait, mid-FETCH, mid-APPEND
+    // and between an APPEND and its commit, and the copy outlasts them.
+    let light = |seed: u64, count: usize| -> Vec<GeneratedMessage> {
+        CorpusSpec {
+            attachment_fraction: 0.03,
+            ..light_spec(seed, count)
+        }
+        .generate()
+        .collect()
+    };
+    let mut messages = light(45, 1_200);
+    messages.extend(corpus(46, 0, 1));
     let pair = Pair::start();
     let runtime = proxy_runtime();
-    // About 2 MB/s into the target: an append batch (up to 4 MiB) is in
-    // flight for seconds, and a run after a killed one first waits 2 s for
-    // the target to settle; kills land at login, in that wait, mid-FETCH,
-    // mid-APPEND and between an APPEND and its commit.
     let slow = proxy(
         &runtime,
         pair.target.imap_port(),
         FaultConfig {
-            bandwidth_bytes_per_second: Some(2_000_000),
+            bandwidth_bytes_per_second: Some(1_000_000),
             ..FaultConfig::default()
         },
     );
@@ -810,7 +820,7 @@ fn batch_run_killed_ten_times_at_random_moments() {
     let mut kills = Vec::new();
     let mut refills = 0;
     while kills.len() < 10 {
-        let delay = Duration::from_millis(rng.between(50, 4_500));
+        let delay = Duration::from_millis(rng.between(50, 3_500));
         let (mut child, out, err) = wave.spawn();
         let started = Instant::now();
         while started.elapsed() < delay && child.try_wait().expect("wait").is_none() {
@@ -827,7 +837,7 @@ fn batch_run_killed_ten_times_at_random_moments() {
             );
             refills += 1;
             assert!(refills <= 5, "runs keep finishing before their kills (seed {seed})");
-            let more = corpus(4_500 + refills, 200, 0);
+            let more = light(4_500 + refills, 200);
             wave.pair.fill_source(&more);
             messages.extend(more);
             continue;
@@ -842,7 +852,7 @@ fn batch_run_killed_ten_times_at_random_moments() {
             .collect();
         assert!(running.len() <= 1, "one mailbox, one run at a time: {running:?}");
         kills.push(format!(
-            "{delay:?}: {} recorded{}",
+            "{delay:?}: {} messages recorded{}",
             wave.recorded().0,
             if running.is_empty() {
                 ", before its run began"
@@ -874,7 +884,10 @@ fn batch_run_killed_ten_times_at_random_moments() {
     assert_eq!(statuses.last().map(|(_, s)| s.as_str()), Some("done"), "{statuses:?}");
     assert!(killed_runs.len() >= 8, "most kills hit a run in progress: {kills:?}");
     eprintln!(
-        "seed {seed}: killed at\n  {}\n{} killed runs recorded as interrupted; {reruns} rerun(s) completed",
+        "seed {seed}: {} messages ({} bytes), killed after\n  {}\n{} killed runs recorded as interrupted; \
+         {reruns} rerun(s) completed",
+        messages.len(),
+        total_bytes(&messages),
         kills.join("\n  "),
         killed_runs.len()
     );

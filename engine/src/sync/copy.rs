@@ -97,6 +97,17 @@ impl FolderCopy<'_> {
         }
         remaining.sort_unstable();
         if !matched.is_empty() {
+            // The UID cursor moves with the matches, in the same transaction:
+            // every new UID below the first one still to copy has its row now.
+            // Left behind, a run killed before its first append committed
+            // would leave rows above the cursor, and the next run would copy
+            // those messages again (one more copy on the target per kill).
+            let cursor = self.folder.highest_uid;
+            let covered = match remaining.iter().find(|uid| **uid > cursor) {
+                Some(first_left) => first_left - 1,
+                None => uids.last().copied().unwrap_or(0),
+            };
+            self.folder.highest_uid = cursor.max(covered);
             self.report.matched_existing += matched.len() as u64;
             self.state.record_batch(self.folder, &matched, &[])?;
             self.recorded
