@@ -459,8 +459,9 @@ async fn run_group(
             continue;
         };
         let error = result.error.as_ref().map(|(k, d)| (*k, d.as_str()));
-        // A simulated clock ahead of the real one dates the step.
-        let finished = Utc::now().timestamp_millis().max(now_ms);
+        // The pass's clock plus the time the group took: the real finish
+        // time, or its equivalent on a simulated clock (past or future).
+        let finished = now_ms + i64::try_from(started.elapsed().as_millis()).unwrap_or(0);
         state.finish_step(
             wave.id,
             &result.row,
