@@ -105,7 +105,6 @@ pub fn make_plan(
     now: DateTime<Utc>,
 ) -> Result<Planned> {
     let batch = register(state, file, defaults)?;
-    let plan = state.save_plan(batch.id, rhythm_minutes(&spec.rhythm), &now.to_rfc3339())?;
     // Rows by wave, each wave with one cutover moment.
     let mut waves: BTreeMap<String, (DateTime<FixedOffset>, Vec<BatchRow>)> = BTreeMap::new();
     let mut problems = Vec::new();
@@ -144,35 +143,17 @@ pub fn make_plan(
             problems.join("\n  ")
         )));
     }
-    let existing: BTreeMap<String, WaveRecord> =
-        state.waves(plan.id)?.into_iter().map(|w| (w.name.clone(), w)).collect();
+    // Before anything is written: a refused plan changes nothing.
+    if let Some(old) = state.plan(batch.id)? {
+        check_frozen(state, &old, &waves, spec.force, now)?;
+    }
+    let plan = state.save_plan(batch.id, rhythm_minutes(&spec.rhythm), &now.to_rfc3339())?;
     let old_steps = state.plan_steps(plan.id)?;
     let rhythm = rhythm_of(&plan);
     let start = spec.start_after.map_or(now, |after| after.max(now));
     let mut planned = Vec::new();
     for (name, (moment, rows)) in waves {
         let cutover = moment.to_utc();
-        if let Some(old) = existing.get(&name) {
-            let frozen = old.frozen && now < at(old.cutover_ms);
-            let old_rows: BTreeSet<&str> = old_steps
-                .iter()
-                .filter(|s| s.wave == old.id)
-                .map(|s| s.row.as_str())
-                .collect();
-            let new_rows: BTreeSet<String> = rows.iter().map(BatchRow::fingerprint).collect();
-            let changed = old.cutover_ms != cutover.timestamp_millis()
-                || old_rows.len() != new_rows.len()
-                || new_rows.iter().any(|row| !old_rows.contains(row.as_str()));
-            if frozen && changed {
-                if !spec.force {
-                    return Err(Error::Config(format!(
-                        "wave {name:?} is frozen since its readiness check (cutover {}): its rows and cutover stay as they are until then; pass --force to change them anyway",
-                        old.cutover_text
-                    )));
-                }
-                tracing::warn!(wave = %name, "changing a frozen wave (--force)");
-            }
-        }
         let wave_id = state.save_wave(
             plan.id,
             &name,
@@ -210,6 +191,47 @@ pub fn make_plan(
         })
         .collect();
     Ok(Planned { plan, waves })
+}
+
+/// Refuses (unless `force`) a plan that changes the rows or cutover of a
+/// frozen wave, or drops the wave from the file.
+fn check_frozen(
+    state: &State,
+    plan: &PlanRecord,
+    waves: &BTreeMap<String, (DateTime<FixedOffset>, Vec<BatchRow>)>,
+    force: bool,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let old_steps = state.plan_steps(plan.id)?;
+    for old in state.waves(plan.id)? {
+        if !(old.frozen && now < at(old.cutover_ms)) {
+            continue;
+        }
+        let old_rows: BTreeSet<&str> = old_steps
+            .iter()
+            .filter(|s| s.wave == old.id)
+            .map(|s| s.row.as_str())
+            .collect();
+        let changed = match waves.get(&old.name) {
+            None => true,
+            Some((moment, rows)) => {
+                let new_rows: BTreeSet<String> = rows.iter().map(BatchRow::fingerprint).collect();
+                old.cutover_ms != moment.to_utc().timestamp_millis()
+                    || old_rows.len() != new_rows.len()
+                    || new_rows.iter().any(|row| !old_rows.contains(row.as_str()))
+            }
+        };
+        if changed {
+            if !force {
+                return Err(Error::Config(format!(
+                    "wave {:?} is frozen since its readiness check (cutover {}): its rows and cutover stay as they are until then; pass --force to change them anyway",
+                    old.name, old.cutover_text
+                )));
+            }
+            tracing::warn!(wave = %old.name, "changing a frozen wave (--force)");
+        }
+    }
+    Ok(())
 }
 
 /// A unix-millisecond time.
