@@ -931,7 +931,6 @@ fn a_failed_readiness_check_fails_its_mailbox_and_freezes_the_wave() {
 /// check, or any time before it) the frozen wave counts as changed on every
 /// later plan of the very same file, until cutover.
 #[test]
-#[ignore = "defect: a row removed from a wave keeps it `changed` for the freeze check (engine/src/calendar/plan.rs check_frozen)"]
 fn a_frozen_wave_planned_again_as_last_forced_is_no_change() {
     let boxes = ["frz1", "frz2"];
     let servers = servers(&boxes, &[]);

@@ -182,6 +182,16 @@ pub fn make_plan(
         wave_steps.sort_by_key(|(line, s)| (s.due, s.kind, *line));
         planned.push((wave_id, rows, wave_steps));
     }
+    // Rows that left a wave (or whose wave left the file) keep what ran;
+    // what was still open is retired, so they no longer count as members.
+    for wave in state.waves(plan.id)? {
+        let keep: Vec<String> = planned
+            .iter()
+            .filter(|(id, ..)| *id == wave.id)
+            .flat_map(|(_, rows, _)| rows.iter().map(BatchRow::fingerprint))
+            .collect();
+        state.retire_rows(wave.id, &keep)?;
+    }
     let records = state.waves(plan.id)?;
     let waves = planned
         .into_iter()
@@ -207,9 +217,10 @@ fn check_frozen(
         if !(old.frozen && now < at(old.cutover_ms)) {
             continue;
         }
+        // Members: rows with a step still to run (retired rows have none).
         let old_rows: BTreeSet<&str> = old_steps
             .iter()
-            .filter(|s| s.wave == old.id)
+            .filter(|s| s.wave == old.id && matches!(s.status.as_str(), "pending" | "running" | "failed"))
             .map(|s| s.row.as_str())
             .collect();
         let changed = match waves.get(&old.name) {

@@ -237,6 +237,35 @@ impl State {
         tx.commit().map_err(&err)
     }
 
+    /// Retires the open steps of a wave's rows that are not in `keep`
+    /// (status `removed`): they left the plan; what they ran stays on record.
+    pub fn retire_rows(&mut self, wave: WaveId, keep: &[String]) -> Result<()> {
+        let err = self.err();
+        let tx = self.conn.transaction().map_err(&err)?;
+        tx.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS keep_row (fingerprint TEXT PRIMARY KEY)",
+            [],
+        )
+        .map_err(&err)?;
+        tx.execute("DELETE FROM keep_row", []).map_err(&err)?;
+        {
+            let mut insert = tx
+                .prepare_cached("INSERT OR IGNORE INTO keep_row (fingerprint) VALUES (?1)")
+                .map_err(&err)?;
+            for row in keep {
+                insert.execute([row]).map_err(&err)?;
+            }
+        }
+        tx.execute(
+            "UPDATE plan_step SET status = 'removed'
+             WHERE wave_id = ?1 AND status IN ('pending', 'failed')
+               AND row_fingerprint NOT IN (SELECT fingerprint FROM keep_row)",
+            [wave],
+        )
+        .map_err(&err)?;
+        tx.commit().map_err(&err)
+    }
+
     /// Marks steps as running (`started_ms` set, attempts counted).
     pub fn start_steps(&mut self, steps: &[(WaveId, String, String, u32)], now_ms: i64) -> Result<()> {
         let err = self.err();
