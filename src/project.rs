@@ -13,7 +13,7 @@ use cutover_engine::batch::jobs::row_identity;
 use cutover_engine::batch::run::register;
 use cutover_engine::calendar::estimate::{estimate_wave, human, suggest_dates, Suggestion, WaveEstimate};
 use cutover_engine::calendar::plan::{make_plan, rhythm_of, PlanSpec, Planned};
-use cutover_engine::calendar::run::{run_due, Event, Pass};
+use cutover_engine::calendar::run::{deliver_events, run_due, Event, Pass};
 use cutover_engine::calendar::status::{plan_status, MailboxView};
 use cutover_engine::calendar::{Rhythm, StepKind};
 use cutover_engine::state::State;
@@ -394,11 +394,11 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         let now = args.clock.now();
         let pass = run_due(&file, &args.options.state, &settings, now).await?;
         metrics.observe(&pass);
-        if let Some(command) = &args.notify_command {
-            for event in &pass.events {
-                notify(command, event).await;
-            }
-        }
+        let hook = args
+            .notify_command
+            .as_deref()
+            .map(|command| move |event: String| notify(command, event));
+        deliver_events(&file, &args.options.state, hook).await?;
         if args.json {
             println!("{}", serde_json::to_string(&pass)?);
         } else {
@@ -434,9 +434,9 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
 
 /// Hands one event to the notify command. A failing hook is logged and
 /// never holds the plan up.
-async fn notify(command: &str, event: &Event) {
+async fn notify(command: &str, event: String) {
     use tokio::io::AsyncWriteExt;
-    let Ok(json) = serde_json::to_vec(event) else { return };
+    let json = event.into_bytes();
     let child = tokio::process::Command::new("sh")
         .args(["-c", command])
         .stdin(std::process::Stdio::piped())

@@ -330,6 +330,10 @@ async fn run_locked(
     let steps = state.plan_steps(plan.id)?;
     let mailboxes = plan_status(&waves, &steps, &current, now, &rhythm);
     events.extend(status_events(state, plan, &waves, &mailboxes, &rows, now)?);
+    // Into the outbox before anyone is told: a runner killed now delivers
+    // them next time (at least once) instead of losing them.
+    let queued: Vec<String> = events.iter().filter_map(|e| serde_json::to_string(e).ok()).collect();
+    state.queue_events(plan.id, &queued)?;
     let next_due = next_due(&waves, &steps, &current, now);
     Ok(Pass {
         now,
@@ -608,6 +612,31 @@ fn next_due(
         .filter(|s| live.contains(&s.wave) && current(&s.row) && s.status == "pending")
         .map(|s| at(s.due_ms).max(now))
         .min()
+}
+
+/// Hands every queued event of the batch file's plan to `deliver`, oldest
+/// first, and forgets each once handed over (`deliver` logs its own
+/// failures: a failing hook never holds the plan up). Without a hook
+/// (`None`), queued events are dropped.
+pub async fn deliver_events<F, Fut>(file: &BatchFile, state_path: &Path, deliver: Option<F>) -> Result<usize>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let state = State::open(state_path)?;
+    let Some(batch) = state.find_batch(&crate::batch::run::batch_name(&file.path))? else {
+        return Ok(0);
+    };
+    let Some(plan) = state.plan(batch)? else { return Ok(0) };
+    let mut delivered = 0;
+    for (id, event) in state.queued_events(plan.id)? {
+        if let Some(deliver) = &deliver {
+            deliver(event).await;
+            delivered += 1;
+        }
+        state.delete_event(id)?;
+    }
+    Ok(delivered)
 }
 
 /// The rhythm of a plan (re-exported for callers that show it).

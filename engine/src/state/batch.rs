@@ -1,7 +1,7 @@
 //! Batch records in the state store: which rows of which batch file ran,
 //! with what result, so `report` and `rerun` work days later.
 
-use rusqlite::params;
+use rusqlite::{params, OptionalExtension};
 
 use super::State;
 use crate::error::{ErrorKind, Result};
@@ -77,6 +77,14 @@ impl State {
                     })
                 },
             )
+            .map_err(self.err())
+    }
+
+    /// The id of the batch with this name, if there is one (read-only).
+    pub fn find_batch(&self, name: &str) -> Result<Option<BatchId>> {
+        self.conn
+            .query_row("SELECT id FROM batch WHERE name = ?1", [name], |row| row.get(0))
+            .optional()
             .map_err(self.err())
     }
 

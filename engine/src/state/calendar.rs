@@ -266,6 +266,43 @@ impl State {
         tx.commit().map_err(&err)
     }
 
+    /// Queues events (JSON) for the plan's notify hook.
+    pub fn queue_events(&mut self, plan: PlanId, events: &[String]) -> Result<()> {
+        let err = self.err();
+        let tx = self.conn.transaction().map_err(&err)?;
+        {
+            let mut insert = tx
+                .prepare_cached("INSERT INTO plan_event (plan_id, event) VALUES (?1, ?2)")
+                .map_err(&err)?;
+            for event in events {
+                insert.execute(params![plan, event]).map_err(&err)?;
+            }
+        }
+        tx.commit().map_err(&err)
+    }
+
+    /// Events waiting for delivery, oldest first: (id, JSON).
+    pub fn queued_events(&self, plan: PlanId) -> Result<Vec<(i64, String)>> {
+        let err = self.err();
+        let mut query = self
+            .conn
+            .prepare("SELECT id, event FROM plan_event WHERE plan_id = ?1 ORDER BY id")
+            .map_err(&err)?;
+        let events = query
+            .query_map([plan], |row| Ok((row.get(0)?, row.get(1)?)))
+            .and_then(Iterator::collect)
+            .map_err(&err);
+        events
+    }
+
+    /// Forgets a delivered event.
+    pub fn delete_event(&self, id: i64) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM plan_event WHERE id = ?1", [id])
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
     /// Marks steps as running (`started_ms` set, attempts counted).
     pub fn start_steps(&mut self, steps: &[(WaveId, String, String, u32)], now_ms: i64) -> Result<()> {
         let err = self.err();

@@ -199,4 +199,13 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (wave_id, row_fingerprint)
     ) STRICT, WITHOUT ROWID;
     "#,
+    // 8: events of plan runs waiting for the notify hook (an outbox): a
+    // runner killed between a pass and its hook delivers them next time.
+    r#"
+    CREATE TABLE plan_event (
+        id INTEGER PRIMARY KEY,
+        plan_id INTEGER NOT NULL REFERENCES plan(id) ON DELETE CASCADE,
+        event TEXT NOT NULL              -- one JSON event
+    ) STRICT;
+    "#,
 ];
