@@ -170,7 +170,17 @@ impl Wave {
         let child = Command::new(env!("CARGO_BIN_EXE_cutover"))
             .args(["batch", "run"])
             .arg(&csv)
-            .args(["--phase", "initial", "--json", "--override-hold", "--state"])
+            // A server that stops answering fails the run (kind timeout)
+            // well before RUN_LIMIT calls it a hang.
+            .args([
+                "--phase",
+                "initial",
+                "--json",
+                "--override-hold",
+                "--timeout",
+                "30",
+                "--state",
+            ])
             .arg(self.state())
             .arg("--source-server")
             .arg(format!("imap://127.0.0.1:{}?tls=none", self.source_port))
@@ -801,7 +811,7 @@ fn batch_run_killed_ten_times_at_random_moments() {
         .generate()
         .collect()
     };
-    let mut messages = light(45, 1_200);
+    let mut messages = light(45, 700);
     messages.extend(corpus(46, 0, 1));
     let pair = Pair::start();
     let runtime = proxy_runtime();

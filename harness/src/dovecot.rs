@@ -225,8 +225,15 @@ impl Dovecot {
     /// ports with the same mail, users and configuration, and waits for its
     /// greeting. Fails (rather than moving) if another process took a port
     /// meanwhile.
+    ///
+    /// Dotlocks a killed Dovecot left in the Maildirs (an empty
+    /// `dovecot-uidlist.lock` whose owner died before writing its pid) are
+    /// removed first: Dovecot itself waits for them to go stale, about two
+    /// minutes, before it opens that folder again, and a client's command
+    /// on it hangs until then.
     pub fn restart(&mut self) -> Result<()> {
         self.stop()?;
+        remove_dotlocks(&self.homes())?;
         let conf = self.conf_path();
         fs::write(&conf, self.render_conf(&self.config)).map_err(io_err("writing", &conf))?;
         self.spawn()?;
@@ -623,6 +630,30 @@ fn signal(pid: libc::pid_t, sig: libc::c_int) {
 /// its pid, and so its process-group id, from being reused.
 fn has_exited(pid: libc::pid_t) -> Result<bool> {
     crate::process::has_exited(pid).map_err(io_err("waiting for", Path::new("dovecot")))
+}
+
+/// Removes every `*.lock` file under `dir` (call only while no Dovecot
+/// runs on it); returns how many there were.
+fn remove_dotlocks(dir: &Path) -> Result<usize> {
+    let mut removed = 0;
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io_err("reading", dir)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io_err("reading", dir))?;
+        let path = entry.path();
+        let kind = entry.file_type().map_err(io_err("reading", &path))?;
+        if kind.is_dir() {
+            removed += remove_dotlocks(&path)?;
+        } else if path.extension().is_some_and(|e| e == "lock") {
+            fs::remove_file(&path).map_err(io_err("removing", &path))?;
+            tracing::info!(lock = %path.display(), "removed a dotlock the killed dovecot left");
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// Whether a process of group `pgid` is still alive (zombies waiting for

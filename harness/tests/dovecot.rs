@@ -461,7 +461,12 @@ async fn killed_and_restarted_keeps_ports_mail_and_users() {
     );
     assert!(is_closed(&mut open).await, "the open connection died with the server");
 
+    // What a process killed while it held the folder's lock leaves behind;
+    // Dovecot would wait for it to go stale (two minutes) on every SELECT.
+    let lock = dovecot.maildir("alice").join("dovecot-uidlist.lock");
+    std::fs::write(&lock, b"").expect("stale lock");
     dovecot.restart().expect("restart");
+    assert!(!lock.exists(), "restart removes dotlocks of the dead server");
     assert!(dovecot.is_running().expect("status"));
     assert_eq!(dovecot.imap_port(), port, "same port");
     let mut imap = connect(&dovecot).await;
