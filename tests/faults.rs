@@ -769,6 +769,48 @@ fn connection_cut_at_twenty_points_of_one_copy() {
     );
 }
 
+/// A run that matches mail already on the target and then fails before its
+/// first append commits must leave the matches behind its UID cursor: the
+/// next run copies only the rest (it used to copy the matched mail again,
+/// one more copy on the target per failed or killed run).
+#[test]
+fn matches_recorded_before_a_failed_append_are_not_copied_again() {
+    let messages: Vec<GeneratedMessage> = CorpusSpec {
+        attachment_fraction: 0.0,
+        ..light_spec(48, 100)
+    }
+    .generate()
+    .map(|mut m| {
+        m.folder = Vec::new(); // all in INBOX
+        m
+    })
+    .collect();
+    let pair = Pair::start();
+    // Half of it is on the target already (an earlier run, another tool).
+    cutover_harness::fill::fill_maildir(&pair.target.maildir(USER), &messages[..50]).expect("fill target");
+    let runtime = proxy_runtime();
+    let target = proxy(&runtime, pair.target.imap_port(), FaultConfig::default());
+    let mut wave = Wave::new(pair, &messages, &["--retries", "0"]);
+    wave.target_port = target.port();
+
+    // Commands before the first APPEND take well under 5,000 bytes: the cut
+    // falls inside the first MULTIAPPEND literal, after the matches.
+    target.arm_cut(Flow::Up, 5_000);
+    let cut = wave.run();
+    assert!(!target.cut_pending(), "the cut fired:\n{}", cut.describe());
+    assert_eq!(
+        cut.row(),
+        ("failed".into(), Some("connect".into())),
+        "{}",
+        cut.describe()
+    );
+    assert_eq!(wave.recorded().0, 50, "the matches are recorded");
+
+    let reruns = wave.rerun_until_done(2);
+    wave.assert_exact("after a failed append that followed matches", &messages, &[]);
+    eprintln!("50 matched, the append cut, {reruns} rerun(s): nothing copied twice");
+}
+
 /// splitmix64: a seeded sequence, so a failing run can be replayed.
 struct Rng(u64);
 
