@@ -520,9 +520,6 @@ fn target_quota_full_then_raised() {
 }
 
 #[test]
-#[ignore = "engine: Dovecot's `NO [LIMIT] Mail size is larger than the maximum size allowed` is classified \
-            as throttled (imap::codec::classify_refusal checks [LIMIT] first): retried for minutes, the whole \
-            batch around the message is lost for the run, the row fails as throttled"]
 fn a_message_over_the_targets_size_limit_is_reported_as_too_large() {
     // One 1–5 MB message among small ones; the target takes at most 512 KB
     // per message (`quota_max_mail_size`: `NO [LIMIT] Mail size is larger
@@ -579,8 +576,6 @@ fn source_folder_deleted_before_its_turn() {
 }
 
 #[test]
-#[ignore = "engine: a folder deleted mid-FETCH ends the session with BYE, is retried as kind connect, \
-            and the completed run never names the folder (expected kind folder)"]
 fn source_folder_deleted_mid_fetch() {
     source_folder_deleted_during_a_run(Deleted::MidFetch);
 }

@@ -341,11 +341,15 @@ fn record(
         Ok(report) => {
             let failed_messages: usize = report.folders.iter().map(|f| f.failed.len()).sum();
             let copied = (report.copied(), report.bytes(), failed_messages as u64);
-            let folder_error = report.folders.iter().find_map(|f| f.error.as_ref());
+            // A folder's error names the folder: the server's text often does not.
+            let folder_error = report
+                .folders
+                .iter()
+                .find_map(|f| f.error.as_ref().map(|e| (e, &f.source)));
             let message_error = report.folders.iter().flat_map(|f| &f.failed).next();
             let (status, error) = match (&report.error, folder_error, message_error) {
                 (Some(e), _, _) => ("failed", Some((e.kind, e.message.clone()))),
-                (None, Some(e), _) => ("partial", Some((e.kind, e.message.clone()))),
+                (None, Some((e, folder)), _) => ("partial", Some((e.kind, format!("folder {folder}: {}", e.message)))),
                 (None, None, Some(m)) => ("partial", Some((m.kind, format!("UID {}: {}", m.uid, m.detail)))),
                 (None, None, None) => ("done", None),
             };

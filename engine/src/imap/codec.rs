@@ -129,7 +129,20 @@ pub fn uid_set_chunks(uids: &[u32], max_len: usize) -> Vec<String> {
 pub fn classify_refusal(text: &str, command: &str) -> ErrorKind {
     let upper = text.to_ascii_uppercase();
     let has = |code: &str| upper.contains(code);
-    if has("[LIMIT]") || has("[UNAVAILABLE]") || has("[INUSE]") || has("SUGGESTED BACKOFF") || has("TRY AGAIN") {
+    // Dovecot refuses an oversized APPEND with `NO [LIMIT] Mail size is
+    // larger than the maximum size allowed`: a size limit, not throttling.
+    let too_big = has("[TOOBIG]")
+        || has("TOO BIG")
+        || has("TOO LARGE")
+        || has("SIZE LIMIT")
+        || has("MAXIMUM SIZE")
+        || has("SIZE IS LARGER");
+    if command == "APPEND" && too_big {
+        ErrorKind::MessageTooLarge
+    } else if command == "BYE" && has("DELETED") {
+        // Dovecot: `* BYE Mailbox was deleted under us`.
+        ErrorKind::Folder
+    } else if has("[LIMIT]") || has("[UNAVAILABLE]") || has("[INUSE]") || has("SUGGESTED BACKOFF") || has("TRY AGAIN") {
         ErrorKind::Throttled
     } else if has("[OVERQUOTA]") || has("QUOTA EXCEEDED") {
         ErrorKind::Quota
@@ -137,8 +150,6 @@ pub fn classify_refusal(text: &str, command: &str) -> ErrorKind {
         ErrorKind::Auth
     } else if has("[TRYCREATE]") || has("[NONEXISTENT]") || has("[NOPERM]") || has("[CANNOT]") {
         ErrorKind::Folder
-    } else if command == "APPEND" && (has("[TOOBIG]") || has("TOO BIG") || has("TOO LARGE") || has("SIZE LIMIT")) {
-        ErrorKind::MessageTooLarge
     } else if command == "APPEND" {
         ErrorKind::MessageRejected
     } else if matches!(command, "SELECT" | "EXAMINE" | "CREATE" | "STATUS" | "LIST") {
@@ -204,6 +215,18 @@ mod tests {
             ErrorKind::MessageTooLarge
         );
         assert_eq!(classify_refusal("Spam detected", "APPEND"), ErrorKind::MessageRejected);
+        assert_eq!(
+            classify_refusal(
+                "[LIMIT] Mail size is larger than the maximum size allowed by server configuration",
+                "APPEND"
+            ),
+            ErrorKind::MessageTooLarge,
+            "Dovecot's size refusal is no throttling"
+        );
+        assert_eq!(
+            classify_refusal("Mailbox was deleted under us", "BYE"),
+            ErrorKind::Folder
+        );
         assert_eq!(classify_refusal("[AUTHENTICATIONFAILED] no", "LOGIN"), ErrorKind::Auth);
     }
 }

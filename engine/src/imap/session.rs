@@ -128,6 +128,8 @@ pub struct ImapSession {
     capabilities: HashSet<String>,
     io_timeout: Duration,
     next_tag: u32,
+    /// The server said BYE: nothing more can be sent on this session.
+    closed: bool,
 }
 
 /// What one server response means to the command waiting for it.
@@ -212,10 +214,16 @@ impl ImapSession {
             capabilities: HashSet::new(),
             io_timeout: options.io_timeout,
             next_tag: 0,
+            closed: false,
         };
         // Capabilities change with login (RFC 3501 6.2.3): ask again.
         session.capabilities = session.fetch_capabilities().await?;
         Ok(session)
+    }
+
+    /// Whether the server ended the session (BYE): the caller must connect again.
+    pub fn is_closed(&self) -> bool {
+        self.closed
     }
 
     /// `host:port`, for messages.
@@ -615,8 +623,11 @@ impl ImapSession {
             })
             .await?;
         event.map_err(|text| {
+            self.closed = true;
+            // A throttling BYE and one for a folder deleted under us keep
+            // their kind; any other BYE is a lost connection.
             let kind = codec::classify_refusal(&text, "BYE");
-            if kind == ErrorKind::Throttled {
+            if matches!(kind, ErrorKind::Throttled | ErrorKind::Folder) {
                 self.refusal(&text, "BYE")
             } else {
                 Error::ConnectionLost {

@@ -311,6 +311,11 @@ async fn run_phase(
             // A broken connection or a state failure ends the mailbox; a
             // refused folder does not.
             if e.kind() == ErrorKind::Folder || e.kind().is_per_message() {
+                // A folder deleted under us ends the source session with BYE:
+                // the other folders go on over a new one.
+                if source.is_closed() {
+                    source = ImapSession::connect(&job.source, &job.source_password, &options.connect).await?;
+                }
                 continue;
             }
             outcome = Err(e);
