@@ -913,7 +913,7 @@ mod tests {
             "Floor (raw FETCH + MULTIAPPEND)",
             "900 commands, 7 throttled, 2 connections reset, 1 stalls",
             "40.0 MiB",
-            "0 missing, 0 duplicated, 0 flag differences",
+            "0 missing, 0 duplicated, 0 date/size/content differences, 0 flag differences",
         ] {
             assert!(html.contains(figure), "missing {figure}");
         }
