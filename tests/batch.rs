@@ -128,32 +128,6 @@ fn failures_by_kind(report: &Value) -> BTreeMap<String, u64> {
 
 /// Provisioning takes effect when the server says so: Dovecot re-reads its
 /// passwd file on its own schedule.
-fn wait_until_login_works(port: u16, login: &str, password: &str) {
-    use std::io::{BufRead, BufReader, Write};
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-        let mut line = String::new();
-        reader.read_line(&mut line).expect("greeting");
-        write!(&stream, "a LOGIN \"{login}\" \"{password}\"\r\n").expect("login");
-        let ok = loop {
-            line.clear();
-            if reader.read_line(&mut line).expect("reply") == 0 {
-                break false;
-            }
-            if line.starts_with("a ") {
-                break line.starts_with("a OK");
-            }
-        };
-        if ok {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "{login} never became usable");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-}
-
 fn verify_all(servers: &Servers, count: usize) -> (u64, u64) {
     let (mut missing, mut extra) = (0, 0);
     for i in 1..=count {
@@ -342,7 +316,12 @@ fn fifty_mailboxes_four_bad_rows_preflight_run_hold_fix_and_rerun() {
         .target
         .add_user(&address(49), "user-pw-49")
         .expect("provision u49");
-    wait_until_login_works(servers.target.imap_port(), &format!("{}*admin", address(49)), ADMIN_PW);
+    common::wait_until_login(
+        servers.target.imap_port(),
+        &format!("{}*admin", address(49)),
+        ADMIN_PW,
+        true,
+    );
     let rerun = run(with(&["rerun", &csv_arg, "--json"], &["--state", &state]));
     let report = json(&rerun);
     assert_eq!(

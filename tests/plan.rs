@@ -12,7 +12,7 @@ use std::time::{Duration as StdDuration, Instant};
 
 use chrono::{DateTime, Duration, FixedOffset};
 use common::corpus::generated;
-use common::{assert_same, count, mapped, Snapshot};
+use common::{assert_same, count, mapped, wait_until_login, Snapshot};
 use cutover_harness::dovecot::{Dovecot, DovecotConfig};
 use serde_json::Value;
 
@@ -423,33 +423,6 @@ fn set_password(server: &Dovecot, mailbox: &str, password: &str) {
     drop(file);
     std::fs::rename(&staged, &passwd).unwrap();
     wait_until_login(server.imap_port(), &login, password, true);
-}
-
-/// Waits until a LOGIN succeeds (`works`) or fails.
-fn wait_until_login(port: u16, login: &str, password: &str, works: bool) {
-    use std::io::{BufRead, BufReader, Write};
-    let deadline = Instant::now() + StdDuration::from_secs(20);
-    loop {
-        let stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-        let mut line = String::new();
-        reader.read_line(&mut line).expect("greeting");
-        write!(&stream, "a LOGIN \"{login}\" \"{password}\"\r\n").expect("login");
-        let ok = loop {
-            line.clear();
-            if reader.read_line(&mut line).expect("reply") == 0 {
-                break false;
-            }
-            if line.starts_with("a ") {
-                break line.starts_with("a OK");
-            }
-        };
-        if ok == works {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{login}: login never became {works}");
-        std::thread::sleep(StdDuration::from_millis(100));
-    }
 }
 
 fn block_on<F: std::future::Future>(future: F) -> F::Output {

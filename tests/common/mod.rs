@@ -270,3 +270,34 @@ pub fn assert_same(actual: &Snapshot, expected: &Snapshot, what: &str) {
     }
     assert!(problems.is_empty(), "{what}:\n{}", problems.join("\n"));
 }
+
+/// Waits until a plain LOGIN succeeds (`works`) or fails: a server picks up
+/// a changed passwd file or a new account a moment later.
+pub fn wait_until_login(port: u16, login: &str, password: &str, works: bool) {
+    use std::io::{BufRead, BufReader, Write};
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("greeting");
+        write!(&stream, "a LOGIN \"{login}\" \"{password}\"\r\n").expect("login");
+        let ok = loop {
+            line.clear();
+            if reader.read_line(&mut line).expect("reply") == 0 {
+                break false;
+            }
+            if line.starts_with("a ") {
+                break line.starts_with("a OK");
+            }
+        };
+        if ok == works {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{login}: login never became {works}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
