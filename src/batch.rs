@@ -14,6 +14,7 @@ use cutover_engine::batch::run::{self, BatchProgress, BatchProgressFn, BatchSett
 use cutover_engine::batch::split::{self, SplitRule};
 use cutover_engine::folders::FolderFilter;
 use cutover_engine::limits::LimitConfig;
+use cutover_engine::report::SyncReport;
 use cutover_engine::state::State;
 use cutover_engine::sync::Phase;
 use std::sync::Arc;
@@ -170,6 +171,10 @@ pub struct RunArgs {
     /// Run even though the batch is held.
     #[arg(long)]
     override_hold: bool,
+    /// Show what the phase would copy, flag and delete per mailbox and
+    /// folder; change nothing on either server or in the state.
+    #[arg(long)]
+    dry_run: bool,
     #[command(flatten)]
     options: RunOptions,
 }
@@ -217,6 +222,10 @@ pub async fn run(command: BatchCommand) -> Result<ExitCode> {
         BatchCommand::Run(args) => {
             let file = read(&args.file.file)?;
             let settings = settings(&args.options)?;
+            if args.dry_run {
+                let planned = run::dry_run(&file, &args.options.state, args.phase, &settings).await?;
+                return print_planned(&planned, args.file.json);
+            }
             let report = run::run(
                 &file,
                 &args.options.state,
@@ -336,6 +345,25 @@ fn base_settings(args: &Defaults) -> BatchSettings {
         connect: crate::connect_options_from(args.ca_file.clone(), args.insecure, args.timeout),
         ..BatchSettings::default()
     }
+}
+
+/// A batch dry run: each row's plan, as JSON or text.
+fn print_planned(planned: &[run::PlannedRow], json: bool) -> Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(planned)?);
+    } else {
+        for row in planned {
+            print!("line {}: ", row.line);
+            match &row.report {
+                Ok(report) => crate::print_sync(report),
+                Err(error) => println!("{}: cannot plan ({}): {}", row.source, error.kind, error.message),
+            }
+        }
+    }
+    let clean = planned
+        .iter()
+        .all(|row| row.report.as_ref().is_ok_and(SyncReport::is_clean));
+    Ok(if clean { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 pub(crate) fn settings(options: &RunOptions) -> Result<BatchSettings> {

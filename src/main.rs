@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use cutover_engine::endpoint::{Endpoint, Secret};
 use cutover_engine::folders::{FolderFilter, Pinned};
-use cutover_engine::imap::{ConnectOptions, TlsOptions};
+use cutover_engine::imap::{uid_set, ConnectOptions, TlsOptions};
 use cutover_engine::report::SyncReport;
 use cutover_engine::state::State;
 use cutover_engine::sync::{self, MailboxJob, Phase, Progress, ProgressFn, SyncOptions};
@@ -101,6 +101,10 @@ struct SyncArgs {
     /// Remove from the target what was deleted on the source (delta/final).
     #[arg(long)]
     propagate_deletes: bool,
+    /// Show what the phase would copy, flag and delete per folder; change
+    /// nothing on either server or in the state.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Args)]
@@ -250,6 +254,7 @@ async fn run_sync(args: SyncArgs) -> Result<ExitCode> {
     let job = job(&args.endpoints)?;
     let mut options = SyncOptions::new(args.phase);
     options.propagate_deletes = args.propagate_deletes;
+    options.dry_run = args.dry_run;
     options.filter = FolderFilter::new(&args.endpoints.include, &args.endpoints.exclude)?;
     options.connect = connect_options(&args.endpoints);
     let mut state = State::open(&args.state)?;
@@ -292,19 +297,34 @@ fn progress_bar() -> Option<ProgressBar> {
     Some(bar)
 }
 
-fn print_sync(report: &SyncReport) {
-    println!(
-        "{} phase {} → {}: {} messages ({:.1} MB) copied in {:.1} s",
-        report.phase,
-        report.source,
-        report.target,
-        report.copied(),
-        report.bytes() as f64 / 1e6,
-        report.seconds
-    );
-    for folder in &report.folders {
+/// A run's report, or a dry run's plan, as text: one line per folder
+/// that was opened; unchanged folders are counted, not listed.
+pub(crate) fn print_sync(report: &SyncReport) {
+    if report.dry_run {
+        let matched: u64 = report.folders.iter().map(|f| f.matched_existing).sum();
         println!(
-            "  {:30} → {:30} copied {:6}  matched {:5}  flags {:5}  deleted on source {:4} (on target {})",
+            "{} phase {} → {} (dry run, nothing changed): would copy {} messages ({matched} more already on the target)",
+            report.phase,
+            report.source,
+            report.target,
+            report.copied(),
+        );
+    } else {
+        println!(
+            "{} phase {} → {}: {} messages ({:.1} MB) copied in {:.1} s",
+            report.phase,
+            report.source,
+            report.target,
+            report.copied(),
+            report.bytes() as f64 / 1e6,
+            report.seconds
+        );
+    }
+    let verb = if report.dry_run { "would copy" } else { "copied" };
+    for folder in report.folders.iter().filter(|f| !f.unchanged || f.error.is_some()) {
+        let created = if folder.created { " (new)" } else { "" };
+        println!(
+            "  {:30} → {:30} {verb} {:6}  matched {:5}  flags {:5}  deleted on source {:4} (on target {}){created}",
             folder.source,
             folder.target,
             folder.copied,
@@ -313,6 +333,20 @@ fn print_sync(report: &SyncReport) {
             folder.deleted_on_source,
             folder.deleted_on_target
         );
+        if let Some(plan) = &folder.plan {
+            if !plan.copy.is_empty() {
+                println!("    UIDs to copy: {}", uid_set(&plan.copy));
+            }
+            for change in &plan.flags {
+                println!("    UID {} flags → {}", change.source_uid, change.flags);
+            }
+            if !plan.delete_on_target.is_empty() {
+                println!(
+                    "    UIDs to remove from the target: {}",
+                    uid_set(&plan.delete_on_target)
+                );
+            }
+        }
         for failure in &folder.failed {
             println!(
                 "    UID {} not copied ({}): {}",
@@ -323,9 +357,15 @@ fn print_sync(report: &SyncReport) {
             println!("    folder failed ({}): {}", error.kind, error.message);
         }
     }
+    let unchanged = report.folders.iter().filter(|f| f.unchanged).count();
+    if unchanged > 0 {
+        println!("  {unchanged} folders unchanged on both sides (not opened)");
+    }
     if let Some(error) = &report.error {
         println!("mailbox failed ({}): {}", error.kind, error.message);
-        println!("run the same command again to resume; nothing is copied twice");
+        if !report.dry_run {
+            println!("run the same command again to resume; nothing is copied twice");
+        }
     }
 }
 

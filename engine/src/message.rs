@@ -7,7 +7,8 @@ use chrono::{DateTime, FixedOffset};
 /// A message's IMAP flags, normalised: sorted, deduplicated, without
 /// `\Recent` (which a client can never set) and with system flags in their
 /// canonical capitalisation so `\seen` and `\Seen` compare equal.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
 pub struct Flags(Vec<String>);
 
 const SYSTEM_FLAGS: [&str; 5] = ["\\Answered", "\\Deleted", "\\Draft", "\\Flagged", "\\Seen"];

@@ -42,6 +42,8 @@ pub struct FolderReport {
     pub source: String,
     /// Target folder.
     pub target: String,
+    /// Neither side moved since the last sync: not opened (LIST-STATUS or STATUS told).
+    pub unchanged: bool,
     /// The target folder was created by this run.
     pub created: bool,
     /// The source UIDVALIDITY changed since the last run.
@@ -62,6 +64,9 @@ pub struct FolderReport {
     pub failed: Vec<MessageFailure>,
     /// The error that stopped this folder, if any.
     pub error: Option<ReportedError>,
+    /// A dry run's plan: what a run would copy, flag and delete.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<crate::sync::FolderPlan>,
 }
 
 /// One mailbox run.
@@ -83,6 +88,9 @@ pub struct SyncReport {
     pub folders: Vec<FolderReport>,
     /// The error that stopped the whole mailbox, if any.
     pub error: Option<ReportedError>,
+    /// Nothing was changed: the counts say what a run would do.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 impl SyncReport {
@@ -161,6 +169,7 @@ mod tests {
         FolderReport {
             source: name.into(),
             target: name.into(),
+            unchanged: false,
             created: false,
             uid_validity_reset: false,
             copied,
@@ -171,6 +180,7 @@ mod tests {
             deleted_on_target: 0,
             failed: Vec::new(),
             error,
+            plan: None,
         }
     }
 
@@ -184,6 +194,7 @@ mod tests {
             seconds: 2.0,
             folders,
             error,
+            dry_run: false,
         }
     }
 

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use cutover_engine::endpoint::Endpoint;
+use cutover_engine::endpoint::{Endpoint, ImapEndpoint, Secret};
 use cutover_engine::folders::{self, FolderFilter};
 use cutover_engine::imap::{ConnectOptions, ImapSession};
 use cutover_engine::message::Message;
@@ -61,20 +61,7 @@ pub async fn copy_mailboxes(jobs: &[MailboxJob], parallel: usize, connect: &Conn
 /// Copies every folder of one mailbox into an IMAP target, which should be
 /// empty: nothing already there is looked at.
 pub async fn copy_mailbox(job: &MailboxJob, connect: &ConnectOptions) -> Result<FloorCopy> {
-    let Endpoint::Imap(target_endpoint) = &job.target else {
-        return Err(Error::Invalid {
-            what: "floor target",
-            value: job.target.to_string(),
-            reason: "the floor copies IMAP to IMAP",
-        });
-    };
-    let Some(target_password) = &job.target_password else {
-        return Err(Error::Invalid {
-            what: "floor target",
-            value: job.target.to_string(),
-            reason: "no target password",
-        });
-    };
+    let (target_endpoint, target_password) = imap_target(job)?;
     let mut source = ImapSession::connect(&job.source, &job.source_password, connect).await?;
     let mut target = ImapSession::connect(target_endpoint, target_password, connect).await?;
     let source_folders = source.list_folders().await?;
@@ -101,6 +88,63 @@ pub async fn copy_mailbox(job: &MailboxJob, connect: &ConnectOptions) -> Result<
     source.logout().await;
     target.logout().await;
     Ok(copied)
+}
+
+/// The floor of a delta where nothing changed: what any client must do to
+/// learn that no folder of a mailbox moved. Per mailbox, on both servers at
+/// once: connect, (STARTTLS,) log in, one `LIST … RETURN (STATUS …)` (or
+/// LIST and pipelined STATUS where LIST-STATUS is missing), log out. At most
+/// `parallel` mailboxes at once. Returns the folders listed on the source.
+pub async fn status_mailboxes(jobs: &[MailboxJob], parallel: usize, connect: &ConnectOptions) -> Result<u64> {
+    let permits = Arc::new(Semaphore::new(parallel.max(1)));
+    let mut tasks = JoinSet::new();
+    for job in jobs {
+        let (job, connect, permits) = (job.clone(), connect.clone(), Arc::clone(&permits));
+        tasks.spawn(async move {
+            let _permit = permits
+                .acquire_owned()
+                .await
+                .map_err(|e| Error::Worker(e.to_string()))?;
+            status_mailbox(&job, &connect).await
+        });
+    }
+    let mut folders = 0;
+    while let Some(joined) = tasks.join_next().await {
+        folders += joined.map_err(|e| Error::Worker(e.to_string()))??;
+    }
+    Ok(folders)
+}
+
+/// [`status_mailboxes`] for one mailbox.
+pub async fn status_mailbox(job: &MailboxJob, connect: &ConnectOptions) -> Result<u64> {
+    let (target_endpoint, target_password) = imap_target(job)?;
+    let (source, target) = tokio::join!(
+        ImapSession::connect(&job.source, &job.source_password, connect),
+        ImapSession::connect(target_endpoint, target_password, connect),
+    );
+    let (mut source, mut target) = (source?, target?);
+    let (listed, _) = tokio::join!(source.list_with_status(), target.list_with_status());
+    let folders = listed?.statuses.len() as u64;
+    tokio::join!(source.logout(), target.logout());
+    Ok(folders)
+}
+
+fn imap_target(job: &MailboxJob) -> Result<(&ImapEndpoint, &Secret)> {
+    let Endpoint::Imap(target_endpoint) = &job.target else {
+        return Err(Error::Invalid {
+            what: "floor target",
+            value: job.target.to_string(),
+            reason: "the floor works IMAP to IMAP",
+        });
+    };
+    let Some(target_password) = &job.target_password else {
+        return Err(Error::Invalid {
+            what: "floor target",
+            value: job.target.to_string(),
+            reason: "no target password",
+        });
+    };
+    Ok((target_endpoint, target_password))
 }
 
 #[derive(Debug, Clone, Copy)]

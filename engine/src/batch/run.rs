@@ -49,6 +49,8 @@ pub struct BatchSettings {
     pub filter: FolderFilter,
     /// Receives progress of the batch, for progress bars.
     pub progress: Option<BatchProgressFn>,
+    /// Plan only: see [`dry_run`].
+    pub dry_run: bool,
 }
 
 /// What a batch reports while it runs.
@@ -95,6 +97,7 @@ impl Default for BatchSettings {
             propagate_deletes: false,
             filter: FolderFilter::default(),
             progress: None,
+            dry_run: false,
         }
     }
 }
@@ -249,19 +252,7 @@ pub async fn run_rows(
         }
     };
     notify(BatchProgress::Selected(rows.len()));
-    let limits = Arc::new(HostLimits::new(settings.limits.clone()));
-    let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
-    let settings = Arc::new(settings.clone());
-    let mut tasks = JoinSet::new();
-    for row in rows {
-        let (limits, slots, settings) = (limits.clone(), slots.clone(), settings.clone());
-        let state_path = state_path.to_path_buf();
-        tasks.spawn(async move {
-            let _slot = slots.acquire_owned().await;
-            let outcome = catching_panics(run_row(&row, phase, &settings, &limits, &state_path)).await;
-            (row, outcome)
-        });
-    }
+    let mut tasks = spawn_rows(rows, phase, settings, state_path);
     let mut outcomes = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         // Only a cancelled task ends up here; a panic was caught above.
@@ -287,6 +278,68 @@ pub async fn run_rows(
     }
     outcomes.sort_by_key(|o| o.row.line);
     Ok(outcomes)
+}
+
+/// Starts every row as a task, at most `settings.concurrency` at once,
+/// under one set of host limits.
+fn spawn_rows(
+    rows: Vec<BatchRow>,
+    phase: Phase,
+    settings: &BatchSettings,
+    state_path: &Path,
+) -> JoinSet<(BatchRow, Result<SyncReport>)> {
+    let limits = Arc::new(HostLimits::new(settings.limits.clone()));
+    let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
+    let settings = Arc::new(settings.clone());
+    let mut tasks = JoinSet::new();
+    for row in rows {
+        let (limits, slots, settings) = (limits.clone(), slots.clone(), settings.clone());
+        let state_path = state_path.to_path_buf();
+        tasks.spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            let outcome = catching_panics(run_row(&row, phase, &settings, &limits, &state_path)).await;
+            (row, outcome)
+        });
+    }
+    tasks
+}
+
+/// One row of a dry run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PlannedRow {
+    /// The row's line in the batch file.
+    pub line: usize,
+    /// Its source account.
+    pub source: String,
+    /// What a run would do (folders with their plans), or why it cannot tell.
+    pub report: std::result::Result<SyncReport, crate::report::ReportedError>,
+}
+
+/// A phase over the batch, planned only: every row's folders with what a
+/// run would copy, flag and delete. Neither side changes, and the state
+/// records nothing (not even the batch).
+pub async fn dry_run(
+    file: &BatchFile,
+    state_path: &Path,
+    phase: Phase,
+    settings: &BatchSettings,
+) -> Result<Vec<PlannedRow>> {
+    let settings = BatchSettings {
+        dry_run: true,
+        ..settings.clone()
+    };
+    let mut tasks = spawn_rows(file.rows.clone(), phase, &settings, state_path);
+    let mut planned = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (row, outcome) = joined.map_err(|e| Error::Internal(format!("a batch task ended abnormally: {e}")))?;
+        planned.push(PlannedRow {
+            line: row.line,
+            source: row.source.address.clone(),
+            report: outcome.map_err(|e| crate::report::ReportedError::from(&e)),
+        });
+    }
+    planned.sort_by_key(|p| p.line);
+    Ok(planned)
 }
 
 /// Runs a row; a panic in it (a defect in cutover) becomes an `internal`
@@ -399,6 +452,7 @@ async fn run_row(
     options.connect = settings.connect.clone();
     options.propagate_deletes = settings.propagate_deletes;
     options.filter = settings.filter.clone();
+    options.dry_run = settings.dry_run;
     options.budgets = vec![source_host.budget.clone(), target_host.budget.clone()];
     let config = limits.config();
     if config.mailbox_messages_per_second.is_some() || config.mailbox_bytes_per_second.is_some() {

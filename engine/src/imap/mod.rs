@@ -5,16 +5,23 @@
 //! - `codec`: quoting, dates, UID sets, classification of refusals.
 //! - `session`: login, LIST, SELECT/EXAMINE, SEARCH, FETCH streaming,
 //!   MULTIAPPEND/LITERAL+ appends with APPENDUID, STORE, EXPUNGE.
+//! - `status`: every folder's state without opening it (LIST-STATUS, or
+//!   pipelined STATUS).
+//! - `resync`: opening a folder with what changed since (QRESYNC).
 
 mod codec;
+mod resync;
 mod session;
+mod status;
 mod transport;
 pub mod utf7;
 
+pub use resync::{FolderChanges, KnownState};
 pub use session::{
     ConnectOptions, FetchHandle, FetchItems, FetchRecord, FolderInfo, ImapSession, SelectedFolder, SpecialUse,
     FINGERPRINT_FIELDS,
 };
+pub use status::{FolderListing, MailboxStatus};
 pub use transport::TlsOptions;
 
 /// Formats a UID set (`1:5,9`) for display and SEARCH criteria.

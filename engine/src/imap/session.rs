@@ -86,6 +86,18 @@ pub struct SelectedFolder {
     pub highest_modseq: Option<u64>,
 }
 
+impl SelectedFolder {
+    pub(super) fn apply(&mut self, value: CodeValue) {
+        match value {
+            CodeValue::Exists(v) => self.exists = v,
+            CodeValue::UidValidity(v) => self.uid_validity = v,
+            CodeValue::UidNext(v) => self.uid_next = v,
+            CodeValue::HighestModSeq(v) => self.highest_modseq = Some(v),
+            CodeValue::Other => {}
+        }
+    }
+}
+
 /// What a FETCH response carried; fields not asked for are `None`.
 #[derive(Debug, Clone, Default)]
 pub struct FetchRecord {
@@ -130,6 +142,8 @@ pub struct ImapSession {
     next_tag: u32,
     /// The server said BYE: nothing more can be sent on this session.
     closed: bool,
+    /// `ENABLE QRESYNC` was sent (once per session, on first need).
+    pub(super) qresync_enabled: bool,
 }
 
 /// What one server response means to the command waiting for it.
@@ -198,7 +212,7 @@ impl ImapSession {
             });
         }
         let login = login(connection.client, endpoint, password);
-        let inner = match tokio::time::timeout(options.io_timeout, login).await {
+        let (inner, announced) = match tokio::time::timeout(options.io_timeout, login).await {
             Ok(result) => result?,
             Err(_) => {
                 return Err(Error::Timeout {
@@ -215,9 +229,14 @@ impl ImapSession {
             io_timeout: options.io_timeout,
             next_tag: 0,
             closed: false,
+            qresync_enabled: false,
         };
-        // Capabilities change with login (RFC 3501 6.2.3): ask again.
-        session.capabilities = session.fetch_capabilities().await?;
+        // Capabilities change with login (RFC 3501 6.2.3): the login's OK
+        // usually lists them (one round trip less per account); else ask.
+        session.capabilities = match announced {
+            Some(capabilities) => capabilities,
+            None => session.fetch_capabilities().await?,
+        };
         Ok(session)
     }
 
@@ -287,13 +306,7 @@ impl ImapSession {
             .await?;
         let mut folder = SelectedFolder::default();
         for value in values {
-            match value {
-                CodeValue::Exists(v) => folder.exists = v,
-                CodeValue::UidValidity(v) => folder.uid_validity = v,
-                CodeValue::UidNext(v) => folder.uid_next = v,
-                CodeValue::HighestModSeq(v) => folder.highest_modseq = Some(v),
-                CodeValue::Other => {}
-            }
+            folder.apply(value);
         }
         Ok(folder)
     }
@@ -483,7 +496,7 @@ impl ImapSession {
     /// responses. A throttling refusal (`NO [LIMIT]` and the like) leaves
     /// the session usable, so the command is sent again after a growing
     /// pause, a few times, before the error is returned.
-    async fn run<T>(
+    pub(super) async fn run<T>(
         &mut self,
         command: &str,
         name: &str,
@@ -514,7 +527,7 @@ impl ImapSession {
         }
     }
 
-    fn tag(&mut self) -> String {
+    pub(super) fn tag(&mut self) -> String {
         self.next_tag += 1;
         format!("c{}", self.next_tag)
     }
@@ -528,12 +541,12 @@ impl ImapSession {
 
     /// Writes with a deadline: a peer that stops reading (its receive
     /// window full) would otherwise hang the run forever.
-    async fn write(&mut self, bytes: &[u8]) -> Result<()> {
+    pub(super) async fn write(&mut self, bytes: &[u8]) -> Result<()> {
         let written = tokio::time::timeout(self.io_timeout, self.inner.get_mut().write_all(bytes)).await;
         self.sent(written, "sending a command")
     }
 
-    async fn flush(&mut self) -> Result<()> {
+    pub(super) async fn flush(&mut self) -> Result<()> {
         let flushed = tokio::time::timeout(self.io_timeout, self.inner.get_mut().flush()).await;
         self.sent(flushed, "sending a command")
     }
@@ -622,24 +635,27 @@ impl ImapSession {
                 other => Ok(item(other, raw).map_or(Event::Ignore, Event::Item)),
             })
             .await?;
-        event.map_err(|text| {
-            self.closed = true;
-            // A throttling BYE and one for a folder deleted under us keep
-            // their kind; any other BYE is a lost connection.
-            let kind = codec::classify_refusal(&text, "BYE");
-            if matches!(kind, ErrorKind::Throttled | ErrorKind::Folder) {
-                self.refusal(&text, "BYE")
-            } else {
-                Error::ConnectionLost {
-                    endpoint: self.endpoint.clone(),
-                    detail: format!("server said BYE: {text}"),
-                }
+        event.map_err(|text| self.bye(&text))
+    }
+
+    /// The session ended with BYE: marks it closed and says why. A
+    /// throttling BYE and one for a folder deleted under us keep their
+    /// kind; any other BYE is a lost connection.
+    pub(super) fn bye(&mut self, text: &str) -> Error {
+        self.closed = true;
+        let kind = codec::classify_refusal(text, "BYE");
+        if matches!(kind, ErrorKind::Throttled | ErrorKind::Folder) {
+            self.refusal(text, "BYE")
+        } else {
+            Error::ConnectionLost {
+                endpoint: self.endpoint.clone(),
+                detail: format!("server said BYE: {text}"),
             }
-        })
+        }
     }
 
     /// Reads one response; `f` sees it parsed and as the bytes it came in.
-    async fn read<T>(&mut self, f: impl FnOnce(&Response<'_>, &[u8]) -> T) -> Result<T> {
+    pub(super) async fn read<T>(&mut self, f: impl FnOnce(&Response<'_>, &[u8]) -> T) -> Result<T> {
         match tokio::time::timeout(self.io_timeout, self.inner.read_response()).await {
             Err(_) => Err(Error::Timeout {
                 endpoint: self.endpoint.clone(),
@@ -856,7 +872,7 @@ async fn login(
     client: async_imap::Client<Transport>,
     endpoint: &ImapEndpoint,
     password: &Secret,
-) -> Result<async_imap::Session<Transport>> {
+) -> Result<(async_imap::Session<Transport>, Option<HashSet<String>>)> {
     let address = endpoint.address();
     let shown_user = match &endpoint.master_user {
         Some(admin) => format!("{} (as {admin})", endpoint.user),
@@ -868,7 +884,24 @@ async fn login(
                 Some(admin) => format!("{}{}{admin}", endpoint.user, endpoint.master_separator),
                 None => endpoint.user.clone(),
             };
-            client.login(login, password.expose()).await.map_err(|(e, _)| e)
+            client
+                .login_with_capabilities(login, password.expose())
+                .await
+                .map(|(session, capabilities)| {
+                    let names = capabilities.map(|caps| {
+                        caps.iter()
+                            .map(|capability| match capability {
+                                async_imap::types::Capability::Imap4rev1 => "IMAP4REV1".to_string(),
+                                async_imap::types::Capability::Auth(mechanism) => {
+                                    format!("AUTH={}", mechanism.to_ascii_uppercase())
+                                }
+                                async_imap::types::Capability::Atom(atom) => atom.to_ascii_uppercase(),
+                            })
+                            .collect()
+                    });
+                    (session, names)
+                })
+                .map_err(|(e, _)| e)
         }
         AuthMethod::Plain => {
             let (authzid, authcid) = match &endpoint.master_user {
@@ -878,7 +911,11 @@ async fn login(
             let mut auth = PlainAuth {
                 response: format!("{authzid}\0{authcid}\0{}", password.expose()).into_bytes(),
             };
-            client.authenticate("PLAIN", &mut auth).await.map_err(|(e, _)| e)
+            client
+                .authenticate("PLAIN", &mut auth)
+                .await
+                .map(|session| (session, None))
+                .map_err(|(e, _)| e)
         }
     };
     result.map_err(|e| match e {
@@ -999,7 +1036,7 @@ fn is_complete(record: &FetchRecord, items: FetchItems) -> bool {
     }
 }
 
-enum CodeValue {
+pub(super) enum CodeValue {
     Exists(u32),
     UidValidity(u32),
     UidNext(u32),
@@ -1007,7 +1044,7 @@ enum CodeValue {
     Other,
 }
 
-fn code_value(code: &ResponseCode<'_>) -> CodeValue {
+pub(super) fn code_value(code: &ResponseCode<'_>) -> CodeValue {
     match code {
         ResponseCode::UidValidity(v) => CodeValue::UidValidity(*v),
         ResponseCode::UidNext(v) => CodeValue::UidNext(*v),
@@ -1016,7 +1053,7 @@ fn code_value(code: &ResponseCode<'_>) -> CodeValue {
     }
 }
 
-fn outcome_text(code: Option<&ResponseCode<'_>>, information: Option<&str>) -> String {
+pub(super) fn outcome_text(code: Option<&ResponseCode<'_>>, information: Option<&str>) -> String {
     let text = information.unwrap_or("").trim();
     match code {
         Some(code) => format!("[{}] {text}", code_name(code)),
@@ -1043,7 +1080,7 @@ fn expand_uid_set(set: &[UidSetMember]) -> Vec<u32> {
         .collect()
 }
 
-fn folder_info(list: &async_imap::imap_proto::MailboxListData<'_>, raw: &[u8]) -> FolderInfo {
+pub(super) fn folder_info(list: &async_imap::imap_proto::MailboxListData<'_>, raw: &[u8]) -> FolderInfo {
     let mut special_use = None;
     let mut selectable = true;
     for attribute in &list.name_attributes {
@@ -1071,7 +1108,7 @@ fn folder_info(list: &async_imap::imap_proto::MailboxListData<'_>, raw: &[u8]) -
 /// Whether a string imap-proto parsed out of `raw` was a quoted string:
 /// its parser hands over quoted strings still escaped (`Projekt \"X\"`)
 /// and literals as they are, and only the byte before the text tells which.
-fn came_quoted(parsed: &str, raw: &[u8]) -> bool {
+pub(super) fn came_quoted(parsed: &str, raw: &[u8]) -> bool {
     let start = (parsed.as_ptr() as usize).wrapping_sub(raw.as_ptr() as usize);
     start
         .checked_sub(1)
@@ -1080,7 +1117,7 @@ fn came_quoted(parsed: &str, raw: &[u8]) -> bool {
         == Some(&b'"')
 }
 
-fn fetch_record(attributes: &[AttributeValue<'_>]) -> FetchRecord {
+pub(super) fn fetch_record(attributes: &[AttributeValue<'_>]) -> FetchRecord {
     let mut record = FetchRecord::default();
     for attribute in attributes {
         match attribute {

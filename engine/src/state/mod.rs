@@ -16,6 +16,7 @@ pub use batch::{BatchId, BatchRecord, BatchRowRecord};
 pub use calendar::{HostThroughput, PlanId, PlanRecord, StepRecord, WaveId, WaveRecord};
 pub use lock::LockOwner;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::error::{Error, ErrorKind, Result};
 use crate::fingerprint::Fingerprint;
 use crate::folders::Pinned;
+use crate::imap::MailboxStatus;
 use crate::message::Flags;
 use crate::target::TargetMessage;
 
@@ -56,6 +58,12 @@ pub struct FolderState {
     pub cutover_uid: Option<u32>,
     /// A run was appending into the folder and has not finished it.
     pub copy_in_progress: bool,
+    /// The source folder's state when its last complete sync looked.
+    pub source_seen: Option<MailboxStatus>,
+    /// The target folder's state when its last complete sync ended
+    /// (`highest_modseq` is not kept: only what reaches the target
+    /// uninvited matters there, and that moves UIDNEXT).
+    pub target_seen: Option<MailboxStatus>,
 }
 
 /// A source message that is on the target.
@@ -290,26 +298,41 @@ impl State {
             .map_err(self.err())?;
         self.conn
             .query_row(
-                "SELECT id, source_name, target_name, source_uidvalidity, highest_uid, highest_modseq,
-                        target_uidvalidity, target_scanned_uid, cutover_uid, copy_in_progress
-                 FROM folder WHERE mailbox_id = ?1 AND source_name = ?2",
+                &format!("SELECT {FOLDER_COLUMNS} FROM folder WHERE mailbox_id = ?1 AND source_name = ?2"),
                 params![mailbox, source_name],
-                |row| {
-                    Ok(FolderState {
-                        id: row.get(0)?,
-                        source_name: row.get(1)?,
-                        target_name: row.get(2)?,
-                        source_uid_validity: row.get(3)?,
-                        highest_uid: row.get(4)?,
-                        highest_modseq: row.get::<_, Option<i64>>(5)?.map(|v| v as u64),
-                        target_uid_validity: row.get(6)?,
-                        target_scanned_uid: row.get(7)?,
-                        cutover_uid: row.get(8)?,
-                        copy_in_progress: row.get(9)?,
-                    })
-                },
+                folder_row,
             )
             .map_err(self.err())
+    }
+
+    /// Every folder pair of a mailbox the state knows, in one query (a
+    /// delta over an unchanged mailbox reads them all and writes nothing).
+    pub fn folders(&self, mailbox: MailboxId) -> Result<Vec<FolderState>> {
+        let mut statement = self
+            .conn
+            .prepare_cached(&format!("SELECT {FOLDER_COLUMNS} FROM folder WHERE mailbox_id = ?1"))
+            .map_err(self.err())?;
+        let rows = statement.query_map(params![mailbox], folder_row).map_err(self.err())?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(self.err())
+    }
+
+    /// Folders of a mailbox with work left whatever the servers say:
+    /// messages whose copy failed (retried by every run) and, when
+    /// `deletions_pending` is asked, messages deleted on the source but
+    /// still on the target (a run with `--propagate-deletes` removes them).
+    pub fn folders_with_work(&self, mailbox: MailboxId, deletions_pending: bool) -> Result<HashSet<i64>> {
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT f.id FROM folder f WHERE f.mailbox_id = ?1 AND (
+                    EXISTS (SELECT 1 FROM message_failure x WHERE x.folder_id = f.id)
+                    OR (?2 AND EXISTS (SELECT 1 FROM message m WHERE m.folder_id = f.id AND m.source_gone = 1)))",
+            )
+            .map_err(self.err())?;
+        let rows = statement
+            .query_map(params![mailbox, deletions_pending], |row| row.get(0))
+            .map_err(self.err())?;
+        rows.collect::<rusqlite::Result<HashSet<i64>>>().map_err(self.err())
     }
 
     /// Saves a folder's cursors (everything but its names).
@@ -317,7 +340,10 @@ impl State {
         self.conn
             .execute(
                 "UPDATE folder SET source_uidvalidity = ?2, highest_uid = ?3, highest_modseq = ?4,
-                    target_uidvalidity = ?5, target_scanned_uid = ?6, cutover_uid = ?7, copy_in_progress = ?8
+                    target_uidvalidity = ?5, target_scanned_uid = ?6, cutover_uid = ?7, copy_in_progress = ?8,
+                    source_seen_uidvalidity = ?9, source_seen_uidnext = ?10, source_seen_messages = ?11,
+                    source_seen_modseq = ?12, target_seen_uidvalidity = ?13, target_seen_uidnext = ?14,
+                    target_seen_messages = ?15
                  WHERE id = ?1",
                 params![
                     folder.id,
@@ -328,6 +354,13 @@ impl State {
                     folder.target_scanned_uid,
                     folder.cutover_uid,
                     folder.copy_in_progress,
+                    folder.source_seen.map(|s| s.uid_validity),
+                    folder.source_seen.map(|s| s.uid_next),
+                    folder.source_seen.map(|s| s.messages),
+                    folder.source_seen.and_then(|s| s.highest_modseq).map(|v| v as i64),
+                    folder.target_seen.map(|s| s.uid_validity),
+                    folder.target_seen.map(|s| s.uid_next),
+                    folder.target_seen.map(|s| s.messages),
                 ],
             )
             .map(|_| ())
@@ -638,6 +671,48 @@ fn fingerprint_of(bytes: &[u8], index: usize) -> rusqlite::Result<Fingerprint> {
             rusqlite::types::Type::Blob,
             "fingerprint is not 16 bytes".into(),
         )
+    })
+}
+
+/// The columns [`folder_row`] reads.
+const FOLDER_COLUMNS: &str = "id, source_name, target_name, source_uidvalidity, highest_uid, highest_modseq,
+    target_uidvalidity, target_scanned_uid, cutover_uid, copy_in_progress,
+    source_seen_uidvalidity, source_seen_uidnext, source_seen_messages, source_seen_modseq,
+    target_seen_uidvalidity, target_seen_uidnext, target_seen_messages";
+
+fn folder_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<FolderState> {
+    let seen = |at: usize, modseq: Option<usize>| -> rusqlite::Result<Option<MailboxStatus>> {
+        let (Some(uid_validity), Some(uid_next), Some(messages)) = (
+            row.get::<_, Option<u32>>(at)?,
+            row.get::<_, Option<u32>>(at + 1)?,
+            row.get::<_, Option<u32>>(at + 2)?,
+        ) else {
+            return Ok(None);
+        };
+        let highest_modseq = match modseq {
+            Some(column) => row.get::<_, Option<i64>>(column)?.map(|v| v as u64),
+            None => None,
+        };
+        Ok(Some(MailboxStatus {
+            uid_validity,
+            uid_next,
+            messages,
+            highest_modseq,
+        }))
+    };
+    Ok(FolderState {
+        id: row.get(0)?,
+        source_name: row.get(1)?,
+        target_name: row.get(2)?,
+        source_uid_validity: row.get(3)?,
+        highest_uid: row.get(4)?,
+        highest_modseq: row.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+        target_uid_validity: row.get(6)?,
+        target_scanned_uid: row.get(7)?,
+        cutover_uid: row.get(8)?,
+        copy_in_progress: row.get(9)?,
+        source_seen: seen(10, Some(13))?,
+        target_seen: seen(14, None)?,
     })
 }
 

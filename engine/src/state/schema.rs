@@ -208,4 +208,16 @@ pub const MIGRATIONS: &[&str] = &[
         event TEXT NOT NULL              -- one JSON event
     ) STRICT;
     "#,
+    // 9: each folder's state on both sides at the end of its last complete
+    // sync (STATUS values), so a delta skips folders that did not move
+    // without opening them. NULL: unknown, the folder is opened.
+    r#"
+    ALTER TABLE folder ADD COLUMN source_seen_uidvalidity INTEGER;
+    ALTER TABLE folder ADD COLUMN source_seen_uidnext INTEGER;
+    ALTER TABLE folder ADD COLUMN source_seen_messages INTEGER;
+    ALTER TABLE folder ADD COLUMN source_seen_modseq INTEGER;
+    ALTER TABLE folder ADD COLUMN target_seen_uidvalidity INTEGER;
+    ALTER TABLE folder ADD COLUMN target_seen_uidnext INTEGER;
+    ALTER TABLE folder ADD COLUMN target_seen_messages INTEGER;
+    "#,
 ];

@@ -36,13 +36,25 @@ pub(super) struct FolderCopy<'a> {
     pub progress: Option<&'a ProgressFn>,
     /// Target references recorded by this copy (appended or matched).
     pub recorded: Vec<String>,
+    /// Of those, the ones appended.
+    pub appended: Vec<String>,
+}
+
+/// What a folder copy recorded.
+pub(super) struct Copied {
+    /// Target references recorded (appended or matched).
+    pub recorded: Vec<String>,
+    /// Of those, the ones appended.
+    pub appended: Vec<String>,
+    /// Target messages of the pool no source message took.
+    pub unmatched: Vec<TargetMessage>,
 }
 
 impl FolderCopy<'_> {
     /// Copies `uids` (ascending) unless the pool already holds them.
     /// Returns the target references it recorded, and the pool's target
     /// messages no source message took.
-    pub async fn run(mut self, uids: Vec<u32>, mut pool: DedupPool) -> Result<(Vec<String>, Vec<TargetMessage>)> {
+    pub async fn run(mut self, uids: Vec<u32>, mut pool: DedupPool) -> Result<Copied> {
         let highest = uids.last().copied().unwrap_or(0);
         let remaining = if pool.is_empty() {
             uids
@@ -60,7 +72,11 @@ impl FolderCopy<'_> {
         }
         // UIDs that vanished between SEARCH and FETCH need no retry.
         self.folder.highest_uid = self.folder.highest_uid.max(highest);
-        Ok((self.recorded, pool.into_remaining()))
+        Ok(Copied {
+            recorded: self.recorded,
+            appended: self.appended,
+            unmatched: pool.into_remaining(),
+        })
     }
 
     /// Records source messages found on the target (an earlier run killed
@@ -69,30 +85,20 @@ impl FolderCopy<'_> {
     async fn match_existing(&mut self, uids: Vec<u32>, pool: &mut DedupPool) -> Result<Vec<u32>> {
         let mut matched = Vec::new();
         let mut remaining = Vec::new();
-        // A server may answer a UID twice or one not asked for: each source
-        // message takes at most one pool entry.
-        let mut unseen: HashSet<u32> = uids.iter().copied().collect();
-        for set in crate::imap::uid_set_chunks(&uids, UID_SET_CHARS) {
-            for record in self.source.fetch_all(&set, FetchItems::Fingerprint, None).await? {
-                if !unseen.remove(&record.uid) {
-                    continue;
-                }
-                let size = u64::from(record.size.unwrap_or(0));
-                let fingerprint = Fingerprint::from_headers(record.header.as_deref().unwrap_or_default(), size);
-                match pool.take(&fingerprint) {
-                    Some(existing) => matched.push(MessageRow {
-                        source_uid: record.uid,
-                        target_ref: Some(existing.target_ref),
-                        fingerprint,
-                        // The target's flags: if they differ from the source's,
-                        // the next delta's flag sync sets them right.
-                        flags: existing.flags,
-                        size,
-                        internal_date: record.internal_date.map_or(0, |d| d.timestamp()),
-                        source_gone: false,
-                    }),
-                    None => remaining.push(record.uid),
-                }
+        for source in source_fingerprints(self.source, &uids).await? {
+            match pool.take(&source.fingerprint) {
+                Some(existing) => matched.push(MessageRow {
+                    source_uid: source.uid,
+                    target_ref: Some(existing.target_ref),
+                    fingerprint: source.fingerprint,
+                    // The target's flags: if they differ from the source's,
+                    // the next delta's flag sync sets them right.
+                    flags: existing.flags,
+                    size: source.size,
+                    internal_date: source.internal_date,
+                    source_gone: false,
+                }),
+                None => remaining.push(source.uid),
             }
         }
         remaining.sort_unstable();
@@ -128,6 +134,7 @@ impl FolderCopy<'_> {
             progress: self.progress,
             budgets: &self.options.budgets,
             recorded: &mut self.recorded,
+            appended: &mut self.appended,
         };
         let source = &mut *self.source;
         let fetch = fetch_batches(source, FetchSet::Uids(uids), batch_messages, batch_bytes, sender);
@@ -142,6 +149,38 @@ impl FolderCopy<'_> {
     }
 }
 
+/// A source message as dedup sees it.
+pub(super) struct SourceFingerprint {
+    pub uid: u32,
+    pub fingerprint: Fingerprint,
+    pub size: u64,
+    /// Unix seconds (0 when the server gave none).
+    pub internal_date: i64,
+}
+
+/// Fingerprints of source messages in the selected folder. A server may
+/// answer a UID twice or one not asked for: each asked UID comes once, so
+/// each source message takes at most one target copy from the pool.
+pub(super) async fn source_fingerprints(source: &mut ImapSession, uids: &[u32]) -> Result<Vec<SourceFingerprint>> {
+    let mut unseen: HashSet<u32> = uids.iter().copied().collect();
+    let mut found = Vec::new();
+    for set in crate::imap::uid_set_chunks(uids, UID_SET_CHARS) {
+        for record in source.fetch_all(&set, FetchItems::Fingerprint, None).await? {
+            if !unseen.remove(&record.uid) {
+                continue;
+            }
+            let size = u64::from(record.size.unwrap_or(0));
+            found.push(SourceFingerprint {
+                uid: record.uid,
+                fingerprint: Fingerprint::from_headers(record.header.as_deref().unwrap_or_default(), size),
+                size,
+                internal_date: record.internal_date.map_or(0, |d| d.timestamp()),
+            });
+        }
+    }
+    Ok(found)
+}
+
 /// The appending half of the pipeline.
 struct Appender<'a> {
     target: &'a mut Target,
@@ -152,6 +191,7 @@ struct Appender<'a> {
     progress: Option<&'a ProgressFn>,
     budgets: &'a [std::sync::Arc<crate::limits::Budget>],
     recorded: &'a mut Vec<String>,
+    appended: &'a mut Vec<String>,
 }
 
 impl Appender<'_> {
@@ -209,6 +249,7 @@ impl Appender<'_> {
         }
         self.state.record_batch(self.folder, &rows, &failed)?;
         self.recorded.extend(rows.iter().filter_map(|r| r.target_ref.clone()));
+        self.appended.extend(rows.iter().filter_map(|r| r.target_ref.clone()));
         self.report.copied += rows.len() as u64;
         self.report.bytes += bytes;
         self.report.failed.extend(failed.into_iter().map(|f| MessageFailure {

@@ -7,11 +7,13 @@
 //! point loses nothing and duplicates nothing.
 
 mod copy;
+mod folder;
 pub mod plan;
 
 pub use copy::{fetch_batches, FetchSet};
+pub use folder::{ChangesFrom, FolderPlan};
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
@@ -23,13 +25,12 @@ use chrono::Utc;
 use crate::endpoint::{Endpoint, ImapEndpoint, Secret};
 use crate::error::{Error, ErrorKind, Result};
 use crate::folders::{self, FolderFilter, FolderMapping};
-use crate::imap::{ConnectOptions, FetchItems, ImapSession};
+use crate::imap::{ConnectOptions, ImapSession};
 use crate::limits::Budget;
-use crate::message::Flags;
 use crate::report::{FolderReport, ReportedError, SyncReport};
-use crate::state::{LockOwner, MailboxId, State};
+use crate::state::{FolderState, LockOwner, MailboxId, State};
 use crate::target::Target;
-use plan::DedupPool;
+use folder::Sides;
 
 /// The phases of a migration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +101,9 @@ pub struct SyncOptions {
     pub batch_bytes: usize,
     /// Rate budgets every APPEND batch draws on (per host, per mailbox).
     pub budgets: Vec<Arc<Budget>>,
+    /// Plan only: report what a run would copy, flag and delete, and change
+    /// nothing on either side or in the state.
+    pub dry_run: bool,
 }
 
 impl SyncOptions {
@@ -113,6 +117,7 @@ impl SyncOptions {
             batch_messages: 200,
             batch_bytes: 4 << 20,
             budgets: Vec::new(),
+            dry_run: false,
         }
     }
 }
@@ -163,6 +168,9 @@ pub async fn sync_mailbox(
 ) -> Result<SyncReport> {
     let source_id = Endpoint::Imap(job.source.clone()).to_string();
     let target_id = job.target.to_string();
+    if options.dry_run {
+        return dry_run(job, options, state, progress, source_id, target_id).await;
+    }
     let mailbox = state.mailbox(&source_id, &target_id)?;
     if options.phase == Phase::Sweep && state.cutover_at(mailbox)?.is_none() {
         return Err(Error::Config(format!(
@@ -232,23 +240,8 @@ async fn sync_locked(
     let started_at = Utc::now().to_rfc3339();
     state.mark_interrupted_runs(mailbox, &started_at)?;
     let run = state.start_run(mailbox, options.phase.as_str(), &started_at)?;
-    let mut report = SyncReport {
-        source: source_id,
-        target: target_id,
-        phase: options.phase.to_string(),
-        started_at,
-        finished_at: String::new(),
-        seconds: 0.0,
-        folders: Vec::new(),
-        error: None,
-    };
-    if let Err(e) = run_phase(job, options, state, mailbox, &mut report, progress).await {
-        if e.kind() == ErrorKind::State {
-            return Err(e);
-        }
-        tracing::warn!(mailbox = %report.source, error = %e, "mailbox sync stopped");
-        report.error = Some(ReportedError::from(&e));
-    }
+    let mut report = new_report(options, source_id, target_id, started_at);
+    run_or_report(job, options, state, mailbox, &mut report, progress).await?;
     if options.phase == Phase::Final && report.error.is_none() {
         state.set_cutover_at(mailbox, &report.started_at)?;
     }
@@ -264,6 +257,60 @@ async fn sync_locked(
     Ok(report)
 }
 
+/// [`sync_mailbox`] with `--dry-run`: plans every folder, changes nothing
+/// (no lock, no run record: the state is only read).
+async fn dry_run(
+    job: &MailboxJob,
+    options: &SyncOptions,
+    state: &mut State,
+    progress: Option<&ProgressFn>,
+    source_id: String,
+    target_id: String,
+) -> Result<SyncReport> {
+    let started = Instant::now();
+    // A mailbox the state has never seen plans as a first sync.
+    let mailbox = state.find_mailbox(&source_id, &target_id)?.unwrap_or(0);
+    let mut report = new_report(options, source_id, target_id, Utc::now().to_rfc3339());
+    run_or_report(job, options, state, mailbox, &mut report, progress).await?;
+    report.finished_at = Utc::now().to_rfc3339();
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn new_report(options: &SyncOptions, source: String, target: String, started_at: String) -> SyncReport {
+    SyncReport {
+        source,
+        target,
+        phase: options.phase.to_string(),
+        started_at,
+        finished_at: String::new(),
+        seconds: 0.0,
+        folders: Vec::new(),
+        error: None,
+        dry_run: options.dry_run,
+    }
+}
+
+/// Runs the phase; a server-side failure lands in the report, a state
+/// failure is returned.
+async fn run_or_report(
+    job: &MailboxJob,
+    options: &SyncOptions,
+    state: &mut State,
+    mailbox: MailboxId,
+    report: &mut SyncReport,
+    progress: Option<&ProgressFn>,
+) -> Result<()> {
+    if let Err(e) = run_phase(job, options, state, mailbox, report, progress).await {
+        if e.kind() == ErrorKind::State {
+            return Err(e);
+        }
+        tracing::warn!(mailbox = %report.source, error = %e, "mailbox sync stopped");
+        report.error = Some(ReportedError::from(&e));
+    }
+    Ok(())
+}
+
 async fn run_phase(
     job: &MailboxJob,
     options: &SyncOptions,
@@ -272,34 +319,84 @@ async fn run_phase(
     report: &mut SyncReport,
     progress: Option<&ProgressFn>,
 ) -> Result<()> {
-    let mut source = ImapSession::connect(&job.source, &job.source_password, &options.connect).await?;
-    let mut target = Target::open(&job.target, job.target_password.as_ref(), &options.connect).await?;
-    let source_folders = source.list_folders().await?;
-    let target_folders = target.folders().await?;
+    // Both logins at once: an unchanged mailbox costs the slower of the
+    // two sides' round trips, not their sum.
+    let (source, target) = tokio::join!(
+        ImapSession::connect(&job.source, &job.source_password, &options.connect),
+        Target::open(&job.target, job.target_password.as_ref(), &options.connect),
+    );
+    let (mut source, mut target) = (source?, target?);
+    if options.dry_run {
+        target.read_only();
+    }
+    let (source_listing, target_listing) = tokio::join!(source.list_with_status(), target.listing());
+    let (source_listing, target_listing) = (source_listing?, target_listing?);
     let pinned = state.pinned(mailbox)?;
-    let plan = folders::plan_pinned(
-        &source_folders,
-        &target_folders,
+    let folder_plan = folders::plan_pinned(
+        &source_listing.folders,
+        &target_listing.folders,
         target.separator(),
         &options.filter,
         &pinned,
     );
-    state.set_target_prefixed(mailbox, plan.target_prefixed)?;
-    let mappings = plan.mappings;
+    if !options.dry_run {
+        state.set_target_prefixed(mailbox, folder_plan.target_prefixed)?;
+    }
+    let mut stored: HashMap<String, FolderState> = state
+        .folders(mailbox)?
+        .into_iter()
+        .map(|f| (f.source_name.clone(), f))
+        .collect();
+    let with_work = state.folders_with_work(mailbox, options.propagate_deletes)?;
+    let flags_matter = options.phase.syncs_flags_and_deletions();
     let mut outcome = Ok(());
-    for mapping in &mappings {
+    for mapping in &folder_plan.mappings {
         let mut folder_report = FolderReport {
             source: mapping.source.clone(),
             target: mapping.target.clone(),
             ..FolderReport::default()
         };
-        let result = sync_folder(
-            &mut source,
-            &mut target,
+        let observed = plan::Observed {
+            source: source_listing.statuses.get(&mapping.source).copied(),
+            target: target_listing.statuses.get(&mapping.target).copied(),
+            target_reports: target.reports_status(),
+        };
+        let known = stored
+            .remove(&mapping.source)
+            .filter(|f| f.target_name == mapping.target && !mapping.create);
+        if let Some(mut folder) = known
+            .clone()
+            .filter(|f| !with_work.contains(&f.id) && plan::unchanged(f, &observed, flags_matter))
+        {
+            if options.dry_run {
+                folder_report.plan = Some(FolderPlan::unchanged(mapping));
+            } else {
+                folder::skip(state, &mut folder, options.phase)?;
+            }
+            folder_report.unchanged = true;
+            report.folders.push(folder_report);
+            continue;
+        }
+        let folder = match known {
+            Some(folder) => folder,
+            None if options.dry_run => FolderState {
+                source_name: mapping.source.clone(),
+                target_name: mapping.target.clone(),
+                ..FolderState::default()
+            },
+            None => state.folder(mailbox, &mapping.source, &mapping.target)?,
+        };
+        let mut sides = Sides {
+            source: &mut source,
+            target: &mut target,
             state,
-            mailbox,
-            mapping,
             options,
+        };
+        let result = sync_folder(
+            &mut sides,
+            mapping,
+            folder,
+            observed.target,
             &mut folder_report,
             progress,
         )
@@ -324,237 +421,26 @@ async fn run_phase(
         report.folders.push(folder_report);
     }
     if outcome.is_ok() {
-        source.logout().await;
-        target.close().await;
+        tokio::join!(source.logout(), target.close());
     }
     outcome
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One folder: plan, then apply (or, in a dry run, show the plan).
 async fn sync_folder(
-    source: &mut ImapSession,
-    target: &mut Target,
-    state: &mut State,
-    mailbox: MailboxId,
+    sides: &mut Sides<'_>,
     mapping: &FolderMapping,
-    options: &SyncOptions,
+    folder: FolderState,
+    listed: Option<crate::imap::MailboxStatus>,
     report: &mut FolderReport,
     progress: Option<&ProgressFn>,
 ) -> Result<()> {
-    let mut folder = state.folder(mailbox, &mapping.source, &mapping.target)?;
-    if mapping.create {
-        target.create_folder(&mapping.target).await?;
-        report.created = true;
-    }
-    let source_status = source.open_folder(&mapping.source, true).await?;
-    let target_status = target.open_folder(&mapping.target).await?;
-    if folder.source_uid_validity != source_status.uid_validity
-        || folder.target_uid_validity != target_status.uid_validity
-    {
-        // Stored UIDs are void. Forget them and rescan the whole target
-        // folder: what is already there is matched, not copied again.
-        report.uid_validity_reset = folder.source_uid_validity != 0;
-        state.forget_folder_messages(folder.id)?;
-        folder.source_uid_validity = source_status.uid_validity;
-        folder.target_uid_validity = target_status.uid_validity;
-        folder.highest_uid = 0;
-        folder.highest_modseq = None;
-        folder.target_scanned_uid = 0;
-        state.save_folder(&folder)?;
-    }
-    let rows = state.messages(folder.id)?;
-    let failures = state.failures(folder.id)?;
-
-    let new_uids: Vec<u32> = if source_status.exists == 0 {
-        Vec::new()
-    } else {
-        let mut found = source.uid_search(&format!("UID {}:*", folder.highest_uid + 1)).await?;
-        // "n:*" also matches the last message when every UID is below n.
-        found.retain(|uid| *uid > folder.highest_uid);
-        found
-    };
-
-    let mut retry: Vec<u32> = failures.iter().map(|f| f.source_uid).collect();
-    if options.phase.syncs_flags_and_deletions() {
-        let mut gone: Vec<u32> = rows.iter().filter(|r| r.source_gone).map(|r| r.source_uid).collect();
-        if plan::may_have_deletions(source_status.exists, &rows, &failures, new_uids.len()) {
-            let existing = if folder.highest_uid == 0 {
-                Vec::new()
-            } else {
-                source.uid_search(&format!("UID 1:{}", folder.highest_uid)).await?
-            };
-            let deleted = plan::deletions(&rows, &failures, &existing);
-            report.deleted_on_source = deleted.copied.len() as u64;
-            state.source_deleted(folder.id, &deleted.copied, false)?;
-            state.source_deleted(folder.id, &deleted.failed, true)?;
-            retry.retain(|uid| !deleted.failed.contains(uid));
-            gone.extend(deleted.copied);
-        }
-        if options.propagate_deletes && !gone.is_empty() {
-            // Also what earlier runs without --propagate-deletes only reported.
-            let refs: Vec<String> = rows
-                .iter()
-                .filter(|r| gone.contains(&r.source_uid))
-                .filter_map(|r| r.target_ref.clone())
-                .collect();
-            target.delete(&mapping.target, &refs).await?;
-            report.deleted_on_target = refs.len() as u64;
-            state.source_deleted(folder.id, &gone, true)?;
-        }
-        sync_flags(
-            source,
-            target,
-            state,
-            &mut folder,
-            mapping,
-            source_status.highest_modseq,
-            &rows,
-            report,
-        )
-        .await?;
-    }
-    folder.highest_modseq = source_status.highest_modseq;
-
-    let mut to_copy: Vec<u32> = retry.into_iter().chain(new_uids).collect();
-    to_copy.sort_unstable();
-    to_copy.dedup();
-    if !to_copy.is_empty() {
-        if folder.copy_in_progress {
-            // A run died appending here. Whatever its last APPEND left must
-            // be visible to the scan below, or it is copied twice.
-            target.settle(&mapping.target).await?;
-        } else {
-            folder.copy_in_progress = true;
-            state.save_folder(&folder)?;
-        }
-        let known: HashSet<String> = rows.iter().filter_map(|r| r.target_ref.clone()).collect();
-        let mut candidates = target.scan(&mapping.target, folder.target_scanned_uid, &known).await?;
-        let remembered = state.unmatched_targets(folder.id)?;
-        let remembered_refs: Vec<String> = remembered.iter().map(|m| m.target_ref.clone()).collect();
-        candidates.extend(
-            target
-                .still_present(&mapping.target, remembered, folder.target_scanned_uid, &known)
-                .await?,
-        );
-        let (recorded, unmatched) = copy::FolderCopy {
-            source,
-            target,
-            state,
-            folder: &mut folder,
-            mapping,
-            options,
-            report,
-            progress,
-            recorded: Vec::new(),
-        }
-        .run(to_copy, DedupPool::new(candidates))
-        .await?;
-        // The scan cursor moves past foreign messages: remember them, so the
-        // same mail reaching the source later is matched, not copied twice.
-        // Both lists are ordered by reference; a large unchanged set (a
-        // target in use before the migration) is not rewritten every run.
-        if !unmatched.iter().map(|m| &m.target_ref).eq(remembered_refs.iter()) {
-            state.set_unmatched_targets(folder.id, &unmatched)?;
-        }
-        // Only now: had the run died mid-copy, the next one must scan the
-        // same target range again to find appends it did not record. When
-        // every UID above the old end is one of ours, skip past them too.
-        folder.target_scanned_uid = scanned_through(target_status.highest_uid, &recorded);
-    }
-    // Reached only when the copy finished, or there was nothing to copy.
-    folder.copy_in_progress = false;
-    if options.phase == Phase::Final {
-        folder.cutover_uid = Some(folder.highest_uid);
-    }
-    state.save_folder(&folder)
-}
-
-/// The target UID up to which every message is known after a copy: the
-/// target's end before the copy, extended over our own appends as long as
-/// they follow each other without a foreign message in between.
-fn scanned_through(before: u32, recorded: &[String]) -> u32 {
-    let mut ours: Vec<u32> = recorded
-        .iter()
-        .filter_map(|r| r.parse().ok())
-        .filter(|uid| *uid > before)
-        .collect();
-    ours.sort_unstable();
-    let mut end = before;
-    for uid in ours {
-        if uid != end + 1 {
-            break;
-        }
-        end = uid;
-    }
-    end
-}
-
-/// Pushes source flag changes to the target: with CONDSTORE only messages
-/// changed since the last run are fetched; without it all flags are compared.
-#[allow(clippy::too_many_arguments)]
-async fn sync_flags(
-    source: &mut ImapSession,
-    target: &mut Target,
-    state: &mut State,
-    folder: &mut crate::state::FolderState,
-    mapping: &FolderMapping,
-    highest_modseq: Option<u64>,
-    rows: &[crate::state::MessageRow],
-    report: &mut FolderReport,
-) -> Result<()> {
-    if folder.highest_uid == 0 || rows.is_empty() {
+    let mut planned = folder::plan(sides, mapping, folder, listed).await?;
+    if sides.options.dry_run {
+        folder::count_on_target(sides, &mut planned).await?;
+        planned.plan.fill(report);
+        report.plan = Some(planned.plan);
         return Ok(());
     }
-    let changed_since = match (folder.highest_modseq, highest_modseq) {
-        (Some(last), Some(now)) if last == now => return Ok(()),
-        (Some(last), Some(_)) => Some(last),
-        _ => None,
-    };
-    let records = source
-        .fetch_all(&format!("1:{}", folder.highest_uid), FetchItems::Flags, changed_since)
-        .await?;
-    let source_flags: Vec<(u32, Flags)> = records.into_iter().filter_map(|r| Some((r.uid, r.flags?))).collect();
-    let changes = plan::flag_changes(rows, &source_flags);
-    if changes.is_empty() {
-        return Ok(());
-    }
-    let target_changes: Vec<(String, Flags)> = changes
-        .iter()
-        .map(|c| (c.target_ref.clone(), c.flags.clone()))
-        .collect();
-    target.set_flags(&mapping.target, &target_changes).await?;
-    let state_changes: Vec<(u32, Flags)> = changes.into_iter().map(|c| (c.source_uid, c.flags)).collect();
-    state.update_flags(folder.id, &state_changes)?;
-    report.flags_updated = state_changes.len() as u64;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn refs(uids: &[u32]) -> Vec<String> {
-        uids.iter().map(u32::to_string).collect()
-    }
-
-    #[test]
-    fn the_scan_cursor_skips_only_our_own_contiguous_appends() {
-        assert_eq!(scanned_through(10, &refs(&[11, 12, 13])), 13);
-        assert_eq!(
-            scanned_through(10, &refs(&[13, 11, 12, 5])),
-            13,
-            "order and old UIDs do not matter"
-        );
-        assert_eq!(
-            scanned_through(10, &refs(&[11, 13])),
-            11,
-            "UID 12 is someone else's: scan it next time"
-        );
-        assert_eq!(scanned_through(10, &refs(&[])), 10);
-        assert_eq!(
-            scanned_through(0, &["1556.M1P2Q3.host,S=10".to_string()]),
-            0,
-            "Maildir keys are no UIDs"
-        );
-    }
+    folder::apply(sides, planned, report, progress).await
 }

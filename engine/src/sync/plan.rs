@@ -5,8 +5,9 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::fingerprint::Fingerprint;
+use crate::imap::{FolderChanges, MailboxStatus};
 use crate::message::Flags;
-use crate::state::{FailureRow, MessageRow};
+use crate::state::{FailureRow, FolderState, MessageRow};
 use crate::target::TargetMessage;
 
 /// Target messages the state does not know, by fingerprint. Each can stand
@@ -83,8 +84,83 @@ pub fn deletions(rows: &[MessageRow], failures: &[FailureRow], existing: &[u32])
     }
 }
 
+/// Deletions as QRESYNC reported them: known UIDs the server says vanished.
+pub fn vanished(rows: &[MessageRow], failures: &[FailureRow], changes: &FolderChanges) -> Deletions {
+    Deletions {
+        copied: rows
+            .iter()
+            .filter(|r| !r.source_gone && changes.vanished(r.source_uid))
+            .map(|r| r.source_uid)
+            .collect(),
+        failed: failures
+            .iter()
+            .filter(|f| changes.vanished(f.source_uid))
+            .map(|f| f.source_uid)
+            .collect(),
+    }
+}
+
+/// What the servers say about a folder now, without opening it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Observed {
+    /// The source folder's STATUS, if the listing had one.
+    pub source: Option<MailboxStatus>,
+    /// The target folder's STATUS, if the listing had one.
+    pub target: Option<MailboxStatus>,
+    /// Whether the target reports states at all (a Maildir does not, and
+    /// nothing reaches it but this engine's copies).
+    pub target_reports: bool,
+}
+
+/// Whether a folder can be skipped without opening it: both sides are
+/// exactly as the last complete sync left them. UIDNEXT moves with new
+/// mail, MESSAGES with expunges, UIDVALIDITY with a reset; a flag change
+/// moves only HIGHESTMODSEQ, so a phase that syncs flags never skips a
+/// folder whose server does not report it.
+pub fn unchanged(folder: &FolderState, observed: &Observed, flags_matter: bool) -> bool {
+    let Some(source) = observed.source else {
+        return false;
+    };
+    let source_same = folder.source_seen == Some(source)
+        && source.uid_validity == folder.source_uid_validity
+        && (!flags_matter || source.highest_modseq.is_some());
+    let target_same = !observed.target_reports
+        || match (observed.target, folder.target_seen) {
+            (Some(now), Some(seen)) => {
+                now.uid_validity == folder.target_uid_validity
+                    && (now.uid_validity, now.uid_next, now.messages)
+                        == (seen.uid_validity, seen.uid_next, seen.messages)
+            }
+            _ => false,
+        };
+    !folder.copy_in_progress && source_same && target_same
+}
+
+/// The target folder's state after a sync, as the next run's listing will
+/// report it if nothing else reaches the folder: before + our appends, when
+/// they took exactly the next UIDs. `None` (open the folder next time) when
+/// that cannot be known: appends without UIDs, someone else's message in
+/// between, or messages removed.
+pub fn target_after(before: &MailboxStatus, appended: &[String], removed: bool) -> Option<MailboxStatus> {
+    if removed {
+        return None;
+    }
+    let mut uids: Vec<u32> = appended.iter().map(|r| r.parse().ok()).collect::<Option<_>>()?;
+    uids.sort_unstable();
+    let contiguous = uids
+        .iter()
+        .enumerate()
+        .all(|(i, uid)| u64::from(*uid) == u64::from(before.uid_next) + i as u64);
+    let count = u32::try_from(uids.len()).ok()?;
+    contiguous.then(|| MailboxStatus {
+        uid_next: before.uid_next + count,
+        messages: before.messages + count,
+        ..*before
+    })
+}
+
 /// A flag change to apply on the target.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct FlagChange {
     /// Source UID.
     pub source_uid: u32,
@@ -176,6 +252,111 @@ mod tests {
                 failed: vec![4]
             }
         );
+    }
+
+    fn status(uid_next: u32, messages: u32, modseq: Option<u64>) -> MailboxStatus {
+        MailboxStatus {
+            uid_validity: 7,
+            uid_next,
+            messages,
+            highest_modseq: modseq,
+        }
+    }
+
+    fn synced(source: MailboxStatus, target: MailboxStatus) -> FolderState {
+        FolderState {
+            source_uid_validity: source.uid_validity,
+            target_uid_validity: target.uid_validity,
+            source_seen: Some(source),
+            target_seen: Some(target),
+            ..FolderState::default()
+        }
+    }
+
+    #[test]
+    fn a_folder_is_skipped_only_when_nothing_moved() {
+        let (source, target) = (status(11, 10, Some(40)), status(21, 20, None));
+        let folder = synced(source, target);
+        let observed = |source, target| Observed {
+            source: Some(source),
+            target: Some(target),
+            target_reports: true,
+        };
+        assert!(unchanged(&folder, &observed(source, target), true));
+        for (moved, what) in [
+            (status(12, 11, Some(41)), "a new message"),
+            (status(11, 9, Some(41)), "an expunge"),
+            (status(11, 10, Some(41)), "a flag change"),
+            (
+                MailboxStatus {
+                    uid_validity: 8,
+                    ..source
+                },
+                "a UIDVALIDITY reset",
+            ),
+        ] {
+            assert!(
+                !unchanged(&folder, &observed(moved, target), true),
+                "{what} on the source"
+            );
+        }
+        assert!(
+            !unchanged(&folder, &observed(source, status(22, 21, None)), true),
+            "mail delivered to the target"
+        );
+        let no_modseq = synced(status(11, 10, None), target);
+        assert!(
+            !unchanged(&no_modseq, &observed(status(11, 10, None), target), true),
+            "without HIGHESTMODSEQ a flag change is invisible: a flag sync must look"
+        );
+        assert!(
+            unchanged(&no_modseq, &observed(status(11, 10, None), target), false),
+            "a phase without flag sync needs only UIDNEXT and MESSAGES"
+        );
+        let interrupted = FolderState {
+            copy_in_progress: true,
+            ..folder.clone()
+        };
+        assert!(!unchanged(&interrupted, &observed(source, target), true));
+        assert!(
+            !unchanged(&FolderState::default(), &observed(source, target), true),
+            "never synced"
+        );
+        let maildir = Observed {
+            source: Some(source),
+            target: None,
+            target_reports: false,
+        };
+        assert!(unchanged(&folder, &maildir, true));
+        assert!(
+            !unchanged(
+                &folder,
+                &Observed {
+                    source: None,
+                    ..maildir
+                },
+                true
+            ),
+            "no STATUS for the folder"
+        );
+    }
+
+    #[test]
+    fn the_target_after_a_sync_counts_only_our_next_uids() {
+        let before = status(21, 20, None);
+        let refs = |uids: &[u32]| uids.iter().map(u32::to_string).collect::<Vec<_>>();
+        assert_eq!(
+            target_after(&before, &refs(&[22, 21, 23]), false),
+            Some(status(24, 23, None))
+        );
+        assert_eq!(target_after(&before, &[], false), Some(before));
+        assert_eq!(
+            target_after(&before, &refs(&[21, 23]), false),
+            None,
+            "UID 22 is someone else's"
+        );
+        assert_eq!(target_after(&before, &refs(&[21]), true), None, "messages were removed");
+        assert_eq!(target_after(&before, &["1556.M1P2.host".into()], false), None);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use super::{TargetFolderStatus, TargetMessage};
 use crate::endpoint::{ImapEndpoint, Secret};
 use crate::error::Result;
 use crate::fingerprint::Fingerprint;
-use crate::imap::{uid_set, uid_set_chunks, ConnectOptions, FetchItems, FolderInfo, ImapSession};
+use crate::imap::{uid_set, uid_set_chunks, ConnectOptions, FetchItems, FolderInfo, FolderListing, ImapSession};
 use crate::message::{Flags, Message};
 
 /// How long a folder must stay unchanged to count as settled: longer than a
@@ -20,6 +20,8 @@ pub struct ImapTarget {
     session: ImapSession,
     separator: char,
     selected: Option<String>,
+    /// Folders are opened with EXAMINE (a dry run changes nothing).
+    read_only: bool,
 }
 
 impl ImapTarget {
@@ -30,6 +32,7 @@ impl ImapTarget {
             session,
             separator: '/',
             selected: None,
+            read_only: false,
         })
     }
 
@@ -39,10 +42,24 @@ impl ImapTarget {
 
     pub(super) async fn folders(&mut self) -> Result<Vec<FolderInfo>> {
         let folders = self.session.list_folders().await?;
+        self.learn_separator(&folders);
+        Ok(folders)
+    }
+
+    pub(super) async fn listing(&mut self) -> Result<FolderListing> {
+        let listing = self.session.list_with_status().await?;
+        self.learn_separator(&listing.folders);
+        Ok(listing)
+    }
+
+    fn learn_separator(&mut self, folders: &[FolderInfo]) {
         if let Some(sep) = folders.iter().find_map(|f| f.separator) {
             self.separator = sep;
         }
-        Ok(folders)
+    }
+
+    pub(super) fn read_only(&mut self) {
+        self.read_only = true;
     }
 
     pub(super) async fn create_folder(&mut self, name: &str) -> Result<()> {
@@ -50,11 +67,12 @@ impl ImapTarget {
     }
 
     pub(super) async fn open_folder(&mut self, name: &str) -> Result<TargetFolderStatus> {
-        let status = self.session.open_folder(name, false).await?;
+        let status = self.session.open_folder(name, self.read_only).await?;
         self.selected = Some(name.to_string());
         Ok(TargetFolderStatus {
             uid_validity: status.uid_validity,
             highest_uid: status.uid_next.saturating_sub(1),
+            messages: status.exists,
         })
     }
 

@@ -108,6 +108,7 @@ impl MaildirTarget {
         Ok(TargetFolderStatus {
             uid_validity: 1,
             highest_uid: 0,
+            messages: 0,
         })
     }
 

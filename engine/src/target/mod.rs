@@ -16,7 +16,7 @@ pub use self::maildir::MaildirTarget;
 use crate::endpoint::{Endpoint, Secret};
 use crate::error::{Error, Result};
 use crate::fingerprint::Fingerprint;
-use crate::imap::{ConnectOptions, FolderInfo};
+use crate::imap::{ConnectOptions, FolderInfo, FolderListing, MailboxStatus};
 use crate::message::{Flags, Message};
 
 /// A message already on the target, as a scan sees it.
@@ -41,6 +41,29 @@ pub struct TargetFolderStatus {
     pub uid_validity: u32,
     /// The highest UID that exists now (0 for Maildir, which has no UIDs).
     pub highest_uid: u32,
+    /// Messages in the folder (IMAP; 0 for Maildir).
+    pub messages: u32,
+}
+
+impl TargetFolderStatus {
+    /// From a STATUS answer: what LIST-STATUS says without opening the folder.
+    pub fn from_status(status: &MailboxStatus) -> Self {
+        Self {
+            uid_validity: status.uid_validity,
+            highest_uid: status.uid_next.saturating_sub(1),
+            messages: status.messages,
+        }
+    }
+
+    /// As a STATUS answer (IMAP targets), to remember for the next run.
+    pub fn as_status(&self) -> MailboxStatus {
+        MailboxStatus {
+            uid_validity: self.uid_validity,
+            uid_next: self.highest_uid + 1,
+            messages: self.messages,
+            highest_modseq: None,
+        }
+    }
 }
 
 /// An opened target store.
@@ -82,6 +105,32 @@ impl Target {
         match self {
             Self::Imap(t) => t.folders().await,
             Self::Maildir(t) => t.folders(),
+        }
+    }
+
+    /// Lists the target's folders with their states where the target can
+    /// tell them without opening each (IMAP); a Maildir has none, and
+    /// opening its folders costs no round trip.
+    pub async fn listing(&mut self) -> Result<FolderListing> {
+        match self {
+            Self::Imap(t) => t.listing().await,
+            Self::Maildir(t) => Ok(FolderListing {
+                folders: t.folders()?,
+                statuses: Default::default(),
+            }),
+        }
+    }
+
+    /// Whether [`Target::listing`] reports folder states, so an unchanged
+    /// target folder can be told from one that received mail.
+    pub fn reports_status(&self) -> bool {
+        matches!(self, Self::Imap(_))
+    }
+
+    /// From now on, folders are opened read-only (a dry run).
+    pub fn read_only(&mut self) {
+        if let Self::Imap(t) = self {
+            t.read_only();
         }
     }
 
