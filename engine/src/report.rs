@@ -44,6 +44,9 @@ pub struct FolderReport {
     pub target: String,
     /// Neither side moved since the last sync: not opened (LIST-STATUS or STATUS told).
     pub unchanged: bool,
+    /// How the folder's changes were found (QRESYNC, CONDSTORE, a full scan…).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changes_from: Option<crate::sync::ChangesFrom>,
     /// The target folder was created by this run.
     pub created: bool,
     /// The source UIDVALIDITY changed since the last run.
@@ -170,6 +173,7 @@ mod tests {
             source: name.into(),
             target: name.into(),
             unchanged: false,
+            changes_from: None,
             created: false,
             uid_validity_reset: false,
             copied,

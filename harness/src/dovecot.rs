@@ -298,15 +298,30 @@ impl Dovecot {
 
     /// IMAP commands this server finished since it started (or since the
     /// last [`Dovecot::reset_counts`]), counted by Dovecot's own statistics.
+    /// Imap processes report to the stats process asynchronously, so this
+    /// reads until two looks 100 ms apart agree (at most 3 s).
     pub fn command_counts(&self) -> Result<CommandCounts> {
+        let mut last = self.read_counts()?;
+        for _ in 0..30 {
+            sleep(Duration::from_millis(100));
+            let now = self.read_counts()?;
+            if now == last {
+                return Ok(now);
+            }
+            last = now;
+        }
+        Ok(last)
+    }
+
+    fn read_counts(&self) -> Result<CommandCounts> {
         let dump = self.doveadm(&["stats", "dump"])?;
+        // A header line, then one tab-separated row per metric and field:
+        // metric_name, field, count, sum, ...
         let count = |metric: &str| -> u64 {
-            // `doveadm stats dump` prints a header line, then one
-            // tab-separated row per metric: name, count, ...
             dump.lines()
-                .filter_map(|line| line.split_once('\t'))
-                .find(|(name, _)| *name == metric)
-                .and_then(|(_, rest)| rest.split('\t').next()?.trim().parse().ok())
+                .map(|line| line.split('\t').collect::<Vec<_>>())
+                .find(|columns| columns.first() == Some(&metric))
+                .and_then(|columns| columns.get(2)?.trim().parse().ok())
                 .unwrap_or(0)
         };
         Ok(CommandCounts {
@@ -317,7 +332,8 @@ impl Dovecot {
 
     /// Sets the counts of [`Dovecot::command_counts`] back to zero.
     pub fn reset_counts(&self) -> Result<()> {
-        self.doveadm(&["stats", "reset"]).map(|_| ())
+        // Dovecot 2.3 resets by dumping with -r.
+        self.doveadm(&["stats", "dump", "-r"]).map(|_| ())
     }
 
     /// The loopback address Dovecot listens on.

@@ -114,6 +114,7 @@ impl FolderPlan {
         report.created = self.create;
         report.uid_validity_reset = self.uid_validity_reset;
         report.unchanged = self.changes_from == ChangesFrom::Unchanged;
+        report.changes_from = Some(self.changes_from);
         report.deleted_on_source = self.deleted_on_source.len() as u64;
         report.deleted_on_target = self.delete_on_target.len() as u64;
         report.flags_updated = self.flags.len() as u64;
@@ -348,6 +349,7 @@ pub(super) async fn apply(
         target,
     } = planned;
     let options = sides.options;
+    report.changes_from = Some(plan.changes_from);
     let target_before = match target {
         Some(status) => status,
         None => {
@@ -460,7 +462,8 @@ pub(super) async fn apply(
         highest_modseq: source.highest_modseq,
     });
     folder.target_seen = if sides.target.reports_status() && report.copied == appended.len() as u64 {
-        plan::target_after(&target_before.as_status(), &appended, !plan.delete_on_target.is_empty())
+        let removed = u32::try_from(report.deleted_on_target).unwrap_or(u32::MAX);
+        plan::target_after(&target_before.as_status(), &appended, removed)
     } else {
         None
     };

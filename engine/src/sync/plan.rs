@@ -137,14 +137,13 @@ pub fn unchanged(folder: &FolderState, observed: &Observed, flags_matter: bool) 
 }
 
 /// The target folder's state after a sync, as the next run's listing will
-/// report it if nothing else reaches the folder: before + our appends, when
-/// they took exactly the next UIDs. `None` (open the folder next time) when
-/// that cannot be known: appends without UIDs, someone else's message in
-/// between, or messages removed.
-pub fn target_after(before: &MailboxStatus, appended: &[String], removed: bool) -> Option<MailboxStatus> {
-    if removed {
-        return None;
-    }
+/// report it if nothing else reaches the folder: before, plus our appends
+/// when they took exactly the next UIDs, minus the `removed` messages we
+/// expunged. `None` (open the folder next time) when that cannot be known:
+/// appends without UIDs, or someone else's message in between. Were a
+/// removed message already gone, the count is off and the next run merely
+/// looks once more.
+pub fn target_after(before: &MailboxStatus, appended: &[String], removed: u32) -> Option<MailboxStatus> {
     let mut uids: Vec<u32> = appended.iter().map(|r| r.parse().ok()).collect::<Option<_>>()?;
     uids.sort_unstable();
     let contiguous = uids
@@ -154,7 +153,7 @@ pub fn target_after(before: &MailboxStatus, appended: &[String], removed: bool) 
     let count = u32::try_from(uids.len()).ok()?;
     contiguous.then(|| MailboxStatus {
         uid_next: before.uid_next + count,
-        messages: before.messages + count,
+        messages: (before.messages + count).saturating_sub(removed),
         ..*before
     })
 }
@@ -346,17 +345,21 @@ mod tests {
         let before = status(21, 20, None);
         let refs = |uids: &[u32]| uids.iter().map(u32::to_string).collect::<Vec<_>>();
         assert_eq!(
-            target_after(&before, &refs(&[22, 21, 23]), false),
+            target_after(&before, &refs(&[22, 21, 23]), 0),
             Some(status(24, 23, None))
         );
-        assert_eq!(target_after(&before, &[], false), Some(before));
+        assert_eq!(target_after(&before, &[], 0), Some(before));
         assert_eq!(
-            target_after(&before, &refs(&[21, 23]), false),
+            target_after(&before, &refs(&[21, 23]), 0),
             None,
             "UID 22 is someone else's"
         );
-        assert_eq!(target_after(&before, &refs(&[21]), true), None, "messages were removed");
-        assert_eq!(target_after(&before, &["1556.M1P2.host".into()], false), None);
+        assert_eq!(
+            target_after(&before, &refs(&[21]), 2),
+            Some(status(22, 19, None)),
+            "expunges move MESSAGES, not UIDNEXT"
+        );
+        assert_eq!(target_after(&before, &["1556.M1P2.host".into()], 0), None);
     }
 
     #[test]
