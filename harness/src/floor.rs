@@ -11,7 +11,7 @@ use cutover_engine::endpoint::{Endpoint, ImapEndpoint, Secret};
 use cutover_engine::folders::{self, FolderFilter};
 use cutover_engine::imap::{ConnectOptions, ImapSession};
 use cutover_engine::message::Message;
-use cutover_engine::sync::{fetch_batches, FetchSet, MailboxJob, Phase, SyncOptions};
+use cutover_engine::sync::{fetch_batches, FetchSet, FetchedBatch, MailboxJob, Phase, SyncOptions};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
@@ -161,16 +161,16 @@ async fn copy_folder(
     limits: BatchLimits,
 ) -> Result<FloorCopy> {
     // One batch in flight while the next is fetched: memory stays at about
-    // two batches, as in the engine.
-    let (sender, mut receiver) = mpsc::channel::<Vec<Message>>(1);
+    // two batches (or two large messages), as in the engine.
+    let (sender, mut receiver) = mpsc::channel::<FetchedBatch>(1);
     let fetch = fetch_batches(source, FetchSet::All, limits.messages, limits.bytes, sender);
     let append = async {
         let mut copied = FloorCopy::default();
         while let Some(batch) = receiver.recv().await {
-            let refs: Vec<&Message> = batch.iter().collect();
+            let refs: Vec<&Message> = batch.messages.iter().collect();
             target.append(target_folder, &refs).await?;
-            copied.messages += batch.len() as u64;
-            copied.bytes += batch.iter().map(|m| m.raw.len() as u64).sum::<u64>();
+            copied.messages += batch.messages.len() as u64;
+            copied.bytes += batch.messages.iter().map(|m| m.raw.len() as u64).sum::<u64>();
         }
         Ok::<FloorCopy, Error>(copied)
     };

@@ -354,24 +354,49 @@ impl ImapSession {
         }
         let wanted = handle.items;
         loop {
-            let event = self
-                .event(&handle.tag, |response, _| match response {
-                    Response::Fetch(_, attributes) => Some(fetch_record(attributes)),
-                    _ => None,
-                })
-                .await?;
-            match event {
-                Event::Item(record) => {
+            // Read here rather than through `read`: the body is moved out
+            // of the response's buffer below, which needs the response whole.
+            let data = match tokio::time::timeout(self.io_timeout, self.inner.read_response()).await {
+                Ok(Ok(Some(data))) => data,
+                failed => return Err(self.read_error(failed.map(|read| read.map(|_| ())))),
+            };
+            let step = match data.parsed() {
+                Response::Done { tag, status, outcome } if tag.0 == handle.tag => FetchStep::Done(Completion {
+                    ok: matches!(status, Status::Ok),
+                    text: outcome_text(outcome.code.as_ref(), outcome.information.as_deref()),
+                    append_uids: Vec::new(),
+                }),
+                Response::Data {
+                    status: Status::Bye,
+                    outcome,
+                } => FetchStep::Bye(outcome_text(outcome.code.as_ref(), outcome.information.as_deref())),
+                Response::Fetch(_, attributes) => {
+                    let (record, body) = fetch_record_parts(attributes);
+                    FetchStep::Record(record, body.and_then(|body| within(data.borrow_owner(), body)))
+                }
+                _ => FetchStep::Other,
+            };
+            match step {
+                FetchStep::Record(mut record, body) => {
+                    if let Some(range) = body {
+                        // The body moves out of the read buffer in place: a
+                        // 25 MB message is never held twice.
+                        let mut raw = data.into_owner();
+                        raw.truncate(range.end);
+                        bytes::Buf::advance(&mut raw, range.start);
+                        record.body = Some(Vec::from(raw));
+                    }
                     if record.uid != 0 && is_complete(&record, wanted) {
                         return Ok(Some(record));
                     }
                 }
-                Event::Done(done) => {
+                FetchStep::Done(done) => {
                     handle.finished = true;
                     self.check(done, "FETCH")?;
                     return Ok(None);
                 }
-                Event::Ignore => {}
+                FetchStep::Bye(text) => return Err(self.bye(&text)),
+                FetchStep::Other => {}
             }
         }
     }
@@ -657,17 +682,24 @@ impl ImapSession {
     /// Reads one response; `f` sees it parsed and as the bytes it came in.
     pub(super) async fn read<T>(&mut self, f: impl FnOnce(&Response<'_>, &[u8]) -> T) -> Result<T> {
         match tokio::time::timeout(self.io_timeout, self.inner.read_response()).await {
-            Err(_) => Err(Error::Timeout {
+            Ok(Ok(Some(data))) => Ok(f(data.parsed(), data.borrow_owner())),
+            failed => Err(self.read_error(failed.map(|read| read.map(|_| ())))),
+        }
+    }
+
+    /// What a read that returned no response means.
+    fn read_error(&self, failed: std::result::Result<std::io::Result<()>, tokio::time::error::Elapsed>) -> Error {
+        match failed {
+            Err(_) => Error::Timeout {
                 endpoint: self.endpoint.clone(),
                 seconds: self.io_timeout.as_secs(),
                 during: "waiting for a response".into(),
-            }),
-            Ok(Err(e)) => Err(read_failure(&self.endpoint, &e, "reading a response")),
-            Ok(Ok(None)) => Err(Error::ConnectionLost {
+            },
+            Ok(Err(e)) => read_failure(&self.endpoint, &e, "reading a response"),
+            Ok(Ok(())) => Error::ConnectionLost {
                 endpoint: self.endpoint.clone(),
                 detail: "closed by the server".into(),
-            }),
-            Ok(Ok(Some(data))) => Ok(f(data.parsed(), data.borrow_owner())),
+            },
         }
     }
 }
@@ -1117,9 +1149,49 @@ pub(super) fn came_quoted(parsed: &str, raw: &[u8]) -> bool {
         == Some(&b'"')
 }
 
+/// One response while a FETCH streams.
+enum FetchStep {
+    /// A record, and where its body lies in the response's bytes.
+    Record(FetchRecord, Option<std::ops::Range<usize>>),
+    Done(Completion),
+    Bye(String),
+    Other,
+}
+
+/// Where `part` (a slice imap-proto parsed out of `whole`) lies in `whole`.
+fn within(whole: &[u8], part: &[u8]) -> Option<std::ops::Range<usize>> {
+    let start = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
+    let end = start.checked_add(part.len())?;
+    (end <= whole.len()).then_some(start..end)
+}
+
+/// A FETCH record without its whole-message body, and that body as parsed.
+fn fetch_record_parts<'a>(attributes: &'a [AttributeValue<'_>]) -> (FetchRecord, Option<&'a [u8]>) {
+    let mut body = None;
+    let mut record = FetchRecord::default();
+    for attribute in attributes {
+        match attribute {
+            AttributeValue::BodySection {
+                section: None, data, ..
+            }
+            | AttributeValue::Rfc822(data) => body = Some(data.as_deref().unwrap_or_default()),
+            other => record.absorb(other),
+        }
+    }
+    (record, body)
+}
+
 pub(super) fn fetch_record(attributes: &[AttributeValue<'_>]) -> FetchRecord {
     let mut record = FetchRecord::default();
     for attribute in attributes {
+        record.absorb(attribute);
+    }
+    record
+}
+
+impl FetchRecord {
+    fn absorb(&mut self, attribute: &AttributeValue<'_>) {
+        let record = self;
         match attribute {
             AttributeValue::Uid(uid) => record.uid = *uid,
             AttributeValue::Flags(flags) => record.flags = Some(Flags::new(flags.iter())),
@@ -1136,5 +1208,4 @@ pub(super) fn fetch_record(attributes: &[AttributeValue<'_>]) -> FetchRecord {
             _ => {}
         }
     }
-    record
 }

@@ -2,13 +2,15 @@
 //! what the target already holds, append in batches, record each batch.
 //!
 //! Fetching and appending overlap: the source streams one `UID FETCH` while
-//! the previous batch is being appended. A bounded channel of one batch
-//! keeps memory at a few batches, whatever the folder's size.
+//! the previous batch is being appended. A byte budget of two batches
+//! between the two halves keeps memory at two batches (or two large
+//! messages), whatever the folder's size: see [`fetch_batches`].
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use chrono::Utc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::plan::DedupPool;
 use super::{Progress, ProgressFn, SyncOptions};
@@ -123,7 +125,7 @@ impl FolderCopy<'_> {
     }
 
     async fn stream(&mut self, uids: Vec<u32>) -> Result<()> {
-        let (sender, mut receiver) = mpsc::channel::<Vec<Message>>(1);
+        let (sender, mut receiver) = mpsc::channel::<FetchedBatch>(1);
         let (batch_messages, batch_bytes) = (self.options.batch_messages.max(1), self.options.batch_bytes.max(1));
         let mut appender = Appender {
             target: &mut *self.target,
@@ -140,7 +142,9 @@ impl FolderCopy<'_> {
         let fetch = fetch_batches(source, FetchSet::Uids(uids), batch_messages, batch_bytes, sender);
         let append = async {
             while let Some(batch) = receiver.recv().await {
-                appender.append_batch(batch).await?;
+                // The batch's memory budget is handed back when it is dropped
+                // at the end of this iteration: appended and recorded.
+                appender.append_batch(batch.messages).await?;
             }
             Ok::<(), crate::Error>(())
         };
@@ -276,10 +280,25 @@ pub enum FetchSet {
     Uids(Vec<u32>),
 }
 
+/// Messages [`fetch_batches`] read, with their share of the memory budget:
+/// the budget is released when the batch is dropped (once it is appended).
+#[derive(Debug)]
+pub struct FetchedBatch {
+    /// The messages, in the order the server sent them.
+    pub messages: Vec<Message>,
+    budget: Option<OwnedSemaphorePermit>,
+}
+
 /// Streams `UID FETCH … BODY.PEEK[]` of a set into `sender` as batches
 /// of at most `max_messages` messages and `max_bytes` bytes (a larger
-/// message goes alone). A bounded channel keeps memory at a few batches.
-/// Stops quietly when the receiver is gone: its side reports the error.
+/// message goes alone). Stops quietly when the receiver is gone: its side
+/// reports the error.
+///
+/// Memory: messages read and not yet appended hold at most `2 × max_bytes`
+/// of a byte budget (one batch being appended, the next one filling), and a
+/// message larger than that holds all of it. So a folder copy holds at most
+/// 2 × `max_bytes`, or the message being appended plus one more read ahead:
+/// 2 × the largest message, never a queue of them.
 ///
 /// Each UID is passed on once, and only if it was asked for: a server that
 /// sends a response twice, or one for a UID nobody asked about, must not
@@ -290,7 +309,7 @@ pub async fn fetch_batches(
     set: FetchSet,
     max_messages: usize,
     max_bytes: usize,
-    sender: mpsc::Sender<Vec<Message>>,
+    sender: mpsc::Sender<FetchedBatch>,
 ) -> Result<()> {
     let (uid_sets, mut wanted) = match set {
         FetchSet::All => (vec!["1:*".to_string()], None),
@@ -299,8 +318,13 @@ pub async fn fetch_batches(
             Some(uids.into_iter().collect::<HashSet<u32>>()),
         ),
     };
+    let capacity = u32::try_from(max_bytes.saturating_mul(2)).unwrap_or(u32::MAX).max(1);
+    let budget = Arc::new(Semaphore::new(capacity as usize));
     let mut seen = HashSet::new();
-    let mut batch: Vec<Message> = Vec::new();
+    let mut batch = FetchedBatch {
+        messages: Vec::new(),
+        budget: None,
+    };
     let mut bytes = 0usize;
     for set in uid_sets {
         let mut handle = source.fetch_start(&set, FetchItems::Full, None).await?;
@@ -311,17 +335,36 @@ pub async fn fetch_batches(
                 continue;
             }
             let message = into_message(record);
-            if !batch.is_empty() && (batch.len() >= max_messages || bytes + message.raw.len() > max_bytes) {
+            let size = message.raw.len();
+            if !batch.messages.is_empty() && (batch.messages.len() >= max_messages || bytes + size > max_bytes) {
                 bytes = 0;
-                if sender.send(std::mem::take(&mut batch)).await.is_err() {
+                let full = std::mem::replace(
+                    &mut batch,
+                    FetchedBatch {
+                        messages: Vec::new(),
+                        budget: None,
+                    },
+                );
+                if sender.send(full).await.is_err() {
                     return Ok(());
                 }
             }
-            bytes += message.raw.len();
-            batch.push(message);
+            // Waits while earlier batches are still being appended. Only
+            // after a full batch was sent: what this batch holds plus this
+            // message never exceeds the budget, so it cannot wait on itself.
+            let share = u32::try_from(size).unwrap_or(u32::MAX).clamp(1, capacity);
+            let Ok(permit) = Arc::clone(&budget).acquire_many_owned(share).await else {
+                return Ok(());
+            };
+            match &mut batch.budget {
+                Some(held) => held.merge(permit),
+                None => batch.budget = Some(permit),
+            }
+            bytes += size;
+            batch.messages.push(message);
         }
     }
-    if !batch.is_empty() {
+    if !batch.messages.is_empty() {
         let _ = sender.send(batch).await;
     }
     Ok(())

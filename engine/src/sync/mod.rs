@@ -10,7 +10,7 @@ mod copy;
 mod folder;
 pub mod plan;
 
-pub use copy::{fetch_batches, FetchSet};
+pub use copy::{fetch_batches, FetchSet, FetchedBatch};
 pub use folder::{ChangesFrom, FolderPlan};
 
 use std::collections::HashMap;
@@ -168,15 +168,17 @@ pub async fn sync_mailbox(
 ) -> Result<SyncReport> {
     let source_id = Endpoint::Imap(job.source.clone()).to_string();
     let target_id = job.target.to_string();
-    if options.dry_run {
-        return dry_run(job, options, state, progress, source_id, target_id).await;
-    }
-    let mailbox = state.mailbox(&source_id, &target_id)?;
-    if options.phase == Phase::Sweep && state.cutover_at(mailbox)?.is_none() {
+    let known = state.find_mailbox(&source_id, &target_id)?;
+    if options.phase == Phase::Sweep && known.map(|m| state.cutover_at(m)).transpose()?.flatten().is_none() {
         return Err(Error::Config(format!(
             "{source_id}: a sweep runs after the final phase; run --phase final first"
         )));
     }
+    if options.dry_run {
+        // A mailbox the state has never seen plans as a first sync.
+        return dry_run(job, options, state, known.unwrap_or(0), progress, source_id, target_id).await;
+    }
+    let mailbox = state.mailbox(&source_id, &target_id)?;
     let owner = LockOwner::this_process();
     state.lock_mailbox(mailbox, &format!("{source_id} → {target_id}"), &owner, LOCK_LEASE)?;
     let renewal = LeaseRenewal::start(state.path(), mailbox, &owner.token);
@@ -263,13 +265,12 @@ async fn dry_run(
     job: &MailboxJob,
     options: &SyncOptions,
     state: &mut State,
+    mailbox: MailboxId,
     progress: Option<&ProgressFn>,
     source_id: String,
     target_id: String,
 ) -> Result<SyncReport> {
     let started = Instant::now();
-    // A mailbox the state has never seen plans as a first sync.
-    let mailbox = state.find_mailbox(&source_id, &target_id)?.unwrap_or(0);
     let mut report = new_report(options, source_id, target_id, Utc::now().to_rfc3339());
     run_or_report(job, options, state, mailbox, &mut report, progress).await?;
     report.finished_at = Utc::now().to_rfc3339();
