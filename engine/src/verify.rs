@@ -16,7 +16,7 @@ use crate::endpoint::Endpoint;
 use crate::error::Result;
 use crate::fingerprint::Fingerprint;
 use crate::folders::{self, FolderFilter};
-use crate::imap::{uid_set_chunks, FetchItems, ImapSession};
+use crate::imap::{FetchItems, ImapSession, UidSet};
 use crate::message::Flags;
 use crate::sync::MailboxJob;
 use crate::target::Target;
@@ -296,7 +296,7 @@ pub async fn verify_with(
             Vec::new()
         } else {
             source
-                .fetch_all("1:*", FetchItems::Fingerprint, None)
+                .fetch_all(&UidSet::all(), FetchItems::Fingerprint, None)
                 .await?
                 .into_iter()
                 .map(|r| {
@@ -354,12 +354,10 @@ pub async fn verify_with(
 async fn hash_source(source: &mut ImapSession, listed: &mut [Listed]) -> Result<()> {
     let uids: Vec<u32> = listed.iter().filter_map(|m| m.id.parse().ok()).collect();
     let mut digests: HashMap<u32, [u8; 32]> = HashMap::with_capacity(uids.len());
-    for set in uid_set_chunks(&uids, 4000) {
-        let mut fetch = source.fetch_start(&set, FetchItems::Full, None).await?;
-        while let Some(record) = source.fetch_next(&mut fetch).await? {
-            if let Some(body) = record.body {
-                digests.insert(record.uid, Sha256::digest(&body).into());
-            }
+    let mut fetch = source.fetch_start(&UidSet::Uids(uids), FetchItems::Full, None).await?;
+    while let Some(record) = source.fetch_next(&mut fetch).await? {
+        if let Some(body) = record.body {
+            digests.insert(record.uid, Sha256::digest(&body).into());
         }
     }
     for message in listed {

@@ -3,7 +3,7 @@
 //! a mail client would, so the engine meets real new UIDs and MODSEQs.
 
 use chrono::Utc;
-use cutover_engine::imap::{uid_set, FetchItems, ImapSession};
+use cutover_engine::imap::{FetchItems, FlagOperation, ImapSession, SearchKey, UidSet};
 use cutover_engine::message::{Flags, Message};
 
 use crate::corpus::{CorpusSpec, GeneratedMessage};
@@ -53,11 +53,13 @@ pub async fn deliver(session: &mut ImapSession, folder: &str, messages: &[Genera
 /// number of messages changed.
 pub async fn toggle_seen(session: &mut ImapSession, folder: &str, count: usize) -> Result<usize> {
     session.open_folder(folder, false).await?;
-    let chosen = spread(&session.uid_search("ALL").await?, count, 0);
+    let chosen = spread(&session.uid_search(&SearchKey::All).await?, count, 0);
     if chosen.is_empty() {
         return Ok(0);
     }
-    let records = session.fetch_all(&uid_set(&chosen), FetchItems::Flags, None).await?;
+    let records = session
+        .fetch_all(&UidSet::Uids(chosen), FetchItems::Flags, None)
+        .await?;
     let (seen, unseen): (Vec<_>, Vec<_>) = records
         .iter()
         .partition(|r| r.flags.as_ref().is_some_and(|f| f.contains(SEEN)));
@@ -65,10 +67,14 @@ pub async fn toggle_seen(session: &mut ImapSession, folder: &str, count: usize) 
     let seen: Vec<u32> = seen.iter().map(|r| r.uid).collect();
     let unseen: Vec<u32> = unseen.iter().map(|r| r.uid).collect();
     if !seen.is_empty() {
-        session.uid_store(&seen, "-FLAGS", &seen_flag).await?;
+        session
+            .uid_store(&UidSet::Uids(seen.clone()), FlagOperation::Remove, &seen_flag)
+            .await?;
     }
     if !unseen.is_empty() {
-        session.uid_store(&unseen, "+FLAGS", &seen_flag).await?;
+        session
+            .uid_store(&UidSet::Uids(unseen.clone()), FlagOperation::Add, &seen_flag)
+            .await?;
     }
     Ok(seen.len() + unseen.len())
 }
@@ -77,7 +83,7 @@ pub async fn toggle_seen(session: &mut ImapSession, folder: &str, count: usize) 
 /// it and away from the ones [`toggle_seen`] picks. Returns how many went.
 pub async fn delete(session: &mut ImapSession, folder: &str, count: usize) -> Result<usize> {
     session.open_folder(folder, false).await?;
-    let chosen = spread(&session.uid_search("ALL").await?, count, 1);
+    let chosen = spread(&session.uid_search(&SearchKey::All).await?, count, 1);
     session.delete_messages(&chosen).await?;
     Ok(chosen.len())
 }

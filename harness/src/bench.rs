@@ -15,7 +15,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cutover_engine::imap::{ConnectOptions, FetchItems};
+use cutover_engine::imap::{ConnectOptions, FetchItems, UidSet};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -465,7 +465,7 @@ pub(crate) async fn warm_source(lab: &Lab, users: &[String]) -> Result<()> {
         let mut session = lab.source_session(user).await?;
         for folder in session.list_folders().await? {
             if folder.selectable && session.open_folder(&folder.name, true).await?.exists > 0 {
-                session.fetch_all("1:*", FetchItems::Fingerprint, None).await?;
+                session.fetch_all(&UidSet::all(), FetchItems::Fingerprint, None).await?;
             }
         }
         session.logout().await;

@@ -12,7 +12,7 @@ use super::input::{BatchFile, BatchRow};
 use super::jobs::{mailbox_job, row_identity};
 use super::run::{register, BatchSettings};
 use crate::error::{Error, Result};
-use crate::imap::{FetchItems, ImapSession};
+use crate::imap::{FetchItems, ImapSession, UidSet};
 use crate::report::ReportedError;
 use crate::state::State;
 use crate::target::Target;
@@ -123,7 +123,7 @@ async fn size_of(session: &mut ImapSession) -> Result<MailboxSize> {
         if status.exists == 0 {
             continue;
         }
-        for record in session.fetch_all("1:*", FetchItems::Size, None).await? {
+        for record in session.fetch_all(&UidSet::all(), FetchItems::Size, None).await? {
             size.messages += 1;
             size.bytes += u64::from(record.size.unwrap_or(0));
         }

@@ -8,12 +8,14 @@
 //! - `status`: every folder's state without opening it (LIST-STATUS, or
 //!   pipelined STATUS).
 //! - `resync`: opening a folder with what changed since (QRESYNC).
+//! - `uids`: UID sets, search keys and flag operations, typed.
 
 mod codec;
 mod resync;
 mod session;
 mod status;
 mod transport;
+mod uids;
 pub mod utf7;
 
 pub use resync::{FolderChanges, KnownState};
@@ -23,8 +25,9 @@ pub use session::{
 };
 pub use status::{FolderListing, MailboxStatus};
 pub use transport::TlsOptions;
+pub use uids::{FlagOperation, SearchKey, UidSet};
 
-/// Formats a UID set (`1:5,9`) for display and SEARCH criteria.
+/// Formats UIDs compactly (`1:5,9`) for display.
 pub use codec::uid_set;
-/// Splits a UID list into sets of bounded text length.
+/// How [`UidSet`] splits a long list (public for the property tests).
 pub use codec::uid_set_chunks;

@@ -15,6 +15,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::codec;
 use super::transport::{connect_tcp, start_tls, TlsOptions, Transport};
+use super::uids::{FlagOperation, SearchKey, UidSet};
 use crate::endpoint::{AuthMethod, ImapEndpoint, Secret, Security};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::{Flags, Message};
@@ -311,38 +312,61 @@ impl ImapSession {
         Ok(folder)
     }
 
-    /// UIDs in the selected folder matching a SEARCH criterion (e.g. `ALL`,
-    /// `SINCE 1-Jan-2024`).
-    pub async fn uid_search(&mut self, criteria: &str) -> Result<Vec<u32>> {
-        let found = self
-            .run(
-                &format!("UID SEARCH {criteria}"),
-                "SEARCH",
-                |response, _| match response {
-                    Response::MailboxData(MailboxDatum::Search(found)) => Some(found.clone()),
-                    _ => None,
-                },
-            )
-            .await?;
-        let mut uids: Vec<u32> = found.into_iter().flatten().collect();
+    /// UIDs in the selected folder matching a search key, ascending.
+    pub async fn uid_search(&mut self, key: &SearchKey) -> Result<Vec<u32>> {
+        let mut uids = Vec::new();
+        for criteria in key.render() {
+            let found = self
+                .run(
+                    &format!("UID SEARCH {criteria}"),
+                    "SEARCH",
+                    |response, _| match response {
+                        Response::MailboxData(MailboxDatum::Search(found)) => Some(found.clone()),
+                        _ => None,
+                    },
+                )
+                .await?;
+            uids.extend(found.into_iter().flatten());
+        }
         uids.sort_unstable();
+        uids.dedup();
         Ok(uids)
     }
 
     /// Starts a `UID FETCH` of `uid_set`; read the results with
     /// [`ImapSession::fetch_next`] until it returns `None`.
+    /// A long set is fetched with one command after the other.
     pub async fn fetch_start(
         &mut self,
-        uid_set: &str,
+        set: &UidSet,
         items: FetchItems,
         changed_since: Option<u64>,
     ) -> Result<FetchHandle> {
-        let tag = self.send(&fetch_command(uid_set, items, changed_since)).await?;
-        Ok(FetchHandle {
-            tag,
+        let mut rest = set.render();
+        rest.reverse();
+        let mut handle = FetchHandle {
+            tag: String::new(),
             items,
-            finished: false,
-        })
+            changed_since,
+            rest,
+            finished: true,
+        };
+        self.fetch_next_part(&mut handle).await?;
+        Ok(handle)
+    }
+
+    /// Sends the FETCH of the handle's next part of the set, if any is left.
+    async fn fetch_next_part(&mut self, handle: &mut FetchHandle) -> Result<()> {
+        match handle.rest.pop() {
+            Some(part) => {
+                handle.tag = self
+                    .send(&fetch_command(&part, handle.items, handle.changed_since))
+                    .await?;
+                handle.finished = false;
+            }
+            None => handle.finished = true,
+        }
+        Ok(())
     }
 
     /// The next message of a FETCH, or `None` once the server said OK.
@@ -393,7 +417,10 @@ impl ImapSession {
                 FetchStep::Done(done) => {
                     handle.finished = true;
                     self.check(done, "FETCH")?;
-                    return Ok(None);
+                    self.fetch_next_part(handle).await?;
+                    if handle.finished {
+                        return Ok(None);
+                    }
                 }
                 FetchStep::Bye(text) => return Err(self.bye(&text)),
                 FetchStep::Other => {}
@@ -405,17 +432,21 @@ impl ImapSession {
     /// headers, flags and sizes, never the bodies of a whole folder).
     pub async fn fetch_all(
         &mut self,
-        uid_set: &str,
+        set: &UidSet,
         items: FetchItems,
         changed_since: Option<u64>,
     ) -> Result<Vec<FetchRecord>> {
-        let command = fetch_command(uid_set, items, changed_since);
-        let records = self
-            .run(&command, "FETCH", |response, _| match response {
-                Response::Fetch(_, attributes) => Some(fetch_record(attributes)),
-                _ => None,
-            })
-            .await?;
+        let mut records = Vec::new();
+        for part in set.render() {
+            let command = fetch_command(&part, items, changed_since);
+            records.extend(
+                self.run(&command, "FETCH", |response, _| match response {
+                    Response::Fetch(_, attributes) => Some(fetch_record(attributes)),
+                    _ => None,
+                })
+                .await?,
+            );
+        }
         Ok(records
             .into_iter()
             .filter(|r| r.uid != 0 && is_complete(r, items))
@@ -483,10 +514,10 @@ impl ImapSession {
         Ok(done.append_uids)
     }
 
-    /// Replaces (`+FLAGS`/`-FLAGS`/`FLAGS`) flags of messages in the selected folder.
-    pub async fn uid_store(&mut self, uids: &[u32], operation: &str, flags: &Flags) -> Result<()> {
-        for set in codec::uid_set_chunks(uids, 4000) {
-            let command = format!("UID STORE {set} {operation}.SILENT {}", codec::flag_list(flags));
+    /// Adds, removes or replaces flags of messages in the selected folder.
+    pub async fn uid_store(&mut self, set: &UidSet, operation: FlagOperation, flags: &Flags) -> Result<()> {
+        for part in set.render() {
+            let command = format!("UID STORE {part} {} {}", operation.verb(), codec::flag_list(flags));
             self.run(&command, "STORE", |_, _| None::<()>).await?;
         }
         Ok(())
@@ -498,10 +529,12 @@ impl ImapSession {
         if uids.is_empty() {
             return Ok(());
         }
-        self.uid_store(uids, "+FLAGS", &Flags::new(["\\Deleted"])).await?;
-        for set in codec::uid_set_chunks(uids, 4000) {
+        let set = UidSet::Uids(uids.to_vec());
+        self.uid_store(&set, FlagOperation::Add, &Flags::new(["\\Deleted"]))
+            .await?;
+        for part in set.render() {
             let command = if self.has_capability("UIDPLUS") {
-                format!("UID EXPUNGE {set}")
+                format!("UID EXPUNGE {part}")
             } else {
                 "EXPUNGE".to_string()
             };
@@ -709,6 +742,9 @@ impl ImapSession {
 pub struct FetchHandle {
     tag: String,
     items: FetchItems,
+    changed_since: Option<u64>,
+    /// Parts of the set still to fetch, the next one last.
+    rest: Vec<String>,
     finished: bool,
 }
 

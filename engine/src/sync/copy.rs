@@ -17,14 +17,11 @@ use super::{Progress, ProgressFn, SyncOptions};
 use crate::error::Result;
 use crate::fingerprint::Fingerprint;
 use crate::folders::FolderMapping;
-use crate::imap::{FetchItems, FetchRecord, ImapSession};
+use crate::imap::{FetchItems, FetchRecord, ImapSession, UidSet};
 use crate::message::Message;
 use crate::report::{FolderReport, MessageFailure};
 use crate::state::{FailureRow, FolderState, MessageRow, State};
 use crate::target::{Target, TargetMessage};
-
-/// Longest UID set text per FETCH command.
-const UID_SET_CHARS: usize = 4000;
 
 /// Everything one folder copy works with.
 pub(super) struct FolderCopy<'a> {
@@ -168,19 +165,21 @@ pub(super) struct SourceFingerprint {
 pub(super) async fn source_fingerprints(source: &mut ImapSession, uids: &[u32]) -> Result<Vec<SourceFingerprint>> {
     let mut unseen: HashSet<u32> = uids.iter().copied().collect();
     let mut found = Vec::new();
-    for set in crate::imap::uid_set_chunks(uids, UID_SET_CHARS) {
-        for record in source.fetch_all(&set, FetchItems::Fingerprint, None).await? {
-            if !unseen.remove(&record.uid) {
-                continue;
-            }
-            let size = u64::from(record.size.unwrap_or(0));
-            found.push(SourceFingerprint {
-                uid: record.uid,
-                fingerprint: Fingerprint::from_headers(record.header.as_deref().unwrap_or_default(), size),
-                size,
-                internal_date: record.internal_date.map_or(0, |d| d.timestamp()),
-            });
+    if uids.is_empty() {
+        return Ok(found);
+    }
+    let set = UidSet::Uids(uids.to_vec());
+    for record in source.fetch_all(&set, FetchItems::Fingerprint, None).await? {
+        if !unseen.remove(&record.uid) {
+            continue;
         }
+        let size = u64::from(record.size.unwrap_or(0));
+        found.push(SourceFingerprint {
+            uid: record.uid,
+            fingerprint: Fingerprint::from_headers(record.header.as_deref().unwrap_or_default(), size),
+            size,
+            internal_date: record.internal_date.map_or(0, |d| d.timestamp()),
+        });
     }
     Ok(found)
 }
@@ -311,12 +310,13 @@ pub async fn fetch_batches(
     max_bytes: usize,
     sender: mpsc::Sender<FetchedBatch>,
 ) -> Result<()> {
-    let (uid_sets, mut wanted) = match set {
-        FetchSet::All => (vec!["1:*".to_string()], None),
-        FetchSet::Uids(uids) => (
-            crate::imap::uid_set_chunks(&uids, UID_SET_CHARS),
-            Some(uids.into_iter().collect::<HashSet<u32>>()),
-        ),
+    let (set, mut wanted) = match set {
+        FetchSet::All => (UidSet::all(), None),
+        FetchSet::Uids(uids) if uids.is_empty() => return Ok(()),
+        FetchSet::Uids(uids) => {
+            let wanted: HashSet<u32> = uids.iter().copied().collect();
+            (UidSet::Uids(uids), Some(wanted))
+        }
     };
     let capacity = u32::try_from(max_bytes.saturating_mul(2)).unwrap_or(u32::MAX).max(1);
     let budget = Arc::new(Semaphore::new(capacity as usize));
@@ -326,43 +326,41 @@ pub async fn fetch_batches(
         budget: None,
     };
     let mut bytes = 0usize;
-    for set in uid_sets {
-        let mut handle = source.fetch_start(&set, FetchItems::Full, None).await?;
-        while let Some(record) = source.fetch_next(&mut handle).await? {
-            let asked = wanted.as_mut().is_none_or(|wanted| wanted.remove(&record.uid));
-            if !seen.insert(record.uid) || !asked {
-                tracing::warn!(uid = record.uid, "the source sent a message twice or unasked; ignored");
-                continue;
-            }
-            let message = into_message(record);
-            let size = message.raw.len();
-            if !batch.messages.is_empty() && (batch.messages.len() >= max_messages || bytes + size > max_bytes) {
-                bytes = 0;
-                let full = std::mem::replace(
-                    &mut batch,
-                    FetchedBatch {
-                        messages: Vec::new(),
-                        budget: None,
-                    },
-                );
-                if sender.send(full).await.is_err() {
-                    return Ok(());
-                }
-            }
-            // Waits while earlier batches are still being appended. Only
-            // after a full batch was sent: what this batch holds plus this
-            // message never exceeds the budget, so it cannot wait on itself.
-            let share = u32::try_from(size).unwrap_or(u32::MAX).clamp(1, capacity);
-            let Ok(permit) = Arc::clone(&budget).acquire_many_owned(share).await else {
-                return Ok(());
-            };
-            match &mut batch.budget {
-                Some(held) => held.merge(permit),
-                None => batch.budget = Some(permit),
-            }
-            bytes += size;
-            batch.messages.push(message);
+    let mut handle = source.fetch_start(&set, FetchItems::Full, None).await?;
+    while let Some(record) = source.fetch_next(&mut handle).await? {
+        let asked = wanted.as_mut().is_none_or(|wanted| wanted.remove(&record.uid));
+        if !seen.insert(record.uid) || !asked {
+            tracing::warn!(uid = record.uid, "the source sent a message twice or unasked; ignored");
+            continue;
         }
+        let message = into_message(record);
+        let size = message.raw.len();
+        if !batch.messages.is_empty() && (batch.messages.len() >= max_messages || bytes + size > max_bytes) {
+            bytes = 0;
+            let full = std::mem::replace(
+                &mut batch,
+                FetchedBatch {
+                    messages: Vec::new(),
+                    budget: None,
+                },
+            );
+            if sender.send(full).await.is_err() {
+                return Ok(());
+            }
+        }
+        // Waits while earlier batches are still being appended. Only
+        // after a full batch was sent: what this batch holds plus this
+        // message never exceeds the budget, so it cannot wait on itself.
+        let share = u32::try_from(size).unwrap_or(u32::MAX).clamp(1, capacity);
+        let Ok(permit) = Arc::clone(&budget).acquire_many_owned(share).await else {
+            return Ok(());
+        };
+        match &mut batch.budget {
+            Some(held) => held.merge(permit),
+            None => batch.budget = Some(permit),
+        }
+        bytes += size;
+        batch.messages.push(message);
     }
     if !batch.messages.is_empty() {
         let _ = sender.send(batch).await;

@@ -19,7 +19,7 @@ use super::plan::{self, DedupPool, Deletions, FlagChange};
 use super::{Phase, ProgressFn, SyncOptions};
 use crate::error::Result;
 use crate::folders::FolderMapping;
-use crate::imap::{uid_set, FetchItems, ImapSession, KnownState, MailboxStatus, SelectedFolder};
+use crate::imap::{uid_set, FetchItems, ImapSession, KnownState, MailboxStatus, SearchKey, SelectedFolder, UidSet};
 use crate::message::Flags;
 use crate::report::FolderReport;
 use crate::state::{FolderState, MessageRow, State};
@@ -207,7 +207,7 @@ pub(super) async fn plan(
         } else {
             let mut found = sides
                 .source
-                .uid_search(&format!("UID {}:*", folder.highest_uid + 1))
+                .uid_search(&SearchKey::Uids(UidSet::From(folder.highest_uid + 1)))
                 .await?;
             // "n:*" also matches the last message when every UID is below n.
             found.retain(|uid| *uid > folder.highest_uid);
@@ -230,7 +230,7 @@ pub(super) async fn plan(
                     } else {
                         sides
                             .source
-                            .uid_search(&format!("UID 1:{}", folder.highest_uid))
+                            .uid_search(&SearchKey::Uids(UidSet::Range(1, folder.highest_uid)))
                             .await?
                     };
                     plan::deletions(&rows, &failures, &existing)
@@ -294,7 +294,7 @@ async fn flag_changes(
         _ => None,
     };
     let records = source
-        .fetch_all(&format!("1:{}", folder.highest_uid), FetchItems::Flags, changed_since)
+        .fetch_all(&UidSet::Range(1, folder.highest_uid), FetchItems::Flags, changed_since)
         .await?;
     let source_flags: Vec<(u32, Flags)> = records.into_iter().filter_map(|r| Some((r.uid, r.flags?))).collect();
     Ok(plan::flag_changes(rows, &source_flags))

@@ -6,7 +6,9 @@ use super::{TargetFolderStatus, TargetMessage};
 use crate::endpoint::{ImapEndpoint, Secret};
 use crate::error::Result;
 use crate::fingerprint::Fingerprint;
-use crate::imap::{uid_set, uid_set_chunks, ConnectOptions, FetchItems, FolderInfo, FolderListing, ImapSession};
+use crate::imap::{
+    uid_set, ConnectOptions, FetchItems, FlagOperation, FolderInfo, FolderListing, ImapSession, SearchKey, UidSet,
+};
 use crate::message::{Flags, Message};
 
 /// How long a folder must stay unchanged to count as settled: longer than a
@@ -112,13 +114,17 @@ impl ImapTarget {
         self.select(name).await?;
         // List the UIDs first and fetch headers only of those the state does
         // not know: after a large copy, that is usually none of them.
-        let mut unknown = self.session.uid_search(&format!("UID {}:*", after_uid + 1)).await?;
+        let above = SearchKey::Uids(UidSet::From(after_uid + 1));
+        let mut unknown = self.session.uid_search(&above).await?;
         // "n:*" also matches the last message when every UID is below n.
         unknown.retain(|uid| *uid > after_uid && !known.contains(&uid.to_string()));
-        let mut records = Vec::new();
-        for set in uid_set_chunks(&unknown, 4000) {
-            records.extend(self.session.fetch_all(&set, FetchItems::Fingerprint, None).await?);
-        }
+        let records = if unknown.is_empty() {
+            Vec::new()
+        } else {
+            self.session
+                .fetch_all(&UidSet::Uids(unknown), FetchItems::Fingerprint, None)
+                .await?
+        };
         Ok(records
             .into_iter()
             .map(|r| {
@@ -152,12 +158,13 @@ impl ImapTarget {
             return Ok(Vec::new());
         }
         self.select(name).await?;
-        let mut uids: Vec<u32> = candidates.iter().map(|(uid, _)| *uid).collect();
-        uids.sort_unstable();
-        let mut present = HashSet::new();
-        for set in uid_set_chunks(&uids, 4000) {
-            present.extend(self.session.uid_search(&format!("UID {set}")).await?);
-        }
+        let uids: Vec<u32> = candidates.iter().map(|(uid, _)| *uid).collect();
+        let present: HashSet<u32> = self
+            .session
+            .uid_search(&SearchKey::Uids(UidSet::Uids(uids)))
+            .await?
+            .into_iter()
+            .collect();
         Ok(candidates
             .into_iter()
             .filter(|(uid, _)| present.contains(uid))
@@ -190,7 +197,9 @@ impl ImapTarget {
             }
         }
         for (flags, uids) in by_flags {
-            self.session.uid_store(&uids, "FLAGS", flags).await?;
+            self.session
+                .uid_store(&UidSet::Uids(uids), FlagOperation::Replace, flags)
+                .await?;
         }
         Ok(())
     }
@@ -217,12 +226,13 @@ impl ImapTarget {
         }
         self.select(name).await?;
         // Streamed: one message in memory at a time, however large the folder.
-        for set in uid_set_chunks(&uids, 4000) {
-            let mut fetch = self.session.fetch_start(&set, FetchItems::Full, None).await?;
-            while let Some(record) = self.session.fetch_next(&mut fetch).await? {
-                if let Some(body) = record.body {
-                    each(&record.uid.to_string(), &body);
-                }
+        let mut fetch = self
+            .session
+            .fetch_start(&UidSet::Uids(uids), FetchItems::Full, None)
+            .await?;
+        while let Some(record) = self.session.fetch_next(&mut fetch).await? {
+            if let Some(body) = record.body {
+                each(&record.uid.to_string(), &body);
             }
         }
         Ok(())
