@@ -1,0 +1,101 @@
+//! UID sets, search keys and flag operations as the rest of the engine names
+//! them. Only this module and the session turn them into protocol text, and
+//! a long set becomes several commands there, never one line a server
+//! refuses as too long.
+
+use super::codec;
+
+/// Longest UID set text in one command.
+const UID_SET_CHARS: usize = 4000;
+
+/// A set of message UIDs in the selected folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UidSet {
+    /// Exactly these UIDs, in any order.
+    Uids(Vec<u32>),
+    /// `first` through `last`.
+    Range(u32, u32),
+    /// `first` and every UID after it, up to the highest there is. Servers
+    /// read `n:*` as `highest:n` when every UID is below n, so callers drop
+    /// UIDs below `first` from the answer.
+    From(u32),
+}
+
+impl UidSet {
+    /// Every message of the folder.
+    pub fn all() -> Self {
+        Self::From(1)
+    }
+
+    /// Whether the set names no UID (an empty list).
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Self::Uids(uids) if uids.is_empty())
+    }
+
+    /// The set as command text, split so no part exceeds the line budget.
+    pub(super) fn render(&self) -> Vec<String> {
+        match self {
+            Self::Uids(uids) => codec::uid_set_chunks(uids, UID_SET_CHARS),
+            Self::Range(first, last) => vec![format!("{first}:{last}")],
+            Self::From(first) => vec![format!("{first}:*")],
+        }
+    }
+}
+
+/// What a UID SEARCH looks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SearchKey {
+    /// Every message.
+    All,
+    /// Messages whose UID is in the set (the ones that still exist).
+    Uids(UidSet),
+}
+
+impl SearchKey {
+    /// The key as command text, one per command (a long UID list is split).
+    pub(super) fn render(&self) -> Vec<String> {
+        match self {
+            Self::All => vec!["ALL".to_string()],
+            Self::Uids(set) => set.render().into_iter().map(|set| format!("UID {set}")).collect(),
+        }
+    }
+}
+
+/// How STORE changes the flags of messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagOperation {
+    /// Add these flags.
+    Add,
+    /// Remove these flags.
+    Remove,
+    /// Replace all flags with these.
+    Replace,
+}
+
+impl FlagOperation {
+    pub(super) fn verb(self) -> &'static str {
+        match self {
+            Self::Add => "+FLAGS.SILENT",
+            Self::Remove => "-FLAGS.SILENT",
+            Self::Replace => "FLAGS.SILENT",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sets_and_keys_render_as_the_protocol_spells_them() {
+        assert_eq!(UidSet::all().render(), vec!["1:*"]);
+        assert_eq!(UidSet::Range(1, 7).render(), vec!["1:7"]);
+        assert_eq!(UidSet::Uids(vec![9, 1, 2, 3]).render(), vec!["1:3,9"]);
+        assert!(UidSet::Uids(Vec::new()).render().is_empty());
+        assert_eq!(SearchKey::Uids(UidSet::From(12)).render(), vec!["UID 12:*"]);
+        assert_eq!(SearchKey::All.render(), vec!["ALL"]);
+        let scattered: Vec<u32> = (0..5000).map(|i| i * 2).collect();
+        let parts = UidSet::Uids(scattered).render();
+        assert!(parts.len() > 1 && parts.iter().all(|p| p.len() <= UID_SET_CHARS));
+    }
+}
