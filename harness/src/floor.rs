@@ -38,24 +38,49 @@ impl FloorCopy {
 
 /// Copies several mailboxes, at most `parallel` at once, and returns the totals.
 pub async fn copy_mailboxes(jobs: &[MailboxJob], parallel: usize, connect: &ConnectOptions) -> Result<FloorCopy> {
+    let mut total = FloorCopy::default();
+    for copied in each_mailbox(jobs, parallel, connect, |job, connect| async move {
+        copy_mailbox(&job, &connect).await
+    })
+    .await?
+    {
+        total.add(copied);
+    }
+    Ok(total)
+}
+
+/// Runs `work` for every job, at most `parallel` at once; the results in
+/// the order they finished.
+async fn each_mailbox<T, F, Fut>(
+    jobs: &[MailboxJob],
+    parallel: usize,
+    connect: &ConnectOptions,
+    work: F,
+) -> Result<Vec<T>>
+where
+    T: Send + 'static,
+    F: Fn(MailboxJob, ConnectOptions) -> Fut,
+    Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+{
     let permits = Arc::new(Semaphore::new(parallel.max(1)));
     let mut tasks = JoinSet::new();
     for job in jobs {
-        let (job, connect, permits) = (job.clone(), connect.clone(), Arc::clone(&permits));
+        let permits = Arc::clone(&permits);
+        let run = work(job.clone(), connect.clone());
         tasks.spawn(async move {
             // The semaphore is never closed, so acquiring only waits.
             let _permit = permits
                 .acquire_owned()
                 .await
                 .map_err(|e| Error::Worker(e.to_string()))?;
-            copy_mailbox(&job, &connect).await
+            run.await
         });
     }
-    let mut total = FloorCopy::default();
+    let mut results = Vec::with_capacity(jobs.len());
     while let Some(joined) = tasks.join_next().await {
-        total.add(joined.map_err(|e| Error::Worker(e.to_string()))??);
+        results.push(joined.map_err(|e| Error::Worker(e.to_string()))??);
     }
-    Ok(total)
+    Ok(results)
 }
 
 /// Copies every folder of one mailbox into an IMAP target, which should be
@@ -96,23 +121,11 @@ pub async fn copy_mailbox(job: &MailboxJob, connect: &ConnectOptions) -> Result<
 /// LIST and pipelined STATUS where LIST-STATUS is missing), log out. At most
 /// `parallel` mailboxes at once. Returns the folders listed on the source.
 pub async fn status_mailboxes(jobs: &[MailboxJob], parallel: usize, connect: &ConnectOptions) -> Result<u64> {
-    let permits = Arc::new(Semaphore::new(parallel.max(1)));
-    let mut tasks = JoinSet::new();
-    for job in jobs {
-        let (job, connect, permits) = (job.clone(), connect.clone(), Arc::clone(&permits));
-        tasks.spawn(async move {
-            let _permit = permits
-                .acquire_owned()
-                .await
-                .map_err(|e| Error::Worker(e.to_string()))?;
-            status_mailbox(&job, &connect).await
-        });
-    }
-    let mut folders = 0;
-    while let Some(joined) = tasks.join_next().await {
-        folders += joined.map_err(|e| Error::Worker(e.to_string()))??;
-    }
-    Ok(folders)
+    let folders = each_mailbox(jobs, parallel, connect, |job, connect| async move {
+        status_mailbox(&job, &connect).await
+    })
+    .await?;
+    Ok(folders.into_iter().sum())
 }
 
 /// [`status_mailboxes`] for one mailbox.

@@ -161,6 +161,19 @@ struct Completion {
     append_uids: Vec<u32>,
 }
 
+impl Completion {
+    fn new(status: &Status, outcome: &async_imap::imap_proto::Outcome<'_>) -> Self {
+        Self {
+            ok: matches!(status, Status::Ok),
+            text: outcome_text(outcome.code.as_ref(), outcome.information.as_deref()),
+            append_uids: match &outcome.code {
+                Some(ResponseCode::AppendUid(_, set)) => expand_uid_set(set.as_slice()),
+                _ => Vec::new(),
+            },
+        }
+    }
+}
+
 impl ImapSession {
     /// Connects, negotiates TLS as the endpoint asks and logs in. A
     /// password is never sent in cleartext unless the endpoint says
@@ -385,11 +398,9 @@ impl ImapSession {
                 failed => return Err(self.read_error(failed.map(|read| read.map(|_| ())))),
             };
             let step = match data.parsed() {
-                Response::Done { tag, status, outcome } if tag.0 == handle.tag => FetchStep::Done(Completion {
-                    ok: matches!(status, Status::Ok),
-                    text: outcome_text(outcome.code.as_ref(), outcome.information.as_deref()),
-                    append_uids: Vec::new(),
-                }),
+                Response::Done { tag, status, outcome } if tag.0 == handle.tag => {
+                    FetchStep::Done(Completion::new(status, outcome))
+                }
                 Response::Data {
                     status: Status::Bye,
                     outcome,
@@ -678,14 +689,7 @@ impl ImapSession {
                     tag: done_tag,
                     status,
                     outcome,
-                } if done_tag.0 == tag => Ok(Event::Done(Completion {
-                    ok: matches!(status, Status::Ok),
-                    text: outcome_text(outcome.code.as_ref(), outcome.information.as_deref()),
-                    append_uids: match &outcome.code {
-                        Some(ResponseCode::AppendUid(_, set)) => expand_uid_set(set),
-                        _ => Vec::new(),
-                    },
-                })),
+                } if done_tag.0 == tag => Ok(Event::Done(Completion::new(status, outcome))),
                 Response::Data {
                     status: Status::Bye,
                     outcome,
@@ -856,11 +860,7 @@ impl PreLogin {
                         tag: done,
                         status,
                         outcome,
-                    } if done.0 == tag => PreLoginStep::Done(Completion {
-                        ok: matches!(status, Status::Ok),
-                        text: outcome_text(outcome.code.as_ref(), outcome.information.as_deref()),
-                        append_uids: Vec::new(),
-                    }),
+                    } if done.0 == tag => PreLoginStep::Done(Completion::new(status, outcome)),
                     Response::Data {
                         status: Status::Bye,
                         outcome,

@@ -238,17 +238,21 @@ async fn sync_locked(
     source_id: String,
     target_id: String,
 ) -> Result<SyncReport> {
-    let started = Instant::now();
     let started_at = Utc::now().to_rfc3339();
     state.mark_interrupted_runs(mailbox, &started_at)?;
     let run = state.start_run(mailbox, options.phase.as_str(), &started_at)?;
-    let mut report = new_report(options, source_id, target_id, started_at);
-    run_or_report(job, options, state, mailbox, &mut report, progress).await?;
+    let report = timed(
+        job,
+        options,
+        state,
+        mailbox,
+        progress,
+        new_report(options, source_id, target_id, started_at),
+    )
+    .await?;
     if options.phase == Phase::Final && report.error.is_none() {
         state.set_cutover_at(mailbox, &report.started_at)?;
     }
-    report.finished_at = Utc::now().to_rfc3339();
-    report.seconds = started.elapsed().as_secs_f64();
     let status = if report.error.is_none() && report.folders.iter().all(|f| f.error.is_none()) {
         "done"
     } else {
@@ -270,8 +274,20 @@ async fn dry_run(
     source_id: String,
     target_id: String,
 ) -> Result<SyncReport> {
+    let report = new_report(options, source_id, target_id, Utc::now().to_rfc3339());
+    timed(job, options, state, mailbox, progress, report).await
+}
+
+/// Runs the phase into `report` and notes when it ended and how long it took.
+async fn timed(
+    job: &MailboxJob,
+    options: &SyncOptions,
+    state: &mut State,
+    mailbox: MailboxId,
+    progress: Option<&ProgressFn>,
+    mut report: SyncReport,
+) -> Result<SyncReport> {
     let started = Instant::now();
-    let mut report = new_report(options, source_id, target_id, Utc::now().to_rfc3339());
     run_or_report(job, options, state, mailbox, &mut report, progress).await?;
     report.finished_at = Utc::now().to_rfc3339();
     report.seconds = started.elapsed().as_secs_f64();
