@@ -80,7 +80,9 @@ pub async fn toggle_seen(session: &mut ImapSession, folder: &str, count: usize) 
 }
 
 /// The owner deletes (and expunges) `count` messages of `folder`, spread over
-/// it and away from the ones [`toggle_seen`] picks. Returns how many went.
+/// it and, when called with the same `count`, away from the ones [`toggle_seen`]
+/// picks (with other counts the two may pick the same messages). Returns how
+/// many went.
 pub async fn delete(session: &mut ImapSession, folder: &str, count: usize) -> Result<usize> {
     session.open_folder(folder, false).await?;
     let chosen = spread(&session.uid_search(&SearchKey::All).await?, count, 1);

@@ -5,7 +5,7 @@
 //! streaming commands ignore a tagged NO/BAD and its `append` waits for a
 //! synchronising literal and drops APPENDUID.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use async_imap::imap_proto::rfc4315::UidSetMember;
@@ -145,6 +145,19 @@ pub struct ImapSession {
     closed: bool,
     /// `ENABLE QRESYNC` was sent (once per session, on first need).
     pub(super) qresync_enabled: bool,
+}
+
+/// Most commands [`ImapSession::run_pipelined`] has in flight: a few
+/// kilobytes each way, far below what either side buffers, so neither can
+/// block the other.
+const PIPELINE: usize = 64;
+
+/// One answer while pipelined commands are in flight.
+enum Pipelined<T> {
+    Item(T),
+    Done(String, Completion),
+    Bye(String),
+    Other,
 }
 
 /// What one server response means to the command waiting for it.
@@ -527,9 +540,30 @@ impl ImapSession {
 
     /// Adds, removes or replaces flags of messages in the selected folder.
     pub async fn uid_store(&mut self, set: &UidSet, operation: FlagOperation, flags: &Flags) -> Result<()> {
-        for part in set.render() {
-            let command = format!("UID STORE {part} {} {}", operation.verb(), codec::flag_list(flags));
-            self.run(&command, "STORE", |_, _| None::<()>).await?;
+        self.uid_store_all(&[(set.clone(), operation, flags.clone())]).await
+    }
+
+    /// Several flag changes in the selected folder, all sent before the
+    /// first answer is read: one round trip for a folder's flag sync. A
+    /// change the server refuses as throttled is sent again on its own,
+    /// after a pause; any other refusal is the error.
+    pub async fn uid_store_all(&mut self, stores: &[(UidSet, FlagOperation, Flags)]) -> Result<()> {
+        let commands: Vec<String> = stores
+            .iter()
+            .flat_map(|(set, operation, flags)| {
+                set.render()
+                    .into_iter()
+                    .map(move |part| format!("UID STORE {part} {} {}", operation.verb(), codec::flag_list(flags)))
+            })
+            .collect();
+        let (_, refused) = self.run_pipelined(&commands, |_, _| None::<()>).await?;
+        for (command, text) in commands.iter().zip(refused) {
+            let Some(text) = text else { continue };
+            let error = self.refusal(&text, "STORE");
+            if error.kind() != ErrorKind::Throttled {
+                return Err(error);
+            }
+            self.run(command, "STORE", |_, _| None::<()>).await?;
         }
         Ok(())
     }
@@ -594,6 +628,55 @@ impl ImapSession {
             tokio::time::sleep(throttle_pause(attempt)).await;
             attempt += 1;
         }
+    }
+
+    /// Sends commands without waiting for each answer (at most
+    /// [`PIPELINE`] in flight), and collects what `item` picks out of the
+    /// untagged answers of all of them. Returns those and, per command, the
+    /// refusal text of the ones the server refused.
+    pub(super) async fn run_pipelined<T>(
+        &mut self,
+        commands: &[String],
+        mut item: impl FnMut(&Response<'_>, &[u8]) -> Option<T>,
+    ) -> Result<(Vec<T>, Vec<Option<String>>)> {
+        let mut items = Vec::new();
+        let mut refused = vec![None; commands.len()];
+        for (chunk_index, chunk) in commands.chunks(PIPELINE).enumerate() {
+            let mut pending: HashMap<String, usize> = HashMap::new();
+            for (offset, command) in chunk.iter().enumerate() {
+                let tag = self.tag();
+                self.write(format!("{tag} {command}\r\n").as_bytes()).await?;
+                pending.insert(tag, chunk_index * PIPELINE + offset);
+            }
+            self.flush().await?;
+            while !pending.is_empty() {
+                let step = self
+                    .read(|response, raw| match response {
+                        Response::Done { tag, status, outcome } => {
+                            Pipelined::Done(tag.0.to_string(), Completion::new(status, outcome))
+                        }
+                        Response::Data {
+                            status: Status::Bye,
+                            outcome,
+                        } => Pipelined::Bye(outcome_text(outcome.code.as_ref(), outcome.information.as_deref())),
+                        other => item(other, raw).map_or(Pipelined::Other, Pipelined::Item),
+                    })
+                    .await?;
+                match step {
+                    Pipelined::Item(found) => items.push(found),
+                    Pipelined::Done(tag, done) => {
+                        if let Some(index) = pending.remove(&tag) {
+                            if let Some(slot) = refused.get_mut(index).filter(|_| !done.ok) {
+                                *slot = Some(done.text);
+                            }
+                        }
+                    }
+                    Pipelined::Bye(text) => return Err(self.bye(&text)),
+                    Pipelined::Other => {}
+                }
+            }
+        }
+        Ok((items, refused))
     }
 
     pub(super) fn tag(&mut self) -> String {

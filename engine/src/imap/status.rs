@@ -6,12 +6,12 @@
 //! folders that moved, so an unchanged mailbox costs one round trip after
 //! login however many folders it has.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use async_imap::imap_proto::{MailboxDatum, Response, StatusAttribute};
 
 use super::codec;
-use super::session::{came_quoted, folder_info, outcome_text, FolderInfo, ImapSession};
+use super::session::{came_quoted, folder_info, FolderInfo, ImapSession};
 use crate::error::Result;
 
 /// A folder's state as STATUS reports it.
@@ -37,18 +37,6 @@ pub struct FolderListing {
     pub folders: Vec<FolderInfo>,
     /// States of the folders the server reported.
     pub statuses: HashMap<String, MailboxStatus>,
-}
-
-/// Most STATUS commands in flight at once: a few kilobytes each way, far
-/// below what either side buffers, so neither can block the other.
-const PIPELINE: usize = 64;
-
-/// One answer while STATUS commands are in flight.
-enum Answer {
-    Status(String, Option<MailboxStatus>),
-    Done(String),
-    Bye(String),
-    Other,
 }
 
 impl ImapSession {
@@ -99,49 +87,24 @@ impl ImapSession {
         Ok(listing)
     }
 
-    /// STATUS of each folder, the commands of a chunk written at once and
-    /// their answers read after. A folder the server refuses is left out.
+    /// STATUS of each folder, all commands written before the answers are
+    /// read. A folder the server refuses (gone, unreadable) is left out: it
+    /// is opened to be known.
     async fn statuses(&mut self, names: &[&str], items: &str) -> Result<HashMap<String, MailboxStatus>> {
-        let mut statuses = HashMap::new();
-        for chunk in names.chunks(PIPELINE) {
-            let mut pending = HashSet::new();
-            for name in chunk {
-                let tag = self.tag();
-                let line = format!("{tag} STATUS {} ({items})\r\n", codec::mailbox(name));
-                self.write(line.as_bytes()).await?;
-                pending.insert(tag);
-            }
-            self.flush().await?;
-            while !pending.is_empty() {
-                let answer = self
-                    .read(|response, raw| match response {
-                        Response::MailboxData(MailboxDatum::Status { mailbox, status }) => Answer::Status(
-                            codec::decode_mailbox(mailbox, came_quoted(mailbox, raw)),
-                            mailbox_status(status),
-                        ),
-                        Response::Done { tag, .. } => Answer::Done(tag.0.to_string()),
-                        Response::Data {
-                            status: async_imap::imap_proto::Status::Bye,
-                            outcome,
-                        } => Answer::Bye(outcome_text(outcome.code.as_ref(), outcome.information.as_deref())),
-                        _ => Answer::Other,
-                    })
-                    .await?;
-                match answer {
-                    Answer::Status(name, Some(status)) => {
-                        statuses.insert(name, status);
-                    }
-                    // A NO (the folder went away, or cannot be read) only
-                    // means this folder is opened to be known.
-                    Answer::Done(tag) => {
-                        pending.remove(&tag);
-                    }
-                    Answer::Bye(text) => return Err(self.bye(&text)),
-                    Answer::Status(_, None) | Answer::Other => {}
-                }
-            }
-        }
-        Ok(statuses)
+        let commands: Vec<String> = names
+            .iter()
+            .map(|name| format!("STATUS {} ({items})", codec::mailbox(name)))
+            .collect();
+        let (answers, _refused) = self
+            .run_pipelined(&commands, |response, raw| match response {
+                Response::MailboxData(MailboxDatum::Status { mailbox, status }) => Some((
+                    codec::decode_mailbox(mailbox, came_quoted(mailbox, raw)),
+                    mailbox_status(status)?,
+                )),
+                _ => None,
+            })
+            .await?;
+        Ok(answers.into_iter().collect())
     }
 }
 

@@ -189,6 +189,19 @@ impl State {
             .conn
             .query_row("PRAGMA user_version", [], |row| row.get(0))
             .map_err(&err)?;
+        if version == schema::MIGRATIONS.len() {
+            return Ok(());
+        }
+        // The write lock first, then the version again: processes (or batch
+        // tasks) opening a new file at the same moment would otherwise both
+        // run the first migration, and one would fail.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(&err)?;
+        let version: usize = tx
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(&err)?;
         if version > schema::MIGRATIONS.len() {
             return Err(Error::Config(format!(
                 "state file {} has schema version {version}, newer than this cutover knows ({}); upgrade cutover",
@@ -197,12 +210,10 @@ impl State {
             )));
         }
         for (index, migration) in schema::MIGRATIONS.iter().enumerate().skip(version) {
-            let tx = self.conn.transaction().map_err(&err)?;
             tx.execute_batch(migration).map_err(&err)?;
             tx.pragma_update(None, "user_version", index + 1).map_err(&err)?;
-            tx.commit().map_err(&err)?;
         }
-        Ok(())
+        tx.commit().map_err(&err)
     }
 
     /// The mailbox pair's id, created on first use.
@@ -719,6 +730,27 @@ fn folder_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<FolderState> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_state_file_opened_by_many_at_once_is_created_once() {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("state.db");
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+            let opened: Vec<_> = (0..8)
+                .map(|_| {
+                    let (path, barrier) = (path.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        State::open(&path).map(|_| ())
+                    })
+                })
+                .collect();
+            for handle in opened {
+                handle.join().unwrap().expect("every opener gets a migrated state");
+            }
+        }
+    }
 
     fn row(uid: u32, id: &str) -> MessageRow {
         MessageRow {

@@ -143,14 +143,8 @@ pub(super) struct Sides<'a> {
     pub options: &'a SyncOptions,
 }
 
-/// Decides what a folder's sync does, reading only. `listed` is the target
-/// folder's STATUS from the listing, when there was one.
-pub(super) async fn plan(
-    sides: &mut Sides<'_>,
-    mapping: &FolderMapping,
-    mut folder: FolderState,
-    listed: Option<MailboxStatus>,
-) -> Result<Planned> {
+/// Decides what a folder's sync does, reading only.
+pub(super) async fn plan(sides: &mut Sides<'_>, mapping: &FolderMapping, mut folder: FolderState) -> Result<Planned> {
     let options = sides.options;
     let syncs_flags = options.phase.syncs_flags_and_deletions();
     // What the last run knew, for QRESYNC: only worth asking when the
@@ -162,17 +156,16 @@ pub(super) async fn plan(
             uid_validity: folder.source_uid_validity,
             highest_modseq,
         });
-    let (source, changes) = sides.source.open_folder_since(&mapping.source, true, known).await?;
-    let target = if mapping.create {
-        None
+    let source_open = sides.source.open_folder_since(&mapping.source, true, known);
+    let (opened, target) = if mapping.create {
+        (source_open.await, None)
     } else {
-        match listed {
-            Some(status) => Some(TargetFolderStatus::from_status(&status)),
-            // No STATUS from the listing (a Maildir, or a server that did
-            // not answer for this folder): open it.
-            None => Some(sides.target.open_folder(&mapping.target).await?),
-        }
+        // Both folders at once: a large folder takes each server a while to
+        // open, and nearly every change needs the target folder open too.
+        let (opened, target) = tokio::join!(source_open, sides.target.open_folder(&mapping.target));
+        (opened, Some(target?))
     };
+    let (source, changes) = opened?;
     let target_validity_moved = target.is_none_or(|t| t.uid_validity != folder.target_uid_validity);
     let reset = folder.source_uid_validity != source.uid_validity || target_validity_moved;
     let mut plan = FolderPlan::new(

@@ -409,15 +409,7 @@ async fn run_phase(
             state,
             options,
         };
-        let result = sync_folder(
-            &mut sides,
-            mapping,
-            folder,
-            observed.target,
-            &mut folder_report,
-            progress,
-        )
-        .await;
+        let result = sync_folder(&mut sides, mapping, folder, &mut folder_report, progress).await;
         if let Err(e) = result {
             tracing::warn!(folder = %mapping.source, error = %e, "folder sync failed");
             folder_report.error = Some(ReportedError::from(&e));
@@ -448,11 +440,10 @@ async fn sync_folder(
     sides: &mut Sides<'_>,
     mapping: &FolderMapping,
     folder: FolderState,
-    listed: Option<crate::imap::MailboxStatus>,
     report: &mut FolderReport,
     progress: Option<&ProgressFn>,
 ) -> Result<()> {
-    let mut planned = folder::plan(sides, mapping, folder, listed).await?;
+    let mut planned = folder::plan(sides, mapping, folder).await?;
     if sides.options.dry_run {
         folder::count_on_target(sides, &mut planned).await?;
         planned.plan.fill(report);

@@ -196,12 +196,11 @@ impl ImapTarget {
                 by_flags.entry(flags).or_default().push(uid);
             }
         }
-        for (flags, uids) in by_flags {
-            self.session
-                .uid_store(&UidSet::Uids(uids), FlagOperation::Replace, flags)
-                .await?;
-        }
-        Ok(())
+        let stores: Vec<(UidSet, FlagOperation, Flags)> = by_flags
+            .into_iter()
+            .map(|(flags, uids)| (UidSet::Uids(uids), FlagOperation::Replace, flags.clone()))
+            .collect();
+        self.session.uid_store_all(&stores).await
     }
 
     pub(super) async fn delete(&mut self, name: &str, refs: &[String]) -> Result<()> {

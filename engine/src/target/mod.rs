@@ -46,15 +46,6 @@ pub struct TargetFolderStatus {
 }
 
 impl TargetFolderStatus {
-    /// From a STATUS answer: what LIST-STATUS says without opening the folder.
-    pub fn from_status(status: &MailboxStatus) -> Self {
-        Self {
-            uid_validity: status.uid_validity,
-            highest_uid: status.uid_next.saturating_sub(1),
-            messages: status.messages,
-        }
-    }
-
     /// As a STATUS answer (IMAP targets), to remember for the next run.
     pub fn as_status(&self) -> MailboxStatus {
         MailboxStatus {
