@@ -9,7 +9,9 @@ use clap::{Parser, Subcommand};
 use cutover_harness::backend::BackendKind;
 use cutover_harness::bench::{self, BenchSpec};
 use cutover_harness::cutover_bin::CutoverBin;
+use cutover_harness::delta_bench::{self, BatchBenchSpec, MemorySpec, NoChangeSpec};
 use cutover_harness::demo::{self, DemoSpec};
+use cutover_harness::mbsync::MbsyncSpec;
 use cutover_harness::scenario::{self, html, report::ScenarioReport, Scenario};
 use cutover_harness::{fill_maildir, CorpusSpec, Dovecot, DovecotConfig};
 
@@ -66,6 +68,74 @@ enum Command {
         /// Messages in the one folder of the delta benchmark.
         #[arg(long, default_value_t = 50_000)]
         delta_folder_messages: usize,
+        /// Print the figures as JSON on stdout (the table goes to stderr).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Batch benchmarks of the `cutover` binary, each selected by a flag
+    /// (none given: all three): a no-change `batch run --phase delta`
+    /// against its LIST-STATUS floor with SELECT/EXAMINE counted by Dovecot,
+    /// the peak RSS of `batch run --phase initial` with 25 MB messages at
+    /// several concurrencies, and a 1 % change delta next to mbsync (when
+    /// installed).
+    BenchBatch {
+        /// Measure the no-change delta against its floor.
+        #[arg(long)]
+        no_change: bool,
+        /// Measure the peak RSS of batch initial copies.
+        #[arg(long)]
+        memory: bool,
+        /// Compare a 1 % change delta with mbsync (skipped when mbsync is missing).
+        #[arg(long)]
+        mbsync: bool,
+        /// No-change delta: mailboxes in the batch.
+        #[arg(long, default_value_t = 200)]
+        mailboxes: usize,
+        /// No-change delta: folders per mailbox, one measurement each.
+        #[arg(long, value_delimiter = ',', default_values_t = [5, 50])]
+        folders: Vec<usize>,
+        /// No-change delta: small messages in every folder.
+        #[arg(long, default_value_t = 3)]
+        messages_per_folder: usize,
+        /// No-change delta: engine `--concurrency` and floor parallelism.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// No-change delta: engine deltas, each followed by a floor.
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+        /// Memory: mailboxes in the batch.
+        #[arg(long, default_value_t = 64)]
+        memory_mailboxes: usize,
+        /// Memory: `--concurrency` values, one initial copy each.
+        #[arg(long, value_delimiter = ',', default_values_t = [4, 16, 64])]
+        memory_concurrency: Vec<usize>,
+        /// Memory: small messages per mailbox.
+        #[arg(long, default_value_t = 6)]
+        small_messages: usize,
+        /// Memory: large messages per mailbox.
+        #[arg(long, default_value_t = 2)]
+        large_messages: usize,
+        /// Memory: bytes of each large message.
+        #[arg(long, default_value_t = 25_000_000)]
+        large_bytes: usize,
+        /// mbsync: mailboxes.
+        #[arg(long, default_value_t = 20)]
+        mbsync_mailboxes: usize,
+        /// mbsync: generated messages per mailbox.
+        #[arg(long, default_value_t = 1000)]
+        mbsync_messages: usize,
+        /// mbsync: per cent of each mailbox changed before a delta.
+        #[arg(long, default_value_t = 1.0)]
+        mbsync_change_percent: f64,
+        /// mbsync: engine `--concurrency` and mbsync processes at once.
+        #[arg(long, default_value_t = 4)]
+        mbsync_concurrency: usize,
+        /// mbsync: change-then-delta rounds (the order alternates).
+        #[arg(long, default_value_t = 2)]
+        mbsync_rounds: usize,
+        /// Corpus seed of the mbsync comparison; mailbox N gets seed + N.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
         /// Print the figures as JSON on stdout (the table goes to stderr).
         #[arg(long)]
         json: bool,
@@ -131,6 +201,55 @@ async fn main() -> anyhow::Result<ExitCode> {
                 delta_folder_messages,
             };
             run_bench(&spec, json).await.map(|()| ExitCode::SUCCESS)
+        }
+        Command::BenchBatch {
+            no_change,
+            memory,
+            mbsync,
+            mailboxes,
+            folders,
+            messages_per_folder,
+            concurrency,
+            rounds,
+            memory_mailboxes,
+            memory_concurrency,
+            small_messages,
+            large_messages,
+            large_bytes,
+            mbsync_mailboxes,
+            mbsync_messages,
+            mbsync_change_percent,
+            mbsync_concurrency,
+            mbsync_rounds,
+            seed,
+            json,
+        } => {
+            let all = !(no_change || memory || mbsync);
+            let spec = BatchBenchSpec {
+                no_change: (all || no_change).then_some(NoChangeSpec {
+                    mailboxes,
+                    folder_counts: folders,
+                    messages_per_folder,
+                    concurrency,
+                    rounds,
+                }),
+                memory: (all || memory).then_some(MemorySpec {
+                    mailboxes: memory_mailboxes,
+                    concurrencies: memory_concurrency,
+                    small_messages,
+                    large_messages,
+                    large_bytes,
+                }),
+                mbsync: (all || mbsync).then_some(MbsyncSpec {
+                    mailboxes: mbsync_mailboxes,
+                    messages: mbsync_messages,
+                    change_percent: mbsync_change_percent,
+                    concurrency: mbsync_concurrency,
+                    seed,
+                    rounds: mbsync_rounds,
+                }),
+            };
+            run_bench_batch(&spec, json).await.map(|()| ExitCode::SUCCESS)
         }
         Command::Run {
             scenario,
@@ -220,6 +339,21 @@ async fn run_bench(spec: &BenchSpec, json: bool) -> anyhow::Result<()> {
     // Progress goes to stderr, so stdout holds only the result.
     let progress = |step: &str| eprintln!("bench: {step}");
     let report = bench::run(spec, &cutover, &progress).await.context("benchmark")?;
+    if json {
+        eprintln!("{report}");
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{report}");
+    }
+    Ok(())
+}
+
+async fn run_bench_batch(spec: &BatchBenchSpec, json: bool) -> anyhow::Result<()> {
+    let cutover = CutoverBin::beside_current_exe()?;
+    let progress = |step: &str| eprintln!("bench-batch: {step}");
+    let report = delta_bench::run(spec, &cutover, &progress)
+        .await
+        .context("batch benchmark")?;
     if json {
         eprintln!("{report}");
         println!("{}", serde_json::to_string_pretty(&report)?);
