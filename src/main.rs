@@ -141,7 +141,24 @@ struct VerifyArgs {
     state: Option<PathBuf>,
 }
 
+/// Message bodies of 4 MiB and more get their own mapping, returned to the
+/// system when freed. By default glibc raises that threshold after the
+/// first large free, and then keeps freed bodies in per-thread heaps: a
+/// batch copying 25 MB messages held more than the two bodies per mailbox
+/// the copy pipeline bounds itself to (measured by `cutover-harness
+/// bench-batch --memory`). Setting the threshold also stops that
+/// adjustment.
+fn return_large_buffers_to_the_system() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; it is called before
+    // any thread exists, as glibc asks.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+    }
+}
+
 fn main() -> ExitCode {
+    return_large_buffers_to_the_system();
     init_logging();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {

@@ -101,7 +101,8 @@ impl Default for DovecotConfig {
 pub struct CommandCounts {
     /// SELECT and EXAMINE.
     pub opened: u64,
-    /// Every IMAP command (LOGIN and LOGOUT included).
+    /// Every IMAP command after login, LOGOUT included (LOGIN and what
+    /// comes before it are answered by imap-login, which is not counted).
     pub all: u64,
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
-use super::{MailboxId, State};
+use super::{MailboxId, RunId, State};
 use crate::error::{Error, Result};
 
 /// Who holds a mailbox lock.
@@ -76,49 +76,44 @@ impl State {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(&err)?;
-        let held: Option<(LockOwner, i64)> = tx
-            .query_row(
-                "SELECT token, pid, host, lease_until FROM mailbox_lock WHERE mailbox_id = ?1",
-                [mailbox],
-                |row| {
-                    Ok((
-                        LockOwner {
-                            token: row.get(0)?,
-                            pid: row.get(1)?,
-                            host: row.get(2)?,
-                        },
-                        row.get(3)?,
-                    ))
-                },
-            )
-            .optional()
-            .map_err(&err)?;
-        let now = now_ms();
-        if let Some((holder, until)) = held {
-            if until > now && !holder.is_gone() {
-                let until = chrono::DateTime::from_timestamp_millis(until).map_or_else(String::new, |t| t.to_rfc3339());
-                return Err(Error::Locked {
-                    mailbox: label.to_string(),
-                    owner: format!("pid {} on {}", holder.pid, holder.host),
-                    until,
-                });
-            }
-            tracing::info!(
-                mailbox = label,
-                pid = holder.pid,
-                host = %holder.host,
-                "taking over the lock of a process that is gone or whose lease ran out"
-            );
-        }
-        tx.execute(
-            "INSERT INTO mailbox_lock (mailbox_id, token, pid, host, lease_until) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (mailbox_id) DO UPDATE SET token = excluded.token, pid = excluded.pid,
-                host = excluded.host, lease_until = excluded.lease_until",
-            params![mailbox, owner.token, owner.pid, owner.host, now + lease_ms(lease)],
-        )
-        .map_err(&err)?;
+        take_lock(&tx, &err, mailbox, label, owner, lease)?;
         tx.commit().map_err(&err)
     }
+
+    /// Locks the mailbox and starts a run record in one transaction (one
+    /// write per mailbox start, which matters when a batch proves hundreds of
+    /// mailboxes unchanged at once): runs a killed process left `running`
+    /// are marked `interrupted` first. Returns the new run.
+    pub fn begin_locked_run(
+        &mut self,
+        mailbox: MailboxId,
+        label: &str,
+        owner: &LockOwner,
+        lease: Duration,
+        phase: &str,
+        now: &str,
+    ) -> Result<RunId> {
+        let err = self.err();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(&err)?;
+        take_lock(&tx, &err, mailbox, label, owner, lease)?;
+        tx.execute(
+            "UPDATE run SET status = 'interrupted', finished_at = ?2 WHERE mailbox_id = ?1 AND status = 'running'",
+            params![mailbox, now],
+        )
+        .map_err(&err)?;
+        tx.execute(
+            "INSERT INTO run (mailbox_id, phase, started_at, status) VALUES (?1, ?2, ?3, 'running')",
+            params![mailbox, phase, now],
+        )
+        .map_err(&err)?;
+        let run = tx.last_insert_rowid();
+        tx.commit().map_err(&err)?;
+        Ok(run)
+    }
+
 
     /// Extends the lease; `false` when the lock is no longer `token`'s.
     pub fn renew_mailbox_lock(&self, mailbox: MailboxId, token: &str, lease: Duration) -> Result<bool> {
@@ -141,6 +136,60 @@ impl State {
             .map(|_| ())
             .map_err(self.err())
     }
+}
+
+/// The lock check and take of [`State::lock_mailbox`], inside the caller's
+/// IMMEDIATE transaction so nothing can come between the two.
+fn take_lock(
+    tx: &rusqlite::Transaction<'_>,
+    err: &impl Fn(rusqlite::Error) -> Error,
+    mailbox: MailboxId,
+    label: &str,
+    owner: &LockOwner,
+    lease: Duration,
+) -> Result<()> {
+    let held: Option<(LockOwner, i64)> = tx
+        .query_row(
+            "SELECT token, pid, host, lease_until FROM mailbox_lock WHERE mailbox_id = ?1",
+            [mailbox],
+            |row| {
+                Ok((
+                    LockOwner {
+                        token: row.get(0)?,
+                        pid: row.get(1)?,
+                        host: row.get(2)?,
+                    },
+                    row.get(3)?,
+                ))
+            },
+        )
+        .optional()
+        .map_err(err)?;
+    let now = now_ms();
+    if let Some((holder, until)) = held {
+        if until > now && !holder.is_gone() {
+            let until = chrono::DateTime::from_timestamp_millis(until).map_or_else(String::new, |t| t.to_rfc3339());
+            return Err(Error::Locked {
+                mailbox: label.to_string(),
+                owner: format!("pid {} on {}", holder.pid, holder.host),
+                until,
+            });
+        }
+        tracing::info!(
+            mailbox = label,
+            pid = holder.pid,
+            host = %holder.host,
+            "taking over the lock of a process that is gone or whose lease ran out"
+        );
+    }
+    tx.execute(
+        "INSERT INTO mailbox_lock (mailbox_id, token, pid, host, lease_until) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (mailbox_id) DO UPDATE SET token = excluded.token, pid = excluded.pid,
+            host = excluded.host, lease_until = excluded.lease_until",
+        params![mailbox, owner.token, owner.pid, owner.host, now + lease_ms(lease)],
+    )
+    .map_err(err)?;
+    Ok(())
 }
 
 #[cfg(test)]

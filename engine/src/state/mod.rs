@@ -147,9 +147,21 @@ impl State {
             conn,
             path: path.to_path_buf(),
         };
-        state.configure()?;
-        state.migrate()?;
-        Ok(state)
+        // Openers of a brand-new file race to switch it to WAL and create
+        // its tables; SQLite answers some of those races with "busy" at once
+        // instead of waiting (to avoid a deadlock), so the loser tries again.
+        let mut attempt = 0;
+        loop {
+            match state.configure().and_then(|()| state.migrate()) {
+                Err(Error::State { source, .. })
+                    if source.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) && attempt < 100 =>
+                {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => return other.map(|()| state),
+            }
+        }
     }
 
     /// The state file.
@@ -619,43 +631,14 @@ impl State {
             .map_err(self.err())
     }
 
-    /// Marks the mailbox's runs still recorded as running as `interrupted`:
-    /// called before a new run starts, so their process died (kill -9, a
-    /// crash) and reports must not show them running. Returns how many.
-    pub fn mark_interrupted_runs(&self, mailbox: MailboxId, now: &str) -> Result<usize> {
-        self.conn
-            .execute(
-                "UPDATE run SET status = 'interrupted', finished_at = ?2 WHERE mailbox_id = ?1 AND status = 'running'",
-                params![mailbox, now],
-            )
-            .map_err(self.err())
-    }
-
-    /// Starts a run record.
-    pub fn start_run(&self, mailbox: MailboxId, phase: &str, now: &str) -> Result<RunId> {
-        self.conn
-            .execute(
-                "INSERT INTO run (mailbox_id, phase, started_at, status) VALUES (?1, ?2, ?3, 'running')",
-                params![mailbox, phase, now],
-            )
-            .map_err(self.err())?;
-        Ok(self.conn.last_insert_rowid())
-    }
-
-    /// Completes a run with its report and errors.
-    pub fn finish_run(
-        &mut self,
-        run: RunId,
-        status: &str,
-        now: &str,
-        report_json: &str,
-        errors: &[(Option<String>, Option<u32>, ErrorKind, String)],
-    ) -> Result<()> {
+    /// Completes a run with its report and errors and, with `release`,
+    /// releases the mailbox lock `(mailbox, token)` in the same transaction.
+    pub fn finish_run(&mut self, run: RunId, end: &RunEnd<'_>, release: Option<(MailboxId, &str)>) -> Result<()> {
         let err = self.err();
         let tx = self.conn.transaction().map_err(&err)?;
         tx.execute(
             "UPDATE run SET status = ?2, finished_at = ?3, report = ?4 WHERE id = ?1",
-            params![run, status, now, report_json],
+            params![run, end.status, end.finished_at, end.report_json],
         )
         .map_err(&err)?;
         {
@@ -664,14 +647,34 @@ impl State {
                     "INSERT INTO run_error (run_id, folder, source_uid, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
                 .map_err(&err)?;
-            for (folder, uid, kind, detail) in errors {
+            for (folder, uid, kind, detail) in end.errors {
                 insert
                     .execute(params![run, folder, uid, kind.as_str(), detail])
                     .map_err(&err)?;
             }
         }
+        if let Some((mailbox, token)) = release {
+            tx.execute(
+                "DELETE FROM mailbox_lock WHERE mailbox_id = ?1 AND token = ?2",
+                params![mailbox, token],
+            )
+            .map_err(&err)?;
+        }
         tx.commit().map_err(&err)
     }
+}
+
+/// How a run ended, for [`State::finish_run`].
+#[derive(Debug, Clone, Copy)]
+pub struct RunEnd<'a> {
+    /// `done` or `failed`.
+    pub status: &'a str,
+    /// RFC 3339.
+    pub finished_at: &'a str,
+    /// The report, as JSON.
+    pub report_json: &'a str,
+    /// Errors as (folder, UID, kind, detail).
+    pub errors: &'a [(Option<String>, Option<u32>, ErrorKind, String)],
 }
 
 /// A stored fingerprint (column `index` of a row), checked for its length.
@@ -769,18 +772,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut state = State::open(&dir.path().join("state.db")).unwrap();
         let mailbox = state.mailbox("imap://a@h:1", "maildir:/x").unwrap();
-        let done = state.start_run(mailbox, "initial", "t0").unwrap();
-        state.finish_run(done, "done", "t1", "{}", &[]).unwrap();
-        state.start_run(mailbox, "delta", "t2").unwrap();
-        assert_eq!(state.mark_interrupted_runs(mailbox, "t3").unwrap(), 1);
-        assert_eq!(state.mark_interrupted_runs(mailbox, "t4").unwrap(), 0);
+        let owner = LockOwner::this_process();
+        let lease = std::time::Duration::from_secs(60);
+        let done = state.begin_locked_run(mailbox, "a", &owner, lease, "initial", "t0").unwrap();
+        let end = RunEnd {
+            status: "done",
+            finished_at: "t1",
+            report_json: "{}",
+            errors: &[],
+        };
+        state.finish_run(done, &end, Some((mailbox, &owner.token))).unwrap();
+        // A run whose process was killed: still running, its lock left behind.
+        state.begin_locked_run(mailbox, "a", &owner, lease, "delta", "t2").unwrap();
+        let next = LockOwner::this_process();
+        state.unlock_mailbox(mailbox, &owner.token).unwrap();
+        state.begin_locked_run(mailbox, "a", &next, lease, "delta", "t3").unwrap();
         let statuses: Vec<String> = state
             .conn
             .prepare("SELECT status FROM run ORDER BY id")
             .and_then(|mut q| q.query_map([], |r| r.get(0))?.collect())
             .unwrap();
-        assert_eq!(statuses, ["done", "interrupted"]);
+        assert_eq!(statuses, ["done", "interrupted", "running"]);
+        assert!(
+            state.begin_locked_run(mailbox, "a", &owner, lease, "delta", "t4").is_err(),
+            "the lock is held"
+        );
     }
+
 
     #[test]
     fn batches_persist_across_reopen_and_failures_clear_on_success() {

@@ -220,4 +220,9 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE folder ADD COLUMN target_seen_uidnext INTEGER;
     ALTER TABLE folder ADD COLUMN target_seen_messages INTEGER;
     "#,
+    // 10: every mailbox start looks for runs a killed process left running;
+    // without an index that scans every run ever recorded.
+    r#"
+    CREATE INDEX run_running ON run(mailbox_id) WHERE status = 'running';
+    "#,
 ];

@@ -28,7 +28,7 @@ use crate::folders::{self, FolderFilter, FolderMapping};
 use crate::imap::{ConnectOptions, ImapSession};
 use crate::limits::Budget;
 use crate::report::{FolderReport, ReportedError, SyncReport};
-use crate::state::{FolderState, LockOwner, MailboxId, State};
+use crate::state::{FolderState, LockOwner, MailboxId, RunEnd, State};
 use crate::target::Target;
 use folder::Sides;
 
@@ -178,15 +178,39 @@ pub async fn sync_mailbox(
         // A mailbox the state has never seen plans as a first sync.
         return dry_run(job, options, state, known.unwrap_or(0), progress, source_id, target_id).await;
     }
-    let mailbox = state.mailbox(&source_id, &target_id)?;
+    let mailbox = match known {
+        Some(mailbox) => mailbox,
+        None => state.mailbox(&source_id, &target_id)?,
+    };
     let owner = LockOwner::this_process();
-    state.lock_mailbox(mailbox, &format!("{source_id} → {target_id}"), &owner, LOCK_LEASE)?;
+    let started_at = Utc::now().to_rfc3339();
+    let label = format!("{source_id} → {target_id}");
+    let run = state.begin_locked_run(mailbox, &label, &owner, LOCK_LEASE, options.phase.as_str(), &started_at)?;
     let renewal = LeaseRenewal::start(state.path(), mailbox, &owner.token);
-    let result = sync_locked(job, options, state, mailbox, progress, source_id, target_id).await;
+    let report = new_report(options, source_id, target_id, started_at);
+    let result = sync_locked(job, options, state, mailbox, progress, report).await;
     drop(renewal);
-    let released = state.unlock_mailbox(mailbox, &owner.token);
-    let report = result?;
-    released.map(|()| report)
+    let report = match result {
+        Ok(report) => report,
+        Err(e) => {
+            let _ = state.unlock_mailbox(mailbox, &owner.token);
+            return Err(e);
+        }
+    };
+    let status = if report.error.is_none() && report.folders.iter().all(|f| f.error.is_none()) {
+        "done"
+    } else {
+        "failed"
+    };
+    let json = serde_json::to_string(&report).unwrap_or_default();
+    let end = RunEnd {
+        status,
+        finished_at: &report.finished_at,
+        report_json: &json,
+        errors: &report.errors(),
+    };
+    state.finish_run(run, &end, Some((mailbox, &owner.token)))?;
+    Ok(report)
 }
 
 /// How long a mailbox lock holds without renewal; renewed every third of it.
@@ -200,6 +224,9 @@ impl LeaseRenewal {
     pub(crate) fn start(path: &Path, mailbox: MailboxId, token: &str) -> Self {
         let (path, token) = (path.to_path_buf(), token.to_string());
         Self(tokio::spawn(async move {
+            // Opened only when the first renewal is due: most syncs of an
+            // unchanged mailbox are over long before.
+            tokio::time::sleep(LOCK_LEASE / 3).await;
             let state = match State::open(&path) {
                 Ok(state) => state,
                 Err(e) => {
@@ -208,7 +235,6 @@ impl LeaseRenewal {
                 }
             };
             loop {
-                tokio::time::sleep(LOCK_LEASE / 3).await;
                 match state.renew_mailbox_lock(mailbox, &token, LOCK_LEASE) {
                     Ok(true) => {}
                     Ok(false) => {
@@ -217,6 +243,7 @@ impl LeaseRenewal {
                     }
                     Err(e) => tracing::warn!(error = %e, "renewing the mailbox lock failed"),
                 }
+                tokio::time::sleep(LOCK_LEASE / 3).await;
             }
         }))
     }
@@ -228,38 +255,19 @@ impl Drop for LeaseRenewal {
     }
 }
 
-/// [`sync_mailbox`] once the mailbox is locked.
+/// [`sync_mailbox`] once the mailbox is locked and its run started.
 async fn sync_locked(
     job: &MailboxJob,
     options: &SyncOptions,
     state: &mut State,
     mailbox: MailboxId,
     progress: Option<&ProgressFn>,
-    source_id: String,
-    target_id: String,
+    report: SyncReport,
 ) -> Result<SyncReport> {
-    let started_at = Utc::now().to_rfc3339();
-    state.mark_interrupted_runs(mailbox, &started_at)?;
-    let run = state.start_run(mailbox, options.phase.as_str(), &started_at)?;
-    let report = timed(
-        job,
-        options,
-        state,
-        mailbox,
-        progress,
-        new_report(options, source_id, target_id, started_at),
-    )
-    .await?;
+    let report = timed(job, options, state, mailbox, progress, report).await?;
     if options.phase == Phase::Final && report.error.is_none() {
         state.set_cutover_at(mailbox, &report.started_at)?;
     }
-    let status = if report.error.is_none() && report.folders.iter().all(|f| f.error.is_none()) {
-        "done"
-    } else {
-        "failed"
-    };
-    let json = serde_json::to_string(&report).unwrap_or_default();
-    state.finish_run(run, status, &report.finished_at, &json, &report.errors())?;
     Ok(report)
 }
 
@@ -356,7 +364,7 @@ async fn run_phase(
         &options.filter,
         &pinned,
     );
-    if !options.dry_run {
+    if !options.dry_run && pinned.target_prefixed.is_none() {
         state.set_target_prefixed(mailbox, folder_plan.target_prefixed)?;
     }
     let mut stored: HashMap<String, FolderState> = state
