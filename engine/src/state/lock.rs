@@ -114,7 +114,6 @@ impl State {
         Ok(run)
     }
 
-
     /// Extends the lease; `false` when the lock is no longer `token`'s.
     pub fn renew_mailbox_lock(&self, mailbox: MailboxId, token: &str, lease: Duration) -> Result<bool> {
         self.conn

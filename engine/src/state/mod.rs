@@ -774,7 +774,9 @@ mod tests {
         let mailbox = state.mailbox("imap://a@h:1", "maildir:/x").unwrap();
         let owner = LockOwner::this_process();
         let lease = std::time::Duration::from_secs(60);
-        let done = state.begin_locked_run(mailbox, "a", &owner, lease, "initial", "t0").unwrap();
+        let done = state
+            .begin_locked_run(mailbox, "a", &owner, lease, "initial", "t0")
+            .unwrap();
         let end = RunEnd {
             status: "done",
             finished_at: "t1",
@@ -783,10 +785,14 @@ mod tests {
         };
         state.finish_run(done, &end, Some((mailbox, &owner.token))).unwrap();
         // A run whose process was killed: still running, its lock left behind.
-        state.begin_locked_run(mailbox, "a", &owner, lease, "delta", "t2").unwrap();
+        state
+            .begin_locked_run(mailbox, "a", &owner, lease, "delta", "t2")
+            .unwrap();
         let next = LockOwner::this_process();
         state.unlock_mailbox(mailbox, &owner.token).unwrap();
-        state.begin_locked_run(mailbox, "a", &next, lease, "delta", "t3").unwrap();
+        state
+            .begin_locked_run(mailbox, "a", &next, lease, "delta", "t3")
+            .unwrap();
         let statuses: Vec<String> = state
             .conn
             .prepare("SELECT status FROM run ORDER BY id")
@@ -794,11 +800,12 @@ mod tests {
             .unwrap();
         assert_eq!(statuses, ["done", "interrupted", "running"]);
         assert!(
-            state.begin_locked_run(mailbox, "a", &owner, lease, "delta", "t4").is_err(),
+            state
+                .begin_locked_run(mailbox, "a", &owner, lease, "delta", "t4")
+                .is_err(),
             "the lock is held"
         );
     }
-
 
     #[test]
     fn batches_persist_across_reopen_and_failures_clear_on_success() {
