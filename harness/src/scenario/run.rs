@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use cutover_engine::endpoint::Endpoint;
+use cutover_engine::imap::ImapSession;
 use cutover_engine::state::State;
 use tokio::task::JoinHandle;
 
@@ -570,19 +571,24 @@ async fn deliver_steadily(
     // Rounded, so a short period at a low rate still delivers what it says.
     let total = (seconds * per_second).round() as usize;
     let each = total.div_ceil(mailboxes.len().max(1));
-    let mut sessions = Vec::with_capacity(mailboxes.len());
-    let mut mail = Vec::with_capacity(mailboxes.len());
-    for (n, (user, _)) in (0u64..).zip(mailboxes) {
-        sessions.push(lab.source_session(user).await?);
-        mail.push(activity::arrivals(seed + n, each));
-    }
+    // A mailbox's session is opened at its first delivery: opening a
+    // thousand up front would delay the first message by seconds.
+    let mut sessions: Vec<Option<ImapSession>> = mailboxes.iter().map(|_| None).collect();
+    let mail: Vec<_> = (0u64..)
+        .zip(mailboxes)
+        .map(|(n, _)| activity::arrivals(seed + n, each))
+        .collect();
     let started = Instant::now();
     let mut deliveries = Vec::with_capacity(total);
     for i in 0..total {
         let due = started + Duration::from_secs_f64(i as f64 / per_second);
         tokio::time::sleep_until(due.into()).await;
         let (mailbox, nth) = (i % mailboxes.len(), i / mailboxes.len());
-        let uids = activity::deliver(&mut sessions[mailbox], INBOX, std::slice::from_ref(&mail[mailbox][nth])).await?;
+        let session = match &mut sessions[mailbox] {
+            Some(session) => session,
+            empty => empty.insert(lab.source_session(&mailboxes[mailbox].0).await?),
+        };
+        let uids = activity::deliver(session, INBOX, std::slice::from_ref(&mail[mailbox][nth])).await?;
         let uid = uids.first().copied().ok_or_else(|| {
             Error::Measure("the source did not return the delivered message's UID (APPENDUID)".into())
         })?;
@@ -594,7 +600,7 @@ async fn deliver_steadily(
         });
     }
     let elapsed = started.elapsed().as_secs_f64();
-    for session in sessions {
+    for session in sessions.into_iter().flatten() {
         session.logout().await;
     }
     let period = ArrivalPeriod {
