@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use cutover_engine::endpoint::Endpoint;
-use cutover_engine::imap::ImapSession;
 use cutover_engine::state::State;
 use tokio::task::JoinHandle;
 
@@ -571,9 +570,10 @@ async fn deliver_steadily(
     // Rounded, so a short period at a low rate still delivers what it says.
     let total = (seconds * per_second).round() as usize;
     let each = total.div_ceil(mailboxes.len().max(1));
-    // A mailbox's session is opened at its first delivery: opening a
-    // thousand up front would delay the first message by seconds.
-    let mut sessions: Vec<Option<ImapSession>> = mailboxes.iter().map(|_| None).collect();
+    // One session per delivery, as an MTA opens one LMTP connection per
+    // message: a thousand sessions held open for the whole period would
+    // reach Dovecot's process limit and slow everyone's logins, the
+    // engine's included.
     let mail: Vec<_> = (0u64..)
         .zip(mailboxes)
         .map(|(n, _)| activity::arrivals(seed + n, each))
@@ -584,11 +584,9 @@ async fn deliver_steadily(
         let due = started + Duration::from_secs_f64(i as f64 / per_second);
         tokio::time::sleep_until(due.into()).await;
         let (mailbox, nth) = (i % mailboxes.len(), i / mailboxes.len());
-        let session = match &mut sessions[mailbox] {
-            Some(session) => session,
-            empty => empty.insert(lab.source_session(&mailboxes[mailbox].0).await?),
-        };
-        let uids = activity::deliver(session, INBOX, std::slice::from_ref(&mail[mailbox][nth])).await?;
+        let mut session = lab.source_session(&mailboxes[mailbox].0).await?;
+        let uids = activity::deliver(&mut session, INBOX, std::slice::from_ref(&mail[mailbox][nth])).await?;
+        session.logout().await;
         let uid = uids.first().copied().ok_or_else(|| {
             Error::Measure("the source did not return the delivered message's UID (APPENDUID)".into())
         })?;
@@ -600,9 +598,6 @@ async fn deliver_steadily(
         });
     }
     let elapsed = started.elapsed().as_secs_f64();
-    for session in sessions.into_iter().flatten() {
-        session.logout().await;
-    }
     let period = ArrivalPeriod {
         seconds: elapsed,
         delivered: deliveries.len() as u64,
