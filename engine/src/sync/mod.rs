@@ -296,7 +296,14 @@ async fn timed(
     mut report: SyncReport,
 ) -> Result<SyncReport> {
     let started = Instant::now();
-    run_or_report(job, options, state, mailbox, &mut report, progress).await?;
+    // A server-side failure lands in the report; a state failure is returned.
+    if let Err(e) = run_phase(job, options, state, mailbox, &mut report, progress).await {
+        if e.kind() == ErrorKind::State {
+            return Err(e);
+        }
+        tracing::warn!(mailbox = %report.source, error = %e, "mailbox sync stopped");
+        report.error = Some(ReportedError::from(&e));
+    }
     report.finished_at = Utc::now().to_rfc3339();
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
@@ -314,26 +321,6 @@ fn new_report(options: &SyncOptions, source: String, target: String, started_at:
         error: None,
         dry_run: options.dry_run,
     }
-}
-
-/// Runs the phase; a server-side failure lands in the report, a state
-/// failure is returned.
-async fn run_or_report(
-    job: &MailboxJob,
-    options: &SyncOptions,
-    state: &mut State,
-    mailbox: MailboxId,
-    report: &mut SyncReport,
-    progress: Option<&ProgressFn>,
-) -> Result<()> {
-    if let Err(e) = run_phase(job, options, state, mailbox, report, progress).await {
-        if e.kind() == ErrorKind::State {
-            return Err(e);
-        }
-        tracing::warn!(mailbox = %report.source, error = %e, "mailbox sync stopped");
-        report.error = Some(ReportedError::from(&e));
-    }
-    Ok(())
 }
 
 async fn run_phase(
