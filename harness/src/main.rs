@@ -283,12 +283,7 @@ async fn run_scenario(scenario: &Scenario, report_dir: &Path, json: bool) -> any
         .await
         .with_context(|| format!("scenario {}", scenario.name))?;
     let (json_path, html_path) = write_reports(&report, report_dir)?;
-    if json {
-        eprintln!("{report}");
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!("{report}");
-    }
+    print_report(&report, json)?;
     eprintln!("reports: {} {}", json_path.display(), html_path.display());
     Ok(if report.ok() {
         ExitCode::SUCCESS
@@ -339,9 +334,14 @@ async fn run_bench(spec: &BenchSpec, json: bool) -> anyhow::Result<()> {
     // Progress goes to stderr, so stdout holds only the result.
     let progress = |step: &str| eprintln!("bench: {step}");
     let report = bench::run(spec, &cutover, &progress).await.context("benchmark")?;
+    print_report(&report, json)
+}
+
+/// A report as a table, or as JSON on stdout with the table on stderr.
+fn print_report(report: &(impl std::fmt::Display + serde::Serialize), json: bool) -> anyhow::Result<()> {
     if json {
         eprintln!("{report}");
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{}", serde_json::to_string_pretty(report)?);
     } else {
         println!("{report}");
     }
@@ -354,13 +354,7 @@ async fn run_bench_batch(spec: &BatchBenchSpec, json: bool) -> anyhow::Result<()
     let report = delta_bench::run(spec, &cutover, &progress)
         .await
         .context("batch benchmark")?;
-    if json {
-        eprintln!("{report}");
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!("{report}");
-    }
-    Ok(())
+    print_report(&report, json)
 }
 
 async fn serve(users: usize, messages: usize, seed: u64) -> anyhow::Result<()> {

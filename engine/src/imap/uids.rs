@@ -27,11 +27,6 @@ impl UidSet {
         Self::From(1)
     }
 
-    /// Whether the set names no UID (an empty list).
-    pub fn is_empty(&self) -> bool {
-        matches!(self, Self::Uids(uids) if uids.is_empty())
-    }
-
     /// The set as command text, split so no part exceeds the line budget.
     pub(super) fn render(&self) -> Vec<String> {
         match self {

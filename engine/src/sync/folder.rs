@@ -104,11 +104,6 @@ impl FolderPlan {
         Self::new(mapping, ChangesFrom::Unchanged)
     }
 
-    /// Whether applying it changes nothing on the target.
-    pub fn is_empty(&self) -> bool {
-        !self.create && self.copy.is_empty() && self.flags.is_empty() && self.delete_on_target.is_empty()
-    }
-
     /// Its counts in a folder report (a dry run's report says what would happen).
     pub(super) fn fill(&self, report: &mut FolderReport) {
         report.created = self.create;
