@@ -156,6 +156,9 @@ pub struct RunOptions {
     /// Skip source folders matching this glob (repeatable).
     #[arg(long)]
     exclude: Vec<String>,
+    /// Also copy virtual folders (Gmail's All Mail, Starred, Important).
+    #[arg(long)]
+    copy_virtual_folders: bool,
     /// Write the failed rows, ready to fix, to this CSV.
     #[arg(long)]
     failed_csv: Option<PathBuf>,
@@ -382,7 +385,7 @@ pub(crate) fn settings(options: &RunOptions) -> Result<BatchSettings> {
         backoff: std::time::Duration::from_millis(options.backoff_ms),
         max_failure_ratio: options.max_failure_ratio,
         propagate_deletes: options.propagate_deletes,
-        filter: FolderFilter::new(&options.include, &options.exclude)?,
+        filter: FolderFilter::new(&options.include, &options.exclude)?.copying_virtual(options.copy_virtual_folders),
         progress: progress_bars(),
         ..base_settings(&options.defaults)
     })

@@ -80,6 +80,11 @@ struct Endpoints {
     /// Skip source folders matching this glob (repeatable).
     #[arg(long)]
     exclude: Vec<String>,
+    /// Also copy virtual folders (\All, \Flagged, \Important: Gmail's All
+    /// Mail, Starred, Important), skipped by default because each of their
+    /// messages is also in another folder.
+    #[arg(long)]
+    copy_virtual_folders: bool,
     /// Seconds to wait for any server response.
     #[arg(long, default_value_t = 120)]
     timeout: u64,
@@ -272,7 +277,8 @@ async fn run_sync(args: SyncArgs) -> Result<ExitCode> {
     let mut options = SyncOptions::new(args.phase);
     options.propagate_deletes = args.propagate_deletes;
     options.dry_run = args.dry_run;
-    options.filter = FolderFilter::new(&args.endpoints.include, &args.endpoints.exclude)?;
+    options.filter = FolderFilter::new(&args.endpoints.include, &args.endpoints.exclude)?
+        .copying_virtual(args.endpoints.copy_virtual_folders);
     options.connect = connect_options(&args.endpoints);
     let mut state = State::open(&args.state)?;
     let bar = progress_bar();
@@ -388,7 +394,8 @@ pub(crate) fn print_sync(report: &SyncReport) {
 
 async fn run_verify(args: VerifyArgs) -> Result<ExitCode> {
     let job = job(&args.endpoints)?;
-    let filter = FolderFilter::new(&args.endpoints.include, &args.endpoints.exclude)?;
+    let filter = FolderFilter::new(&args.endpoints.include, &args.endpoints.exclude)?
+        .copying_virtual(args.endpoints.copy_virtual_folders);
     let pinned = match &args.state {
         Some(path) => {
             let state = State::open(path)?;

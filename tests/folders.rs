@@ -215,3 +215,78 @@ async fn a_second_run_keeps_the_folder_mapping_of_the_first() {
         String::from_utf8_lossy(&verified.stdout)
     );
 }
+
+/// A source laid out like Gmail (no SPECIAL-USE, as behind a proxy that
+/// drops it): labels are folders holding the same message more than once,
+/// `[Gmail]/Sent Mail` is the Sent folder, and All Mail, Starred and
+/// Important are virtual. Each label folder gets its own copy, the virtual
+/// folders are skipped unless asked for, and verify is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gmail_shaped_source_copies_labels_and_skips_virtual_folders() {
+    let pair = Pair::start();
+    let base = generated(77, 20);
+    let mut messages = Vec::new();
+    let mut put = |folder: &[&str], range: std::ops::Range<usize>| {
+        for message in &base[range] {
+            let mut copy = message.clone();
+            copy.folder = folder.iter().map(|s| s.to_string()).collect();
+            messages.push(copy);
+        }
+    };
+    put(&[], 0..8);
+    put(&["Kunden", "Müller & Co"], 0..4);
+    put(&["Projekt \"X\""], 2..6);
+    put(&["[Gmail]", "Sent Mail"], 8..12);
+    put(&["[Gmail]", "All Mail"], 0..20);
+    put(&["[Gmail]", "Starred"], 0..2);
+    put(&["[Gmail]", "Important"], 3..6);
+    pair.fill_source(&messages);
+    let state = tempfile::tempdir().unwrap();
+    let (from, to) = (pair.source_url(), pair.target_url());
+
+    let report = sync(&from, &to, "initial", &state.path().join("s.db"), &[]);
+    assert_eq!(total(&report, "copied"), 8 + 4 + 4 + 4, "{report:#}");
+    let map = [
+        ("INBOX.Kunden.Müller & Co", "Kunden/Müller & Co"),
+        ("INBOX.Projekt \"X\"", "Projekt \"X\""),
+        ("INBOX.[Gmail].Sent Mail", "Sent"),
+    ];
+    let mut source = mapped(&snapshot(pair.source.imap_port(), USER, SOURCE_PASSWORD).await, &map);
+    for virtual_folder in [
+        "INBOX.[Gmail].All Mail",
+        "INBOX.[Gmail].Starred",
+        "INBOX.[Gmail].Important",
+    ] {
+        assert!(
+            source.remove(virtual_folder).is_some(),
+            "{virtual_folder} in the source"
+        );
+    }
+    let mut target = mapped(&snapshot(pair.target.imap_port(), USER, TARGET_PASSWORD).await, &[]);
+    // The target's own empty special-use folders are not the source's.
+    target.retain(|_, messages| !messages.is_empty());
+    assert_same(&target, &source, "labels, Sent Mail, no virtual folders");
+    let verified = cutover(&["verify", "--from", &from, "--to", &to, "--json"]);
+    assert!(
+        verified.status.success(),
+        "a message in two labels is in both target folders, and verify accepts it: {}",
+        String::from_utf8_lossy(&verified.stdout)
+    );
+
+    // Mail archived without a label is only in All Mail: asked for, it comes too.
+    let again = sync(
+        &from,
+        &to,
+        "delta",
+        &state.path().join("s.db"),
+        &["--copy-virtual-folders"],
+    );
+    assert_eq!(total(&again, "copied"), 20 + 2 + 3, "{again:#}");
+    let target = mapped(&snapshot(pair.target.imap_port(), USER, TARGET_PASSWORD).await, &[]);
+    assert_eq!(
+        target.get("[Gmail]/All Mail").map(Vec::len),
+        Some(20),
+        "{:?}",
+        target.keys()
+    );
+}

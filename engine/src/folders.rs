@@ -4,7 +4,10 @@
 //! prefix is dropped, and special-use folders land in the target's folder of
 //! the same role (a source `INBOX.Sent Messages` goes to the target's `\Sent`
 //! folder) whether the role is declared by SPECIAL-USE or only by a
-//! well-known name.
+//! well-known name. Gmail's folders under `[Gmail]/` (or `[Google Mail]/`)
+//! get their roles by name too, and its virtual folders (All Mail, Starred,
+//! Important) are skipped unless asked for: each of their messages is also
+//! in a label folder, which Gmail's IMAP shows as an ordinary folder.
 
 use std::collections::BTreeMap;
 
@@ -31,6 +34,7 @@ pub struct FolderMapping {
 pub struct FolderFilter {
     include: Option<GlobSet>,
     exclude: Option<GlobSet>,
+    copy_virtual: bool,
 }
 
 impl FolderFilter {
@@ -39,7 +43,15 @@ impl FolderFilter {
         Ok(Self {
             include: glob_set(include)?,
             exclude: glob_set(exclude)?,
+            copy_virtual: false,
         })
+    }
+
+    /// Also copies virtual folders (`\All`, `\Flagged`, `\Important`):
+    /// Gmail mail that was archived without any label is only in All Mail.
+    pub fn copying_virtual(mut self, copy: bool) -> Self {
+        self.copy_virtual = copy;
+        self
     }
 
     /// Whether a source folder is copied.
@@ -147,8 +159,32 @@ fn inbox_child(name: &str, separator: char) -> Option<&str> {
 fn role_of(folder: &FolderInfo, levels: &[String]) -> Option<SpecialUse> {
     folder.special_use.or_else(|| match levels {
         [leaf] => role_by_name(leaf),
+        [parent, leaf] if is_gmail_parent(parent) => gmail_role_by_name(leaf),
         _ => None,
     })
+}
+
+/// Gmail's system folders live under `[Gmail]` (`[Google Mail]` in the UK
+/// and Germany); only there is an `Important` or `Starred` Gmail's own.
+fn is_gmail_parent(name: &str) -> bool {
+    name.eq_ignore_ascii_case("[Gmail]") || name.eq_ignore_ascii_case("[Google Mail]")
+}
+
+/// Roles of Gmail's system folders by name, for a server or proxy that
+/// hides SPECIAL-USE: the usual ones plus its virtual folders, in English
+/// and German.
+fn gmail_role_by_name(leaf: &str) -> Option<SpecialUse> {
+    const NAMES: &[(SpecialUse, &[&str])] = &[
+        (SpecialUse::All, &["all mail", "alle nachrichten"]),
+        (SpecialUse::Flagged, &["starred", "markiert"]),
+        (SpecialUse::Important, &["important", "wichtig"]),
+    ];
+    let lower = leaf.trim().to_lowercase();
+    NAMES
+        .iter()
+        .find(|(_, names)| names.contains(&lower.as_str()))
+        .map(|(role, _)| *role)
+        .or_else(|| role_by_name(leaf))
 }
 
 /// What earlier runs of a mailbox decided. A plan made again from LIST
@@ -210,14 +246,14 @@ pub fn plan_pinned(
     };
     let mut mappings: Vec<FolderMapping> = Vec::new();
     for folder in source {
-        if !folder.selectable
-            || matches!(folder.special_use, Some(SpecialUse::All | SpecialUse::Flagged))
-            || !filter.accepts(&folder.name)
-        {
+        if !folder.selectable || !filter.accepts(&folder.name) {
             continue;
         }
         let parts = levels(folder, source_prefixed);
         let role = role_of(folder, &parts);
+        if role.is_some_and(SpecialUse::is_virtual) && !filter.copy_virtual {
+            continue;
+        }
         let target_name = if let Some(earlier) = pinned.folders.get(&folder.name) {
             earlier.clone()
         } else if is_inbox(&folder.name) {
@@ -350,6 +386,46 @@ mod tests {
             assert_eq!(targets(&second.mappings), targets(&first.mappings));
             assert!(second.mappings.iter().all(|m| !m.create), "everything exists now");
         }
+    }
+
+    #[test]
+    fn gmail_virtual_folders_are_skipped_and_system_folders_keep_their_roles() {
+        // Gmail hides nothing, but a proxy or an older server may drop SPECIAL-USE.
+        for declared in [true, false] {
+            let role = |r: SpecialUse| declared.then_some(r);
+            let source = vec![
+                folder("INBOX", '/', None),
+                folder("[Gmail]/All Mail", '/', role(SpecialUse::All)),
+                folder("[Gmail]/Starred", '/', role(SpecialUse::Flagged)),
+                folder("[Gmail]/Important", '/', role(SpecialUse::Important)),
+                folder("[Gmail]/Sent Mail", '/', role(SpecialUse::Sent)),
+                folder("Kunden/Müller & Co", '/', None),
+                folder("Important", '/', None),
+            ];
+            let target = vec![folder("INBOX", '.', None), folder("Sent Items", '.', None)];
+            let mapped: Vec<(String, String)> = plan(&source, &target, '.', &FolderFilter::default())
+                .into_iter()
+                .map(|m| (m.source, m.target))
+                .collect();
+            let expected = [
+                ("INBOX", "INBOX"),
+                ("[Gmail]/Sent Mail", "Sent Items"),
+                ("Kunden/Müller & Co", "Kunden.Müller & Co"),
+                ("Important", "Important"),
+            ];
+            let expected: Vec<(String, String)> =
+                expected.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+            assert_eq!(mapped, expected, "SPECIAL-USE declared: {declared}");
+            let all = plan(&source, &target, '.', &FolderFilter::default().copying_virtual(true));
+            assert_eq!(all.len(), 7, "asked for, the virtual folders are copied too");
+        }
+        // Into Gmail: the source's Sent goes to [Gmail]/Sent Mail.
+        let target = vec![folder("INBOX", '/', None), folder("[Google Mail]/Sent Mail", '/', None)];
+        let source = vec![folder("Sent", '.', None)];
+        assert_eq!(
+            plan(&source, &target, '/', &FolderFilter::default())[0].target,
+            "[Google Mail]/Sent Mail"
+        );
     }
 
     #[test]

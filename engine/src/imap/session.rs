@@ -59,6 +59,17 @@ pub enum SpecialUse {
     All,
     /// `\Flagged` (virtual; never copied)
     Flagged,
+    /// `\Important` (RFC 8457; Gmail's `[Gmail]/Important`, virtual; never copied)
+    Important,
+}
+
+impl SpecialUse {
+    /// Virtual folders: every message in them is also in a real folder
+    /// (Gmail's All Mail, Starred and Important), so copying them would
+    /// copy each message twice.
+    pub fn is_virtual(self) -> bool {
+        matches!(self, Self::All | Self::Flagged | Self::Important)
+    }
 }
 
 /// A folder as LIST reports it.
@@ -1245,6 +1256,9 @@ pub(super) fn folder_info(list: &async_imap::imap_proto::MailboxListData<'_>, ra
             NameAttribute::All => special_use = Some(SpecialUse::All),
             NameAttribute::Flagged => special_use = Some(SpecialUse::Flagged),
             NameAttribute::Extension(name) if name.eq_ignore_ascii_case("\\NonExistent") => selectable = false,
+            NameAttribute::Extension(name) if name.eq_ignore_ascii_case("\\Important") => {
+                special_use = Some(SpecialUse::Important)
+            }
             _ => {}
         }
     }
