@@ -12,12 +12,15 @@ use cutover_engine::batch::jobs::RowDefaults;
 use cutover_engine::batch::report::BatchReport;
 use cutover_engine::batch::run::{self, BatchProgress, BatchProgressFn, BatchSettings, Selection};
 use cutover_engine::batch::split::{self, SplitRule};
+use cutover_engine::budget::DailyBudget;
 use cutover_engine::folders::FolderFilter;
 use cutover_engine::limits::LimitConfig;
 use cutover_engine::report::SyncReport;
 use cutover_engine::state::State;
 use cutover_engine::sync::Phase;
 use std::sync::Arc;
+
+use crate::project::Clock;
 
 #[derive(Subcommand)]
 pub enum BatchCommand {
@@ -162,6 +165,32 @@ pub struct RunOptions {
     /// Write the failed rows, ready to fix, to this CSV.
     #[arg(long)]
     failed_csv: Option<PathBuf>,
+    #[command(flatten)]
+    daily: DailyBudgetArgs,
+}
+
+/// Daily per-account byte budgets (providers' caps, e.g. Gmail's).
+#[derive(Args, Clone)]
+pub(crate) struct DailyBudgetArgs {
+    /// Most message bytes read from one source account per UTC day (e.g.
+    /// 2000MB, 2.5G, 1GiB); a mailbox that reaches it pauses until 00:00 UTC.
+    #[arg(long, value_parser = byte_count)]
+    pub(crate) account_daily_download: Option<u64>,
+    /// Most message bytes appended to one target account per UTC day (e.g.
+    /// 400MB); a mailbox that reaches it pauses until 00:00 UTC.
+    #[arg(long, value_parser = byte_count)]
+    pub(crate) account_daily_upload: Option<u64>,
+}
+
+impl DailyBudgetArgs {
+    /// The budgets, on the clock `now` (`None`: the system clock).
+    pub(crate) fn budget(&self, now: Option<chrono::DateTime<chrono::Utc>>) -> DailyBudget {
+        DailyBudget::new(self.account_daily_download, self.account_daily_upload, now)
+    }
+}
+
+fn byte_count(text: &str) -> std::result::Result<u64, String> {
+    cutover_engine::budget::parse_bytes(text)
 }
 
 #[derive(Args)]
@@ -180,6 +209,8 @@ pub struct RunArgs {
     dry_run: bool,
     #[command(flatten)]
     options: RunOptions,
+    #[command(flatten)]
+    clock: Clock,
 }
 
 #[derive(Args)]
@@ -191,6 +222,8 @@ pub struct RerunArgs {
     phase: Option<Phase>,
     #[command(flatten)]
     options: RunOptions,
+    #[command(flatten)]
+    clock: Clock,
 }
 
 #[derive(Args)]
@@ -224,7 +257,8 @@ pub async fn run(command: BatchCommand) -> Result<ExitCode> {
         BatchCommand::Split(args) => run_split(args),
         BatchCommand::Run(args) => {
             let file = read(&args.file.file)?;
-            let settings = settings(&args.options)?;
+            let mut settings = settings(&args.options)?;
+            settings.daily.now = args.clock.fixed();
             if args.dry_run {
                 let planned = run::dry_run(&file, &args.options.state, args.phase, &settings).await?;
                 return print_planned(&planned, args.file.json);
@@ -242,7 +276,8 @@ pub async fn run(command: BatchCommand) -> Result<ExitCode> {
         }
         BatchCommand::Rerun(args) => {
             let file = read(&args.file.file)?;
-            let settings = settings(&args.options)?;
+            let mut settings = settings(&args.options)?;
+            settings.daily.now = args.clock.fixed();
             let phase = match args.phase {
                 Some(phase) => phase,
                 None => last_phase(&file, &args.options.state, &settings.defaults)?,
@@ -387,6 +422,7 @@ pub(crate) fn settings(options: &RunOptions) -> Result<BatchSettings> {
         propagate_deletes: options.propagate_deletes,
         filter: FolderFilter::new(&options.include, &options.exclude)?.copying_virtual(options.copy_virtual_folders),
         progress: progress_bars(),
+        daily: options.daily.budget(None),
         ..base_settings(&options.defaults)
     })
 }
@@ -456,13 +492,14 @@ fn finish(file: &BatchFile, report: &BatchReport, options: &RunOptions, json: bo
         write_failed(file, report, path)?;
     }
     print_report(report, json)?;
-    Ok(
-        if report.failed == 0 && report.held.is_none() && report.locked.is_empty() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(1)
-        },
-    )
+    Ok(if report.failed > 0 || report.held.is_some() || !report.locked.is_empty() {
+        ExitCode::from(1)
+    } else if report.paused > 0 {
+        // Not a failure, but not finished either: see `crate::PAUSED`.
+        ExitCode::from(crate::PAUSED)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn write_failed(file: &BatchFile, report: &BatchReport, path: &Path) -> Result<()> {
@@ -484,8 +521,13 @@ fn print_report(report: &BatchReport, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(report)?);
         return Ok(());
     }
+    let paused = if report.paused > 0 {
+        format!(", {} paused", report.paused)
+    } else {
+        String::new()
+    };
     println!(
-        "batch {} (phase {}): {} mailboxes: {} done, {} partial, {} failed, {} pending; {} messages, {:.1} MB",
+        "batch {} (phase {}): {} mailboxes: {} done, {} partial, {} failed, {} pending{paused}; {} messages, {:.1} MB",
         report.batch,
         report.phase.as_deref().unwrap_or("none"),
         report.mailboxes,
@@ -505,6 +547,23 @@ fn print_report(report: &BatchReport, json: bool) -> Result<()> {
     }
     if let Some(reason) = &report.held {
         println!("HELD for a person: {reason}. Later phases refuse to run until the rows are fixed and rerun, or --override-hold.");
+    }
+    for row in report.rows.iter().filter(|r| r.status == "paused") {
+        println!(
+            "  line {} {}: paused at a daily budget, resumes at {}",
+            row.line,
+            row.source,
+            row.resumes_at.as_deref().unwrap_or("?")
+        );
+    }
+    if !report.waiting.is_empty() {
+        println!(
+            "{} paused row(s) skipped: their daily budget has not renewed yet (rerun after the time shown):",
+            report.waiting.len()
+        );
+        for line in &report.waiting {
+            println!("      {line}");
+        }
     }
     if !report.locked.is_empty() {
         println!(

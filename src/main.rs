@@ -110,7 +110,15 @@ struct SyncArgs {
     /// nothing on either server or in the state.
     #[arg(long)]
     dry_run: bool,
+    #[command(flatten)]
+    daily: batch::DailyBudgetArgs,
+    #[command(flatten)]
+    clock: project::Clock,
 }
+
+/// The exit status of a `sync` (or `batch run`) that stopped at a daily
+/// budget: nothing failed, run it again after the time it printed.
+pub(crate) const PAUSED: u8 = 3;
 
 #[derive(Args)]
 #[command(after_help = "\
@@ -277,6 +285,7 @@ async fn run_sync(args: SyncArgs) -> Result<ExitCode> {
     let mut options = SyncOptions::new(args.phase);
     options.propagate_deletes = args.propagate_deletes;
     options.dry_run = args.dry_run;
+    options.daily = args.daily.budget(args.clock.fixed());
     options.filter = FolderFilter::new(&args.endpoints.include, &args.endpoints.exclude)?
         .copying_virtual(args.endpoints.copy_virtual_folders);
     options.connect = connect_options(&args.endpoints);
@@ -301,10 +310,12 @@ async fn run_sync(args: SyncArgs) -> Result<ExitCode> {
     } else {
         print_sync(&report);
     }
-    Ok(if report.is_clean() {
-        ExitCode::SUCCESS
-    } else {
+    Ok(if !report.is_clean() {
         ExitCode::from(1)
+    } else if report.resumes_at.is_some() {
+        ExitCode::from(PAUSED)
+    } else {
+        ExitCode::SUCCESS
     })
 }
 
@@ -383,6 +394,10 @@ pub(crate) fn print_sync(report: &SyncReport) {
     let unchanged = report.folders.iter().filter(|f| f.unchanged).count();
     if unchanged > 0 {
         println!("  {unchanged} folders unchanged on both sides (not opened)");
+    }
+    if let (Some(at), Some(why)) = (&report.resumes_at, &report.paused) {
+        println!("mailbox paused: {why}");
+        println!("run the same command again after {at}: it goes on where it stopped, nothing is copied twice");
     }
     if let Some(error) = &report.error {
         println!("mailbox failed ({}): {}", error.kind, error.message);

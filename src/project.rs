@@ -23,7 +23,7 @@ use crate::batch::{self, Defaults, RunOptions};
 /// A clock for the calendar: now, or the moment `--now` / `CUTOVER_NOW`
 /// says (tests and dry rehearsals never sleep).
 #[derive(Args, Clone)]
-pub struct Clock {
+pub(crate) struct Clock {
     /// Act as if it were this moment (e.g. 2026-12-05T18:00+01:00).
     #[arg(long, env = "CUTOVER_NOW", value_parser = moment)]
     now: Option<DateTime<FixedOffset>>,
@@ -32,6 +32,11 @@ pub struct Clock {
 impl Clock {
     fn now(&self) -> DateTime<Utc> {
         self.now.map_or_else(Utc::now, |n| n.to_utc())
+    }
+
+    /// The moment `--now` holds the clock at, if it does.
+    pub(crate) fn fixed(&self) -> Option<DateTime<Utc>> {
+        self.now.map(|n| n.to_utc())
     }
 }
 
@@ -388,7 +393,9 @@ fn relative(offset: Duration) -> String {
 
 pub async fn run(args: RunArgs) -> Result<ExitCode> {
     let file = batch::read(&args.file)?;
-    let settings = batch::settings(&args.options)?;
+    let mut settings = batch::settings(&args.options)?;
+    // Daily budgets count on the calendar's clock (`--now` holds it still).
+    settings.daily.now = args.clock.fixed();
     let mut metrics = crate::metrics::install(args.metrics_addr)?;
     loop {
         let now = args.clock.now();

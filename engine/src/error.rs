@@ -44,6 +44,9 @@ pub enum ErrorKind {
     Locked,
     /// A defect in cutover itself (a panic), caught for one mailbox.
     Internal,
+    /// An account reached its daily download or upload budget: the mailbox
+    /// stopped cleanly and resumes when the budget renews. Not a failure.
+    Paused,
 }
 
 impl ErrorKind {
@@ -76,6 +79,7 @@ impl ErrorKind {
             Self::Io => "io",
             Self::Locked => "locked",
             Self::Internal => "internal",
+            Self::Paused => "paused",
         }
     }
 }
@@ -191,6 +195,18 @@ pub enum Error {
     /// See [`ErrorKind::Internal`].
     #[error("internal error (a defect in cutover, please report it): {0}")]
     Internal(String),
+    /// See [`ErrorKind::Paused`].
+    #[error("{account} reached its daily {direction} budget of {budget} bytes; the mailbox resumes at {resumes_at}")]
+    Paused {
+        /// The account, as its endpoint identity.
+        account: String,
+        /// `download` or `upload`.
+        direction: String,
+        /// The daily budget in bytes.
+        budget: u64,
+        /// When the budget renews (RFC 3339, UTC).
+        resumes_at: String,
+    },
     /// See [`ErrorKind::Io`].
     #[error("{path}: {source}")]
     Io {
@@ -219,6 +235,7 @@ impl Error {
             Self::Io { .. } => ErrorKind::Io,
             Self::Locked { .. } => ErrorKind::Locked,
             Self::Internal(_) => ErrorKind::Internal,
+            Self::Paused { .. } => ErrorKind::Paused,
         }
     }
 

@@ -8,6 +8,7 @@
 #![cfg_attr(not(test), deny(clippy::string_slice, clippy::indexing_slicing, clippy::unwrap_used))]
 
 pub mod batch;
+pub mod budget;
 pub mod calendar;
 pub mod endpoint;
 pub mod error;

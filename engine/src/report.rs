@@ -94,6 +94,13 @@ pub struct SyncReport {
     /// Nothing was changed: the counts say what a run would do.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
+    /// The mailbox stopped at a daily budget and resumes at this moment
+    /// (RFC 3339, UTC): not a failure, `error` stays empty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumes_at: Option<String>,
+    /// Why it paused: which account reached which budget.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused: Option<String>,
 }
 
 impl SyncReport {
@@ -199,6 +206,8 @@ mod tests {
             folders,
             error,
             dry_run: false,
+            resumes_at: None,
+            paused: None,
         }
     }
 

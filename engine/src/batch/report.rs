@@ -46,6 +46,9 @@ pub struct RowReport {
     pub failed_messages: u64,
     /// Runs so far.
     pub attempts: u32,
+    /// When a `paused` row may run again (RFC 3339, UTC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumes_at: Option<String>,
 }
 
 /// A batch at a glance.
@@ -67,6 +70,9 @@ pub struct BatchReport {
     pub failed: usize,
     /// Rows not run yet.
     pub pending: usize,
+    /// Rows paused at a daily budget (not failures): each row says when it
+    /// resumes.
+    pub paused: usize,
     /// Messages copied by the rows' last runs.
     pub messages: u64,
     /// Bytes copied by the rows' last runs.
@@ -81,6 +87,9 @@ pub struct BatchReport {
     /// syncing their mailbox: `line N: source: who holds it`. Their status
     /// is that process's to record.
     pub locked: Vec<String>,
+    /// Rows this run left alone because they are paused at a daily budget
+    /// that has not renewed yet: `line N: source: until when`.
+    pub waiting: Vec<String>,
 }
 
 /// What to try for a kind of failure.
@@ -105,6 +114,7 @@ pub fn fix_for(kind: ErrorKind) -> &'static str {
         ErrorKind::Io => "check the local path and its permissions",
         ErrorKind::Locked => "another cutover process is syncing this mailbox: let it finish (or stop it), then rerun",
         ErrorKind::Internal => "a defect in cutover: report the detail; the other mailboxes were not affected",
+        ErrorKind::Paused => "nothing to fix: the account reached its daily budget; run again after the time it resumes",
     }
 }
 
@@ -142,6 +152,7 @@ pub fn build(name: &str, batch: &BatchRecord, rows: &[BatchRowRecord]) -> BatchR
         partial: count("partial"),
         failed,
         pending: count("pending"),
+        paused: count("paused"),
         messages: rows.iter().map(|r| r.messages).sum(),
         bytes: rows.iter().map(|r| r.bytes).sum(),
         failure_ratio: if rows.is_empty() {
@@ -151,6 +162,7 @@ pub fn build(name: &str, batch: &BatchRecord, rows: &[BatchRowRecord]) -> BatchR
         },
         failures,
         locked: Vec::new(),
+        waiting: Vec::new(),
         rows: rows
             .iter()
             .map(|r| RowReport {
@@ -165,6 +177,7 @@ pub fn build(name: &str, batch: &BatchRecord, rows: &[BatchRowRecord]) -> BatchR
                 bytes: r.bytes,
                 failed_messages: r.failed_messages,
                 attempts: r.attempts,
+                resumes_at: r.resumes_at.clone().filter(|_| r.status == "paused"),
             })
             .collect(),
     }

@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 use super::input::{BatchFile, BatchRow};
 use super::jobs::{mailbox_job, row_identity, RowDefaults};
 use super::report::{self, BatchReport};
+use crate::budget::DailyBudget;
 use crate::endpoint::Endpoint;
 use crate::error::{Error, ErrorKind, Result};
 use crate::folders::FolderFilter;
@@ -51,6 +52,9 @@ pub struct BatchSettings {
     pub progress: Option<BatchProgressFn>,
     /// Plan only: see [`dry_run`].
     pub dry_run: bool,
+    /// Daily per-account byte budgets, and the clock that says which day
+    /// it is and whether a paused row may run again.
+    pub daily: DailyBudget,
 }
 
 /// What a batch reports while it runs.
@@ -98,6 +102,7 @@ impl Default for BatchSettings {
             filter: FolderFilter::default(),
             progress: None,
             dry_run: false,
+            daily: DailyBudget::default(),
         }
     }
 }
@@ -157,6 +162,7 @@ pub fn register(state: &mut State, file: &BatchFile, defaults: &RowDefaults) -> 
                 bytes: 0,
                 failed_messages: 0,
                 source_size: None,
+                resumes_at: None,
             }
         })
         .collect();
@@ -192,7 +198,8 @@ pub async fn run(
                     .iter()
                     .find(|r| r.fingerprint == row.fingerprint())
                     .is_none_or(|r| {
-                        r.status == "pending" || r.status == "failed" || r.phase.as_deref() != Some(phase.as_str())
+                        matches!(r.status.as_str(), "pending" | "failed" | "paused")
+                            || r.phase.as_deref() != Some(phase.as_str())
                     })
         })
         .cloned()
@@ -205,14 +212,18 @@ pub async fn run(
     state.set_batch_status(batch.id, phase.as_str(), hold.as_deref())?;
     let batch = state.batch(&batch_name(&file.path), &now())?;
     let mut report = report::build(&batch_name(&file.path), &batch, &rows);
-    report.locked = outcomes
-        .iter()
-        .filter(|o| o.status == LOCKED)
-        .map(|o| {
-            let detail = o.error.as_ref().map_or("", |(_, detail)| detail.as_str());
-            format!("line {}: {}: {detail}", o.row.line, o.row.source.address)
-        })
-        .collect();
+    let lines = |status: &str| -> Vec<String> {
+        outcomes
+            .iter()
+            .filter(|o| o.status == status)
+            .map(|o| {
+                let detail = o.error.as_ref().map_or("", |(_, detail)| detail.as_str());
+                format!("line {}: {}: {detail}", o.row.line, o.row.source.address)
+            })
+            .collect()
+    };
+    report.locked = lines(LOCKED);
+    report.waiting = lines(WAITING);
     Ok(report)
 }
 
@@ -220,12 +231,22 @@ pub async fn run(
 /// that process's to record, and it is not a failure of this run.
 pub const LOCKED: &str = "locked";
 
+/// The status of a row that stopped at a daily budget (recorded, with when
+/// it resumes): not a failure.
+pub const PAUSED: &str = "paused";
+
+/// The status of a row left alone because it is paused at a daily budget
+/// and its budget has not renewed yet: nothing is recorded, it stays
+/// [`PAUSED`].
+pub const WAITING: &str = "waiting";
+
 /// How one row's run ended.
 #[derive(Debug, Clone)]
 pub struct RowOutcome {
     /// The row.
     pub row: BatchRow,
-    /// `done`, `partial`, `failed`, or [`LOCKED`] (nothing recorded).
+    /// `done`, `partial`, `failed`, [`PAUSED`], or [`LOCKED`] / [`WAITING`]
+    /// (nothing recorded).
     pub status: &'static str,
     /// Why it failed, or why messages failed (`partial`).
     pub error: Option<(ErrorKind, String)>,
@@ -251,9 +272,40 @@ pub async fn run_rows(
             progress(event);
         }
     };
+    // Rows paused at a daily budget that has not renewed yet are left
+    // alone without a connection: running them would only pause them again.
+    let now = settings.daily.now();
+    let records = state.batch_rows(batch)?;
+    let (rows, waiting): (Vec<BatchRow>, Vec<BatchRow>) = rows.into_iter().partition(|row| {
+        let fingerprint = row.fingerprint();
+        records
+            .iter()
+            .find(|r| r.fingerprint == fingerprint && r.status == PAUSED)
+            .and_then(|r| r.resumes_at.as_deref())
+            .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
+            .is_none_or(|at| at.to_utc() <= now)
+    });
     notify(BatchProgress::Selected(rows.len()));
-    let mut tasks = spawn_rows(rows, phase, settings, state_path);
     let mut outcomes = Vec::new();
+    for row in waiting {
+        let resumes_at = records
+            .iter()
+            .find(|r| r.fingerprint == row.fingerprint())
+            .and_then(|r| r.resumes_at.clone())
+            .unwrap_or_default();
+        tracing::info!(line = row.line, %resumes_at, "row paused at a daily budget; skipped");
+        outcomes.push(RowOutcome {
+            row,
+            status: WAITING,
+            error: Some((
+                ErrorKind::Paused,
+                format!("paused at a daily budget until {resumes_at}; skipped"),
+            )),
+            messages: 0,
+            bytes: 0,
+        });
+    }
+    let mut tasks = spawn_rows(rows, phase, settings, state_path);
     while let Some(joined) = tasks.join_next().await {
         // Only a cancelled task ends up here; a panic was caught above.
         let (row, outcome) = joined.map_err(|e| Error::Internal(format!("a batch task ended abnormally: {e}")))?;
@@ -389,8 +441,16 @@ fn record(
     outcome: Result<SyncReport>,
     defaults: &RowDefaults,
 ) -> Result<RowOutcome> {
+    let mut resumes_at = None;
     let (status, error, copied) = match outcome {
         Err(e) => ("failed", Some((e.kind(), e.to_string())), (0, 0, 0)),
+        Ok(report) if report.resumes_at.is_some() => {
+            let failed_messages: usize = report.folders.iter().map(|f| f.failed.len()).sum();
+            let copied = (report.copied(), report.bytes(), failed_messages as u64);
+            resumes_at = report.resumes_at.clone();
+            let why = report.paused.clone().unwrap_or_default();
+            (PAUSED, Some((ErrorKind::Paused, why)), copied)
+        }
         Ok(report) => {
             let failed_messages: usize = report.folders.iter().map(|f| f.failed.len()).sum();
             let copied = (report.copied(), report.bytes(), failed_messages as u64);
@@ -417,6 +477,7 @@ fn record(
         error.as_ref().map(|(kind, text)| (*kind, text.as_str())),
         copied,
         &now(),
+        resumes_at.as_deref(),
     )?;
     count_outcome(&row, defaults, copied, error.as_ref());
     Ok(RowOutcome {
@@ -453,6 +514,7 @@ async fn run_row(
     options.propagate_deletes = settings.propagate_deletes;
     options.filter = settings.filter.clone();
     options.dry_run = settings.dry_run;
+    options.daily = settings.daily.clone();
     options.budgets = vec![source_host.budget.clone(), target_host.budget.clone()];
     let config = limits.config();
     if config.mailbox_messages_per_second.is_some() || config.mailbox_bytes_per_second.is_some() {

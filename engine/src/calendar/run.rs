@@ -18,7 +18,7 @@ use super::schedule::{Rhythm, StepKind};
 use super::status::{plan_status, MailboxView};
 use crate::batch::check;
 use crate::batch::input::{BatchFile, BatchRow};
-use crate::batch::run::{hold_reason, register, run_rows, BatchSettings, LOCKED};
+use crate::batch::run::{hold_reason, register, run_rows, BatchSettings, LOCKED, PAUSED, WAITING};
 use crate::error::{Error, Result};
 use crate::state::{LockOwner, PlanRecord, State, StepRecord, WaveId, WaveRecord};
 use crate::sync::{LeaseRenewal, Phase, LOCK_LEASE};
@@ -406,9 +406,10 @@ async fn run_group(
     match (group.kind, phase_of(group.kind)) {
         (_, Some(phase)) => {
             for outcome in run_rows(state, plan.batch, selected, phase, settings, state_path).await? {
-                // A row another process is syncing runs again next time.
+                // A row another process is syncing, or one paused at a
+                // daily budget, runs again next time.
                 let status = match outcome.status {
-                    LOCKED => "pending",
+                    LOCKED | PAUSED | WAITING => "pending",
                     "failed" => "failed",
                     _ => "done",
                 };

@@ -24,7 +24,8 @@ pub struct BatchRowRecord {
     pub business_unit: Option<String>,
     /// The last phase run for this row.
     pub phase: Option<String>,
-    /// `pending`, `done`, `partial` or `failed`.
+    /// `pending`, `done`, `partial`, `failed`, or `paused` (at a daily
+    /// budget, until `resumes_at`).
     pub status: String,
     /// Why it failed (or why messages failed, for `partial`).
     pub error_kind: Option<ErrorKind>,
@@ -40,6 +41,8 @@ pub struct BatchRowRecord {
     pub failed_messages: u64,
     /// Source size from the preflight check: folders, messages, bytes.
     pub source_size: Option<(u64, u64, u64)>,
+    /// When a `paused` row may run again (RFC 3339, UTC).
+    pub resumes_at: Option<String>,
 }
 
 /// What a batch as a whole is doing.
@@ -125,7 +128,8 @@ impl State {
             .conn
             .prepare_cached(
                 "SELECT fingerprint, line, source, target, business_unit, phase, status, error_kind, error_detail,
-                        attempts, messages, bytes, failed_messages, source_folders, source_messages, source_bytes
+                        attempts, messages, bytes, failed_messages, source_folders, source_messages, source_bytes,
+                        resumes_at
                  FROM batch_row WHERE batch_id = ?1 AND current = 1 ORDER BY line",
             )
             .map_err(self.err())?;
@@ -153,13 +157,15 @@ impl State {
                         (Some(f), Some(m), Some(b)) => Some((f as u64, m as u64, b as u64)),
                         _ => None,
                     },
+                    resumes_at: row.get(16)?,
                 })
             })
             .map_err(self.err())?;
         rows.collect::<rusqlite::Result<Vec<_>>>().map_err(self.err())
     }
 
-    /// Stores the outcome of one row's run.
+    /// Stores the outcome of one row's run; `resumes_at` only with status
+    /// `paused`.
     #[allow(clippy::too_many_arguments)]
     pub fn record_batch_row(
         &self,
@@ -170,11 +176,13 @@ impl State {
         error: Option<(ErrorKind, &str)>,
         copied: (u64, u64, u64),
         now: &str,
+        resumes_at: Option<&str>,
     ) -> Result<()> {
         self.conn
             .execute(
                 "UPDATE batch_row SET phase = ?3, status = ?4, error_kind = ?5, error_detail = ?6,
-                    attempts = attempts + 1, messages = ?7, bytes = ?8, failed_messages = ?9, updated_at = ?10
+                    attempts = attempts + 1, messages = ?7, bytes = ?8, failed_messages = ?9, updated_at = ?10,
+                    resumes_at = ?11
                  WHERE batch_id = ?1 AND fingerprint = ?2",
                 params![
                     batch,
@@ -186,7 +194,8 @@ impl State {
                     copied.0 as i64,
                     copied.1 as i64,
                     copied.2 as i64,
-                    now
+                    now,
+                    resumes_at
                 ],
             )
             .map(|_| ())

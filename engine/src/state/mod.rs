@@ -8,11 +8,13 @@
 //! endpoints are stored without secrets, messages as digests.
 
 mod batch;
+mod budget;
 mod calendar;
 mod lock;
 mod schema;
 
 pub use batch::{BatchId, BatchRecord, BatchRowRecord};
+pub use budget::AccountUsage;
 pub use calendar::{HostThroughput, PlanId, PlanRecord, StepRecord, WaveId, WaveRecord};
 pub use lock::LockOwner;
 

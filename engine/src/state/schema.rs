@@ -225,4 +225,17 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX run_running ON run(mailbox_id) WHERE status = 'running';
     "#,
+    // 11 (issue #11's migration "12", budgets): bytes each account moved
+    // per budget day (UTC calendar day), for providers' daily caps, and
+    // when a row paused by such a cap may run again.
+    r#"
+    CREATE TABLE account_usage (
+        account TEXT NOT NULL,           -- endpoint identity (scheme, login, host, port), never a password
+        day TEXT NOT NULL,               -- YYYY-MM-DD, UTC
+        downloaded INTEGER NOT NULL DEFAULT 0,
+        uploaded INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (account, day)
+    ) STRICT, WITHOUT ROWID;
+    ALTER TABLE batch_row ADD COLUMN resumes_at TEXT; -- RFC 3339, set while status = 'paused'
+    "#,
 ];

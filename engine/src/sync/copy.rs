@@ -6,7 +6,7 @@
 //! between the two halves keeps memory at two batches (or two large
 //! messages), whatever the folder's size: see [`fetch_batches`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::plan::DedupPool;
 use super::{Progress, ProgressFn, SyncOptions};
+use crate::budget;
 use crate::error::Result;
 use crate::fingerprint::Fingerprint;
 use crate::folders::FolderMapping;
@@ -60,6 +61,7 @@ impl FolderCopy<'_> {
         } else {
             self.match_existing(uids, &mut pool).await?
         };
+        let (remaining, paused) = self.within_daily_budget(remaining).await?;
         if let Some(progress) = self.progress {
             progress(Progress::FolderStarted {
                 folder: self.mapping.source.clone(),
@@ -68,6 +70,11 @@ impl FolderCopy<'_> {
         }
         if !remaining.is_empty() {
             self.stream(remaining).await?;
+        }
+        if let Some(paused) = paused {
+            // The cursor stays at the last UID copied: the next run goes on
+            // from there.
+            return Err(paused);
         }
         // UIDs that vanished between SEARCH and FETCH need no retry.
         self.folder.highest_uid = self.folder.highest_uid.max(highest);
@@ -121,6 +128,36 @@ impl FolderCopy<'_> {
         Ok(remaining)
     }
 
+    /// The UIDs (a prefix) today's daily budgets allow to fetch, and the
+    /// pause to end the folder with when that is not all of them.
+    async fn within_daily_budget(&mut self, uids: Vec<u32>) -> Result<(Vec<u32>, Option<crate::Error>)> {
+        let daily = &self.options.daily;
+        if !daily.is_set() || uids.is_empty() {
+            return Ok((uids, None));
+        }
+        let allowance = budget::allowance(self.state, daily, daily.now())?;
+        if allowance.remaining.is_none() {
+            return Ok((uids, None));
+        }
+        let mut sizes: HashMap<u32, u64> = HashMap::with_capacity(uids.len());
+        for record in self
+            .source
+            .fetch_all(&UidSet::Uids(uids.clone()), FetchItems::Size, None)
+            .await?
+        {
+            sizes.insert(record.uid, u64::from(record.size.unwrap_or(0)));
+        }
+        // A UID without a size vanished since the SEARCH: it costs nothing.
+        let in_order: Vec<u64> = uids.iter().map(|uid| sizes.get(uid).copied().unwrap_or(0)).collect();
+        let take = budget::admitted(&in_order, &allowance);
+        if take >= uids.len() {
+            return Ok((uids, None));
+        }
+        let mut uids = uids;
+        uids.truncate(take);
+        Ok((uids, Some(allowance.paused())))
+    }
+
     async fn stream(&mut self, uids: Vec<u32>) -> Result<()> {
         let (sender, mut receiver) = mpsc::channel::<FetchedBatch>(1);
         let (batch_messages, batch_bytes) = (self.options.batch_messages.max(1), self.options.batch_bytes.max(1));
@@ -136,12 +173,17 @@ impl FolderCopy<'_> {
             appended: &mut self.appended,
         };
         let source = &mut *self.source;
+        let daily = &self.options.daily;
         let fetch = fetch_batches(source, FetchSet::Uids(uids), batch_messages, batch_bytes, sender);
         let append = async {
             while let Some(batch) = receiver.recv().await {
+                let bytes: u64 = batch.messages.iter().map(|m| m.raw.len() as u64).sum();
                 // The batch's memory budget is handed back when it is dropped
                 // at the end of this iteration: appended and recorded.
                 appender.append_batch(batch.messages).await?;
+                if daily.is_set() {
+                    budget::charge(appender.state, daily, bytes)?;
+                }
             }
             Ok::<(), crate::Error>(())
         };

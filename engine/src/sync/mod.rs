@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
+use crate::budget::DailyBudget;
 use crate::endpoint::{Endpoint, ImapEndpoint, Secret};
 use crate::error::{Error, ErrorKind, Result};
 use crate::folders::{self, FolderFilter, FolderMapping};
@@ -104,6 +105,8 @@ pub struct SyncOptions {
     /// Plan only: report what a run would copy, flag and delete, and change
     /// nothing on either side or in the state.
     pub dry_run: bool,
+    /// Daily per-account byte budgets: a mailbox that reaches one pauses.
+    pub daily: DailyBudget,
 }
 
 impl SyncOptions {
@@ -118,6 +121,7 @@ impl SyncOptions {
             batch_bytes: 4 << 20,
             budgets: Vec::new(),
             dry_run: false,
+            daily: DailyBudget::default(),
         }
     }
 }
@@ -182,6 +186,19 @@ pub async fn sync_mailbox(
         Some(mailbox) => mailbox,
         None => state.mailbox(&source_id, &target_id)?,
     };
+    // The budgets apply to this mailbox's accounts: the source's for
+    // download, an IMAP target's for upload.
+    let budgeted;
+    let options = if options.daily.is_set() {
+        let upload_account = matches!(job.target, Endpoint::Imap(_)).then(|| target_id.clone());
+        budgeted = SyncOptions {
+            daily: options.daily.for_accounts(source_id.clone(), upload_account),
+            ..options.clone()
+        };
+        &budgeted
+    } else {
+        options
+    };
     let owner = LockOwner::this_process();
     let started_at = Utc::now().to_rfc3339();
     let label = format!("{source_id} → {target_id}");
@@ -197,7 +214,9 @@ pub async fn sync_mailbox(
             return Err(e);
         }
     };
-    let status = if report.error.is_none() && report.folders.iter().all(|f| f.error.is_none()) {
+    let status = if report.resumes_at.is_some() {
+        "paused"
+    } else if report.error.is_none() && report.folders.iter().all(|f| f.error.is_none()) {
         "done"
     } else {
         "failed"
@@ -301,6 +320,15 @@ async fn timed(
         if e.kind() == ErrorKind::State {
             return Err(e);
         }
+        if let Error::Paused { resumes_at, .. } = &e {
+            // Not a failure: everything copied so far is recorded.
+            tracing::info!(mailbox = %report.source, "{e}");
+            report.resumes_at = Some(resumes_at.clone());
+            report.paused = Some(e.to_string());
+            report.finished_at = Utc::now().to_rfc3339();
+            report.seconds = started.elapsed().as_secs_f64();
+            return Ok(report);
+        }
         tracing::warn!(mailbox = %report.source, error = %e, "mailbox sync stopped");
         report.error = Some(ReportedError::from(&e));
     }
@@ -320,6 +348,8 @@ fn new_report(options: &SyncOptions, source: String, target: String, started_at:
         folders: Vec::new(),
         error: None,
         dry_run: options.dry_run,
+        resumes_at: None,
+        paused: None,
     }
 }
 
@@ -331,6 +361,14 @@ async fn run_phase(
     report: &mut SyncReport,
     progress: Option<&ProgressFn>,
 ) -> Result<()> {
+    // An account with nothing left of today's budget: no connection at all
+    // (a rerun before the budget renews costs nothing on either server).
+    if options.daily.is_set() && !options.dry_run {
+        let allowance = crate::budget::allowance(state, &options.daily, options.daily.now())?;
+        if allowance.remaining == Some(0) {
+            return Err(allowance.paused());
+        }
+    }
     // Both logins at once: an unchanged mailbox costs the slower of the
     // two sides' round trips, not their sum.
     let (source, target) = tokio::join!(
@@ -406,6 +444,13 @@ async fn run_phase(
         };
         let result = sync_folder(&mut sides, mapping, folder, &mut folder_report, progress).await;
         if let Err(e) = result {
+            if e.kind() == ErrorKind::Paused {
+                // A clean stop at a batch boundary: the folder copied what
+                // the budget allowed; the next run goes on from there.
+                report.folders.push(folder_report);
+                tokio::join!(source.logout(), target.close());
+                return Err(e);
+            }
             tracing::warn!(folder = %mapping.source, error = %e, "folder sync failed");
             folder_report.error = Some(ReportedError::from(&e));
             report.folders.push(folder_report);
