@@ -492,14 +492,16 @@ fn finish(file: &BatchFile, report: &BatchReport, options: &RunOptions, json: bo
         write_failed(file, report, path)?;
     }
     print_report(report, json)?;
-    Ok(if report.failed > 0 || report.held.is_some() || !report.locked.is_empty() {
-        ExitCode::from(1)
-    } else if report.paused > 0 {
-        // Not a failure, but not finished either: see `crate::PAUSED`.
-        ExitCode::from(crate::PAUSED)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(
+        if report.failed > 0 || report.held.is_some() || !report.locked.is_empty() {
+            ExitCode::from(1)
+        } else if report.paused > 0 {
+            // Not a failure, but not finished either: see `crate::PAUSED`.
+            ExitCode::from(crate::PAUSED)
+        } else {
+            ExitCode::SUCCESS
+        },
+    )
 }
 
 fn write_failed(file: &BatchFile, report: &BatchReport, path: &Path) -> Result<()> {
