@@ -65,7 +65,7 @@ fn json(output: &Output) -> Value {
     })
 }
 
-fn row<'a>(report: &'a Value, line: u64) -> &'a Value {
+fn row(report: &Value, line: u64) -> &Value {
     report["rows"]
         .as_array()
         .expect("rows")
