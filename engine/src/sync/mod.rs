@@ -284,7 +284,8 @@ async fn sync_locked(
     report: SyncReport,
 ) -> Result<SyncReport> {
     let report = timed(job, options, state, mailbox, progress, report).await?;
-    if options.phase == Phase::Final && report.error.is_none() {
+    // A final phase paused at a daily budget has not reached the cutover.
+    if options.phase == Phase::Final && report.error.is_none() && report.resumes_at.is_none() {
         state.set_cutover_at(mailbox, &report.started_at)?;
     }
     Ok(report)
