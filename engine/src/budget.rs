@@ -265,7 +265,7 @@ mod tests {
         assert_eq!(renewal(at("2028-02-28T12:00:00Z")), at("2028-02-29T00:00:00Z"));
     }
 
-    fn allowance(remaining: Option<u64>, fresh: bool) -> Allowance {
+    fn left(remaining: Option<u64>, fresh: bool) -> Allowance {
         Allowance {
             remaining,
             fresh,
@@ -277,19 +277,63 @@ mod tests {
     #[test]
     fn admits_the_longest_prefix_that_fits() {
         let sizes = [400, 400, 400];
-        assert_eq!(admitted(&sizes, &allowance(Some(1000), false)), 2);
-        assert_eq!(admitted(&sizes, &allowance(Some(800), false)), 2);
-        assert_eq!(admitted(&sizes, &allowance(Some(799), false)), 1);
-        assert_eq!(admitted(&sizes, &allowance(Some(0), false)), 0);
-        assert_eq!(admitted(&sizes, &allowance(None, false)), 3);
-        assert_eq!(admitted(&[], &allowance(Some(0), true)), 0);
+        assert_eq!(admitted(&sizes, &left(Some(1000), false)), 2);
+        assert_eq!(admitted(&sizes, &left(Some(800), false)), 2);
+        assert_eq!(admitted(&sizes, &left(Some(799), false)), 1);
+        assert_eq!(admitted(&sizes, &left(Some(0), false)), 0);
+        assert_eq!(admitted(&sizes, &left(None, false)), 3);
+        assert_eq!(admitted(&[], &left(Some(0), true)), 0);
     }
 
     #[test]
     fn a_message_larger_than_a_day_goes_alone_on_a_fresh_day_only() {
         let sizes = [5000, 10];
-        assert_eq!(admitted(&sizes, &allowance(Some(1000), true)), 1);
-        assert_eq!(admitted(&sizes, &allowance(Some(900), false)), 0);
+        assert_eq!(admitted(&sizes, &left(Some(1000), true)), 1);
+        assert_eq!(admitted(&sizes, &left(Some(900), false)), 0);
+    }
+
+    #[test]
+    fn usage_is_carried_per_account_and_day_and_the_tighter_budget_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::open(&dir.path().join("state.db")).unwrap();
+        let day_one = at("2026-12-05T10:00:00Z");
+        let budget = DailyBudget::new(Some(1000), Some(600), Some(day_one))
+            .for_accounts("imap://a@src:143".into(), Some("imap://a@tgt:143".into()));
+        let fresh = allowance(&state, &budget, day_one).unwrap();
+        assert_eq!(fresh.remaining, Some(600));
+        assert!(fresh.fresh);
+        assert_eq!(fresh.limited_by.as_ref().map(|l| l.0), Some("upload"));
+
+        charge(&state, &budget, 250).unwrap();
+        charge(&state, &budget, 250).unwrap();
+        let used = allowance(&state, &budget, day_one).unwrap();
+        assert_eq!(used.remaining, Some(100), "600 - 500 uploaded");
+        assert!(!used.fresh);
+        assert_eq!(used.resumes_at, at("2026-12-06T00:00:00Z"));
+        let paused = used.paused().to_string();
+        assert!(
+            paused.contains("imap://a@tgt:143") && paused.contains("upload"),
+            "{paused}"
+        );
+        assert!(paused.contains("2026-12-06T00:00:00Z"), "{paused}");
+
+        // The next day starts over; the earlier day stays on record.
+        let day_two = at("2026-12-06T00:00:00Z");
+        let next = allowance(&state, &budget, day_two).unwrap();
+        assert_eq!((next.remaining, next.fresh), (Some(600), true));
+        assert_eq!(
+            state.account_usage("imap://a@src:143", "2026-12-05").unwrap(),
+            AccountUsage {
+                downloaded: 500,
+                uploaded: 0
+            }
+        );
+        // Another account is not charged for these.
+        let other = budget.for_accounts("imap://b@src:143".into(), None);
+        assert_eq!(allowance(&state, &other, day_one).unwrap().remaining, Some(1000));
+        // No budget set: no limit.
+        let unlimited = DailyBudget::default().for_accounts("imap://a@src:143".into(), None);
+        assert_eq!(allowance(&state, &unlimited, day_one).unwrap().remaining, None);
     }
 
     #[test]
