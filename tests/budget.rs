@@ -43,7 +43,7 @@ fn batch_run(csv: &Path, state: &Path, target: &Dovecot, now: &str, extra: &[&st
     Command::new(env!("CARGO_BIN_EXE_cutover"))
         .args(["batch", "run"])
         .arg(csv)
-        .args(["--phase", "initial", "--json", "--state"])
+        .args(["--phase", "initial", "--state"])
         .arg(state)
         .args(["--target-server", &target_server, "--target-password", "env:TGT_PW"])
         .args(extra)
@@ -134,7 +134,15 @@ async fn a_mailbox_over_its_daily_download_budget_pauses_and_completes_over_days
         format!("source_address,source_password,source_server,target_address\n{BIG},env:SRC_PW,{server},{BIG}\n{SMALL},env:SRC_PW,{server},{SMALL}\n"),
     )
     .unwrap();
-    let run = |now: &str| batch_run(&csv, &state, &target, now, &["--account-daily-download", &budget_arg]);
+    let run = |now: &str| {
+        batch_run(
+            &csv,
+            &state,
+            &target,
+            now,
+            &["--json", "--account-daily-download", &budget_arg],
+        )
+    };
     let on_target = |user: &'static str| {
         let port = target.imap_port();
         async move { count(&snapshot(port, user, TGT_PW).await) }
@@ -174,6 +182,25 @@ async fn a_mailbox_over_its_daily_download_budget_pauses_and_completes_over_days
         copied_day_one,
         "nothing copied before the budget renews"
     );
+    // The summary says so too.
+    let text = batch_run(
+        &csv,
+        &state,
+        &target,
+        "2026-12-05T23:59:30Z",
+        &["--account-daily-download", &budget_arg],
+    );
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert_eq!(text.status.code(), Some(3), "{stdout}");
+    assert!(stdout.contains("0 failed, 0 pending, 1 paused"), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "line 2 imap://{BIG}@127.0.0.1:{}: paused at a daily budget, resumes at 2026-12-06T00:00:00Z",
+            source.imap_port()
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("1 paused row(s) skipped"), "{stdout}");
 
     // Each following day copies more, until the mailbox is complete.
     let mut days = 1;
