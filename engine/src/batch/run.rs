@@ -479,7 +479,8 @@ fn record(
         &now(),
         resumes_at.as_deref(),
     )?;
-    count_outcome(&row, defaults, copied, error.as_ref());
+    // A pause is not a failure: its bytes count, its reason does not.
+    count_outcome(&row, defaults, copied, error.as_ref().filter(|_| status != PAUSED));
     Ok(RowOutcome {
         row,
         status,
