@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::corpus::{generated, FOLDER_MAP};
-use common::{assert_same, count, cutover, mapped, snapshot, Pair, SOURCE_PASSWORD, TARGET_PASSWORD, USER};
+use common::{assert_same, count, cutover, mapped, snapshot, total, Pair, SOURCE_PASSWORD, TARGET_PASSWORD, USER};
 use cutover_harness::corpus::{CorpusSpec, GeneratedMessage};
 use cutover_harness::dovecot::{Dovecot, DovecotConfig};
 use serde_json::Value;
@@ -246,9 +246,9 @@ async fn sync_pauses_at_the_daily_upload_budget_with_its_own_exit_status() {
     let pair = Pair::start();
     let messages = generated(73, 80);
     pair.fill_source(&messages);
-    let total = bytes(&messages);
+    let mailbox_bytes = bytes(&messages);
     let largest = messages.iter().map(|m| m.raw.len() as u64).max().unwrap_or(0);
-    let budget = (total / 2 - 1).max(largest + 1);
+    let budget = (mailbox_bytes / 2 - 1).max(largest + 1);
     let budget_arg = budget.to_string();
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state.db");
@@ -281,6 +281,34 @@ async fn sync_pauses_at_the_daily_upload_budget_with_its_own_exit_status() {
     assert!(report["error"].is_null(), "a pause is not an error: {report}");
     let paused = report["paused"].as_str().unwrap_or_default();
     assert!(paused.contains("upload") && paused.contains(&budget_arg), "{report}");
+    let copied_day_one = total(&report, "copied");
+    assert!(copied_day_one > 0, "{report}");
+
+    // Again the same day: nothing more fits; the summary says when to rerun.
+    let text = cutover(&[
+        "sync",
+        "--from",
+        &from,
+        "--to",
+        &to,
+        "--phase",
+        "initial",
+        "--state",
+        &state_arg,
+        "--account-daily-upload",
+        &budget_arg,
+        "--now",
+        "2026-12-05T19:00:00Z",
+    ]);
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert_eq!(text.status.code(), Some(3), "{stdout}");
+    assert!(stdout.contains("0 messages (0.0 MB) copied"), "{stdout}");
+    assert!(stdout.contains("mailbox paused: imap://alice@127.0.0.1:"), "{stdout}");
+    assert!(
+        stdout.contains("run the same command again after 2026-12-06T00:00:00Z"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("failed"), "a pause is not a failure: {stdout}");
 
     let mut days = 1;
     loop {
