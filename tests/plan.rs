@@ -1551,3 +1551,63 @@ fn a_runner_killed_during_a_resync_and_during_the_final_sync() {
     }
     drop(proxy);
 }
+
+#[test]
+fn a_mailbox_paused_at_its_daily_budget_is_picked_up_by_the_next_passes() {
+    let servers = servers(&["big", "tiny"], &[]);
+    let (big, tiny) = (generated(40, 60), generated(41, 3));
+    deliver(&servers.source, "big", 40, 60);
+    deliver(&servers.source, "tiny", 41, 3);
+    let size = |messages: &[cutover_harness::corpus::GeneratedMessage]| -> u64 {
+        messages.iter().map(|m| m.raw.len() as u64).sum()
+    };
+    let largest = big.iter().map(|m| m.raw.len() as u64).max().unwrap_or(0);
+    let budget = size(&big) * 2 / 5;
+    assert!(
+        budget > largest && budget > size(&tiny),
+        "the corpus fits the test's plan"
+    );
+    let budget = budget.to_string();
+    let project = Project::new(
+        servers.source.imap_port(),
+        servers.target.imap_port(),
+        &[row("big", "w1"), row("tiny", "w1")],
+    );
+    let cut = format!("w1={}", at(Duration::zero()));
+    project.plan_ok(&at(-Duration::days(10)), &["--cutover", &cut]);
+    let initial = |mailbox: &str| {
+        let steps = project.steps();
+        let found = steps.iter().find(|((m, kind, _), _)| m == mailbox && kind == "initial");
+        found
+            .map(|(_, (status, _))| status.clone())
+            .unwrap_or_else(|| panic!("{steps:?}"))
+    };
+    let pass_on = |offset: Duration| project.run(&at(offset), &["--account-daily-download", &budget]).1;
+
+    // T-10d: the small mailbox is done, the big one paused; its step stays
+    // to do and nothing failed.
+    let pass = pass_on(-Duration::days(10));
+    assert_eq!(groups(&pass), [group("w1", "initial", 2, 1, 0)], "{pass:#}");
+    assert_eq!((initial("big").as_str(), initial("tiny").as_str()), ("pending", "done"));
+    let copied_first = project.messages_in_state();
+    assert!(copied_first > 3 && copied_first < 63, "{copied_first}");
+
+    // An hour later, the same budget day: skipped, nothing copied.
+    let pass = pass_on(-Duration::days(10) + Duration::hours(1));
+    assert_eq!(groups(&pass), [group("w1", "initial", 1, 0, 0)], "{pass:#}");
+    assert_eq!(copied(&pass, "initial"), 0);
+    assert_eq!(project.messages_in_state(), copied_first);
+
+    // The following days go on until the big mailbox is complete.
+    let mut day = 10;
+    while initial("big") != "done" {
+        day -= 1;
+        assert!(day >= 5, "the paused mailbox was never completed");
+        let pass = pass_on(-Duration::days(day));
+        assert!(copied(&pass, "initial") > 0, "{pass:#}");
+    }
+    assert!(day <= 8, "the budget spread the copy over days");
+    assert_copied(&servers.source, &servers.target, "big");
+    assert_copied(&servers.source, &servers.target, "tiny");
+    project.assert_no_secret_leaked();
+}
