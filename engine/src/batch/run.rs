@@ -274,9 +274,13 @@ pub async fn run_rows(
     };
     // Rows paused at a daily budget that has not renewed yet are left
     // alone without a connection: running them would only pause them again.
+    // A run without budgets (someone lifted them) takes them as usual.
     let now = settings.daily.now();
     let records = state.batch_rows(batch)?;
     let (rows, waiting): (Vec<BatchRow>, Vec<BatchRow>) = rows.into_iter().partition(|row| {
+        if !settings.daily.is_set() {
+            return true;
+        }
         let fingerprint = row.fingerprint();
         records
             .iter()
