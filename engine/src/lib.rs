@@ -9,6 +9,7 @@
 
 pub mod batch;
 pub mod calendar;
+pub mod credential;
 pub mod endpoint;
 pub mod error;
 pub mod fingerprint;
