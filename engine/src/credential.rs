@@ -165,7 +165,9 @@ pub struct Token {
 
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Token").field("expires", &self.expires).finish_non_exhaustive()
+        f.debug_struct("Token")
+            .field("expires", &self.expires)
+            .finish_non_exhaustive()
     }
 }
 
@@ -373,8 +375,8 @@ async fn run_command(command: &str, login: Option<&str>, shown: &str) -> Result<
 pub fn parse_token_output(output: &str, now: SystemTime) -> std::result::Result<Token, String> {
     let trimmed = output.trim();
     if trimmed.starts_with('{') {
-        let json: serde_json::Value =
-            serde_json::from_str(trimmed).map_err(|e| format!("printed JSON that does not parse ({})", e.classify_name()))?;
+        let json: serde_json::Value = serde_json::from_str(trimmed)
+            .map_err(|e| format!("printed JSON that does not parse ({})", e.classify_name()))?;
         let token = ["access_token", "accessToken", "token"]
             .iter()
             .find_map(|key| json.get(key).and_then(|v| v.as_str()))

@@ -294,7 +294,10 @@ mod tests {
 
     #[test]
     fn oauth_methods_and_no_master_with_them() {
-        for (option, method) in [("xoauth2", AuthMethod::XOAuth2), ("oauthbearer", AuthMethod::OAuthBearer)] {
+        for (option, method) in [
+            ("xoauth2", AuthMethod::XOAuth2),
+            ("oauthbearer", AuthMethod::OAuthBearer),
+        ] {
             let Endpoint::Imap(e) = Endpoint::parse(&format!("imaps://bob@host?auth={option}")).unwrap() else {
                 panic!("not imap")
             };
