@@ -76,8 +76,18 @@ pub struct DovecotConfig {
 /// Dovecot's `oauth2` passdb, asking an RFC 7662 introspection endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OAuth2Passdb {
-    /// Where Dovecot POSTs `token=…`.
+    /// Where Dovecot asks about a token.
     pub introspection_url: String,
+    /// `introspection_mode`: `post` (Dovecot POSTs `token=…`) or `auth` (a
+    /// GET with the token as an `Authorization: Bearer` header).
+    pub mode: &'static str,
+    /// What of the login must equal the token's user (`username_format`,
+    /// applied to both sides): the whole login by default; `%d` accepts a
+    /// token of any user of the login's domain for every user there, as
+    /// Microsoft 365 accepts an app-only token for every mailbox of a
+    /// tenant (Dovecot 2.3 does not expand `%u` in the introspection URL,
+    /// so the endpoint cannot learn the login itself).
+    pub username_format: Option<String>,
 }
 
 /// A per-user quota: Dovecot's quota plugin with the Maildir++ backend
@@ -573,17 +583,25 @@ impl Dovecot {
     }
 }
 
-/// The `oauth2` passdb's own settings file (Dovecot 2.3): introspection by
-/// POST, the user named by `username` and the token live while `active`
-/// is true.
+/// The `oauth2` passdb's own settings file (Dovecot 2.3): the user named
+/// by `username` and the token live while `active` is true. Dovecot 2.3.19
+/// panics on an introspection URL with a query string (or an unexpanded
+/// `%u`), so the URL is a bare path.
 fn render_oauth2(oauth2: &OAuth2Passdb) -> String {
     format!(
-        "introspection_mode = post\n\
+        "introspection_mode = {}\n\
          introspection_url = {}\n\
          username_attribute = username\n\
          active_attribute = active\n\
-         active_value = true\n",
-        oauth2.introspection_url
+         active_value = true\n\
+         {}",
+        oauth2.mode,
+        oauth2.introspection_url,
+        oauth2
+            .username_format
+            .as_ref()
+            .map(|format| format!("username_format = {format}\n"))
+            .unwrap_or_default()
     )
 }
 

@@ -1,9 +1,10 @@
 //! A token introspection endpoint (RFC 7662) for Dovecot's `oauth2` passdb,
-//! controlled by the test: it issues tokens for a user (or for any user: an
-//! app-only admin token), expires or revokes them, and counts how often
+//! controlled by the test: it issues tokens for a user, expires or revokes
+//! them, and counts how often
 //! Dovecot asked about each, so a test can tell a retry loop from one retry.
 //!
-//! Dovecot POSTs `token=…` (`introspection_mode = post`); the answer is
+//! Dovecot POSTs `token=…` (`introspection_mode = post`) or sends it as a
+//! bearer header (`auth`); the answer is
 //! `{"active":true,"username":…}` for a live token, `{"active":false}` else.
 
 use std::collections::HashMap;
@@ -22,9 +23,8 @@ use crate::error::{io_err, Result};
 /// What the endpoint knows of one token.
 #[derive(Debug, Clone)]
 struct Grant {
-    /// The user it logs in; `None` for an admin token the endpoint vouches
-    /// for whichever user Dovecot asks about.
-    user: Option<String>,
+    /// The user it belongs to.
+    user: String,
     /// Introspections it still answers as active; `None`: no limit.
     uses_left: Option<u64>,
 }
@@ -106,18 +106,7 @@ impl OAuthServer {
         self.lock().grants.insert(
             token.to_string(),
             Grant {
-                user: Some(user.to_string()),
-                uses_left: None,
-            },
-        );
-    }
-
-    /// Makes `token` valid for every user (an app-only admin token).
-    pub fn issue_admin(&self, token: &str) {
-        self.lock().grants.insert(
-            token.to_string(),
-            Grant {
-                user: None,
+                user: user.to_string(),
                 uses_left: None,
             },
         );
@@ -183,11 +172,6 @@ async fn token_of(request: Request<Incoming>) -> Option<String> {
 }
 
 async fn answer(registry: &Mutex<Registry>, request: Request<Incoming>) -> Response<Full<Bytes>> {
-    let user_asked = request.uri().query().and_then(|query| {
-        url::form_urlencoded::parse(query.as_bytes())
-            .find(|(key, _)| key == "user")
-            .map(|(_, value)| value.into_owned())
-    });
     let body = match token_of(request).await {
         None => serde_json::json!({"active": false}),
         Some(token) => {
@@ -198,10 +182,7 @@ async fn answer(registry: &Mutex<Registry>, request: Request<Incoming>) -> Respo
                     if let Some(left) = grant.uses_left.as_mut() {
                         *left -= 1;
                     }
-                    match grant.user.clone().or(user_asked) {
-                        Some(user) => serde_json::json!({"active": true, "username": user}),
-                        None => serde_json::json!({"active": true}),
-                    }
+                    serde_json::json!({"active": true, "username": grant.user})
                 }
                 _ => serde_json::json!({"active": false}),
             }
