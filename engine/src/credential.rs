@@ -465,7 +465,10 @@ pub fn jwt_expiry(token: &str) -> Option<SystemTime> {
 /// all connections and retries of an account share one token, and an
 /// admin's token (login `None`) is fetched once for every account.
 #[derive(Clone, Default)]
-pub struct CredentialCache(Arc<std::sync::Mutex<std::collections::HashMap<(String, Option<String>), Credential>>>);
+pub struct CredentialCache(Arc<std::sync::Mutex<std::collections::HashMap<CacheKey, Credential>>>);
+
+/// A reference as written (never a literal's value) and the login it is for.
+type CacheKey = (String, Option<String>);
 
 impl fmt::Debug for CredentialCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
