@@ -352,11 +352,19 @@ async fn run_command(command: &str, login: Option<&str>, shown: &str) -> Result<
         Ok(Ok(done)) => done,
     };
     if !status.success() {
-        let first = String::from_utf8_lossy(&err)
+        let mut first = String::from_utf8_lossy(&err)
             .lines()
             .find(|line| !line.trim().is_empty())
             .map(|line| line.trim().chars().take(160).collect::<String>())
             .unwrap_or_default();
+        // A command that printed a token and then failed may repeat it on
+        // stderr: nothing it printed on stdout is shown.
+        for word in String::from_utf8_lossy(&out)
+            .split_whitespace()
+            .filter(|w| w.len() >= 8)
+        {
+            first = first.replace(word, "***");
+        }
         let detail = if first.is_empty() {
             String::new()
         } else {
@@ -388,12 +396,11 @@ pub fn parse_token_output(output: &str, now: SystemTime) -> std::result::Result<
             expires,
         });
     }
-    let token = trimmed.lines().next().unwrap_or("").trim();
-    if token.is_empty() {
-        return Err("printed nothing (it should print an access token)".into());
-    }
-    if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("printed a first line with spaces (it should print only an access token)".into());
+    // Only the line ending goes: a command may print a password (a vault
+    // client), and spaces may be part of one.
+    let token = output.lines().next().unwrap_or("");
+    if token.trim().is_empty() {
+        return Err("printed nothing on its first line (it should print an access token)".into());
     }
     Ok(Token {
         secret: Secret::new(token),
@@ -531,7 +538,11 @@ mod tests {
         let token = parse_token_output(&format!("{signed}\n"), now).unwrap();
         assert_eq!(token.expires, Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)));
         assert!(parse_token_output("\n", now).is_err());
-        assert!(parse_token_output("two words", now).is_err());
+        assert!(parse_token_output("", now).is_err());
+        assert_eq!(
+            parse_token_output(" pass word \r\n", now).unwrap().secret.expose(),
+            " pass word "
+        );
     }
 
     #[test]
@@ -611,7 +622,7 @@ mod tests {
     #[tokio::test]
     async fn a_failing_command_names_itself_not_its_output() {
         let credential = Credential::new(
-            PasswordRef::Command("echo leaked-token; echo 'no login session' >&2; exit 3".into()),
+            PasswordRef::Command("echo leaked-token; echo 'no login session for leaked-token' >&2; exit 3".into()),
             None,
         );
         let err = credential.current().await.unwrap_err().to_string();
