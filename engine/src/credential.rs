@@ -484,10 +484,13 @@ impl fmt::Debug for CredentialCache {
 }
 
 impl CredentialCache {
-    /// The shared credential of `reference` for `login`. A literal password
-    /// is not cached by its value (that would keep a map keyed by passwords).
+    /// The shared credential of `reference` for `login`. Only commands are
+    /// shared: a variable or file is cheap to read, and read afresh for each
+    /// mailbox a long-running plan starts, a corrected password file is
+    /// picked up without a restart (and a literal password never becomes a
+    /// map key).
     pub fn get(&self, reference: &PasswordRef, login: Option<&str>) -> Credential {
-        if reference.is_literal() {
+        if !matches!(reference, PasswordRef::Command(_)) {
             return Credential::new(reference.clone(), login.map(str::to_string));
         }
         let key = (reference.describe(), login.map(str::to_string));
