@@ -197,7 +197,8 @@ struct Inner {
 impl fmt::Debug for Credential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Credential")
-            .field("reference", &self.0.reference.describe())
+            // Only a command's program: its arguments may hold a client secret.
+            .field("reference", &self.0.reference.shown())
             .field("login", &self.0.login)
             .finish_non_exhaustive()
     }
@@ -238,9 +239,10 @@ impl Credential {
         Self::from(secret)
     }
 
-    /// The reference, for messages: never the value.
+    /// The reference, for messages: never the value, and of a command only
+    /// its program.
     pub fn describe(&self) -> String {
-        self.0.reference.describe()
+        self.0.reference.shown()
     }
 
     /// How often the value was read from its source (a command run).

@@ -70,6 +70,7 @@ pub struct DovecotConfig {
     /// Also accept OAuth2 logins (SASL XOAUTH2 and OAUTHBEARER) whose
     /// tokens an introspection endpoint vouches for (see
     /// [`crate::oauth::OAuthServer`]). Password logins keep working.
+    /// Native servers only; the Docker backend ignores it.
     pub oauth2: Option<OAuth2Passdb>,
 }
 
