@@ -161,6 +161,8 @@ pub struct Token {
     pub secret: Secret,
     /// When it stops working, if the issuer said.
     pub expires: Option<SystemTime>,
+    /// When it was fetched.
+    pub fetched: SystemTime,
 }
 
 impl fmt::Debug for Token {
@@ -173,9 +175,14 @@ impl fmt::Debug for Token {
 
 impl Token {
     /// Whether it can still be sent at `now`: not within [`EXPIRY_MARGIN`]
-    /// of its expiry.
+    /// of its expiry, or within the second half of its life when it was
+    /// issued for less than twice that (else every connection would fetch
+    /// a new one).
     pub fn is_fresh(&self, now: SystemTime) -> bool {
-        self.expires.is_none_or(|expires| now + EXPIRY_MARGIN < expires)
+        self.expires.is_none_or(|expires| {
+            let life = expires.duration_since(self.fetched).unwrap_or(Duration::ZERO);
+            now + EXPIRY_MARGIN.min(life / 2) < expires
+        })
     }
 }
 
@@ -296,7 +303,11 @@ impl Credential {
             other => {
                 let secret = other.resolve()?;
                 let expires = jwt_expiry(secret.expose());
-                Ok(Token { secret, expires })
+                Ok(Token {
+                    secret,
+                    expires,
+                    fetched: SystemTime::now(),
+                })
             }
         }
     }
@@ -396,6 +407,7 @@ pub fn parse_token_output(output: &str, now: SystemTime) -> std::result::Result<
         return Ok(Token {
             secret: Secret::new(token),
             expires,
+            fetched: now,
         });
     }
     // Only the line ending goes: a command may print a password (a vault
@@ -407,6 +419,7 @@ pub fn parse_token_output(output: &str, now: SystemTime) -> std::result::Result<
     Ok(Token {
         secret: Secret::new(token),
         expires: jwt_expiry(token),
+        fetched: now,
     })
 }
 
@@ -574,19 +587,26 @@ mod tests {
 
     #[test]
     fn freshness_keeps_a_margin_before_expiry() {
-        let now = UNIX_EPOCH + Duration::from_secs(10_000);
-        let token = |secs| Token {
+        let at = |secs| UNIX_EPOCH + Duration::from_secs(secs);
+        let token = |fetched, expires| Token {
             secret: Secret::new("t"),
-            expires: Some(UNIX_EPOCH + Duration::from_secs(secs)),
+            expires: Some(at(expires)),
+            fetched: at(fetched),
         };
-        assert!(token(10_061).is_fresh(now));
-        assert!(!token(10_060).is_fresh(now));
-        assert!(!token(9_000).is_fresh(now));
+        // An hour's token: fetched again from 60 s before its expiry.
+        assert!(token(7_000, 10_600).is_fresh(at(10_539)));
+        assert!(!token(7_000, 10_600).is_fresh(at(10_540)));
+        assert!(!token(7_000, 10_600).is_fresh(at(11_000)));
+        // A 30 s token: good for its first half, not fetched per connection.
+        assert!(token(10_000, 10_030).is_fresh(at(10_000)));
+        assert!(token(10_000, 10_030).is_fresh(at(10_014)));
+        assert!(!token(10_000, 10_030).is_fresh(at(10_015)));
         assert!(Token {
             secret: Secret::new("t"),
-            expires: None
+            expires: None,
+            fetched: at(0),
         }
-        .is_fresh(now));
+        .is_fresh(at(99_999)));
     }
 
     #[test]
@@ -635,6 +655,24 @@ mod tests {
         assert!(err.contains("no login session"), "{err}");
         assert!(err.contains('3'), "{err}");
         assert!(!err.contains("leaked-token"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_token_past_its_stated_expiry_is_fetched_again_before_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let count = dir.path().join("count");
+        // Each run prints a token that expires at once, then one for an hour.
+        let command = format!(
+            "n=$(($(cat {c} 2>/dev/null || echo 0)+1)); echo $n > {c}; \
+             if [ $n = 1 ]; then e=0; else e=3600; fi; \
+             echo '{{\"access_token\":\"tok-'$n'\",\"expires_in\":'$e'}}'",
+            c = count.display()
+        );
+        let credential = Credential::new(PasswordRef::Command(command), Some("alice".into()));
+        assert_eq!(credential.current().await.unwrap().secret.expose(), "tok-1");
+        assert_eq!(credential.current().await.unwrap().secret.expose(), "tok-2");
+        assert_eq!(credential.current().await.unwrap().secret.expose(), "tok-2");
+        assert_eq!(credential.reads(), 2);
     }
 
     #[tokio::test]
