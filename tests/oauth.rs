@@ -193,6 +193,11 @@ fn a_wrong_token_is_an_auth_error_without_a_retry_loop() {
         show(&output)
     );
     assert!(stdout.contains("refused the login of alice"), "{}", show(&output));
+    assert!(
+        stdout.contains("OAuth2 XOAUTH2: the token was refused;"),
+        "{}",
+        show(&output)
+    );
     // One login, one fresh token that turned out the same: no second try.
     assert!(
         endpoint.introspections("wrong-tok-Zq81") <= 2,

@@ -1130,7 +1130,7 @@ async fn login(
     let mut client = client;
     // A refused token may have expired early or been revoked: one fresh
     // token and one more try; a second refusal is final (no retry loop).
-    let mut refreshed = false;
+    let (mut refreshed, mut retried) = (false, false);
     let result = loop {
         match login_once(client, endpoint, &secret.secret).await {
             Ok(done) => break Ok(done),
@@ -1145,6 +1145,7 @@ async fn login(
                         );
                         secret = fresh;
                         client = back;
+                        retried = true;
                     }
                     None => break Err(async_imap::error::Error::No(text)),
                 }
@@ -1154,7 +1155,25 @@ async fn login(
     };
     result.map_err(|e| match e {
         async_imap::error::Error::No(text) | async_imap::error::Error::Bad(text) => {
-            login_refusal(endpoint, address, shown_user, &text)
+            match login_refusal(endpoint, address, shown_user, &text) {
+                // What to check differs from a password's.
+                Error::Auth {
+                    endpoint: at,
+                    user,
+                    detail,
+                } if endpoint.auth.is_oauth() => Error::Auth {
+                    endpoint: at,
+                    user,
+                    detail: format!(
+                        "{detail} (OAuth2 {}: the token was refused{}; check that it is for this user and \
+                         has the IMAP scope: Microsoft 365 IMAP.AccessAsUser.All or IMAP.AccessAsApp, \
+                         Gmail https://mail.google.com/)",
+                        endpoint.auth.mechanism(),
+                        if retried { ", and a fresh one too" } else { "" }
+                    ),
+                },
+                other => other,
+            }
         }
         async_imap::error::Error::Io(e) => read_failure(&address, &e, "login"),
         async_imap::error::Error::ConnectionLost => Error::ConnectionLost {
