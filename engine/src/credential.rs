@@ -397,7 +397,7 @@ pub fn parse_token_output(output: &str, now: SystemTime) -> std::result::Result<
     let trimmed = output.trim();
     if trimmed.starts_with('{') {
         let json: serde_json::Value = serde_json::from_str(trimmed)
-            .map_err(|e| format!("printed JSON that does not parse ({})", e.classify_name()))?;
+            .map_err(|e| format!("printed JSON that does not parse ({})", json_problem(&e)))?;
         let token = ["access_token", "accessToken", "token"]
             .iter()
             .find_map(|key| json.get(key).and_then(|v| v.as_str()))
@@ -423,19 +423,14 @@ pub fn parse_token_output(output: &str, now: SystemTime) -> std::result::Result<
     })
 }
 
-trait ClassifyName {
-    fn classify_name(&self) -> &'static str;
-}
-
-impl ClassifyName for serde_json::Error {
-    /// The kind of a JSON error, without its position's text.
-    fn classify_name(&self) -> &'static str {
-        match self.classify() {
-            serde_json::error::Category::Io => "I/O",
-            serde_json::error::Category::Syntax => "syntax error",
-            serde_json::error::Category::Data => "unexpected data",
-            serde_json::error::Category::Eof => "cut short",
-        }
+/// The kind of a JSON error, without the text around its position (which
+/// may be part of a token).
+fn json_problem(error: &serde_json::Error) -> &'static str {
+    match error.classify() {
+        serde_json::error::Category::Io => "I/O",
+        serde_json::error::Category::Syntax => "syntax error",
+        serde_json::error::Category::Data => "unexpected data",
+        serde_json::error::Category::Eof => "cut short",
     }
 }
 
