@@ -61,10 +61,12 @@ pub(crate) struct Defaults {
     /// Target server for rows without one (imap[s]://host:port or maildir:/root).
     #[arg(long)]
     target_server: Option<String>,
-    /// Password reference (env:VAR or file:PATH) for rows without a source password.
+    /// Password reference (env:VAR, file:PATH, or command:CMD printing an OAuth2 token) for rows
+    /// without a source password; it is an admin's: shared by all those rows (an app-only token).
     #[arg(long)]
     source_password: Option<String>,
-    /// Password reference (env:VAR or file:PATH) for rows without a target password.
+    /// Password reference (env:VAR, file:PATH or command:CMD) for rows without a target password;
+    /// shared by all those rows like --source-password.
     #[arg(long)]
     target_password: Option<String>,
     /// Admin (master) user that logs in on the source users' behalf.
@@ -373,6 +375,7 @@ pub(crate) fn defaults(args: &Defaults) -> RowDefaults {
         target_password: args.target_password.clone(),
         source_master: args.source_master.clone(),
         target_master: args.target_master.clone(),
+        credentials: Default::default(),
     }
 }
 

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use cutover_engine::endpoint::{Endpoint, Secret};
+use cutover_engine::credential::{Credential, PasswordRef};
+use cutover_engine::endpoint::{redact, Endpoint, Secret};
 use cutover_engine::folders::{FolderFilter, Pinned};
 use cutover_engine::imap::{uid_set, ConnectOptions, TlsOptions};
 use cutover_engine::report::SyncReport;
@@ -56,7 +57,7 @@ enum Command {
 #[derive(Args)]
 struct Endpoints {
     /// Source: imap://user@host:port or imaps://user@host:port
-    /// (options: ?tls=starttls|none, &auth=plain, &master=ADMIN).
+    /// (options: ?tls=starttls|none, &auth=plain|xoauth2|oauthbearer, &master=ADMIN).
     #[arg(long)]
     from: String,
     /// Target: imap://…, imaps://… or maildir:/path.
@@ -68,6 +69,13 @@ struct Endpoints {
     /// File holding the target password (or use CUTOVER_TO_PASSWORD).
     #[arg(long)]
     to_password_file: Option<PathBuf>,
+    /// Where the source password or OAuth2 token comes from: env:VAR, file:PATH, or command:CMD
+    /// (prints an access token; run again when the token expires or is refused). Never the value itself.
+    #[arg(long, conflicts_with = "from_password_file")]
+    from_password_ref: Option<String>,
+    /// Where the target password or OAuth2 token comes from (as --from-password-ref).
+    #[arg(long, conflicts_with = "to_password_file")]
+    to_password_ref: Option<String>,
     /// Extra CA certificates (PEM) to trust.
     #[arg(long)]
     ca_file: Option<PathBuf>,
@@ -231,18 +239,24 @@ fn job(endpoints: &Endpoints) -> Result<MailboxJob> {
         bail!("--from must be an imap:// or imaps:// URL");
     };
     let target = Endpoint::parse(&endpoints.to)?;
-    let source_password =
-        password(endpoints.from_password_file.as_deref(), "CUTOVER_FROM_PASSWORD")?.with_context(|| {
-            format!(
-                "no password for {}: use --from-password-file or CUTOVER_FROM_PASSWORD",
-                endpoints.from
-            )
-        })?;
-    let target_password = password(endpoints.to_password_file.as_deref(), "CUTOVER_TO_PASSWORD")?;
+    let source_password = match &endpoints.from_password_ref {
+        Some(reference) => Some(credential(reference, &source.user)?),
+        None => password(endpoints.from_password_file.as_deref(), "CUTOVER_FROM_PASSWORD")?.map(Credential::password),
+    }
+    .with_context(|| {
+        format!(
+            "no password for {}: use --from-password-file, --from-password-ref or CUTOVER_FROM_PASSWORD",
+            redact(&endpoints.from)
+        )
+    })?;
+    let target_password = match (&endpoints.to_password_ref, &target) {
+        (Some(reference), Endpoint::Imap(imap)) => Some(credential(reference, &imap.user)?),
+        _ => password(endpoints.to_password_file.as_deref(), "CUTOVER_TO_PASSWORD")?.map(Credential::password),
+    };
     if matches!(target, Endpoint::Imap(_)) && target_password.is_none() {
         bail!(
-            "no password for {}: use --to-password-file or CUTOVER_TO_PASSWORD",
-            endpoints.to
+            "no password for {}: use --to-password-file, --to-password-ref or CUTOVER_TO_PASSWORD",
+            redact(&endpoints.to)
         );
     }
     Ok(MailboxJob {
@@ -251,6 +265,22 @@ fn job(endpoints: &Endpoints) -> Result<MailboxJob> {
         target,
         target_password,
     })
+}
+
+/// A password or token reference from the command line; the value itself
+/// is refused there (it would show in `ps` and shell history).
+fn credential(reference: &str, login: &str) -> Result<Credential> {
+    let parsed = PasswordRef::parse(reference);
+    match &parsed {
+        PasswordRef::Literal(_) | PasswordRef::Missing => {
+            bail!("a password reference is env:VAR, file:PATH or command:CMD, never the password or token itself")
+        }
+        PasswordRef::Command(_) => {}
+        other => {
+            other.resolve()?;
+        }
+    }
+    Ok(Credential::new(parsed, Some(login.to_string())))
 }
 
 /// Reads a password from a file (first line) or an environment variable;

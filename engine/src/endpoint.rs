@@ -27,6 +27,27 @@ pub enum AuthMethod {
     Login,
     /// `AUTHENTICATE PLAIN` (authorization identity = user with a master user).
     Plain,
+    /// `AUTHENTICATE XOAUTH2` with an OAuth2 access token (Microsoft 365, Gmail).
+    XOAuth2,
+    /// `AUTHENTICATE OAUTHBEARER` (RFC 7628) with an OAuth2 access token.
+    OAuthBearer,
+}
+
+impl AuthMethod {
+    /// Whether the secret is an OAuth2 access token (refreshable, sent by SASL).
+    pub fn is_oauth(self) -> bool {
+        matches!(self, Self::XOAuth2 | Self::OAuthBearer)
+    }
+
+    /// The SASL mechanism's name, as the `AUTH=` capability lists it.
+    pub fn mechanism(self) -> &'static str {
+        match self {
+            Self::Login => "LOGIN",
+            Self::Plain => "PLAIN",
+            Self::XOAuth2 => "XOAUTH2",
+            Self::OAuthBearer => "OAUTHBEARER",
+        }
+    }
 }
 
 /// An IMAP account to read from or write to.
@@ -65,7 +86,7 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    /// Parses `imap://user@host:port[?tls=starttls|none&auth=plain&master=admin]`,
+    /// Parses `imap://user@host:port[?tls=starttls|none&auth=plain|xoauth2|oauthbearer&master=admin]`,
     /// `imaps://user@host:port` or `maildir:/path`. A user name containing `@`
     /// is written `%40`. A password in the URL is refused: it would end up in
     /// shell history and process listings.
@@ -127,6 +148,8 @@ impl Endpoint {
                 ("tls", "none") if security != Security::Implicit => endpoint.security = Security::Plain,
                 ("auth", "login") => endpoint.auth = AuthMethod::Login,
                 ("auth", "plain") => endpoint.auth = AuthMethod::Plain,
+                ("auth", "xoauth2") => endpoint.auth = AuthMethod::XOAuth2,
+                ("auth", "oauthbearer") => endpoint.auth = AuthMethod::OAuthBearer,
                 ("master", admin) if !admin.is_empty() => endpoint.master_user = Some(admin.to_string()),
                 ("master_separator", sep) if sep.chars().count() == 1 => {
                     endpoint.master_separator = sep.chars().next().unwrap_or('*')
@@ -135,10 +158,18 @@ impl Endpoint {
                 (key, _) => {
                     return Err(Error::Config(format!(
                         "{shown}: unknown or misplaced option {key:?} (known: tls=starttls|none on imap://, \
-                         auth=login|plain, master=ADMIN, master_separator=C)"
+                         auth=login|plain|xoauth2|oauthbearer, master=ADMIN, master_separator=C)"
                     )))
                 }
             }
+        }
+        // An OAuth2 token names its account itself; an app-only (admin)
+        // token for many mailboxes is given as the batch-wide default token.
+        if endpoint.auth.is_oauth() && endpoint.master_user.is_some() {
+            return Err(Error::Config(format!(
+                "{shown}: master= has no meaning with auth=xoauth2/oauthbearer: an app-only (admin) token logs \
+                 in as each mailbox itself; give it as the batch-wide default token instead of a master user"
+            )));
         }
         Ok(Self::Imap(endpoint))
     }
@@ -262,6 +293,23 @@ mod tests {
     }
 
     #[test]
+    fn oauth_methods_and_no_master_with_them() {
+        for (option, method) in [
+            ("xoauth2", AuthMethod::XOAuth2),
+            ("oauthbearer", AuthMethod::OAuthBearer),
+        ] {
+            let Endpoint::Imap(e) = Endpoint::parse(&format!("imaps://bob@host?auth={option}")).unwrap() else {
+                panic!("not imap")
+            };
+            assert_eq!(e.auth, method);
+            assert!(e.auth.is_oauth());
+        }
+        assert!(!AuthMethod::Plain.is_oauth());
+        let err = Endpoint::parse("imaps://bob@host?auth=xoauth2&master=admin").unwrap_err();
+        assert!(err.to_string().contains("app-only"), "{err}");
+    }
+
+    #[test]
     fn defaults_and_display_hide_nothing_secret() {
         let e = Endpoint::parse("imaps://bob@mail.example").unwrap();
         assert_eq!(e.to_string(), "imaps://bob@mail.example:993");
@@ -305,6 +353,10 @@ mod tests {
             "imap://bob:***@host:1?tls=none&***"
         );
         assert_eq!(redact("not a url"), "not a url");
+        assert_eq!(
+            redact("imaps://bob@host?auth=xoauth2&token=abc"),
+            "imaps://bob@host?auth=xoauth2&***"
+        );
     }
 
     #[test]

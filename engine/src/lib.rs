@@ -10,6 +10,7 @@
 pub mod batch;
 pub mod budget;
 pub mod calendar;
+pub mod credential;
 pub mod endpoint;
 pub mod error;
 pub mod fingerprint;

@@ -632,9 +632,9 @@ fn master_job(lab: &Lab, user: &str) -> Result<MailboxJob> {
     };
     Ok(MailboxJob {
         source,
-        source_password: Secret::new(Lab::master_password()),
+        source_password: Secret::new(Lab::master_password()).into(),
         target: Endpoint::parse(&master_url(lab.target(), user))?,
-        target_password: Some(Secret::new(Lab::master_password())),
+        target_password: Some(Secret::new(Lab::master_password()).into()),
     })
 }
 

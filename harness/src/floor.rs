@@ -7,7 +7,8 @@
 
 use std::sync::Arc;
 
-use cutover_engine::endpoint::{Endpoint, ImapEndpoint, Secret};
+use cutover_engine::credential::Credential;
+use cutover_engine::endpoint::{Endpoint, ImapEndpoint};
 use cutover_engine::folders::{self, FolderFilter};
 use cutover_engine::imap::{ConnectOptions, ImapSession};
 use cutover_engine::message::Message;
@@ -142,7 +143,7 @@ pub async fn status_mailbox(job: &MailboxJob, connect: &ConnectOptions) -> Resul
     Ok(folders)
 }
 
-fn imap_target(job: &MailboxJob) -> Result<(&ImapEndpoint, &Secret)> {
+fn imap_target(job: &MailboxJob) -> Result<(&ImapEndpoint, &Credential)> {
     let Endpoint::Imap(target_endpoint) = &job.target else {
         return Err(Error::Invalid {
             what: "floor target",

@@ -98,9 +98,9 @@ impl Lab {
     pub fn job(&self, source_user: &str, target_user: &str) -> Result<MailboxJob> {
         Ok(MailboxJob {
             source: imap_endpoint(&self.source_url(source_user))?,
-            source_password: Secret::new(Self::password(source_user)),
+            source_password: Secret::new(Self::password(source_user)).into(),
             target: Endpoint::parse(&self.target_url(target_user))?,
-            target_password: Some(Secret::new(Self::password(target_user))),
+            target_password: Some(Secret::new(Self::password(target_user)).into()),
         })
     }
 

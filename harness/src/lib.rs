@@ -17,6 +17,7 @@ pub mod floor;
 pub mod hostile;
 pub mod lab;
 pub mod mbsync;
+pub mod oauth;
 pub mod pool;
 mod process;
 pub mod proxy;

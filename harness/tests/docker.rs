@@ -127,9 +127,9 @@ fn initial_sync_between_containers_loses_nothing_and_leaves_no_container() {
     };
     let job = MailboxJob {
         source: source_endpoint,
-        source_password: Secret::new(ADMIN_PASSWORD),
+        source_password: Secret::new(ADMIN_PASSWORD).into(),
         target: Endpoint::parse(&target_url).expect("target url"),
-        target_password: Some(Secret::new(TARGET_PASSWORD)),
+        target_password: Some(Secret::new(TARGET_PASSWORD).into()),
     };
     let connect = ConnectOptions {
         tls: TlsOptions {

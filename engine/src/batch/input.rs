@@ -15,8 +15,7 @@ use chrono::{DateTime, FixedOffset, NaiveDate};
 use email_address::{EmailAddress, Options};
 use sha2::{Digest, Sha256};
 
-use crate::endpoint::Secret;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// The columns of the native layout, in the order [`write_rows`] and [`template`] use.
 pub const NATIVE_COLUMNS: &[&str] = &COLUMNS;
@@ -194,100 +193,7 @@ pub enum InputFormat {
     Imapsync,
 }
 
-/// Where a password comes from. Batch files should only name a place
-/// (`env:VAR`, `file:PATH`): a file with passwords in it travels by mail.
-#[derive(Debug, Clone)]
-pub enum PasswordRef {
-    /// `env:VAR`: the environment variable VAR.
-    Env(String),
-    /// `file:PATH`: the first line of the file.
-    File(PathBuf),
-    /// The password itself, written in the batch file.
-    Literal(Secret),
-    /// Nothing given; a batch-wide default may fill it in.
-    Missing,
-}
-
-impl PasswordRef {
-    /// Reads a password column: `env:VAR`, `file:PATH`, empty for
-    /// [`PasswordRef::Missing`], anything else is the password itself.
-    pub fn parse(text: &str) -> PasswordRef {
-        let trimmed = text.trim();
-        if trimmed.is_empty() {
-            PasswordRef::Missing
-        } else if let Some(var) = trimmed.strip_prefix("env:") {
-            PasswordRef::Env(var.trim().to_string())
-        } else if let Some(path) = trimmed.strip_prefix("file:") {
-            PasswordRef::File(PathBuf::from(path.trim()))
-        } else {
-            // Untrimmed: spaces may belong to a literal password.
-            PasswordRef::Literal(Secret::new(text))
-        }
-    }
-
-    /// Fetches the password. Errors name the variable or file, never a value.
-    pub fn resolve(&self) -> Result<Secret> {
-        match self {
-            PasswordRef::Env(var) => match std::env::var(var) {
-                Ok(value) if !value.is_empty() => Ok(Secret::new(value)),
-                Ok(_) => Err(Error::Config(format!(
-                    "environment variable {var} (password env:{var}) is empty"
-                ))),
-                Err(std::env::VarError::NotPresent) => Err(Error::Config(format!(
-                    "environment variable {var} (password env:{var}) is not set"
-                ))),
-                Err(std::env::VarError::NotUnicode(_)) => Err(Error::Config(format!(
-                    "environment variable {var} (password env:{var}) is not valid UTF-8"
-                ))),
-            },
-            PasswordRef::File(path) => {
-                let shown = path.display();
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| Error::Config(format!("password file {shown} (file:{shown}): {e}")))?;
-                // Only the line ending goes: spaces may be part of the password.
-                match text.lines().next() {
-                    Some(line) if !line.is_empty() => Ok(Secret::new(line)),
-                    _ => Err(Error::Config(format!(
-                        "password file {shown} (file:{shown}) has an empty first line"
-                    ))),
-                }
-            }
-            PasswordRef::Literal(secret) => Ok(secret.clone()),
-            PasswordRef::Missing => Err(Error::Config(
-                "no password given: fill in the password column (env:VAR or file:PATH) or give a default".into(),
-            )),
-        }
-    }
-
-    /// Whether the password itself is written in the batch file.
-    pub fn is_literal(&self) -> bool {
-        matches!(self, PasswordRef::Literal(_))
-    }
-
-    /// How the password is given, for reports and files: never the password.
-    pub fn describe(&self) -> String {
-        match self {
-            PasswordRef::Env(var) => format!("env:{var}"),
-            PasswordRef::File(path) => format!("file:{}", path.display()),
-            PasswordRef::Literal(_) => "literal (insecure)".into(),
-            PasswordRef::Missing => "missing".into(),
-        }
-    }
-}
-
-impl PartialEq for PasswordRef {
-    fn eq(&self, other: &Self) -> bool {
-        match (self, other) {
-            (PasswordRef::Env(a), PasswordRef::Env(b)) => a == b,
-            (PasswordRef::File(a), PasswordRef::File(b)) => a == b,
-            (PasswordRef::Literal(a), PasswordRef::Literal(b)) => a.expose() == b.expose(),
-            (PasswordRef::Missing, PasswordRef::Missing) => true,
-            _ => false,
-        }
-    }
-}
-
-impl Eq for PasswordRef {}
+pub use crate::credential::PasswordRef;
 
 /// One side (source or target) of a row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -587,7 +493,7 @@ pub fn write_rows(rows: &[&BatchRow], out: &mut impl std::io::Write) -> std::io:
         let mut fields = Vec::with_capacity(NATIVE_COLUMNS.len());
         for side in [&row.source, &row.target] {
             let password = match &side.password {
-                PasswordRef::Env(_) | PasswordRef::File(_) => side.password.describe(),
+                PasswordRef::Env(_) | PasswordRef::File(_) | PasswordRef::Command(_) => side.password.describe(),
                 PasswordRef::Literal(_) | PasswordRef::Missing => String::new(),
             };
             fields.extend([
@@ -619,10 +525,12 @@ pub fn template() -> String {
 #
 # source_address   the mailbox's address on the old server
 # source_login     the login there; empty = source_address
-# source_password  env:VARIABLE (an environment variable) or file:/path (first line of the file);
+# source_password  env:VARIABLE (an environment variable) or file:/path (first line of the file), or for OAuth2
+#                  command:CMD (prints an access token for the login in $CUTOVER_LOGIN; run once per account);
 #                  empty = the batch-wide default. Never the password itself: this file gets mailed around.
 # source_master    an admin that logs in on the user's behalf (Dovecot master user); the password is then the admin's
-# source_server    this row's server instead of the batch-wide one, e.g. imaps://old.example.org:993
+# source_server    this row's server instead of the batch-wide one, e.g. imaps://old.example.org:993;
+#                  OAuth2 logins: imaps://outlook.office365.com?auth=xoauth2 (or auth=oauthbearer)
 # target_address, target_login, target_password, target_master, target_server
 #                  the same for the new server
 # business_unit, wave  free text for grouping and reports
@@ -1026,6 +934,14 @@ impl Check<'_> {
                     Some(cells.password.name),
                     "file: without a path".into(),
                     "write file:/path/to/password-file",
+                );
+            }
+            PasswordRef::Command(command) if command.is_empty() => {
+                self.error(
+                    Some(line),
+                    Some(cells.password.name),
+                    "command: without a command".into(),
+                    "write command:/path/to/print-token (it prints an access token for $CUTOVER_LOGIN)",
                 );
             }
             PasswordRef::Literal(_) => self.warn(

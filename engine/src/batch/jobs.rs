@@ -1,11 +1,19 @@
 //! From a batch row to a mailbox job: servers, logins, admin users and
 //! password references, with batch-wide defaults filling empty fields.
+//!
+//! Credentials come from the batch's [`CredentialCache`]: every connection
+//! and retry of an account shares one, so a `command:` token runs once per
+//! account. A row's own reference is that account's (the command gets the
+//! row's login in `CUTOVER_LOGIN`); the batch-wide default reference is an
+//! admin's and serves every row that has none (for OAuth2, an app-only
+//! token: its command runs once per batch, without `CUTOVER_LOGIN`).
 
 use std::path::PathBuf;
 
 use url::Url;
 
 use super::input::{AccountSpec, BatchRow, PasswordRef};
+use crate::credential::{Credential, CredentialCache};
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
 use crate::sync::MailboxJob;
@@ -26,6 +34,8 @@ pub struct RowDefaults {
     pub source_master: Option<String>,
     /// Admin (master) user for targets without one.
     pub target_master: Option<String>,
+    /// The batch's shared credentials (one per reference and login).
+    pub credentials: CredentialCache,
 }
 
 /// One side of a row, resolved.
@@ -34,6 +44,7 @@ struct Side<'a> {
     server: Option<&'a str>,
     master: Option<&'a str>,
     password: Option<&'a str>,
+    credentials: &'a CredentialCache,
     label: &'static str,
 }
 
@@ -45,11 +56,7 @@ impl Side<'_> {
                 self.label, self.account.address, self.label, self.label
             ))
         })?;
-        let login = if self.account.login.is_empty() {
-            &self.account.address
-        } else {
-            &self.account.login
-        };
+        let login = self.login();
         if let Some(root) = server.strip_prefix("maildir:") {
             return Ok(Endpoint::Maildir(PathBuf::from(root).join(&self.account.address)));
         }
@@ -63,12 +70,27 @@ impl Side<'_> {
         Endpoint::parse(url.as_str())
     }
 
-    fn password(&self) -> Result<Option<crate::endpoint::Secret>> {
-        match (&self.account.password, self.password) {
-            (PasswordRef::Missing, Some(default)) => PasswordRef::parse(default).resolve().map(Some),
-            (PasswordRef::Missing, None) => Ok(None),
-            (reference, _) => reference.resolve().map(Some),
+    fn login(&self) -> &str {
+        if self.account.login.is_empty() {
+            &self.account.address
+        } else {
+            &self.account.login
         }
+    }
+
+    /// The row's credential, or the batch-wide default's (shared by all
+    /// rows: an admin's). Env and file references are read now, so a
+    /// missing one fails before any connection; commands run when needed.
+    fn password(&self) -> Result<Option<Credential>> {
+        let (reference, login) = match (&self.account.password, self.password) {
+            (PasswordRef::Missing, Some(default)) => (PasswordRef::parse(default), None),
+            (PasswordRef::Missing, None) => return Ok(None),
+            (reference, _) => (reference.clone(), Some(self.login())),
+        };
+        if !matches!(reference, PasswordRef::Command(_)) {
+            reference.resolve()?;
+        }
+        Ok(Some(self.credentials.get(&reference, login)))
     }
 }
 
@@ -79,6 +101,7 @@ fn sides<'a>(row: &'a BatchRow, defaults: &'a RowDefaults) -> (Side<'a>, Side<'a
             server: defaults.source_server.as_deref(),
             master: defaults.source_master.as_deref(),
             password: defaults.source_password.as_deref(),
+            credentials: &defaults.credentials,
             label: "source",
         },
         Side {
@@ -86,6 +109,7 @@ fn sides<'a>(row: &'a BatchRow, defaults: &'a RowDefaults) -> (Side<'a>, Side<'a
             server: defaults.target_server.as_deref(),
             master: defaults.target_master.as_deref(),
             password: defaults.target_password.as_deref(),
+            credentials: &defaults.credentials,
             label: "target",
         },
     )

@@ -16,6 +16,7 @@ use tokio::io::AsyncWriteExt;
 use super::codec;
 use super::transport::{connect_tcp, start_tls, TlsOptions, Transport};
 use super::uids::{FlagOperation, SearchKey, UidSet};
+use crate::credential::{Credential, Token};
 use crate::endpoint::{AuthMethod, ImapEndpoint, Secret, Security};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::{Flags, Message};
@@ -200,10 +201,19 @@ impl Completion {
 
 impl ImapSession {
     /// Connects, negotiates TLS as the endpoint asks and logs in. A
-    /// password is never sent in cleartext unless the endpoint says
-    /// `?tls=none`: `imap://` without STARTTLS on offer is an error.
-    pub async fn connect(endpoint: &ImapEndpoint, password: &Secret, options: &ConnectOptions) -> Result<Self> {
+    /// password or token is never sent in cleartext unless the endpoint says
+    /// `?tls=none`: `imap://` without STARTTLS on offer is an error. The
+    /// credential is a password or, with `auth=xoauth2|oauthbearer`, a
+    /// token source shared by the account's connections.
+    pub async fn connect(
+        endpoint: &ImapEndpoint,
+        password: impl Into<Credential>,
+        options: &ConnectOptions,
+    ) -> Result<Self> {
+        let credential: Credential = password.into();
         let address = endpoint.address();
+        // Before connecting: a token command that fails needs no server.
+        let secret = credential.current().await?;
         let tcp = connect_tcp(&endpoint.host, endpoint.port, options.connect_timeout).await?;
         let transport = match endpoint.security {
             Security::Implicit => {
@@ -249,7 +259,17 @@ impl ImapSession {
                 detail: "the server disables LOGIN on this connection (LOGINDISABLED): use TLS or ?auth=plain".into(),
             });
         }
-        let login = login(connection.client, endpoint, password);
+        if endpoint.auth.is_oauth() && !capabilities.contains(&format!("AUTH={}", endpoint.auth.mechanism())) {
+            return Err(Error::Auth {
+                endpoint: address,
+                user: endpoint.user.clone(),
+                detail: format!(
+                    "the server does not offer AUTHENTICATE {0} (no AUTH={0} capability): use another auth= method",
+                    endpoint.auth.mechanism()
+                ),
+            });
+        }
+        let login = login(connection.client, endpoint, &credential, secret);
         let (inner, announced) = match tokio::time::timeout(options.io_timeout, login).await {
             Ok(result) => result?,
             Err(_) => {
@@ -1017,37 +1037,61 @@ impl PreLogin {
     }
 }
 
-/// AUTHENTICATE PLAIN's single response: authzid, authcid, password.
-struct PlainAuth {
+/// A SASL exchange with one initial response. What follows it answers a
+/// server's challenge after a refused OAuth2 token (a JSON error): RFC 7628
+/// wants `^A` to end the exchange, XOAUTH2 an empty line; either way the
+/// server then sends the tagged NO.
+struct SaslAuth {
     response: Vec<u8>,
+    sent: bool,
+    after_error: &'static [u8],
 }
 
-impl async_imap::Authenticator for &mut PlainAuth {
+impl async_imap::Authenticator for &mut SaslAuth {
     type Response = Vec<u8>;
 
     fn process(&mut self, _challenge: &[u8]) -> Vec<u8> {
-        std::mem::take(&mut self.response)
+        if self.sent {
+            self.after_error.to_vec()
+        } else {
+            self.sent = true;
+            std::mem::take(&mut self.response)
+        }
     }
 }
 
-async fn login(
-    client: async_imap::Client<Transport>,
-    endpoint: &ImapEndpoint,
-    password: &Secret,
-) -> Result<(async_imap::Session<Transport>, Option<HashSet<String>>)> {
-    let address = endpoint.address();
-    let shown_user = match &endpoint.master_user {
-        Some(admin) => format!("{} (as {admin})", endpoint.user),
-        None => endpoint.user.clone(),
+/// The XOAUTH2 initial response (before base64): `user=U^Aauth=Bearer T^A^A`.
+pub(crate) fn xoauth2_response(user: &str, token: &str) -> Vec<u8> {
+    format!("user={user}\x01auth=Bearer {token}\x01\x01").into_bytes()
+}
+
+/// The OAUTHBEARER initial response (RFC 7628 3.1): a GS2 header naming the
+/// user (`,` and `=` escaped as `=2C` and `=3D`), then host, port and token.
+pub(crate) fn oauthbearer_response(user: &str, host: &str, port: u16, token: &str) -> Vec<u8> {
+    let user = user.replace('=', "=3D").replace(',', "=2C");
+    format!("n,a={user},\x01host={host}\x01port={port}\x01auth=Bearer {token}\x01\x01").into_bytes()
+}
+
+type LoginResult = std::result::Result<
+    (async_imap::Session<Transport>, Option<HashSet<String>>),
+    (async_imap::error::Error, async_imap::Client<Transport>),
+>;
+
+/// One login attempt; a refusal hands the connection back for another try.
+async fn login_once(client: async_imap::Client<Transport>, endpoint: &ImapEndpoint, secret: &Secret) -> LoginResult {
+    let sasl = |response: Vec<u8>, after_error: &'static [u8]| SaslAuth {
+        response,
+        sent: false,
+        after_error,
     };
-    let result = match endpoint.auth {
+    let mut auth = match endpoint.auth {
         AuthMethod::Login => {
             let login = match &endpoint.master_user {
                 Some(admin) => format!("{}{}{admin}", endpoint.user, endpoint.master_separator),
                 None => endpoint.user.clone(),
             };
-            client
-                .login_with_capabilities(login, password.expose())
+            return client
+                .login_with_capabilities(login, secret.expose())
                 .await
                 .map(|(session, capabilities)| {
                     let names = capabilities.map(|caps| {
@@ -1062,27 +1106,85 @@ async fn login(
                             .collect()
                     });
                     (session, names)
-                })
-                .map_err(|(e, _)| e)
+                });
         }
         AuthMethod::Plain => {
             let (authzid, authcid) = match &endpoint.master_user {
                 Some(admin) => (endpoint.user.as_str(), admin.as_str()),
                 None => ("", endpoint.user.as_str()),
             };
-            let mut auth = PlainAuth {
-                response: format!("{authzid}\0{authcid}\0{}", password.expose()).into_bytes(),
-            };
-            client
-                .authenticate("PLAIN", &mut auth)
-                .await
-                .map(|session| (session, None))
-                .map_err(|(e, _)| e)
+            sasl(format!("{authzid}\0{authcid}\0{}", secret.expose()).into_bytes(), b"")
+        }
+        AuthMethod::XOAuth2 => sasl(xoauth2_response(&endpoint.user, secret.expose()), b""),
+        AuthMethod::OAuthBearer => sasl(
+            oauthbearer_response(&endpoint.user, &endpoint.host, endpoint.port, secret.expose()),
+            b"\x01",
+        ),
+    };
+    client
+        .authenticate(endpoint.auth.mechanism(), &mut auth)
+        .await
+        .map(|session| (session, None))
+}
+
+async fn login(
+    client: async_imap::Client<Transport>,
+    endpoint: &ImapEndpoint,
+    credential: &Credential,
+    mut secret: Token,
+) -> Result<(async_imap::Session<Transport>, Option<HashSet<String>>)> {
+    let address = endpoint.address();
+    let shown_user = match &endpoint.master_user {
+        Some(admin) => format!("{} (as {admin})", endpoint.user),
+        None => endpoint.user.clone(),
+    };
+    let mut client = client;
+    // A refused token may have expired early or been revoked: one fresh
+    // token and one more try; a second refusal is final (no retry loop).
+    let (mut refreshed, mut retried) = (false, false);
+    let result = loop {
+        match login_once(client, endpoint, &secret.secret).await {
+            Ok(done) => break Ok(done),
+            Err((async_imap::error::Error::No(text), back)) if endpoint.auth.is_oauth() && !refreshed => {
+                refreshed = true;
+                match credential.refresh(&secret).await? {
+                    Some(fresh) => {
+                        tracing::info!(
+                            endpoint = %address,
+                            user = %endpoint.user,
+                            "token refused; trying once more with a fresh one"
+                        );
+                        secret = fresh;
+                        client = back;
+                        retried = true;
+                    }
+                    None => break Err(async_imap::error::Error::No(text)),
+                }
+            }
+            Err((e, _)) => break Err(e),
         }
     };
     result.map_err(|e| match e {
         async_imap::error::Error::No(text) | async_imap::error::Error::Bad(text) => {
-            login_refusal(endpoint, address, shown_user, &text)
+            match login_refusal(endpoint, address, shown_user, &text) {
+                // What to check differs from a password's.
+                Error::Auth {
+                    endpoint: at,
+                    user,
+                    detail,
+                } if endpoint.auth.is_oauth() => Error::Auth {
+                    endpoint: at,
+                    user,
+                    detail: format!(
+                        "{detail} (OAuth2 {}: the token was refused{}; check that it is for this user and \
+                         has the IMAP scope: Microsoft 365 IMAP.AccessAsUser.All or IMAP.AccessAsApp, \
+                         Gmail https://mail.google.com/)",
+                        endpoint.auth.mechanism(),
+                        if retried { ", and a fresh one too" } else { "" }
+                    ),
+                },
+                other => other,
+            }
         }
         async_imap::error::Error::Io(e) => read_failure(&address, &e, "login"),
         async_imap::error::Error::ConnectionLost => Error::ConnectionLost {
@@ -1340,5 +1442,41 @@ impl FetchRecord {
             } => record.header = Some(data.as_deref().unwrap_or_default().to_vec()),
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod sasl_tests {
+    use super::*;
+
+    #[test]
+    fn xoauth2_initial_response() {
+        assert_eq!(
+            xoauth2_response("alice@example.org", "ya29.t"),
+            b"user=alice@example.org\x01auth=Bearer ya29.t\x01\x01".to_vec()
+        );
+    }
+
+    #[test]
+    fn oauthbearer_initial_response_escapes_the_user() {
+        assert_eq!(
+            oauthbearer_response("a,b=c@x.org", "imap.x.org", 993, "tok"),
+            b"n,a=a=2Cb=3Dc@x.org,\x01host=imap.x.org\x01port=993\x01auth=Bearer tok\x01\x01".to_vec()
+        );
+    }
+
+    #[test]
+    fn after_a_refused_token_the_exchange_is_ended() {
+        let mut auth = SaslAuth {
+            response: b"first".to_vec(),
+            sent: false,
+            after_error: b"\x01",
+        };
+        let mut auth = &mut auth;
+        assert_eq!(async_imap::Authenticator::process(&mut auth, b""), b"first".to_vec());
+        assert_eq!(
+            async_imap::Authenticator::process(&mut auth, br#"{"status":"invalid_token"}"#),
+            b"\x01".to_vec()
+        );
     }
 }

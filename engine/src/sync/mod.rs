@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 
 use crate::budget::DailyBudget;
-use crate::endpoint::{Endpoint, ImapEndpoint, Secret};
+use crate::credential::Credential;
+use crate::endpoint::{Endpoint, ImapEndpoint};
 use crate::error::{Error, ErrorKind, Result};
 use crate::folders::{self, FolderFilter, FolderMapping};
 use crate::imap::{ConnectOptions, ImapSession};
@@ -131,12 +132,13 @@ impl SyncOptions {
 pub struct MailboxJob {
     /// Where mail comes from.
     pub source: ImapEndpoint,
-    /// The source password (or the admin's, with a master user).
-    pub source_password: Secret,
+    /// The source password or token (or the admin's, with a master user),
+    /// shared by every connection of the job.
+    pub source_password: Credential,
     /// Where mail goes.
     pub target: Endpoint,
-    /// The target password, for IMAP targets.
-    pub target_password: Option<Secret>,
+    /// The target password or token, for IMAP targets.
+    pub target_password: Option<Credential>,
 }
 
 /// Progress events for a progress bar.

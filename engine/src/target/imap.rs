@@ -3,7 +3,8 @@
 use std::collections::{BTreeMap, HashSet};
 
 use super::{TargetFolderStatus, TargetMessage};
-use crate::endpoint::{ImapEndpoint, Secret};
+use crate::credential::Credential;
+use crate::endpoint::ImapEndpoint;
 use crate::error::Result;
 use crate::fingerprint::Fingerprint;
 use crate::imap::{
@@ -28,7 +29,7 @@ pub struct ImapTarget {
 
 impl ImapTarget {
     /// Logs in to the target.
-    pub async fn connect(endpoint: &ImapEndpoint, password: &Secret, options: &ConnectOptions) -> Result<Self> {
+    pub async fn connect(endpoint: &ImapEndpoint, password: &Credential, options: &ConnectOptions) -> Result<Self> {
         let session = ImapSession::connect(endpoint, password, options).await?;
         Ok(Self {
             session,

@@ -13,7 +13,8 @@ use chrono::{DateTime, FixedOffset};
 
 pub use self::imap::ImapTarget;
 pub use self::maildir::MaildirTarget;
-use crate::endpoint::{Endpoint, Secret};
+use crate::credential::Credential;
+use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
 use crate::fingerprint::Fingerprint;
 use crate::imap::{ConnectOptions, FolderInfo, FolderListing, MailboxStatus};
@@ -67,7 +68,7 @@ pub enum Target {
 
 impl Target {
     /// Connects to (or opens) the target.
-    pub async fn open(endpoint: &Endpoint, password: Option<&Secret>, options: &ConnectOptions) -> Result<Self> {
+    pub async fn open(endpoint: &Endpoint, password: Option<&Credential>, options: &ConnectOptions) -> Result<Self> {
         match endpoint {
             Endpoint::Imap(imap) => {
                 let password = password.ok_or_else(|| {
