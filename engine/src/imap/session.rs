@@ -150,6 +150,8 @@ pub struct ImapSession {
     inner: async_imap::Session<Transport>,
     endpoint: String,
     capabilities: HashSet<String>,
+    /// The SASL mechanisms (`AUTH=`) offered before login, for the preflight.
+    auth_offered: Vec<String>,
     io_timeout: Duration,
     next_tag: u32,
     /// The server said BYE: nothing more can be sent on this session.
@@ -249,6 +251,7 @@ impl ImapSession {
                 detail: "the server disables LOGIN on this connection (LOGINDISABLED): use TLS or ?auth=plain".into(),
             });
         }
+        let auth_offered = auth_mechanisms(&capabilities);
         let login = login(connection.client, endpoint, password);
         let (inner, announced) = match tokio::time::timeout(options.io_timeout, login).await {
             Ok(result) => result?,
@@ -264,6 +267,7 @@ impl ImapSession {
             inner,
             endpoint: address,
             capabilities: HashSet::new(),
+            auth_offered,
             io_timeout: options.io_timeout,
             next_tag: 0,
             closed: false,
@@ -291,6 +295,16 @@ impl ImapSession {
     /// Whether the server announced a capability (case-insensitive).
     pub fn has_capability(&self, name: &str) -> bool {
         self.capabilities.contains(&name.to_ascii_uppercase())
+    }
+
+    /// Every capability announced after login, upper-cased.
+    pub(super) fn capability_names(&self) -> impl Iterator<Item = &str> {
+        self.capabilities.iter().map(String::as_str)
+    }
+
+    /// The SASL mechanisms the server offered before login (`AUTH=…`), sorted.
+    pub fn auth_offered(&self) -> &[String] {
+        &self.auth_offered
     }
 
     async fn fetch_capabilities(&mut self) -> Result<HashSet<String>> {
@@ -1145,6 +1159,17 @@ fn login_refusal(endpoint: &ImapEndpoint, address: String, user: String, text: &
             detail,
         }
     }
+}
+
+/// The `AUTH=` mechanisms of a capability list, sorted.
+fn auth_mechanisms(capabilities: &HashSet<String>) -> Vec<String> {
+    let mut mechanisms: Vec<String> = capabilities
+        .iter()
+        .filter_map(|c| c.strip_prefix("AUTH="))
+        .map(str::to_string)
+        .collect();
+    mechanisms.sort_unstable();
+    mechanisms
 }
 
 fn capability_name(capability: &async_imap::imap_proto::Capability<'_>) -> String {

@@ -225,4 +225,19 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX run_running ON run(mailbox_id) WHERE status = 'running';
     "#,
+    // 11: source messages too large for the target (over its APPENDLIMIT or
+    // --max-message-size, or refused by the server for their size). Not
+    // retried like message_failure rows: only when the limit grows.
+    r#"
+    CREATE TABLE message_too_large (
+        folder_id INTEGER NOT NULL REFERENCES folder(id) ON DELETE CASCADE,
+        source_uid INTEGER NOT NULL,
+        size INTEGER NOT NULL,           -- source RFC822.SIZE in bytes
+        size_limit INTEGER,              -- the limit in effect then; NULL: none known
+        refused INTEGER NOT NULL,        -- 1: the server refused it; 0: skipped before sending
+        detail TEXT NOT NULL,
+        recorded_at INTEGER NOT NULL,    -- unix milliseconds
+        PRIMARY KEY (folder_id, source_uid)
+    ) STRICT, WITHOUT ROWID;
+    "#,
 ];

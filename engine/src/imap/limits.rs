@@ -1,0 +1,80 @@
+//! What a server says about sizes: the largest message it accepts
+//! (`APPENDLIMIT`, RFC 7889) and the account's storage quota
+//! (`GETQUOTAROOT`, RFC 2087). Both feed the size preflight and the copy's
+//! "too large" decisions; the protocol spelling stays here.
+
+use async_imap::imap_proto::rfc2087::QuotaResourceName;
+use async_imap::imap_proto::Response;
+use serde::Serialize;
+
+use super::session::ImapSession;
+use crate::error::Result;
+
+/// An account's storage quota, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct StorageQuota {
+    /// Bytes in use.
+    pub used_bytes: u64,
+    /// Bytes allowed.
+    pub limit_bytes: u64,
+}
+
+/// The global `APPENDLIMIT=N` of a capability list. A bare `APPENDLIMIT`
+/// announces per-mailbox limits only (RFC 7889 §3), which say nothing about
+/// the account as a whole, so it counts as none.
+pub(super) fn append_limit<'a>(capabilities: impl IntoIterator<Item = &'a str>) -> Option<u64> {
+    capabilities
+        .into_iter()
+        .filter_map(|c| c.strip_prefix("APPENDLIMIT="))
+        .filter_map(|n| n.parse::<u64>().ok())
+        .min()
+}
+
+impl ImapSession {
+    /// The largest message the server accepts, where it advertises one.
+    pub fn append_limit(&self) -> Option<u64> {
+        append_limit(self.capability_names())
+    }
+
+    /// The storage quota of the account's INBOX quota root, where the
+    /// server offers QUOTA and sets a storage limit; `None` otherwise.
+    pub async fn storage_quota(&mut self) -> Result<Option<StorageQuota>> {
+        if !self.has_capability("QUOTA") {
+            return Ok(None);
+        }
+        let found = self
+            .run("GETQUOTAROOT \"INBOX\"", "GETQUOTAROOT", |response, _| match response {
+                Response::Quota(quota) => quota
+                    .resources
+                    .iter()
+                    .find(|r| r.name == QuotaResourceName::Storage)
+                    .map(|r| StorageQuota {
+                        // RFC 2087: STORAGE counts units of 1024 octets.
+                        used_bytes: r.usage.saturating_mul(1024),
+                        limit_bytes: r.limit.saturating_mul(1024),
+                    }),
+                _ => None,
+            })
+            .await?;
+        // Several roots: the tightest one is the one that fills up first.
+        Ok(found.into_iter().min_by_key(|q| q.limit_bytes.saturating_sub(q.used_bytes)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_global_appendlimit_is_read_and_a_bare_one_ignored() {
+        assert_eq!(append_limit(["IMAP4REV1", "APPENDLIMIT=35651584"]), Some(35_651_584));
+        assert_eq!(append_limit(["IMAP4REV1", "APPENDLIMIT"]), None, "per-mailbox only");
+        assert_eq!(append_limit(["APPENDLIMIT=junk"]), None);
+        assert_eq!(append_limit(["IMAP4REV1"]), None);
+        assert_eq!(
+            append_limit(["APPENDLIMIT=36700160", "APPENDLIMIT=35651584"]),
+            Some(35_651_584),
+            "announced twice: the smaller one holds"
+        );
+    }
+}
