@@ -582,7 +582,12 @@ fn print_check(check: &RowCheck) {
     let source = match &check.source_result {
         Ok(size) => {
             let largest = size.largest.as_ref().map_or_else(String::new, |l| {
-                format!(", largest {:.1} MB in {} (UID {})", l.size as f64 / 1e6, l.folder, l.uid)
+                format!(
+                    ", largest {:.1} MB in {} (UID {})",
+                    l.size as f64 / 1e6,
+                    l.folder,
+                    l.uid
+                )
             });
             format!(
                 "{} folders, {} messages, {:.1} MB{largest}, {} over the target's limit{}",

@@ -408,7 +408,11 @@ pub(crate) fn print_sync(report: &SyncReport) {
                 Some(limit) => format!("over the target's limit of {limit} bytes"),
                 None => "refused by the target for its size".to_string(),
             };
-            let verb = if report.dry_run { "would not be copied" } else { "not copied" };
+            let verb = if report.dry_run {
+                "would not be copied"
+            } else {
+                "not copied"
+            };
             println!(
                 "    UID {} {verb}: too large ({} bytes, {why}); not retried unless the limit grows",
                 large.uid, large.size
@@ -445,7 +449,10 @@ async fn run_verify(args: VerifyArgs) -> Result<ExitCode> {
             };
             let mut too_large: HashMap<String, HashSet<u32>> = HashMap::new();
             for item in state.too_large_of(&source, &target)? {
-                too_large.entry(item.folder).or_default().insert(item.message.source_uid);
+                too_large
+                    .entry(item.folder)
+                    .or_default()
+                    .insert(item.message.source_uid);
             }
             (pinned, too_large)
         }

@@ -85,7 +85,10 @@ fn fill(pair: &Pair) -> Vec<GeneratedMessage> {
 
 /// The source as the target must hold it: everything but the big message.
 async fn expected_target(pair: &Pair) -> Snapshot {
-    let mut source = mapped(&snapshot(pair.source.imap_port(), USER, SOURCE_PASSWORD).await, FOLDER_MAP);
+    let mut source = mapped(
+        &snapshot(pair.source.imap_port(), USER, SOURCE_PASSWORD).await,
+        FOLDER_MAP,
+    );
     for messages in source.values_mut() {
         messages.retain(|m| m.size != BIG);
     }
@@ -154,7 +157,11 @@ async fn a_message_over_the_advertised_limit_is_skipped_reported_and_left_alone_
     assert_eq!(big["size"], BIG as u64);
     assert_eq!(big["limit"], LIMIT);
     assert_eq!(big["refused"], false, "skipped before sending, not refused");
-    assert!(report["folders"].as_array().unwrap().iter().all(|f| f["failed"] == Value::Array(vec![])));
+    assert!(report["folders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|f| f["failed"] == Value::Array(vec![])));
     assert_same(
         &snapshot(pair.target.imap_port(), USER, TARGET_PASSWORD).await,
         &expected_target(&pair).await,
@@ -164,7 +171,12 @@ async fn a_message_over_the_advertised_limit_is_skipped_reported_and_left_alone_
     // A rerun sends nothing: the big message is on record, not retried.
     pair.target.reset_counts().unwrap();
     let rerun = sync_run(&pair, "delta", &state);
-    assert_eq!(rerun.status.code(), Some(0), "{}", String::from_utf8_lossy(&rerun.stderr));
+    assert_eq!(
+        rerun.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
     let report = stdout_json(&rerun);
     assert_eq!(total(&report, "copied"), 0);
     assert!(too_large(&report).is_empty(), "not reported as new again");
@@ -246,7 +258,16 @@ impl Batch {
 
     fn sync(&self, phase: &str, extra: &[&str]) -> (Value, String) {
         let state = self.state();
-        let mut args = vec!["--phase", phase, "--state", &state, "--retries", "1", "--backoff-ms", "50"];
+        let mut args = vec![
+            "--phase",
+            phase,
+            "--state",
+            &state,
+            "--retries",
+            "1",
+            "--backoff-ms",
+            "50",
+        ];
         args.extend_from_slice(extra);
         let output = self.run("run", &args);
         let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
@@ -255,15 +276,26 @@ impl Batch {
     }
 }
 
+/// A row's status and error kind.
+type RowStatus = (String, Option<String>);
+/// A large item: folder, size, limit.
+type Item = (String, u64, Value);
+
 /// The one row's (status, error kind) and its large items (folder, size, limit).
-fn row_and_items(report: &Value) -> ((String, Option<String>), Vec<(String, u64, Value)>) {
+fn row_and_items(report: &Value) -> (RowStatus, Vec<Item>) {
     let row = &report["rows"][0];
     let items = report["large_items"]
         .as_array()
         .unwrap()
         .iter()
         .flat_map(|m| m["items"].as_array().unwrap().clone())
-        .map(|i| (i["folder"].as_str().unwrap().to_string(), i["size"].as_u64().unwrap(), i["limit"].clone()))
+        .map(|i| {
+            (
+                i["folder"].as_str().unwrap().to_string(),
+                i["size"].as_u64().unwrap(),
+                i["limit"].clone(),
+            )
+        })
         .collect();
     (
         (

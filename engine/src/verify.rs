@@ -651,7 +651,10 @@ mod tests {
                 ..by_limit
             }],
         };
-        assert!(only_exceptions.passed(), "too-large messages alone do not fail a verify");
+        assert!(
+            only_exceptions.passed(),
+            "too-large messages alone do not fail a verify"
+        );
         assert_eq!(only_exceptions.too_large(), 1);
     }
 

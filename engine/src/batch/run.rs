@@ -426,7 +426,10 @@ fn record(
                     "partial",
                     Some((
                         ErrorKind::MessageTooLarge,
-                        format!("folder {folder}: UID {}: {} bytes, too large for the target", t.uid, t.size),
+                        format!(
+                            "folder {folder}: UID {}: {} bytes, too large for the target",
+                            t.uid, t.size
+                        ),
                     )),
                 ),
                 (None, None, None, None) => ("done", None),

@@ -57,7 +57,9 @@ impl ImapSession {
             })
             .await?;
         // Several roots: the tightest one is the one that fills up first.
-        Ok(found.into_iter().min_by_key(|q| q.limit_bytes.saturating_sub(q.used_bytes)))
+        Ok(found
+            .into_iter()
+            .min_by_key(|q| q.limit_bytes.saturating_sub(q.used_bytes)))
     }
 }
 

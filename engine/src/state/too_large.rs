@@ -196,7 +196,10 @@ mod tests {
         assert!(skipped.may_retry(Some(50_000_000), false), "grew past it");
         assert!(skipped.may_retry(None, false), "no limit any more");
         let refused = row(40_000_000, None);
-        assert!(!refused.may_retry(None, false), "refused with no limit known: nothing changed");
+        assert!(
+            !refused.may_retry(None, false),
+            "refused with no limit known: nothing changed"
+        );
         assert!(
             !refused.may_retry(Some(50_000_000), false),
             "a limit appearing says nothing about the refusal"
@@ -216,7 +219,10 @@ mod tests {
         assert!(state.failures(folder.id).unwrap().is_empty(), "not a failure to retry");
         let listed = state.too_large_of("imap://a@h:1", "imap://a@h:2").unwrap();
         assert_eq!(listed.len(), 1);
-        assert_eq!((listed[0].folder.as_str(), listed[0].message.size), ("INBOX", 40_000_000));
+        assert_eq!(
+            (listed[0].folder.as_str(), listed[0].message.size),
+            ("INBOX", 40_000_000)
+        );
         assert!(state
             .folders_with_retryable_too_large(mailbox, Some(36_700_160), false)
             .unwrap()
@@ -235,6 +241,9 @@ mod tests {
             source_gone: false,
         };
         state.record_batch(&folder, &[copied], &[]).unwrap();
-        assert!(state.too_large(folder.id).unwrap().is_empty(), "copied once the limit grew");
+        assert!(
+            state.too_large(folder.id).unwrap().is_empty(),
+            "copied once the limit grew"
+        );
     }
 }
