@@ -106,19 +106,13 @@ fn stdout_json(output: &Output) -> Value {
     })
 }
 
-fn sync_run(pair: &Pair, phase: &str, state: &Path) -> Output {
-    cutover(&[
-        "sync",
-        "--from",
-        &pair.source_url(),
-        "--to",
-        &pair.target_url(),
-        "--phase",
-        phase,
-        "--state",
-        &state.to_string_lossy(),
-        "--json",
-    ])
+fn sync_run(pair: &Pair, phase: &str, state: &Path, extra: &[&str]) -> Output {
+    let (from, to, state) = (pair.source_url(), pair.target_url(), state.to_string_lossy());
+    let mut args = vec![
+        "sync", "--from", &from, "--to", &to, "--phase", phase, "--state", &state, "--json",
+    ];
+    args.extend_from_slice(extra);
+    cutover(&args)
 }
 
 /// Every too-large entry of a sync report, with its folder.
@@ -146,7 +140,7 @@ async fn a_message_over_the_advertised_limit_is_skipped_reported_and_left_alone_
     let state = dir.path().join("state.db");
     pair.target.reset_counts().unwrap();
 
-    let first = sync_run(&pair, "initial", &state);
+    let first = sync_run(&pair, "initial", &state, &[]);
     assert_eq!(first.status.code(), Some(3), "3: done, except messages too large");
     let report = stdout_json(&first);
     assert_eq!(total(&report, "copied"), 24, "{report:#}");
@@ -170,7 +164,7 @@ async fn a_message_over_the_advertised_limit_is_skipped_reported_and_left_alone_
 
     // A rerun sends nothing: the big message is on record, not retried.
     pair.target.reset_counts().unwrap();
-    let rerun = sync_run(&pair, "delta", &state);
+    let rerun = sync_run(&pair, "delta", &state, &[]);
     assert_eq!(
         rerun.status.code(),
         Some(0),
@@ -391,4 +385,70 @@ async fn a_size_refusal_without_appendlimit_is_too_large_not_throttling() {
     assert_eq!(row, ("partial".into(), Some("message_too_large".into())), "{report:#}");
     assert_eq!(items.len(), 1);
     assert_eq!(pair.target.command_counts().unwrap().appends, 1, "exactly one attempt");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rerun_with_a_higher_limit_copies_what_a_lower_one_held_back() {
+    // No limit on the target itself: only --max-message-size holds the big one back.
+    let pair = Pair::start();
+    fill(&pair);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.db");
+    let capped = ["--max-message-size", "30000000"];
+
+    let first = sync_run(&pair, "initial", &state, &capped);
+    assert_eq!(first.status.code(), Some(3));
+    let found = too_large(&stdout_json(&first));
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        (found[0].1["size"].as_u64(), found[0].1["limit"].as_u64()),
+        (Some(BIG as u64), Some(30_000_000))
+    );
+
+    pair.target.reset_counts().unwrap();
+    let same = sync_run(&pair, "delta", &state, &capped);
+    assert_eq!(same.status.code(), Some(0), "{}", String::from_utf8_lossy(&same.stderr));
+    assert_eq!(
+        pair.target.command_counts().unwrap().appends,
+        0,
+        "the same limit: left alone"
+    );
+
+    pair.target.reset_counts().unwrap();
+    let raised = sync_run(&pair, "delta", &state, &["--max-message-size", "50000000"]);
+    assert_eq!(
+        raised.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&raised.stderr)
+    );
+    assert_eq!(
+        total(&stdout_json(&raised), "copied"),
+        1,
+        "copied once the limit grew past it"
+    );
+    assert_eq!(pair.target.command_counts().unwrap().appends, 1);
+    assert_same(
+        &snapshot(pair.target.imap_port(), USER, TARGET_PASSWORD).await,
+        &mapped(
+            &snapshot(pair.source.imap_port(), USER, SOURCE_PASSWORD).await,
+            FOLDER_MAP,
+        ),
+        "everything, the big one included",
+    );
+    let verified = cutover(&[
+        "verify",
+        "--from",
+        &pair.source_url(),
+        "--to",
+        &pair.target_url(),
+        "--state",
+        &state.to_string_lossy(),
+    ]);
+    assert_eq!(
+        verified.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&verified.stdout)
+    );
 }

@@ -30,6 +30,20 @@ pub(super) fn append_limit<'a>(capabilities: impl IntoIterator<Item = &'a str>) 
         .min()
 }
 
+/// Whether a refused APPEND of one message of `size` bytes was refused for
+/// its size although the server's code did not say so (`NO [LIMIT] …` is
+/// also what throttling looks like): the message is over the advertised
+/// `limit`, or the server's words speak of its size. A server that
+/// throttles says nothing about sizes, and a message that fits the
+/// advertised limit is not refused for its size by an honest one.
+pub fn is_size_refusal(text: &str, size: u64, limit: Option<u64>) -> bool {
+    let upper = text.to_ascii_uppercase();
+    limit.is_some_and(|limit| size > limit)
+        || ["SIZE", "TOO LARGE", "TOO BIG", "TOOBIG"]
+            .iter()
+            .any(|word| upper.contains(word))
+}
+
 impl ImapSession {
     /// The largest message the server accepts, where it advertises one.
     pub fn append_limit(&self) -> Option<u64> {
@@ -66,6 +80,33 @@ impl ImapSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_limit_refusal_is_told_from_throttling_by_its_words_and_the_messages_size() {
+        assert!(is_size_refusal(
+            "[LIMIT] Mail size is larger than the maximum size allowed by server configuration",
+            40_000_000,
+            None
+        ));
+        assert!(is_size_refusal(
+            "[LIMIT] Message too big for this server",
+            40_000_000,
+            None
+        ));
+        assert!(
+            is_size_refusal("[LIMIT] Try again later", 40_000_000, Some(36_700_160)),
+            "over the advertised limit: whatever the words"
+        );
+        assert!(!is_size_refusal(
+            "[LIMIT] Too many commands, try again later",
+            40_000_000,
+            None
+        ));
+        assert!(
+            !is_size_refusal("[LIMIT] Try again later", 1_000, Some(36_700_160)),
+            "a small message refused with LIMIT is throttling"
+        );
+    }
 
     #[test]
     fn the_global_appendlimit_is_read_and_a_bare_one_ignored() {

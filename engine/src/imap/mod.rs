@@ -20,7 +20,7 @@ mod transport;
 mod uids;
 pub mod utf7;
 
-pub use limits::StorageQuota;
+pub use limits::{is_size_refusal, StorageQuota};
 pub use resync::{FolderChanges, KnownState};
 pub use session::{
     ConnectOptions, FetchHandle, FetchItems, FetchRecord, FolderInfo, ImapSession, SelectedFolder, SpecialUse,

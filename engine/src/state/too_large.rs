@@ -120,6 +120,21 @@ impl State {
         tx.commit().map_err(&err)
     }
 
+    /// Drops the records of too-large messages (gone from the source).
+    pub fn forget_too_large(&mut self, folder_id: i64, uids: &[u32]) -> Result<()> {
+        let err = self.err();
+        let tx = self.conn.transaction().map_err(&err)?;
+        {
+            let mut statement = tx
+                .prepare_cached("DELETE FROM message_too_large WHERE folder_id = ?1 AND source_uid = ?2")
+                .map_err(&err)?;
+            for uid in uids {
+                statement.execute(params![folder_id, uid]).map_err(&err)?;
+            }
+        }
+        tx.commit().map_err(&err)
+    }
+
     /// Every too-large message of a mailbox pair, by folder and UID (the
     /// large-item report, and verify's exceptions). Empty when the pair was
     /// never synced.
@@ -245,5 +260,10 @@ mod tests {
             state.too_large(folder.id).unwrap().is_empty(),
             "copied once the limit grew"
         );
+        state
+            .record_too_large(folder.id, &[row(40_000_000, Some(36_700_160))])
+            .unwrap();
+        state.forget_too_large(folder.id, &[7]).unwrap();
+        assert!(state.too_large(folder.id).unwrap().is_empty(), "gone from the source");
     }
 }

@@ -17,7 +17,7 @@ use super::{Progress, ProgressFn, SyncOptions};
 use crate::error::{ErrorKind, Result};
 use crate::fingerprint::Fingerprint;
 use crate::folders::FolderMapping;
-use crate::imap::{FetchItems, FetchRecord, ImapSession, UidSet};
+use crate::imap::{is_size_refusal, FetchItems, FetchRecord, ImapSession, UidSet};
 use crate::message::Message;
 use crate::report::{FolderReport, MessageFailure, TooLarge};
 use crate::state::{FailureRow, FolderState, MessageRow, State, TooLargeRow};
@@ -210,15 +210,27 @@ impl Appender<'_> {
         for budget in self.budgets {
             budget.admit(batch.len() as u32, batch_bytes).await;
         }
+        let limit = self.limit;
+        // A size refusal may come dressed as throttling (`NO [LIMIT]`): told
+        // apart by the server's words and the message's size, so a message
+        // that can never fit does not cool the host down or fail the mailbox.
+        let size_refused = |e: &crate::Error, message: &Message| {
+            e.kind() == ErrorKind::MessageTooLarge
+                || (e.kind() == ErrorKind::Throttled
+                    && is_size_refusal(&e.to_string(), message.raw.len() as u64, limit))
+        };
+        let per_message = |e: &crate::Error, messages: &[Message]| {
+            e.kind().is_per_message() || messages.iter().any(|m| size_refused(e, m))
+        };
         let mut failed = Vec::new();
         let mut too_large = Vec::new();
         let mut refused = |message: &Message, e: crate::Error| {
-            if e.kind() == ErrorKind::MessageTooLarge {
+            if size_refused(&e, message) {
                 // It can never fit: recorded apart, not retried by every run.
                 too_large.push(TooLargeRow {
                     source_uid: message.uid,
                     size: message.raw.len() as u64,
-                    limit: self.limit,
+                    limit,
                     refused: true,
                     detail: e.to_string(),
                 });
@@ -233,19 +245,20 @@ impl Appender<'_> {
         let refs = match self.target.append(target_name, &batch).await {
             Ok(refs) => refs,
             // A batch of one was refused for that message: not sent again.
-            Err(e) if e.kind().is_per_message() && batch.len() == 1 => {
+            Err(e) if batch.len() == 1 && per_message(&e, &batch) => {
                 if let Some(message) = batch.first() {
                     refused(message, e);
                 }
                 vec![None]
             }
             // MULTIAPPEND is all or nothing: find the one message refused.
-            Err(e) if e.kind().is_per_message() => {
+            Err(e) if per_message(&e, &batch) => {
                 let mut refs = Vec::with_capacity(batch.len());
                 for message in &batch {
-                    match self.target.append(target_name, std::slice::from_ref(message)).await {
+                    let one = std::slice::from_ref(message);
+                    match self.target.append(target_name, one).await {
                         Ok(mut one) => refs.push(one.pop().flatten()),
-                        Err(e) if e.kind().is_per_message() => {
+                        Err(e) if per_message(&e, one) => {
                             refs.push(None);
                             refused(message, e);
                         }

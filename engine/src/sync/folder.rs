@@ -79,6 +79,10 @@ pub struct FolderPlan {
     /// Failed source messages that need no retry: they are gone.
     #[serde(skip)]
     failed_gone: Vec<u32>,
+    /// Too-large source messages the limit now lets through but that are
+    /// gone from the source: their records are dropped.
+    #[serde(skip)]
+    too_large_gone: Vec<u32>,
 }
 
 fn as_uid_set<S: serde::Serializer>(uids: &[u32], serializer: S) -> std::result::Result<S::Ok, S::Error> {
@@ -100,6 +104,7 @@ impl FolderPlan {
             delete_on_target: Vec::new(),
             too_large: Vec::new(),
             failed_gone: Vec::new(),
+            too_large_gone: Vec::new(),
         }
     }
 
@@ -246,11 +251,24 @@ pub(super) async fn plan(sides: &mut Sides<'_>, mapping: &FolderMapping, mut fol
         plan.failed_gone = deleted.failed;
     }
     let limit = options.effective_limit(sides.target.append_limit());
-    // Too-large messages are tried again only once the limit lets them through.
-    let retried = too_large
+    // Too-large messages are tried again only once the limit lets them
+    // through; the ones deleted on the source since are forgotten instead
+    // (else their folder would be opened for them on every run).
+    let mut retried: Vec<u32> = too_large
         .iter()
         .filter(|t| t.may_retry(limit, options.retry_too_large))
-        .map(|t| t.source_uid);
+        .map(|t| t.source_uid)
+        .collect();
+    if !retried.is_empty() {
+        let existing: HashSet<u32> = sides
+            .source
+            .uid_search(&SearchKey::Uids(UidSet::Uids(retried.clone())))
+            .await?
+            .into_iter()
+            .collect();
+        plan.too_large_gone = retried.iter().copied().filter(|uid| !existing.contains(uid)).collect();
+        retried.retain(|uid| existing.contains(uid));
+    }
     let mut copy: Vec<u32> = failures
         .iter()
         .map(|f| f.source_uid)
@@ -445,6 +463,9 @@ pub(super) async fn apply(
     }
     folder.highest_modseq = source.highest_modseq;
 
+    if !plan.too_large_gone.is_empty() {
+        sides.state.forget_too_large(folder.id, &plan.too_large_gone)?;
+    }
     if !plan.too_large.is_empty() {
         // Before the copy: its cursor moves past them once the messages
         // below are recorded, and each must have its row by then.
