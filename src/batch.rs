@@ -622,6 +622,21 @@ fn print_check(check: &RowCheck) {
         "line {:4} {} → {}: {source}; {target}",
         check.line, check.source, check.target
     );
+    if let Ok(size) = &check.source_result {
+        const SHOWN: usize = 5;
+        for message in size.oversized.iter().take(SHOWN) {
+            println!(
+                "      too large for the target: {} UID {} ({} bytes)",
+                message.folder, message.uid, message.size
+            );
+        }
+        if size.over_limit > SHOWN as u64 {
+            println!(
+                "      … and {} more (--json lists the first 100)",
+                size.over_limit - SHOWN as u64
+            );
+        }
+    }
 }
 
 fn run_split(args: SplitArgs) -> Result<ExitCode> {

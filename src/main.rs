@@ -563,14 +563,17 @@ fn print_verify(result: &Verification) {
         "content not checked (--content)".to_string()
     };
     println!(
-        "verify {} → {}: {} missing, {} too large for the target, {} extra, differences: {} date, {} size, {content}, {} flags",
+        "verify {} → {}: {} missing, {} extra, differences: {} date, {} size, {content}, {} flags{}",
         result.source,
         result.target,
         result.missing(),
-        result.too_large(),
         result.extra(),
         result.date_mismatches(),
         result.size_mismatches(),
-        result.flag_mismatches()
+        result.flag_mismatches(),
+        match result.too_large() {
+            0 => String::new(),
+            n => format!("; {n} too large for the target (not missing: move them by other means)"),
+        }
     );
 }

@@ -233,10 +233,16 @@ impl Batch {
 
     /// `cutover batch COMMAND wave.csv --json SERVERS EXTRA…`.
     fn run(&self, command: &str, extra: &[&str]) -> Output {
+        let mut with_json = vec!["--json"];
+        with_json.extend_from_slice(extra);
+        self.text(command, &with_json)
+    }
+
+    /// `cutover batch COMMAND wave.csv SERVERS EXTRA…`, as a person reads it.
+    fn text(&self, command: &str, extra: &[&str]) -> Output {
         std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
             .args(["batch", command])
             .arg(self.dir.path().join("wave.csv"))
-            .arg("--json")
             .args(&self.servers)
             .args(extra)
             .env("LIMITS_SRC_PW", SOURCE_PASSWORD)
@@ -346,6 +352,23 @@ async fn batch_check_and_run_report_the_large_item() {
     assert_eq!(row, ("done".into(), None), "{report:#}");
     assert_eq!(items.len(), 1, "still listed as a large item");
     assert_eq!(pair.target.command_counts().unwrap().appends, 0, "not sent again");
+
+    // As a person reads them.
+    let report = batch.text("report", &["--state", &batch.state()]);
+    let report = String::from_utf8_lossy(&report.stdout);
+    assert!(
+        report.contains("large items: 1 message(s) in 1 mailbox(es)"),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!("{BIG} bytes (limit {LIMIT} bytes)")),
+        "{report}"
+    );
+    let check = batch.text("check", &[]);
+    let check = String::from_utf8_lossy(&check.stdout);
+    assert!(check.contains("1 over the target's limit"), "{check}");
+    assert!(check.contains(&format!("APPENDLIMIT {LIMIT}")), "{check}");
+    assert!(check.contains("too large for the target: INBOX UID"), "{check}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
