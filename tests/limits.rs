@@ -18,7 +18,8 @@ use chrono::{DateTime, FixedOffset};
 use common::corpus::{generated, FOLDER_MAP};
 use common::*;
 use cutover_harness::corpus::GeneratedMessage;
-use cutover_harness::dovecot::{DovecotConfig, Quota};
+use cutover_harness::dovecot::{Dovecot, DovecotConfig, Quota};
+use cutover_harness::hostile::{Fault, HostileServer, Mailbox, Script};
 use serde_json::Value;
 
 /// The target's limit: Dovecot's `35M`, as it would advertise it.
@@ -28,8 +29,14 @@ const BIG: usize = 40_000_000;
 /// The target's storage quota (a whole number of KiB, as QUOTA reports it).
 const STORAGE: u64 = 1 << 30;
 
-/// A deterministic 40 MB message: headers, then base64-looking lines.
+/// The deterministic 40 MB message.
 fn big_message() -> GeneratedMessage {
+    big_message_of(BIG)
+}
+
+/// A deterministic message of exactly `size` bytes: headers, then
+/// base64-looking lines.
+fn big_message_of(size: usize) -> GeneratedMessage {
     let mut raw = b"Message-ID: <big-attachment@limits.test>\r\n\
         Date: Mon, 02 Mar 2020 10:00:00 +0100\r\n\
         From: Big Sender <big@example.org>\r\n\
@@ -41,15 +48,15 @@ fn big_message() -> GeneratedMessage {
         .to_vec();
     let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut n: usize = 0;
-    while raw.len() < BIG {
-        let line_len = (BIG - raw.len()).min(78) - 2;
+    while raw.len() < size {
+        let line_len = (size - raw.len()).min(78) - 2;
         for _ in 0..line_len {
             raw.push(alphabet[n % alphabet.len()]);
             n = n.wrapping_mul(31).wrapping_add(7) % 1_000_003;
         }
         raw.extend_from_slice(b"\r\n");
     }
-    assert_eq!(raw.len(), BIG);
+    assert_eq!(raw.len(), size);
     GeneratedMessage {
         folder: Vec::new(),
         raw,
@@ -474,4 +481,82 @@ async fn a_rerun_with_a_higher_limit_copies_what_a_lower_one_held_back() {
         "{}",
         String::from_utf8_lossy(&verified.stdout)
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_size_refusal_worded_like_throttling_is_sent_once_and_recorded_too_large() {
+    // `NO [LIMIT]` with words about the size but none the refusal codes
+    // know: throttling's response code, a size limit's meaning.
+    let source = Dovecot::start(DovecotConfig {
+        users: vec![(USER.into(), SOURCE_PASSWORD.into())],
+        ..DovecotConfig::default()
+    })
+    .unwrap();
+    let mut messages = generated(72, 12);
+    for message in &mut messages {
+        message.folder.clear();
+    }
+    let big = 2_000_000;
+    messages.push(big_message_of(big));
+    cutover_harness::fill::fill_maildir(&source.maildir(USER), &messages).unwrap();
+    let target = HostileServer::start(
+        Script::new(USER, TARGET_PASSWORD).with_fault(Fault::SizeLimit {
+            max_bytes: 1_000_000,
+            refusal: "[LIMIT] Message exceeds the fixed maximum message size".into(),
+        }),
+        Mailbox::new(),
+    )
+    .await
+    .unwrap();
+    let (from, to) = (
+        format!("imap://{USER}@127.0.0.1:{}?tls=none", source.imap_port()),
+        format!("{}?tls=none", target.url()),
+    );
+    let state = tempfile::tempdir().unwrap();
+    let state_arg = state.path().join("state.db").to_string_lossy().into_owned();
+    let sync = |phase: &str| {
+        cutover(&[
+            "sync", "--from", &from, "--to", &to, "--phase", phase, "--state", &state_arg, "--json",
+        ])
+    };
+    let big_appends = || {
+        target
+            .received()
+            .iter()
+            .filter(|r| r.verb() == "APPEND" && r.line.contains(&format!("{{{big}")))
+            .count()
+    };
+
+    let first = sync("initial");
+    assert_eq!(
+        first.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let report = stdout_json(&first);
+    assert_eq!(total(&report, "copied"), 12, "{report:#}");
+    let found = too_large(&report);
+    assert_eq!(found.len(), 1, "{report:#}");
+    assert_eq!(found[0].1["size"], big as u64);
+    assert_eq!(
+        (found[0].1["limit"].clone(), found[0].1["refused"].clone()),
+        (Value::Null, Value::Bool(true))
+    );
+    assert_eq!(target.mailbox().message_count(), 12, "everything else stored");
+    assert!(
+        big_appends() <= 2,
+        "sent with its batch and once alone, never again as if throttled: {} times",
+        big_appends()
+    );
+
+    let sent = big_appends();
+    let rerun = sync("delta");
+    assert_eq!(
+        rerun.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    assert_eq!(big_appends(), sent, "a rerun does not send it again");
 }

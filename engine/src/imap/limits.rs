@@ -50,6 +50,15 @@ impl ImapSession {
         append_limit(self.capability_names())
     }
 
+    /// Whether a refused APPEND of `messages` looks like a size refusal
+    /// ([`is_size_refusal`] for one of them): sending it again cannot help.
+    pub(super) fn refused_for_size(&self, refusal: &crate::Error, messages: &[&crate::message::Message]) -> bool {
+        let (text, limit) = (refusal.to_string(), self.append_limit());
+        messages
+            .iter()
+            .any(|m| is_size_refusal(&text, m.raw.len() as u64, limit))
+    }
+
     /// The storage quota of the account's INBOX quota root, where the
     /// server offers QUOTA and sets a storage limit; `None` otherwise.
     pub async fn storage_quota(&mut self) -> Result<Option<StorageQuota>> {

@@ -510,7 +510,13 @@ impl ImapSession {
         let mut attempt = 0;
         loop {
             match self.append_once(folder, messages).await {
-                Err(e) if e.kind() == ErrorKind::Throttled && attempt < THROTTLE_RETRIES => {
+                // A size refusal in throttling's clothes (`NO [LIMIT]` about
+                // the size) is not sent again: it can never fit.
+                Err(e)
+                    if e.kind() == ErrorKind::Throttled
+                        && attempt < THROTTLE_RETRIES
+                        && !self.refused_for_size(&e, messages) =>
+                {
                     // Nothing of a refused APPEND was stored: send it again.
                     metrics::counter!("cutover_throttle_events_total", "host" => self.endpoint.clone()).increment(1);
                     tokio::time::sleep(throttle_pause(attempt)).await;
