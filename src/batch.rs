@@ -87,6 +87,11 @@ pub(crate) struct Defaults {
     /// Mailboxes at once.
     #[arg(long, default_value_t = 16)]
     pub(crate) concurrency: usize,
+    /// The largest message to copy, in bytes, below the target's own
+    /// APPENDLIMIT (e.g. 36700160 for Microsoft 365's default 35 MB). Larger
+    /// messages are skipped and listed as large items; `batch check` counts them.
+    #[arg(long)]
+    pub(crate) max_message_size: Option<u64>,
 }
 
 #[derive(Args)]
@@ -167,6 +172,10 @@ pub struct RunOptions {
     /// Write the failed rows, ready to fix, to this CSV.
     #[arg(long)]
     failed_csv: Option<PathBuf>,
+    /// Try messages recorded as too large again although the limit did not
+    /// grow (after the target's limit was raised without it advertising one).
+    #[arg(long)]
+    retry_too_large: bool,
     #[command(flatten)]
     daily: DailyBudgetArgs,
 }
@@ -384,6 +393,7 @@ fn base_settings(args: &Defaults) -> BatchSettings {
         defaults: defaults(args),
         concurrency: args.concurrency,
         connect: crate::connect_options_from(args.ca_file.clone(), args.insecure, args.timeout),
+        max_message_size: args.max_message_size,
         ..BatchSettings::default()
     }
 }
@@ -426,6 +436,7 @@ pub(crate) fn settings(options: &RunOptions) -> Result<BatchSettings> {
         filter: FolderFilter::new(&options.include, &options.exclude)?.copying_virtual(options.copy_virtual_folders),
         progress: progress_bars(),
         daily: options.daily.budget(None),
+        retry_too_large: options.retry_too_large,
         ..base_settings(&options.defaults)
     })
 }
@@ -550,6 +561,27 @@ fn print_report(report: &BatchReport, json: bool) -> Result<()> {
             println!("      {example}");
         }
     }
+    if !report.large_items.is_empty() {
+        let count: usize = report.large_items.iter().map(|m| m.items.len()).sum();
+        println!(
+            "large items: {count} message(s) in {} mailbox(es) too large for the target, not copied \
+             (move them by other means, or raise the limit and rerun):",
+            report.large_items.len()
+        );
+        for mailbox in &report.large_items {
+            println!("  line {}: {}", mailbox.line, mailbox.source);
+            for item in &mailbox.items {
+                let limit = item
+                    .message
+                    .limit
+                    .map_or_else(|| "refused by the server".to_string(), |l| format!("limit {l} bytes"));
+                println!(
+                    "      {} UID {}: {} bytes ({limit})",
+                    item.folder, item.message.source_uid, item.message.size
+                );
+            }
+        }
+    }
     if let Some(reason) = &report.held {
         println!("HELD for a person: {reason}. Later phases refuse to run until the rows are fixed and rerun, or --override-hold.");
     }
@@ -606,23 +638,69 @@ async fn run_check(args: CheckArgs) -> Result<ExitCode> {
 }
 
 fn print_check(check: &RowCheck) {
+    let auth = |auth: &Option<check::AuthCheck>| {
+        auth.as_ref().map_or_else(String::new, |a| {
+            format!(" (auth {}; offered: {})", a.used, a.offered.join(" "))
+        })
+    };
     let source = match &check.source_result {
-        Ok(size) => format!(
-            "{} folders, {} messages, {:.1} MB",
-            size.folders,
-            size.messages,
-            size.bytes as f64 / 1e6
-        ),
+        Ok(size) => {
+            let largest = size.largest.as_ref().map_or_else(String::new, |l| {
+                format!(
+                    ", largest {:.1} MB in {} (UID {})",
+                    l.size as f64 / 1e6,
+                    l.folder,
+                    l.uid
+                )
+            });
+            format!(
+                "{} folders, {} messages, {:.1} MB{largest}, {} over the target's limit{}",
+                size.folders,
+                size.messages,
+                size.bytes as f64 / 1e6,
+                size.over_limit,
+                auth(&check.source_auth)
+            )
+        }
         Err(e) => format!("SOURCE {}: {}", e.kind, e.message),
     };
     let target = match &check.target_result {
-        Ok(()) => "target ok".to_string(),
+        Ok(target) => {
+            let limit = match (target.append_limit, target.effective_limit) {
+                (Some(a), Some(e)) if a == e => format!("APPENDLIMIT {a}"),
+                (a, Some(e)) => format!(
+                    "APPENDLIMIT {}, limit {e} (--max-message-size)",
+                    a.map_or_else(|| "none".to_string(), |a| a.to_string())
+                ),
+                (_, None) => "no APPENDLIMIT".to_string(),
+            };
+            let quota = target.quota.map_or_else(
+                || "no quota reported".to_string(),
+                |q| format!("quota {} of {} bytes used", q.used_bytes, q.limit_bytes),
+            );
+            format!("target ok: {limit}, {quota}{}", auth(&target.auth))
+        }
         Err(e) => format!("TARGET {}: {}", e.kind, e.message),
     };
     println!(
         "line {:4} {} → {}: {source}; {target}",
         check.line, check.source, check.target
     );
+    if let Ok(size) = &check.source_result {
+        const SHOWN: usize = 5;
+        for message in size.oversized.iter().take(SHOWN) {
+            println!(
+                "      too large for the target: {} UID {} ({} bytes)",
+                message.folder, message.uid, message.size
+            );
+        }
+        if size.over_limit > SHOWN as u64 {
+            println!(
+                "      … and {} more (--json lists the first 100)",
+                size.over_limit - SHOWN as u64
+            );
+        }
+    }
 }
 
 fn run_split(args: SplitArgs) -> Result<ExitCode> {

@@ -1,5 +1,6 @@
 //! `cutover`: the command line of the cutover mail-migration engine.
 
+use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -34,9 +35,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Copy one mailbox through a phase.
+    /// Copy one mailbox through a phase; exit 1 when anything failed, 3 when
+    /// the only messages left behind are too large for the target, 4 when it
+    /// paused at a daily budget.
     Sync(SyncArgs),
-    /// Compare source and target; exit 1 when anything is missing, extra or different.
+    /// Compare source and target; exit 1 when anything is missing, extra or different,
+    /// 3 when the only messages missing are too large for the target.
     Verify(VerifyArgs),
     /// Batches of mailboxes from a CSV file.
     #[command(subcommand)]
@@ -122,11 +126,20 @@ struct SyncArgs {
     daily: batch::DailyBudgetArgs,
     #[command(flatten)]
     clock: project::Clock,
+    /// The largest message to copy, in bytes, below the target's own
+    /// APPENDLIMIT (e.g. 36700160 for Microsoft 365's default 35 MB).
+    /// Larger messages are skipped and reported as too large.
+    #[arg(long)]
+    max_message_size: Option<u64>,
+    /// Try messages recorded as too large again although the limit did not
+    /// grow (after the target's limit was raised without it advertising one).
+    #[arg(long)]
+    retry_too_large: bool,
 }
 
 /// The exit status of a `sync` (or `batch run`) that stopped at a daily
 /// budget: nothing failed, run it again after the time it printed.
-pub(crate) const PAUSED: u8 = 3;
+pub(crate) const PAUSED: u8 = 4;
 
 #[derive(Args)]
 #[command(after_help = "\
@@ -136,7 +149,9 @@ on the target, and each pair is checked for its INTERNALDATE, size and flags (an
 with --content).
 
 Exit code 0: nothing missing, nothing extra, no pair differing in INTERNALDATE, size or \
-bytes. Exit code 1: any of those. Flag differences are reported but do not fail (owners \
+bytes. Exit code 1: any of those. Exit code 3: clean except for messages too large for the \
+target (recorded so by the syncs in --state, or over the target's APPENDLIMIT or \
+--max-message-size), which are listed apart from missing mail. Flag differences are reported but do not fail (owners \
 change flags on both servers during a migration, and a delta carries them) unless \
 --strict-flags. Mail delivered straight to the new server counts as extra: use --before \
 to leave out the days after the MX flip. Exit code 2: verify could not run.")]
@@ -157,9 +172,14 @@ struct VerifyArgs {
     #[arg(long)]
     strict_flags: bool,
     /// The state file the syncs used: verify then compares each source
-    /// folder with the target folder it was really copied into.
+    /// folder with the target folder it was really copied into, and counts
+    /// the messages they recorded as too large apart from missing mail.
     #[arg(long)]
     state: Option<PathBuf>,
+    /// The syncs' --max-message-size: missing messages larger than this
+    /// (or than the target's APPENDLIMIT) count as too large, not missing.
+    #[arg(long)]
+    max_message_size: Option<u64>,
 }
 
 /// Message bodies of 4 MiB and more get their own mapping, returned to the
@@ -316,6 +336,8 @@ async fn run_sync(args: SyncArgs) -> Result<ExitCode> {
     options.propagate_deletes = args.propagate_deletes;
     options.dry_run = args.dry_run;
     options.daily = args.daily.budget(args.clock.fixed());
+    options.max_message_size = args.max_message_size;
+    options.retry_too_large = args.retry_too_large;
     options.filter = FolderFilter::new(&args.endpoints.include, &args.endpoints.exclude)?
         .copying_virtual(args.endpoints.copy_virtual_folders);
     options.connect = connect_options(&args.endpoints);
@@ -344,10 +366,16 @@ async fn run_sync(args: SyncArgs) -> Result<ExitCode> {
         ExitCode::from(1)
     } else if report.resumes_at.is_some() {
         ExitCode::from(PAUSED)
+    } else if report.too_large() > 0 {
+        ExitCode::from(TOO_LARGE_EXIT)
     } else {
         ExitCode::SUCCESS
     })
 }
+
+/// Exit code of `sync` and `verify` when everything else is fine but some
+/// messages are too large for the target (skipped, recorded, listed apart).
+const TOO_LARGE_EXIT: u8 = 3;
 
 fn progress_bar() -> Option<ProgressBar> {
     if !std::io::stderr().is_terminal() {
@@ -417,6 +445,21 @@ pub(crate) fn print_sync(report: &SyncReport) {
                 failure.uid, failure.kind, failure.detail
             );
         }
+        for large in &folder.too_large {
+            let why = match large.limit {
+                Some(limit) => format!("over the target's limit of {limit} bytes"),
+                None => "refused by the target for its size".to_string(),
+            };
+            let verb = if report.dry_run {
+                "would not be copied"
+            } else {
+                "not copied"
+            };
+            println!(
+                "    UID {} {verb}: too large ({} bytes, {why}); not retried unless the limit grows",
+                large.uid, large.size
+            );
+        }
         if let Some(error) = &folder.error {
             println!("    folder failed ({}): {}", error.kind, error.message);
         }
@@ -441,16 +484,25 @@ async fn run_verify(args: VerifyArgs) -> Result<ExitCode> {
     let job = job(&args.endpoints)?;
     let filter = FolderFilter::new(&args.endpoints.include, &args.endpoints.exclude)?
         .copying_virtual(args.endpoints.copy_virtual_folders);
-    let pinned = match &args.state {
+    let (pinned, too_large) = match &args.state {
         Some(path) => {
             let state = State::open(path)?;
             let source = Endpoint::Imap(job.source.clone()).to_string();
-            match state.find_mailbox(&source, &job.target.to_string())? {
+            let target = job.target.to_string();
+            let pinned = match state.find_mailbox(&source, &target)? {
                 Some(mailbox) => state.pinned(mailbox)?,
                 None => bail!("{}: no sync of {source} → {} on record", path.display(), job.target),
+            };
+            let mut too_large: HashMap<String, HashSet<u32>> = HashMap::new();
+            for item in state.too_large_of(&source, &target)? {
+                too_large
+                    .entry(item.folder)
+                    .or_default()
+                    .insert(item.message.source_uid);
             }
+            (pinned, too_large)
         }
-        None => Pinned::default(),
+        None => (Pinned::default(), HashMap::new()),
     };
     let options = VerifyOptions {
         range: DateRange {
@@ -459,6 +511,8 @@ async fn run_verify(args: VerifyArgs) -> Result<ExitCode> {
         },
         content: args.content,
         pinned,
+        too_large,
+        max_message_size: args.max_message_size,
     };
     let result = verify::verify_with(&job, &connect_options(&args.endpoints), &filter, options).await?;
     if args.endpoints.json {
@@ -467,7 +521,13 @@ async fn run_verify(args: VerifyArgs) -> Result<ExitCode> {
         print_verify(&result);
     }
     let passed = result.passed() && (!args.strict_flags || result.flag_mismatches() == 0);
-    Ok(if passed { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if !passed {
+        ExitCode::from(1)
+    } else if result.too_large() > 0 {
+        ExitCode::from(TOO_LARGE_EXIT)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// At most this many lines per kind of finding and folder; `--json` has all.
@@ -501,6 +561,14 @@ fn print_verify(result: &Verification) {
             folder.content_mismatches.len(),
             folder.flag_mismatches.len()
         );
+        details(&folder.too_large, |m| {
+            format!(
+                "too large for the target (not missing): source UID {} ({} bytes, {})",
+                m.id,
+                m.size,
+                date(&m.date)
+            )
+        });
         details(&folder.missing, |m| {
             format!("missing: source UID {} ({} bytes, {})", m.id, m.size, date(&m.date))
         });
@@ -541,13 +609,17 @@ fn print_verify(result: &Verification) {
         "content not checked (--content)".to_string()
     };
     println!(
-        "verify {} → {}: {} missing, {} extra, differences: {} date, {} size, {content}, {} flags",
+        "verify {} → {}: {} missing, {} extra, differences: {} date, {} size, {content}, {} flags{}",
         result.source,
         result.target,
         result.missing(),
         result.extra(),
         result.date_mismatches(),
         result.size_mismatches(),
-        result.flag_mismatches()
+        result.flag_mismatches(),
+        match result.too_large() {
+            0 => String::new(),
+            n => format!("; {n} too large for the target (not missing: move them by other means)"),
+        }
     );
 }

@@ -149,10 +149,10 @@ async fn a_mailbox_over_its_daily_download_budget_pauses_and_completes_over_days
     };
 
     // Day 1: the small mailbox is done, the big one paused until midnight
-    // UTC; neither is a failure, the batch is not held; exit status 3.
+    // UTC; neither is a failure, the batch is not held; exit status 4.
     let first = run("2026-12-05T10:00:00+01:00");
     let report = json(&first);
-    assert_eq!(first.status.code(), Some(3), "{report}");
+    assert_eq!(first.status.code(), Some(4), "{report}");
     assert_eq!(row(&report, 3)["status"], "done", "{report}");
     assert_eq!(row(&report, 2)["status"], "paused", "{report}");
     assert_eq!(row(&report, 2)["resumes_at"], "2026-12-06T00:00:00Z", "{report}");
@@ -169,7 +169,7 @@ async fn a_mailbox_over_its_daily_download_budget_pauses_and_completes_over_days
     // Later the same day: skipped without a connection, nothing copied.
     let again = run("2026-12-05T23:59:00Z");
     let report = json(&again);
-    assert_eq!(again.status.code(), Some(3), "{report}");
+    assert_eq!(again.status.code(), Some(4), "{report}");
     let waiting = report["waiting"].as_array().expect("waiting");
     assert_eq!(waiting.len(), 1, "{report}");
     assert!(
@@ -191,7 +191,7 @@ async fn a_mailbox_over_its_daily_download_budget_pauses_and_completes_over_days
         &["--account-daily-download", &budget_arg],
     );
     let stdout = String::from_utf8_lossy(&text.stdout);
-    assert_eq!(text.status.code(), Some(3), "{stdout}");
+    assert_eq!(text.status.code(), Some(4), "{stdout}");
     assert!(stdout.contains("0 failed, 0 pending, 1 paused"), "{stdout}");
     assert!(
         stdout.contains(&format!(
@@ -215,7 +215,7 @@ async fn a_mailbox_over_its_daily_download_budget_pauses_and_completes_over_days
                 break;
             }
             Some("paused") => {
-                assert_eq!(output.status.code(), Some(3), "{report}");
+                assert_eq!(output.status.code(), Some(4), "{report}");
                 assert_eq!(row(&report, 2)["resumes_at"], format!("{}T00:00:00Z", day(days + 1)));
                 assert!(row(&report, 2)["messages"].as_u64() > Some(0), "{report}");
             }
@@ -276,7 +276,7 @@ async fn sync_pauses_at_the_daily_upload_budget_with_its_own_exit_status() {
     };
 
     let (output, report) = sync_on("2026-12-05T18:00:00Z");
-    assert_eq!(output.status.code(), Some(3), "{report}");
+    assert_eq!(output.status.code(), Some(4), "{report}");
     assert_eq!(report["resumes_at"], "2026-12-06T00:00:00Z", "{report}");
     assert!(report["error"].is_null(), "a pause is not an error: {report}");
     let paused = report["paused"].as_str().unwrap_or_default();
@@ -301,7 +301,7 @@ async fn sync_pauses_at_the_daily_upload_budget_with_its_own_exit_status() {
         "2026-12-05T19:00:00Z",
     ]);
     let stdout = String::from_utf8_lossy(&text.stdout);
-    assert_eq!(text.status.code(), Some(3), "{stdout}");
+    assert_eq!(text.status.code(), Some(4), "{stdout}");
     assert!(stdout.contains("0 messages (0.0 MB) copied"), "{stdout}");
     assert!(stdout.contains("mailbox paused: imap://alice@127.0.0.1:"), "{stdout}");
     assert!(
@@ -319,7 +319,7 @@ async fn sync_pauses_at_the_daily_upload_budget_with_its_own_exit_status() {
             assert!(report["resumes_at"].is_null(), "{report}");
             break;
         }
-        assert_eq!(output.status.code(), Some(3), "{report}");
+        assert_eq!(output.status.code(), Some(4), "{report}");
     }
     assert!(days >= 2);
     assert_same(

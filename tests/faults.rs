@@ -555,6 +555,8 @@ fn a_message_over_the_targets_size_limit_is_reported_as_too_large() {
             ..limit
         }))
         .expect("lift the size limit");
+    // Nothing tells a run that an unadvertised limit was lifted: say so.
+    wave.options.push("--retry-too-large".into());
     let reruns = wave.rerun_until_done(2);
     wave.assert_exact("after lifting the size limit", &messages, &[]);
     eprintln!("one message over the size limit: partial, message_too_large; lifted, {reruns} rerun(s)");

@@ -35,6 +35,24 @@ pub struct MessageFailure {
     pub detail: String,
 }
 
+/// A message not copied because it is larger than the target accepts
+/// (Exchange calls these large items). Not retried by later runs unless the
+/// limit grows.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct TooLarge {
+    /// Source UID.
+    pub uid: u32,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The limit it exceeds (the target's APPENDLIMIT or
+    /// `--max-message-size`); `None` when the server refused it without
+    /// advertising one.
+    pub limit: Option<u64>,
+    /// The server refused it (`NO [LIMIT] Mail size is larger…`), rather
+    /// than cutover skipping it before sending.
+    pub refused: bool,
+}
+
 /// One folder's outcome.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct FolderReport {
@@ -65,6 +83,9 @@ pub struct FolderReport {
     pub deleted_on_target: u64,
     /// Messages that could not be copied (retried by the next run).
     pub failed: Vec<MessageFailure>,
+    /// Messages found too large for the target by this run: not copied,
+    /// recorded, and not retried unless the limit grows.
+    pub too_large: Vec<TooLarge>,
     /// The error that stopped this folder, if any.
     pub error: Option<ReportedError>,
     /// A dry run's plan: what a run would copy, flag and delete.
@@ -114,6 +135,11 @@ impl SyncReport {
         self.folders.iter().map(|f| f.bytes).sum()
     }
 
+    /// Messages this run found too large for the target, in all folders.
+    pub fn too_large(&self) -> usize {
+        self.folders.iter().map(|f| f.too_large.len()).sum()
+    }
+
     /// Whether the run finished without any error or failed message.
     pub fn is_clean(&self) -> bool {
         self.error.is_none() && self.folders.iter().all(|f| f.error.is_none() && f.failed.is_empty())
@@ -121,7 +147,7 @@ impl SyncReport {
 
     /// Folds an earlier, interrupted attempt of the same run into this one,
     /// so the counts say what the whole run did: copies, matches, flag
-    /// updates and deletions add up per folder, and folders only the earlier
+    /// updates, deletions and too-large messages add up per folder, and folders only the earlier
     /// attempt reached are kept. Errors and failed messages stay this
     /// attempt's alone: they are what is still wrong.
     pub fn absorb_attempt(&mut self, earlier: SyncReport) {
@@ -136,6 +162,9 @@ impl SyncReport {
                     f.flags_updated += folder.flags_updated;
                     f.deleted_on_source += folder.deleted_on_source;
                     f.deleted_on_target += folder.deleted_on_target;
+                    // Recorded by the earlier attempt and not tried again:
+                    // only that attempt can report them.
+                    f.too_large.extend(folder.too_large);
                 }
                 None => self.folders.push(FolderReport {
                     failed: Vec::new(),
@@ -190,6 +219,7 @@ mod tests {
             deleted_on_source: 0,
             deleted_on_target: 0,
             failed: Vec::new(),
+            too_large: Vec::new(),
             error,
             plan: None,
         }

@@ -55,6 +55,14 @@ pub struct VerifyOptions {
     /// The folder mapping the syncs used (from their state), so verify
     /// compares the folders mail was really copied into.
     pub pinned: folders::Pinned,
+    /// Source UIDs the syncs recorded as too large for the target, by
+    /// source folder (from their state): missing on purpose, so counted
+    /// apart from missing mail.
+    pub too_large: HashMap<String, HashSet<u32>>,
+    /// The largest message the target takes (the syncs'
+    /// `--max-message-size`); with the target's own APPENDLIMIT, missing
+    /// messages over it are counted as too large even without a state.
+    pub max_message_size: Option<u64>,
 }
 
 /// A message on one side without a partner on the other.
@@ -149,6 +157,10 @@ pub struct FolderVerification {
     pub size_mismatches: Vec<SizeMismatch>,
     /// Pairs of equal size whose bytes differ (content check only).
     pub content_mismatches: Vec<ContentMismatch>,
+    /// On the source, not on the target, because they are too large for it
+    /// (recorded so by the syncs, or over the target's limit): exceptions
+    /// to move by other means, not missing mail.
+    pub too_large: Vec<Unpaired>,
 }
 
 /// The whole comparison.
@@ -195,9 +207,16 @@ impl Verification {
         self.folders.iter().map(|f| f.content_mismatches.len()).sum()
     }
 
+    /// Messages too large for the target, in all folders (not in [`Verification::missing`]).
+    pub fn too_large(&self) -> usize {
+        self.folders.iter().map(|f| f.too_large.len()).sum()
+    }
+
     /// Nothing missing, nothing extra, and every pair equal in INTERNALDATE,
     /// size and (when checked) bytes. Flags are not judged here: they are
     /// live state that owners change on both servers during a migration.
+    /// Messages too large for the target do not fail it: they are
+    /// exceptions, listed apart ([`Verification::too_large`]).
     pub fn passed(&self) -> bool {
         self.missing() == 0
             && self.extra() == 0
@@ -276,6 +295,10 @@ pub async fn verify_with(
     let mut target = Target::open(&job.target, job.target_password.as_ref(), connect).await?;
     let source_folders = source.list_folders().await?;
     let target_folders = target.folders().await?;
+    let limit = match (target.append_limit(), options.max_message_size) {
+        (Some(a), Some(m)) => Some(a.min(m)),
+        (a, m) => a.or(m),
+    };
     let mappings = folders::plan_pinned(
         &source_folders,
         &target_folders,
@@ -342,8 +365,9 @@ pub async fn verify_with(
             hash_source(&mut source, &mut source_side).await?;
             hash_target(&mut target, &mapping.target, &mut target_side).await?;
         }
-        out.folders
-            .push(compare(&mapping.source, &mapping.target, source_side, target_side));
+        let mut compared = compare(&mapping.source, &mapping.target, source_side, target_side);
+        set_apart_too_large(&mut compared, options.too_large.get(&mapping.source), limit);
+        out.folders.push(compared);
     }
     source.logout().await;
     target.close().await;
@@ -466,6 +490,7 @@ pub fn compare(source_name: &str, target_name: &str, source: Vec<Listed>, target
         date_mismatches: Vec::new(),
         size_mismatches: Vec::new(),
         content_mismatches: Vec::new(),
+        too_large: Vec::new(),
     };
     for (ours, theirs) in by_fingerprint.values() {
         let (pairs, missing, extra) = pair_group(ours, theirs);
@@ -483,6 +508,19 @@ pub fn compare(source_name: &str, target_name: &str, source: Vec<Listed>, target
     result.size_mismatches.sort_by_key(|m| m.source_uid);
     result.content_mismatches.sort_by_key(|m| m.source_uid);
     result
+}
+
+/// Moves missing messages that are too large for the target from
+/// `missing` to `too_large`: the ones the syncs recorded so (`recorded`
+/// source UIDs) and, with a known `limit`, any larger than it.
+pub fn set_apart_too_large(result: &mut FolderVerification, recorded: Option<&HashSet<u32>>, limit: Option<u64>) {
+    let (too_large, missing): (Vec<Unpaired>, Vec<Unpaired>) =
+        std::mem::take(&mut result.missing).into_iter().partition(|m| {
+            let uid = m.id.parse::<u32>().ok();
+            uid.is_some_and(|uid| recorded.is_some_and(|r| r.contains(&uid))) || limit.is_some_and(|l| m.size > l)
+        });
+    result.missing = missing;
+    result.too_large.extend(too_large);
 }
 
 /// Records how a pair differs.
@@ -586,6 +624,38 @@ mod tests {
             v.size_mismatches.len(),
             v.content_mismatches.len(),
         ]
+    }
+
+    #[test]
+    fn too_large_messages_are_counted_apart_from_missing_mail() {
+        let big = Listed {
+            size: 40_000_000,
+            ..msg("2", "big")
+        };
+        let source = vec![msg("1", "a"), big, msg("3", "c"), msg("4", "lost")];
+        let target = vec![msg("10", "a"), msg("11", "c")];
+        let mut by_state = run(source.clone(), target.clone());
+        set_apart_too_large(&mut by_state, Some(&HashSet::from([2])), None);
+        assert_eq!(ids(&by_state.too_large), ["2"]);
+        assert_eq!(ids(&by_state.missing), ["4"], "really missing mail stays missing");
+        let mut by_limit = run(source, target);
+        set_apart_too_large(&mut by_limit, None, Some(36_700_160));
+        assert_eq!(ids(&by_limit.too_large), ["2"]);
+        assert_eq!(ids(&by_limit.missing), ["4"]);
+        let only_exceptions = Verification {
+            source: String::new(),
+            target: String::new(),
+            content_checked: false,
+            folders: vec![FolderVerification {
+                missing: Vec::new(),
+                ..by_limit
+            }],
+        };
+        assert!(
+            only_exceptions.passed(),
+            "too-large messages alone do not fail a verify"
+        );
+        assert_eq!(only_exceptions.too_large(), 1);
     }
 
     #[test]

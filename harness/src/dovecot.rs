@@ -127,6 +127,8 @@ pub struct CommandCounts {
     /// Every IMAP command after login, LOGOUT included (LOGIN and what
     /// comes before it are answered by imap-login, which is not counted).
     pub all: u64,
+    /// APPEND commands, refused ones included (a MULTIAPPEND is one).
+    pub appends: u64,
 }
 
 /// A running Dovecot; stopped, and its directory removed, on drop.
@@ -351,6 +353,7 @@ impl Dovecot {
         Ok(CommandCounts {
             opened: count("cutover_open"),
             all: count("cutover_command"),
+            appends: count("cutover_append"),
         })
     }
 
@@ -570,6 +573,7 @@ impl Dovecot {
              # Counted at the server, so a test can say how many folders a client opened.\n\
              metric cutover_open {{\n  filter = event=imap_command_finished AND (cmd_name=SELECT OR cmd_name=EXAMINE)\n}}\n\
              metric cutover_command {{\n  filter = event=imap_command_finished\n}}\n\
+             metric cutover_append {{\n  filter = event=imap_command_finished AND cmd_name=APPEND\n}}\n\
              {capabilities}\
              {quota}",
             instance = self.instance_name,

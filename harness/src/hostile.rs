@@ -123,6 +123,15 @@ pub enum Fault {
         /// Messages the mailbox holds at most.
         limit: usize,
     },
+    /// An APPEND holding a message larger than `max_bytes` is refused with
+    /// `NO {refusal}` (e.g. `[LIMIT] Message size exceeds …`: a size limit
+    /// in throttling's clothes); nothing of it is stored.
+    SizeLimit {
+        /// The largest message stored.
+        max_bytes: usize,
+        /// The tagged NO's text, response code included.
+        refusal: String,
+    },
 }
 
 /// What goes wrong with one message's FETCH response.
@@ -1125,7 +1134,12 @@ impl Connection {
             match (mailbox.folder(&name), &script.fault) {
                 (None, _) => None,
                 (Some(_), Fault::OverQuota { limit }) if mailbox.message_count() + messages.len() > *limit => {
-                    Some(Err(()))
+                    Some(Err("[OVERQUOTA] Quota exceeded (mailbox for user is full)".to_string()))
+                }
+                (Some(_), Fault::SizeLimit { max_bytes, refusal })
+                    if messages.iter().any(|(_, _, raw)| raw.len() > *max_bytes) =>
+                {
+                    Some(Err(refusal.clone()))
                 }
                 (Some(folder), _) => {
                     let (folder_name, uid_validity) = (folder.name.clone(), folder.uid_validity);
@@ -1142,10 +1156,9 @@ impl Connection {
         };
         match stored {
             None => self.tagged(tag, "NO [TRYCREATE] Mailbox doesn't exist").await,
-            Some(Err(())) => {
+            Some(Err(refusal)) => {
                 self.shared.played();
-                self.tagged(tag, "NO [OVERQUOTA] Quota exceeded (mailbox for user is full)")
-                    .await
+                self.tagged(tag, &format!("NO {refusal}")).await
             }
             Some(Ok((uid_validity, uids))) if script.has_capability("UIDPLUS") => {
                 let set = match (uids.first(), uids.last()) {

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::error::ErrorKind;
-use crate::state::{BatchRecord, BatchRowRecord};
+use crate::error::{ErrorKind, Result};
+use crate::state::{BatchRecord, BatchRowRecord, State, TooLargeItem};
 
 /// Failures of one kind.
 #[derive(Debug, Clone, Serialize)]
@@ -90,6 +90,40 @@ pub struct BatchReport {
     /// Rows this run left alone because they are paused at a daily budget
     /// that has not renewed yet: `line N: source: until when`.
     pub waiting: Vec<String>,
+    /// The large-item report: per mailbox, the messages not copied because
+    /// they are larger than the target accepts (folder, UID, size, limit),
+    /// as the state recorded them over all runs.
+    pub large_items: Vec<LargeItems>,
+}
+
+/// One mailbox's messages too large for its target.
+#[derive(Debug, Clone, Serialize)]
+pub struct LargeItems {
+    /// Line in the batch file.
+    pub line: usize,
+    /// Source identity.
+    pub source: String,
+    /// Target identity.
+    pub target: String,
+    /// The messages, by folder and UID.
+    pub items: Vec<TooLargeItem>,
+}
+
+/// The large-item report of a batch's rows, from the state.
+pub fn large_items(state: &State, rows: &[BatchRowRecord]) -> Result<Vec<LargeItems>> {
+    let mut out = Vec::new();
+    for row in rows {
+        let items = state.too_large_of(&row.source, &row.target)?;
+        if !items.is_empty() {
+            out.push(LargeItems {
+                line: row.line,
+                source: row.source.clone(),
+                target: row.target.clone(),
+                items,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// What to try for a kind of failure.
@@ -163,6 +197,7 @@ pub fn build(name: &str, batch: &BatchRecord, rows: &[BatchRowRecord]) -> BatchR
         failures,
         locked: Vec::new(),
         waiting: Vec::new(),
+        large_items: Vec::new(),
         rows: rows
             .iter()
             .map(|r| RowReport {

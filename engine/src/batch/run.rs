@@ -55,6 +55,11 @@ pub struct BatchSettings {
     /// Daily per-account byte budgets, and the clock that says which day
     /// it is and whether a paused row may run again.
     pub daily: DailyBudget,
+    /// The largest message to send (a provider's limit it does not
+    /// advertise): see [`SyncOptions::max_message_size`].
+    pub max_message_size: Option<u64>,
+    /// Try messages recorded as too large again: see [`SyncOptions::retry_too_large`].
+    pub retry_too_large: bool,
 }
 
 /// What a batch reports while it runs.
@@ -103,6 +108,8 @@ impl Default for BatchSettings {
             progress: None,
             dry_run: false,
             daily: DailyBudget::default(),
+            max_message_size: None,
+            retry_too_large: false,
         }
     }
 }
@@ -212,6 +219,7 @@ pub async fn run(
     state.set_batch_status(batch.id, phase.as_str(), hold.as_deref())?;
     let batch = state.batch(&batch_name(&file.path), &now())?;
     let mut report = report::build(&batch_name(&file.path), &batch, &rows);
+    report.large_items = report::large_items(&state, &rows)?;
     let lines = |status: &str| -> Vec<String> {
         outcomes
             .iter()
@@ -433,7 +441,9 @@ pub fn load_report(file: &BatchFile, state_path: &Path, defaults: &RowDefaults) 
     let mut state = State::open(state_path)?;
     let batch = register(&mut state, file, defaults)?;
     let rows = state.batch_rows(batch.id)?;
-    Ok(report::build(&batch_name(&file.path), &batch, &rows))
+    let mut report = report::build(&batch_name(&file.path), &batch, &rows);
+    report.large_items = report::large_items(&state, &rows)?;
+    Ok(report)
 }
 
 /// Stores a row's outcome.
@@ -456,7 +466,7 @@ fn record(
             (PAUSED, Some((ErrorKind::Paused, why)), copied)
         }
         Ok(report) => {
-            let failed_messages: usize = report.folders.iter().map(|f| f.failed.len()).sum();
+            let failed_messages: usize = report.folders.iter().map(|f| f.failed.len() + f.too_large.len()).sum();
             let copied = (report.copied(), report.bytes(), failed_messages as u64);
             // A folder's error names the folder: the server's text often does not.
             let folder_error = report
@@ -464,11 +474,29 @@ fn record(
                 .iter()
                 .find_map(|f| f.error.as_ref().map(|e| (e, &f.source)));
             let message_error = report.folders.iter().flat_map(|f| &f.failed).next();
-            let (status, error) = match (&report.error, folder_error, message_error) {
-                (Some(e), _, _) => ("failed", Some((e.kind, e.message.clone()))),
-                (None, Some((e, folder)), _) => ("partial", Some((e.kind, format!("folder {folder}: {}", e.message)))),
-                (None, None, Some(m)) => ("partial", Some((m.kind, format!("UID {}: {}", m.uid, m.detail)))),
-                (None, None, None) => ("done", None),
+            // Found too large by this run: partial, with the large-item report
+            // naming them; later runs leave them alone and end done.
+            let too_large = report
+                .folders
+                .iter()
+                .find_map(|f| f.too_large.first().map(|t| (t, &f.source)));
+            let (status, error) = match (&report.error, folder_error, message_error, too_large) {
+                (Some(e), _, _, _) => ("failed", Some((e.kind, e.message.clone()))),
+                (None, Some((e, folder)), _, _) => {
+                    ("partial", Some((e.kind, format!("folder {folder}: {}", e.message))))
+                }
+                (None, None, Some(m), _) => ("partial", Some((m.kind, format!("UID {}: {}", m.uid, m.detail)))),
+                (None, None, None, Some((t, folder))) => (
+                    "partial",
+                    Some((
+                        ErrorKind::MessageTooLarge,
+                        format!(
+                            "folder {folder}: UID {}: {} bytes, too large for the target",
+                            t.uid, t.size
+                        ),
+                    )),
+                ),
+                (None, None, None, None) => ("done", None),
             };
             (status, error, copied)
         }
@@ -520,6 +548,8 @@ async fn run_row(
     options.filter = settings.filter.clone();
     options.dry_run = settings.dry_run;
     options.daily = settings.daily.clone();
+    options.max_message_size = settings.max_message_size;
+    options.retry_too_large = settings.retry_too_large;
     options.budgets = vec![source_host.budget.clone(), target_host.budget.clone()];
     let config = limits.config();
     if config.mailbox_messages_per_second.is_some() || config.mailbox_bytes_per_second.is_some() {

@@ -9,8 +9,10 @@
 //!   pipelined STATUS).
 //! - `resync`: opening a folder with what changed since (QRESYNC).
 //! - `uids`: UID sets, search keys and flag operations, typed.
+//! - `limits`: the server's size limit (APPENDLIMIT) and storage quota.
 
 mod codec;
+mod limits;
 mod resync;
 mod session;
 mod status;
@@ -18,6 +20,7 @@ mod transport;
 mod uids;
 pub mod utf7;
 
+pub use limits::{is_size_refusal, StorageQuota};
 pub use resync::{FolderChanges, KnownState};
 pub use session::{
     ConnectOptions, FetchHandle, FetchItems, FetchRecord, FolderInfo, ImapSession, SelectedFolder, SpecialUse,

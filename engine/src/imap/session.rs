@@ -151,6 +151,8 @@ pub struct ImapSession {
     inner: async_imap::Session<Transport>,
     endpoint: String,
     capabilities: HashSet<String>,
+    /// The SASL mechanisms (`AUTH=`) offered before login, for the preflight.
+    auth_offered: Vec<String>,
     io_timeout: Duration,
     next_tag: u32,
     /// The server said BYE: nothing more can be sent on this session.
@@ -269,6 +271,7 @@ impl ImapSession {
                 ),
             });
         }
+        let auth_offered = auth_mechanisms(&capabilities);
         let login = login(connection.client, endpoint, &credential, secret);
         let (inner, announced) = match tokio::time::timeout(options.io_timeout, login).await {
             Ok(result) => result?,
@@ -284,6 +287,7 @@ impl ImapSession {
             inner,
             endpoint: address,
             capabilities: HashSet::new(),
+            auth_offered,
             io_timeout: options.io_timeout,
             next_tag: 0,
             closed: false,
@@ -311,6 +315,16 @@ impl ImapSession {
     /// Whether the server announced a capability (case-insensitive).
     pub fn has_capability(&self, name: &str) -> bool {
         self.capabilities.contains(&name.to_ascii_uppercase())
+    }
+
+    /// Every capability announced after login, upper-cased.
+    pub(super) fn capability_names(&self) -> impl Iterator<Item = &str> {
+        self.capabilities.iter().map(String::as_str)
+    }
+
+    /// The SASL mechanisms the server offered before login (`AUTH=…`), sorted.
+    pub fn auth_offered(&self) -> &[String] {
+        &self.auth_offered
     }
 
     async fn fetch_capabilities(&mut self) -> Result<HashSet<String>> {
@@ -516,7 +530,13 @@ impl ImapSession {
         let mut attempt = 0;
         loop {
             match self.append_once(folder, messages).await {
-                Err(e) if e.kind() == ErrorKind::Throttled && attempt < THROTTLE_RETRIES => {
+                // A size refusal in throttling's clothes (`NO [LIMIT]` about
+                // the size) is not sent again: it can never fit.
+                Err(e)
+                    if e.kind() == ErrorKind::Throttled
+                        && attempt < THROTTLE_RETRIES
+                        && !self.refused_for_size(&e, messages) =>
+                {
                     // Nothing of a refused APPEND was stored: send it again.
                     metrics::counter!("cutover_throttle_events_total", "host" => self.endpoint.clone()).increment(1);
                     tokio::time::sleep(throttle_pause(attempt)).await;
@@ -1247,6 +1267,17 @@ fn login_refusal(endpoint: &ImapEndpoint, address: String, user: String, text: &
             detail,
         }
     }
+}
+
+/// The `AUTH=` mechanisms of a capability list, sorted.
+fn auth_mechanisms(capabilities: &HashSet<String>) -> Vec<String> {
+    let mut mechanisms: Vec<String> = capabilities
+        .iter()
+        .filter_map(|c| c.strip_prefix("AUTH="))
+        .map(str::to_string)
+        .collect();
+    mechanisms.sort_unstable();
+    mechanisms
 }
 
 fn capability_name(capability: &async_imap::imap_proto::Capability<'_>) -> String {

@@ -44,6 +44,10 @@ pub enum SearchKey {
     All,
     /// Messages whose UID is in the set (the ones that still exist).
     Uids(UidSet),
+    /// Messages of the set larger than this many bytes (RFC822.SIZE): the
+    /// ones a target's size limit refuses, found without fetching a size
+    /// per message.
+    Larger(UidSet, u64),
 }
 
 impl SearchKey {
@@ -52,6 +56,11 @@ impl SearchKey {
         match self {
             Self::All => vec!["ALL".to_string()],
             Self::Uids(set) => set.render().into_iter().map(|set| format!("UID {set}")).collect(),
+            Self::Larger(set, bytes) => set
+                .render()
+                .into_iter()
+                .map(|set| format!("UID {set} LARGER {bytes}"))
+                .collect(),
         }
     }
 }
@@ -89,6 +98,10 @@ mod tests {
         assert!(UidSet::Uids(Vec::new()).render().is_empty());
         assert_eq!(SearchKey::Uids(UidSet::From(12)).render(), vec!["UID 12:*"]);
         assert_eq!(SearchKey::All.render(), vec!["ALL"]);
+        assert_eq!(
+            SearchKey::Larger(UidSet::Uids(vec![3, 1, 2]), 36_700_160).render(),
+            vec!["UID 1:3 LARGER 36700160"]
+        );
         let scattered: Vec<u32> = (0..5000).map(|i| i * 2).collect();
         let parts = UidSet::Uids(scattered).render();
         assert!(parts.len() > 1 && parts.iter().all(|p| p.len() <= UID_SET_CHARS));

@@ -12,11 +12,13 @@ mod budget;
 mod calendar;
 mod lock;
 mod schema;
+mod too_large;
 
 pub use batch::{BatchId, BatchRecord, BatchRowRecord};
 pub use budget::AccountUsage;
 pub use calendar::{HostThroughput, PlanId, PlanRecord, StepRecord, WaveId, WaveRecord};
 pub use lock::LockOwner;
+pub use too_large::{TooLargeItem, TooLargeRow};
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -528,6 +530,18 @@ impl State {
     /// all of it or none; the target scan on the next run finds what the
     /// server stored before the kill.
     pub fn record_batch(&mut self, folder: &FolderState, copied: &[MessageRow], failed: &[FailureRow]) -> Result<()> {
+        self.record_batch_with(folder, copied, failed, &[])
+    }
+
+    /// [`State::record_batch`] with the batch's messages the server refused
+    /// for their size, recorded as too large in the same transaction.
+    pub fn record_batch_with(
+        &mut self,
+        folder: &FolderState,
+        copied: &[MessageRow],
+        failed: &[FailureRow],
+        too_large: &[TooLargeRow],
+    ) -> Result<()> {
         let err = self.err();
         let copied_at = Utc::now().timestamp_millis();
         let tx = self.conn.transaction().map_err(&err)?;
@@ -542,7 +556,14 @@ impl State {
             let mut clear_failure = tx
                 .prepare_cached("DELETE FROM message_failure WHERE folder_id = ?1 AND source_uid = ?2")
                 .map_err(&err)?;
+            // A too-large message copied after its limit grew is no exception any more.
+            let mut clear_too_large = tx
+                .prepare_cached("DELETE FROM message_too_large WHERE folder_id = ?1 AND source_uid = ?2")
+                .map_err(&err)?;
             for row in copied {
+                clear_too_large
+                    .execute(params![folder.id, row.source_uid])
+                    .map_err(&err)?;
                 insert
                     .execute(params![
                         folder.id,
@@ -574,6 +595,7 @@ impl State {
                 ])
                 .map_err(&err)?;
             }
+            too_large::insert(&tx, folder.id, too_large).map_err(&err)?;
             tx.execute(
                 "UPDATE folder SET highest_uid = max(highest_uid, ?2) WHERE id = ?1",
                 params![folder.id, folder.highest_uid],
@@ -628,6 +650,7 @@ impl State {
         self.conn
             .execute_batch(&format!(
                 "DELETE FROM message WHERE folder_id = {folder_id}; DELETE FROM message_failure WHERE folder_id = {folder_id};
+                 DELETE FROM message_too_large WHERE folder_id = {folder_id};
                  DELETE FROM target_unmatched WHERE folder_id = {folder_id};"
             ))
             .map_err(self.err())

@@ -225,7 +225,7 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX run_running ON run(mailbox_id) WHERE status = 'running';
     "#,
-    // 11 (issue #11's migration "12", budgets): bytes each account moved
+    // 11: bytes each account moved
     // per budget day (UTC calendar day), for providers' daily caps, and
     // when a row paused by such a cap may run again.
     r#"
@@ -237,5 +237,19 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (account, day)
     ) STRICT, WITHOUT ROWID;
     ALTER TABLE batch_row ADD COLUMN resumes_at TEXT; -- RFC 3339, set while status = 'paused'
+    // 12: source messages too large for the target (over its APPENDLIMIT or
+    // --max-message-size, or refused by the server for their size). Not
+    // retried like message_failure rows: only when the limit grows.
+    r#"
+    CREATE TABLE message_too_large (
+        folder_id INTEGER NOT NULL REFERENCES folder(id) ON DELETE CASCADE,
+        source_uid INTEGER NOT NULL,
+        size INTEGER NOT NULL,           -- source RFC822.SIZE in bytes
+        size_limit INTEGER,              -- the limit in effect then; NULL: none known
+        refused INTEGER NOT NULL,        -- 1: the server refused it; 0: skipped before sending
+        detail TEXT NOT NULL,
+        recorded_at INTEGER NOT NULL,    -- unix milliseconds
+        PRIMARY KEY (folder_id, source_uid)
+    ) STRICT, WITHOUT ROWID;
     "#,
 ];

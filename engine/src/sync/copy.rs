@@ -15,13 +15,13 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use super::plan::DedupPool;
 use super::{Progress, ProgressFn, SyncOptions};
 use crate::budget;
-use crate::error::Result;
+use crate::error::{ErrorKind, Result};
 use crate::fingerprint::Fingerprint;
 use crate::folders::FolderMapping;
-use crate::imap::{FetchItems, FetchRecord, ImapSession, UidSet};
+use crate::imap::{is_size_refusal, FetchItems, FetchRecord, ImapSession, UidSet};
 use crate::message::Message;
-use crate::report::{FolderReport, MessageFailure};
-use crate::state::{FailureRow, FolderState, MessageRow, State};
+use crate::report::{FolderReport, MessageFailure, TooLarge};
+use crate::state::{FailureRow, FolderState, MessageRow, State, TooLargeRow};
 use crate::target::{Target, TargetMessage};
 
 /// Everything one folder copy works with.
@@ -161,7 +161,9 @@ impl FolderCopy<'_> {
     async fn stream(&mut self, uids: Vec<u32>) -> Result<()> {
         let (sender, mut receiver) = mpsc::channel::<FetchedBatch>(1);
         let (batch_messages, batch_bytes) = (self.options.batch_messages.max(1), self.options.batch_bytes.max(1));
+        let limit = self.options.effective_limit(self.target.append_limit());
         let mut appender = Appender {
+            limit,
             target: &mut *self.target,
             state: &mut *self.state,
             folder: &mut *self.folder,
@@ -228,6 +230,9 @@ pub(super) async fn source_fingerprints(source: &mut ImapSession, uids: &[u32]) 
 
 /// The appending half of the pipeline.
 struct Appender<'a> {
+    /// The size limit in effect, recorded with messages the server refuses
+    /// for their size.
+    limit: Option<u64>,
     target: &'a mut Target,
     state: &'a mut State,
     folder: &'a mut FolderState,
@@ -247,31 +252,70 @@ impl Appender<'_> {
         for budget in self.budgets {
             budget.admit(batch.len() as u32, batch_bytes).await;
         }
-        let (refs, failed) = match self.target.append(target_name, &batch).await {
-            Ok(refs) => (refs, Vec::new()),
+        let limit = self.limit;
+        // A size refusal may come dressed as throttling (`NO [LIMIT]`): told
+        // apart by the server's words and the message's size, so a message
+        // that can never fit does not cool the host down or fail the mailbox.
+        let size_refused = |e: &crate::Error, message: &Message| {
+            e.kind() == ErrorKind::MessageTooLarge
+                || (e.kind() == ErrorKind::Throttled
+                    && is_size_refusal(&e.to_string(), message.raw.len() as u64, limit))
+        };
+        let per_message = |e: &crate::Error, messages: &[Message]| {
+            e.kind().is_per_message() || messages.iter().any(|m| size_refused(e, m))
+        };
+        let mut failed = Vec::new();
+        let mut too_large = Vec::new();
+        let mut refused = |message: &Message, e: crate::Error| {
+            if size_refused(&e, message) {
+                // It can never fit: recorded apart, not retried by every run.
+                too_large.push(TooLargeRow {
+                    source_uid: message.uid,
+                    size: message.raw.len() as u64,
+                    limit,
+                    refused: true,
+                    detail: e.to_string(),
+                });
+            } else {
+                failed.push(FailureRow {
+                    source_uid: message.uid,
+                    kind: e.kind(),
+                    detail: e.to_string(),
+                });
+            }
+        };
+        let refs = match self.target.append(target_name, &batch).await {
+            Ok(refs) => refs,
+            // A batch of one was refused for that message: not sent again.
+            Err(e) if batch.len() == 1 && per_message(&e, &batch) => {
+                if let Some(message) = batch.first() {
+                    refused(message, e);
+                }
+                vec![None]
+            }
             // MULTIAPPEND is all or nothing: find the one message refused.
-            Err(e) if e.kind().is_per_message() => {
+            Err(e) if per_message(&e, &batch) => {
                 let mut refs = Vec::with_capacity(batch.len());
-                let mut failed = Vec::new();
                 for message in &batch {
-                    match self.target.append(target_name, std::slice::from_ref(message)).await {
+                    let one = std::slice::from_ref(message);
+                    match self.target.append(target_name, one).await {
                         Ok(mut one) => refs.push(one.pop().flatten()),
-                        Err(e) if e.kind().is_per_message() => {
+                        Err(e) if per_message(&e, one) => {
                             refs.push(None);
-                            failed.push(FailureRow {
-                                source_uid: message.uid,
-                                kind: e.kind(),
-                                detail: e.to_string(),
-                            });
+                            refused(message, e);
                         }
                         Err(e) => return Err(e),
                     }
                 }
-                (refs, failed)
+                refs
             }
             Err(e) => return Err(e),
         };
-        let failed_uids: Vec<u32> = failed.iter().map(|f| f.source_uid).collect();
+        let failed_uids: Vec<u32> = failed
+            .iter()
+            .map(|f| f.source_uid)
+            .chain(too_large.iter().map(|t| t.source_uid))
+            .collect();
         let mut rows = Vec::with_capacity(batch.len());
         let mut bytes = 0u64;
         for (message, target_ref) in batch.iter().zip(refs) {
@@ -292,11 +336,17 @@ impl Appender<'_> {
         if let Some(last) = batch.last() {
             self.folder.highest_uid = self.folder.highest_uid.max(last.uid);
         }
-        self.state.record_batch(self.folder, &rows, &failed)?;
+        self.state.record_batch_with(self.folder, &rows, &failed, &too_large)?;
         self.recorded.extend(rows.iter().filter_map(|r| r.target_ref.clone()));
         self.appended.extend(rows.iter().filter_map(|r| r.target_ref.clone()));
         self.report.copied += rows.len() as u64;
         self.report.bytes += bytes;
+        self.report.too_large.extend(too_large.into_iter().map(|t| TooLarge {
+            uid: t.source_uid,
+            size: t.size,
+            limit: t.limit,
+            refused: true,
+        }));
         self.report.failed.extend(failed.into_iter().map(|f| MessageFailure {
             uid: f.source_uid,
             kind: f.kind,

@@ -21,8 +21,8 @@ use crate::error::Result;
 use crate::folders::FolderMapping;
 use crate::imap::{uid_set, FetchItems, ImapSession, KnownState, MailboxStatus, SearchKey, SelectedFolder, UidSet};
 use crate::message::Flags;
-use crate::report::FolderReport;
-use crate::state::{FolderState, MessageRow, State};
+use crate::report::{FolderReport, TooLarge};
+use crate::state::{FolderState, MessageRow, State, TooLargeRow};
 use crate::target::{Target, TargetFolderStatus};
 
 /// How a folder's changes were found.
@@ -73,9 +73,16 @@ pub struct FolderPlan {
     /// Source UIDs whose target copies are removed (`--propagate-deletes`).
     #[serde(serialize_with = "as_uid_set")]
     pub delete_on_target: Vec<u32>,
+    /// Source messages larger than the target accepts (its APPENDLIMIT or
+    /// `--max-message-size`): not fetched, not sent, recorded as too large.
+    pub too_large: Vec<TooLarge>,
     /// Failed source messages that need no retry: they are gone.
     #[serde(skip)]
     failed_gone: Vec<u32>,
+    /// Too-large source messages the limit now lets through but that are
+    /// gone from the source: their records are dropped.
+    #[serde(skip)]
+    too_large_gone: Vec<u32>,
 }
 
 fn as_uid_set<S: serde::Serializer>(uids: &[u32], serializer: S) -> std::result::Result<S::Ok, S::Error> {
@@ -95,7 +102,9 @@ impl FolderPlan {
             flags: Vec::new(),
             deleted_on_source: Vec::new(),
             delete_on_target: Vec::new(),
+            too_large: Vec::new(),
             failed_gone: Vec::new(),
+            too_large_gone: Vec::new(),
         }
     }
 
@@ -116,6 +125,7 @@ impl FolderPlan {
         let matched = self.already_on_target.unwrap_or(0);
         report.matched_existing = matched;
         report.copied = (self.copy.len() as u64).saturating_sub(matched);
+        report.too_large = self.too_large.clone();
     }
 }
 
@@ -171,7 +181,7 @@ pub(super) async fn plan(sides: &mut Sides<'_>, mapping: &FolderMapping, mut fol
             ChangesFrom::NewMail
         },
     );
-    let (rows, failures, changes) = if reset {
+    let (rows, failures, too_large, changes) = if reset {
         plan.uid_validity_reset = folder.source_uid_validity != 0;
         plan.changes_from = ChangesFrom::Everything;
         folder.source_uid_validity = source.uid_validity;
@@ -179,11 +189,12 @@ pub(super) async fn plan(sides: &mut Sides<'_>, mapping: &FolderMapping, mut fol
         folder.highest_uid = 0;
         folder.highest_modseq = None;
         folder.target_scanned_uid = 0;
-        (Vec::new(), Vec::new(), None)
+        (Vec::new(), Vec::new(), Vec::new(), None)
     } else {
         (
             sides.state.messages(folder.id)?,
             sides.state.failures(folder.id)?,
+            sides.state.too_large(folder.id)?,
             changes,
         )
     };
@@ -239,14 +250,38 @@ pub(super) async fn plan(sides: &mut Sides<'_>, mapping: &FolderMapping, mut fol
         plan.deleted_on_source = deleted.copied;
         plan.failed_gone = deleted.failed;
     }
+    let limit = options.effective_limit(sides.target.append_limit());
+    // Too-large messages are tried again only once the limit lets them
+    // through; the ones deleted on the source since are forgotten instead
+    // (else their folder would be opened for them on every run).
+    let mut retried: Vec<u32> = too_large
+        .iter()
+        .filter(|t| t.may_retry(limit, options.retry_too_large))
+        .map(|t| t.source_uid)
+        .collect();
+    if !retried.is_empty() {
+        let existing: HashSet<u32> = sides
+            .source
+            .uid_search(&SearchKey::Uids(UidSet::Uids(retried.clone())))
+            .await?
+            .into_iter()
+            .collect();
+        plan.too_large_gone = retried.iter().copied().filter(|uid| !existing.contains(uid)).collect();
+        retried.retain(|uid| existing.contains(uid));
+    }
     let mut copy: Vec<u32> = failures
         .iter()
         .map(|f| f.source_uid)
         .filter(|uid| !plan.failed_gone.contains(uid))
         .chain(new_uids)
+        .chain(retried)
         .collect();
     copy.sort_unstable();
     copy.dedup();
+    if let Some(limit) = limit {
+        plan.too_large = over_limit(sides.source, &copy, limit).await?;
+        copy.retain(|uid| !plan.too_large.iter().any(|t| t.uid == *uid));
+    }
     plan.copy = copy;
     Ok(Planned {
         plan,
@@ -256,6 +291,53 @@ pub(super) async fn plan(sides: &mut Sides<'_>, mapping: &FolderMapping, mut fol
         source,
         target,
     })
+}
+
+/// The messages of `uids` (in the selected source folder) larger than
+/// `limit`, with their sizes: one `UID SEARCH … LARGER`, and sizes fetched
+/// only for what it finds, so a folder of small mail costs one round trip.
+async fn over_limit(source: &mut ImapSession, uids: &[u32], limit: u64) -> Result<Vec<TooLarge>> {
+    if uids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let over = source
+        .uid_search(&SearchKey::Larger(UidSet::Uids(uids.to_vec()), limit))
+        .await?;
+    // A server may answer with UIDs not asked about: only ours count.
+    let over: Vec<u32> = over.into_iter().filter(|uid| uids.binary_search(uid).is_ok()).collect();
+    if over.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut found: Vec<TooLarge> = source
+        .fetch_all(&UidSet::Uids(over.clone()), FetchItems::Size, None)
+        .await?
+        .into_iter()
+        .filter(|r| over.contains(&r.uid))
+        .map(|r| TooLarge {
+            uid: r.uid,
+            size: u64::from(r.size.unwrap_or(0)),
+            limit: Some(limit),
+            refused: false,
+        })
+        .filter(|t| t.size > limit)
+        .collect();
+    found.sort_by_key(|t| t.uid);
+    found.dedup_by_key(|t| t.uid);
+    Ok(found)
+}
+
+/// A too-large message as the state records it.
+fn too_large_row(message: &TooLarge) -> TooLargeRow {
+    TooLargeRow {
+        source_uid: message.uid,
+        size: message.size,
+        limit: message.limit,
+        refused: message.refused,
+        detail: match message.limit {
+            Some(limit) => format!("{} bytes, over the target's limit of {limit} bytes", message.size),
+            None => format!("{} bytes, refused by the target for its size", message.size),
+        },
+    }
 }
 
 /// Flag changes on the source since the last run: CONDSTORE's CHANGEDSINCE
@@ -381,6 +463,16 @@ pub(super) async fn apply(
     }
     folder.highest_modseq = source.highest_modseq;
 
+    if !plan.too_large_gone.is_empty() {
+        sides.state.forget_too_large(folder.id, &plan.too_large_gone)?;
+    }
+    if !plan.too_large.is_empty() {
+        // Before the copy: its cursor moves past them once the messages
+        // below are recorded, and each must have its row by then.
+        let rows: Vec<TooLargeRow> = plan.too_large.iter().map(too_large_row).collect();
+        sides.state.record_too_large(folder.id, &rows)?;
+        report.too_large.extend(plan.too_large.iter().cloned());
+    }
     let mut appended = Vec::new();
     if !plan.copy.is_empty() {
         if folder.copy_in_progress {
@@ -436,7 +528,11 @@ pub(super) async fn apply(
         folder.target_scanned_uid = scanned_through(target_before.highest_uid, &copied.recorded);
         appended = copied.appended;
     }
-    // Reached only when the copy finished, or there was nothing to copy.
+    // Reached only when the copy finished, or there was nothing to copy:
+    // every UID up to the last too-large one now has its row.
+    if let Some(last) = plan.too_large.iter().map(|t| t.uid).max() {
+        folder.highest_uid = folder.highest_uid.max(last);
+    }
     folder.copy_in_progress = false;
     if options.phase == Phase::Final {
         folder.cutover_uid = Some(folder.highest_uid);

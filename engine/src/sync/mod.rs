@@ -108,6 +108,25 @@ pub struct SyncOptions {
     pub dry_run: bool,
     /// Daily per-account byte budgets: a mailbox that reaches one pauses.
     pub daily: DailyBudget,
+    /// The largest message to send, in bytes, below whatever the target
+    /// advertises (`APPENDLIMIT`): a provider's limit it does not announce
+    /// (Microsoft 365: 35 MB by default). Larger messages are skipped and
+    /// recorded as too large. `None`: the target's own limit only.
+    pub max_message_size: Option<u64>,
+    /// Try messages recorded as too large again even if the limit did not
+    /// grow (after a server's limit was raised without it advertising one).
+    pub retry_too_large: bool,
+}
+
+impl SyncOptions {
+    /// The limit messages are held to: the target's advertised one capped
+    /// by [`SyncOptions::max_message_size`]; `None` when neither is known.
+    pub fn effective_limit(&self, advertised: Option<u64>) -> Option<u64> {
+        match (advertised, self.max_message_size) {
+            (Some(a), Some(m)) => Some(a.min(m)),
+            (a, m) => a.or(m),
+        }
+    }
 }
 
 impl SyncOptions {
@@ -123,6 +142,8 @@ impl SyncOptions {
             budgets: Vec::new(),
             dry_run: false,
             daily: DailyBudget::default(),
+            max_message_size: None,
+            retry_too_large: false,
         }
     }
 }
@@ -400,7 +421,14 @@ async fn run_phase(
         .into_iter()
         .map(|f| (f.source_name.clone(), f))
         .collect();
-    let with_work = state.folders_with_work(mailbox, options.propagate_deletes)?;
+    let mut with_work = state.folders_with_work(mailbox, options.propagate_deletes)?;
+    // Too-large messages the limit now lets through wait in folders that
+    // may not have moved at all.
+    with_work.extend(state.folders_with_retryable_too_large(
+        mailbox,
+        options.effective_limit(target.append_limit()),
+        options.retry_too_large,
+    )?);
     let flags_matter = options.phase.syncs_flags_and_deletions();
     let mut outcome = Ok(());
     for mapping in &folder_plan.mappings {

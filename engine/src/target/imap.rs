@@ -39,6 +39,14 @@ impl ImapTarget {
         })
     }
 
+    pub(super) fn session(&self) -> &ImapSession {
+        &self.session
+    }
+
+    pub(super) fn session_mut(&mut self) -> &mut ImapSession {
+        &mut self.session
+    }
+
     pub(super) fn separator(&self) -> char {
         self.separator
     }

@@ -17,7 +17,7 @@ use crate::credential::Credential;
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
 use crate::fingerprint::Fingerprint;
-use crate::imap::{ConnectOptions, FolderInfo, FolderListing, MailboxStatus};
+use crate::imap::{ConnectOptions, FolderInfo, FolderListing, MailboxStatus, StorageQuota};
 use crate::message::{Flags, Message};
 
 /// A message already on the target, as a scan sees it.
@@ -89,6 +89,31 @@ impl Target {
         match self {
             Self::Imap(t) => t.separator(),
             Self::Maildir(_) => maildir::SEPARATOR,
+        }
+    }
+
+    /// The largest message the target accepts, where it says so (an IMAP
+    /// server's `APPENDLIMIT`); a Maildir has no limit of its own.
+    pub fn append_limit(&self) -> Option<u64> {
+        match self {
+            Self::Imap(t) => t.session().append_limit(),
+            Self::Maildir(_) => None,
+        }
+    }
+
+    /// The target account's storage quota, where an IMAP server reports one.
+    pub async fn storage_quota(&mut self) -> Result<Option<StorageQuota>> {
+        match self {
+            Self::Imap(t) => t.session_mut().storage_quota().await,
+            Self::Maildir(_) => Ok(None),
+        }
+    }
+
+    /// The SASL mechanisms an IMAP target offered before login (none for a Maildir).
+    pub fn auth_offered(&self) -> &[String] {
+        match self {
+            Self::Imap(t) => t.session().auth_offered(),
+            Self::Maildir(_) => &[],
         }
     }
 
