@@ -225,9 +225,8 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX run_running ON run(mailbox_id) WHERE status = 'running';
     "#,
-    // 11: bytes each account moved
-    // per budget day (UTC calendar day), for providers' daily caps, and
-    // when a row paused by such a cap may run again.
+    // 11: bytes each account moved per budget day (UTC calendar day), for
+    // providers' daily caps, and when a row paused by such a cap may run again.
     r#"
     CREATE TABLE account_usage (
         account TEXT NOT NULL,           -- endpoint identity (scheme, login, host, port), never a password
@@ -237,6 +236,7 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (account, day)
     ) STRICT, WITHOUT ROWID;
     ALTER TABLE batch_row ADD COLUMN resumes_at TEXT; -- RFC 3339, set while status = 'paused'
+    "#,
     // 12: source messages too large for the target (over its APPENDLIMIT or
     // --max-message-size, or refused by the server for their size). Not
     // retried like message_failure rows: only when the limit grows.
