@@ -15,6 +15,7 @@ use cutover_engine::batch::split::{self, SplitRule};
 use cutover_engine::budget::DailyBudget;
 use cutover_engine::folders::FolderFilter;
 use cutover_engine::limits::LimitConfig;
+use cutover_engine::preset::{Presets, Side};
 use cutover_engine::report::SyncReport;
 use cutover_engine::state::State;
 use cutover_engine::sync::Phase;
@@ -92,6 +93,25 @@ pub(crate) struct Defaults {
     /// messages are skipped and listed as large items; `batch check` counts them.
     #[arg(long)]
     pub(crate) max_message_size: Option<u64>,
+    /// A provider's defaults for one side: m365 or gmail, as source:NAME or
+    /// target:NAME (the side is guessed from the servers' host names
+    /// otherwise). Sets the login mechanism (XOAUTH2), connections per host,
+    /// the size limit, daily budgets and the longest honoured backoff; any
+    /// option given wins. `cutover batch template` lists the values.
+    #[arg(long)]
+    pub(crate) preset: Vec<String>,
+}
+
+impl Defaults {
+    /// The presets given, their sides told by the default servers' hosts.
+    pub(crate) fn presets(&self) -> Result<Presets> {
+        let host = |server: &Option<String>| server.as_deref().and_then(cutover_engine::endpoint::host_of);
+        Ok(Presets::parse(
+            &self.preset,
+            host(&self.source_server).as_deref(),
+            host(&self.target_server).as_deref(),
+        )?)
+    }
 }
 
 #[derive(Args)]
@@ -194,6 +214,14 @@ pub(crate) struct DailyBudgetArgs {
 }
 
 impl DailyBudgetArgs {
+    /// These budgets, with a preset's where none is given.
+    pub(crate) fn or_presets(&self, presets: &Presets) -> Self {
+        Self {
+            account_daily_download: self.account_daily_download.or(presets.account_daily_download()),
+            account_daily_upload: self.account_daily_upload.or(presets.account_daily_upload()),
+        }
+    }
+
     /// The budgets, on the clock `now` (`None`: the system clock).
     pub(crate) fn budget(&self, now: Option<chrono::DateTime<chrono::Utc>>) -> DailyBudget {
         DailyBudget::new(self.account_daily_download, self.account_daily_upload, now)
@@ -306,7 +334,7 @@ pub async fn run(command: BatchCommand) -> Result<ExitCode> {
         }
         BatchCommand::Report(args) => {
             let file = read(&args.file.file)?;
-            let report = run::load_report(&file, &args.state, &defaults(&args.defaults))?;
+            let report = run::load_report(&file, &args.state, &defaults(&args.defaults)?)?;
             if let Some(path) = &args.failed_csv {
                 write_failed(&file, &report, path)?;
             }
@@ -376,26 +404,30 @@ fn validate(args: &FileArgs) -> Result<ExitCode> {
     })
 }
 
-pub(crate) fn defaults(args: &Defaults) -> RowDefaults {
-    RowDefaults {
+pub(crate) fn defaults(args: &Defaults) -> Result<RowDefaults> {
+    let presets = args.presets()?;
+    Ok(RowDefaults {
         source_server: args.source_server.clone(),
         target_server: args.target_server.clone(),
         source_password: args.source_password.clone(),
         target_password: args.target_password.clone(),
         source_master: args.source_master.clone(),
         target_master: args.target_master.clone(),
+        source_auth: presets.auth(Side::Source),
+        target_auth: presets.auth(Side::Target),
         credentials: Default::default(),
-    }
+    })
 }
 
-fn base_settings(args: &Defaults) -> BatchSettings {
-    BatchSettings {
-        defaults: defaults(args),
+fn base_settings(args: &Defaults) -> Result<BatchSettings> {
+    let presets = args.presets()?;
+    Ok(BatchSettings {
+        defaults: defaults(args)?,
         concurrency: args.concurrency,
         connect: crate::connect_options_from(args.ca_file.clone(), args.insecure, args.timeout),
-        max_message_size: args.max_message_size,
+        max_message_size: args.max_message_size.or(presets.max_message_size()),
         ..BatchSettings::default()
-    }
+    })
 }
 
 /// A batch dry run: each row's plan, as JSON or text.
@@ -421,9 +453,10 @@ pub(crate) fn settings(options: &RunOptions) -> Result<BatchSettings> {
     if !(0.0..=1.0).contains(&options.max_failure_ratio) {
         bail!("--max-failure-ratio must be between 0 and 1");
     }
+    let presets = options.defaults.presets()?;
     Ok(BatchSettings {
         limits: LimitConfig {
-            connections_per_host: options.connections_per_host,
+            connections_per_host: options.connections_per_host.or(presets.connections_per_host()),
             host_messages_per_second: options.messages_per_second,
             host_bytes_per_second: options.bytes_per_second,
             mailbox_messages_per_second: options.mailbox_messages_per_second,
@@ -435,9 +468,9 @@ pub(crate) fn settings(options: &RunOptions) -> Result<BatchSettings> {
         propagate_deletes: options.propagate_deletes,
         filter: FolderFilter::new(&options.include, &options.exclude)?.copying_virtual(options.copy_virtual_folders),
         progress: progress_bars(),
-        daily: options.daily.budget(None),
+        daily: options.daily.or_presets(&presets).budget(None),
         retry_too_large: options.retry_too_large,
-        ..base_settings(&options.defaults)
+        ..base_settings(&options.defaults)?
     })
 }
 
@@ -616,7 +649,7 @@ fn print_report(report: &BatchReport, json: bool) -> Result<()> {
 
 async fn run_check(args: CheckArgs) -> Result<ExitCode> {
     let file = read(&args.file.file)?;
-    let checks = check::check(&file, &base_settings(&args.defaults), args.state.as_deref()).await?;
+    let checks = check::check(&file, &base_settings(&args.defaults)?, args.state.as_deref()).await?;
     if args.file.json {
         println!("{}", serde_json::to_string_pretty(&checks)?);
     } else {

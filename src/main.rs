@@ -10,9 +10,10 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use cutover_engine::credential::{Credential, PasswordRef};
-use cutover_engine::endpoint::{redact, Endpoint, Secret};
+use cutover_engine::endpoint::{host_of, redact, with_default_auth, Endpoint, Secret};
 use cutover_engine::folders::{FolderFilter, Pinned};
 use cutover_engine::imap::{uid_set, ConnectOptions, TlsOptions};
+use cutover_engine::preset::{Presets, Side};
 use cutover_engine::report::SyncReport;
 use cutover_engine::state::State;
 use cutover_engine::sync::{self, MailboxJob, Phase, Progress, ProgressFn, SyncOptions};
@@ -97,6 +98,11 @@ struct Endpoints {
     /// messages is also in another folder.
     #[arg(long)]
     copy_virtual_folders: bool,
+    /// A provider's defaults for one side: m365 or gmail, as source:NAME or
+    /// target:NAME (guessed from the host names otherwise): login mechanism,
+    /// size limit, daily budgets, longest honoured backoff. Options given win.
+    #[arg(long)]
+    preset: Vec<String>,
     /// Seconds to wait for any server response.
     #[arg(long, default_value_t = 120)]
     timeout: u64,
@@ -254,11 +260,27 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+impl Endpoints {
+    /// The presets given, their sides told by the servers' host names.
+    fn presets(&self) -> Result<Presets> {
+        Ok(Presets::parse(
+            &self.preset,
+            host_of(&self.from).as_deref(),
+            host_of(&self.to).as_deref(),
+        )?)
+    }
+}
+
 fn job(endpoints: &Endpoints) -> Result<MailboxJob> {
-    let Endpoint::Imap(source) = Endpoint::parse(&endpoints.from)? else {
+    let presets = endpoints.presets()?;
+    let with_auth = |url: &str, side| match presets.auth(side) {
+        Some(auth) => with_default_auth(url, auth),
+        None => url.to_string(),
+    };
+    let Endpoint::Imap(source) = Endpoint::parse(&with_auth(&endpoints.from, Side::Source))? else {
         bail!("--from must be an imap:// or imaps:// URL");
     };
-    let target = Endpoint::parse(&endpoints.to)?;
+    let target = Endpoint::parse(&with_auth(&endpoints.to, Side::Target))?;
     let source_password = match &endpoints.from_password_ref {
         Some(reference) => Some(credential(reference, &source.user)?),
         None => password(endpoints.from_password_file.as_deref(), "CUTOVER_FROM_PASSWORD")?.map(Credential::password),
@@ -335,8 +357,9 @@ async fn run_sync(args: SyncArgs) -> Result<ExitCode> {
     let mut options = SyncOptions::new(args.phase);
     options.propagate_deletes = args.propagate_deletes;
     options.dry_run = args.dry_run;
-    options.daily = args.daily.budget(args.clock.fixed());
-    options.max_message_size = args.max_message_size;
+    let presets = args.endpoints.presets()?;
+    options.daily = args.daily.or_presets(&presets).budget(args.clock.fixed());
+    options.max_message_size = args.max_message_size.or(presets.max_message_size());
     options.retry_too_large = args.retry_too_large;
     options.filter = FolderFilter::new(&args.endpoints.include, &args.endpoints.exclude)?
         .copying_virtual(args.endpoints.copy_virtual_folders);
@@ -512,7 +535,7 @@ async fn run_verify(args: VerifyArgs) -> Result<ExitCode> {
         content: args.content,
         pinned,
         too_large,
-        max_message_size: args.max_message_size,
+        max_message_size: args.max_message_size.or(args.endpoints.presets()?.max_message_size()),
     };
     let result = verify::verify_with(&job, &connect_options(&args.endpoints), &filter, options).await?;
     if args.endpoints.json {

@@ -195,7 +195,7 @@ pub fn plan(args: PlanArgs) -> Result<ExitCode> {
         }
     }
     let mut state = State::open(&args.state)?;
-    let defaults = batch::defaults(&args.defaults);
+    let defaults = batch::defaults(&args.defaults)?;
     let now = args.clock.now();
     let planned = make_plan(&file, &mut state, &defaults, &spec, now)?;
     let estimates = estimates(
@@ -503,7 +503,7 @@ pub(crate) fn load_status(
     defaults: &Defaults,
     now: DateTime<Utc>,
 ) -> Result<(Vec<MailboxView>, Vec<cutover_engine::state::WaveRecord>)> {
-    let batch = register(state, file, &batch::defaults(defaults))?;
+    let batch = register(state, file, &batch::defaults(defaults)?)?;
     let plan = state
         .plan(batch.id)?
         .ok_or_else(|| anyhow!("{} has no plan yet: run `cutover plan` first", file.path.display()))?;
@@ -597,7 +597,7 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
 pub fn release(args: ReleaseArgs) -> Result<ExitCode> {
     let file = batch::read(&args.file)?;
     let mut state = State::open(&args.state)?;
-    let batch = register(&mut state, &file, &batch::defaults(&args.defaults))?;
+    let batch = register(&mut state, &file, &batch::defaults(&args.defaults)?)?;
     let plan = state
         .plan(batch.id)?
         .ok_or_else(|| anyhow!("{} has no plan yet", file.path.display()))?;

@@ -57,7 +57,7 @@ pub fn report(args: ReportArgs) -> Result<ExitCode> {
     }
     let mut state = State::open(&args.state)?;
     let now = args.now.map_or_else(Utc::now, |n| n.to_utc());
-    let registered = register(&mut state, &file, &batch::defaults(&args.defaults))?;
+    let registered = register(&mut state, &file, &batch::defaults(&args.defaults)?)?;
     let plan = state
         .plan(registered.id)?
         .ok_or_else(|| anyhow!("{} has no plan yet: run `cutover plan` first", file.path.display()))?;

@@ -39,6 +39,16 @@ impl AuthMethod {
         matches!(self, Self::XOAuth2 | Self::OAuthBearer)
     }
 
+    /// The value of the URL option `auth=` that chooses it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Login => "login",
+            Self::Plain => "plain",
+            Self::XOAuth2 => "xoauth2",
+            Self::OAuthBearer => "oauthbearer",
+        }
+    }
+
     /// The SASL mechanism's name, as the `AUTH=` capability lists it.
     pub fn mechanism(self) -> &'static str {
         match self {
@@ -192,6 +202,24 @@ impl fmt::Display for Endpoint {
     }
 }
 
+/// The URL with `auth=` added when it names no login mechanism (a preset's
+/// default). Anything but an `imap://` or `imaps://` URL is left as it is,
+/// as is text that does not parse: [`Endpoint::parse`] says what is wrong.
+pub fn with_default_auth(text: &str, auth: AuthMethod) -> String {
+    match Url::parse(text) {
+        Ok(mut url) if matches!(url.scheme(), "imap" | "imaps") && !url.query_pairs().any(|(key, _)| key == "auth") => {
+            url.query_pairs_mut().append_pair("auth", auth.as_str());
+            url.to_string()
+        }
+        _ => text.to_string(),
+    }
+}
+
+/// The host of an `imap://` or `imaps://` URL, if it has one.
+pub fn host_of(text: &str) -> Option<String> {
+    Url::parse(text).ok()?.host_str().map(str::to_string)
+}
+
 /// Decodes `%XX` escapes only: a `+` in a login (`alice+archive`) is a
 /// plus, not the space form encoding would make of it.
 fn percent_decode(text: &str) -> Option<String> {
@@ -328,6 +356,26 @@ mod tests {
         assert_eq!(
             Endpoint::parse("imap://a+b%40x.org@host").unwrap().to_string(),
             "imap://a+b@x.org@host:143"
+        );
+    }
+
+    #[test]
+    fn a_default_auth_fills_only_urls_that_name_none() {
+        let with = |url| with_default_auth(url, AuthMethod::XOAuth2);
+        assert_eq!(
+            with("imaps://outlook.office365.com"),
+            "imaps://outlook.office365.com?auth=xoauth2"
+        );
+        assert_eq!(with("imap://h:143?tls=none"), "imap://h:143?tls=none&auth=xoauth2");
+        assert_eq!(with("imap://h?auth=plain"), "imap://h?auth=plain");
+        assert_eq!(with("maildir:/srv/mail"), "maildir:/srv/mail");
+        let Endpoint::Imap(e) = Endpoint::parse(&with("imaps://a%40b.org@imap.gmail.com")).unwrap() else {
+            panic!("not imap")
+        };
+        assert_eq!((e.user.as_str(), e.auth), ("a@b.org", AuthMethod::XOAuth2));
+        assert_eq!(
+            host_of("imaps://u@imap.gmail.com:993").as_deref(),
+            Some("imap.gmail.com")
         );
     }
 

@@ -18,6 +18,7 @@ pub mod folders;
 pub mod imap;
 pub mod limits;
 pub mod message;
+pub mod preset;
 pub mod report;
 pub mod state;
 pub mod sync;

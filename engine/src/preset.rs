@@ -10,7 +10,9 @@
 
 use std::fmt;
 
-use crate::endpoint::{AuthMethod, Endpoint};
+use std::time::Duration;
+
+use crate::endpoint::AuthMethod;
 use crate::error::{Error, Result};
 
 /// A provider with a preset.
@@ -90,10 +92,9 @@ impl Provider {
 
 impl Preset {
     /// Parses `m365`, `gmail`, `source:gmail` or `target:m365`. Without a
-    /// side, the side is the one whose server is the provider's; `source`
-    /// and `target` are the endpoints (or batch-wide default servers) if
-    /// known.
-    pub fn parse(text: &str, source: Option<&Endpoint>, target: Option<&Endpoint>) -> Result<Self> {
+    /// side, the side is the one whose server is the provider's, by the
+    /// host names of the source and target servers where known.
+    pub fn parse(text: &str, source_host: Option<&str>, target_host: Option<&str>) -> Result<Self> {
         let (side, name) = match text.split_once(':') {
             Some(("source", name)) => (Some(Side::Source), name),
             Some(("target", name)) => (Some(Side::Target), name),
@@ -113,13 +114,11 @@ impl Preset {
                 )))
             }
         };
-        let is_provider = |endpoint: Option<&Endpoint>| match endpoint {
-            Some(Endpoint::Imap(imap)) => provider.hosts().iter().any(|h| imap.host.eq_ignore_ascii_case(h)),
-            _ => false,
-        };
+        let is_provider =
+            |host: Option<&str>| host.is_some_and(|host| provider.hosts().iter().any(|h| host.eq_ignore_ascii_case(h)));
         let side = match side {
             Some(side) => side,
-            None => match (is_provider(source), is_provider(target)) {
+            None => match (is_provider(source_host), is_provider(target_host)) {
                 (true, false) => Side::Source,
                 (false, true) => Side::Target,
                 _ => {
@@ -175,6 +174,82 @@ impl Provider {
     }
 }
 
+/// The presets of a run: at most one per side.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Presets {
+    /// The source's provider, if any.
+    pub source: Option<Preset>,
+    /// The target's provider, if any.
+    pub target: Option<Preset>,
+}
+
+impl Presets {
+    /// Parses every `--preset` given (see [`Preset::parse`]).
+    pub fn parse(texts: &[String], source_host: Option<&str>, target_host: Option<&str>) -> Result<Self> {
+        let mut presets = Self::default();
+        for text in texts {
+            let preset = Preset::parse(text, source_host, target_host)?;
+            let slot = match preset.side {
+                Side::Source => &mut presets.source,
+                Side::Target => &mut presets.target,
+            };
+            if let Some(earlier) = slot.replace(preset) {
+                return Err(Error::Config(format!(
+                    "--preset {preset} and --preset {earlier}: one preset per side"
+                )));
+            }
+        }
+        Ok(presets)
+    }
+
+    fn side(&self, side: Side) -> Option<PresetDefaults> {
+        match side {
+            Side::Source => self.source,
+            Side::Target => self.target,
+        }
+        .map(Preset::defaults)
+    }
+
+    /// The login mechanism for that side's URLs that name none.
+    pub fn auth(&self, side: Side) -> Option<AuthMethod> {
+        self.side(side).map(|d| d.auth)
+    }
+
+    /// Mailboxes per server at once: the stricter of both sides.
+    pub fn connections_per_host(&self) -> Option<usize> {
+        [self.side(Side::Source), self.side(Side::Target)]
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d.connections_per_host)
+            .min()
+    }
+
+    /// The target's message size limit.
+    pub fn max_message_size(&self) -> Option<u64> {
+        self.side(Side::Target).and_then(|d| d.max_message_size)
+    }
+
+    /// The source accounts' daily download budget.
+    pub fn account_daily_download(&self) -> Option<u64> {
+        self.side(Side::Source).and_then(|d| d.account_daily_download)
+    }
+
+    /// The target accounts' daily upload budget.
+    pub fn account_daily_upload(&self) -> Option<u64> {
+        self.side(Side::Target).and_then(|d| d.account_daily_upload)
+    }
+
+    /// The longest suggested backoff honoured: the longer of both sides'.
+    pub fn max_backoff(&self) -> Option<Duration> {
+        [self.side(Side::Source), self.side(Side::Target)]
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d.max_backoff_seconds)
+            .max()
+            .map(Duration::from_secs)
+    }
+}
+
 impl fmt::Display for Preset {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.side, self.provider.name())
@@ -196,7 +271,10 @@ pub fn describe() -> String {
             };
             push("connections-per-host", d.connections_per_host.map(|n| n.to_string()));
             push("max-message-size", d.max_message_size.map(|n| n.to_string()));
-            push("account-daily-download", d.account_daily_download.map(|n| n.to_string()));
+            push(
+                "account-daily-download",
+                d.account_daily_download.map(|n| n.to_string()),
+            );
             push("account-daily-upload", d.account_daily_upload.map(|n| n.to_string()));
             push("max-backoff", d.max_backoff_seconds.map(|n| format!("{n}s")));
             if provider == Provider::Gmail && side == Side::Source {
@@ -212,25 +290,17 @@ pub fn describe() -> String {
 mod tests {
     use super::*;
 
-    fn url(text: &str) -> Endpoint {
-        Endpoint::parse(text).unwrap()
-    }
-
     #[test]
     fn the_side_comes_from_the_option_or_the_providers_host() {
-        let gmail = url("imaps://alice%40example.org@imap.gmail.com");
-        let dovecot = url("imap://alice@mail.example.org");
-        let m365 = url("imaps://alice%40example.org@outlook.office365.com");
-        assert_eq!(
-            Preset::parse("gmail", Some(&gmail), Some(&dovecot)).unwrap().side,
-            Side::Source
+        let (gmail, dovecot, m365) = (
+            Some("imap.gmail.com"),
+            Some("mail.example.org"),
+            Some("OUTLOOK.office365.com"),
         );
-        assert_eq!(
-            Preset::parse("m365", Some(&dovecot), Some(&m365)).unwrap().side,
-            Side::Target
-        );
+        assert_eq!(Preset::parse("gmail", gmail, dovecot).unwrap().side, Side::Source);
+        assert_eq!(Preset::parse("m365", dovecot, m365).unwrap().side, Side::Target);
         assert_eq!(Preset::parse("target:gmail", None, None).unwrap().side, Side::Target);
-        let unsure = Preset::parse("gmail", Some(&dovecot), Some(&dovecot)).unwrap_err().to_string();
+        let unsure = Preset::parse("gmail", dovecot, dovecot).unwrap_err().to_string();
         assert!(unsure.contains("source:gmail"), "{unsure}");
         assert!(Preset::parse("yahoo", None, None).is_err());
         assert!(Preset::parse("middle:gmail", None, None).is_err());
@@ -246,9 +316,28 @@ mod tests {
         assert_eq!(target.account_daily_upload, Some(500_000_000));
         assert_eq!(target.max_message_size, Some(35_651_584));
         assert_eq!(
-            Preset::parse("target:m365", None, None).unwrap().defaults().max_message_size,
+            Preset::parse("target:m365", None, None)
+                .unwrap()
+                .defaults()
+                .max_message_size,
             Some(36_700_160)
         );
         assert!(describe().contains("target:m365"));
+    }
+
+    #[test]
+    fn two_presets_combine_side_by_side() {
+        let both = Presets::parse(&["source:gmail".into(), "target:m365".into()], None, None).unwrap();
+        assert_eq!(both.connections_per_host(), Some(15), "the stricter side");
+        assert_eq!(both.account_daily_download(), Some(2_500_000_000));
+        assert_eq!(
+            both.account_daily_upload(),
+            None,
+            "Microsoft 365 has no daily upload cap"
+        );
+        assert_eq!(both.max_message_size(), Some(36_700_160));
+        assert_eq!(both.auth(Side::Target), Some(AuthMethod::XOAuth2));
+        assert!(Presets::parse(&["source:gmail".into(), "source:m365".into()], None, None).is_err());
+        assert_eq!(Presets::parse(&[], None, None).unwrap().auth(Side::Source), None);
     }
 }

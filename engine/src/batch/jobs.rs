@@ -14,7 +14,7 @@ use url::Url;
 
 use super::input::{AccountSpec, BatchRow, PasswordRef};
 use crate::credential::{Credential, CredentialCache};
-use crate::endpoint::Endpoint;
+use crate::endpoint::{with_default_auth, AuthMethod, Endpoint};
 use crate::error::{Error, Result};
 use crate::sync::MailboxJob;
 
@@ -34,6 +34,10 @@ pub struct RowDefaults {
     pub source_master: Option<String>,
     /// Admin (master) user for targets without one.
     pub target_master: Option<String>,
+    /// The login mechanism for source servers whose URL names none (a preset's).
+    pub source_auth: Option<AuthMethod>,
+    /// The login mechanism for target servers whose URL names none.
+    pub target_auth: Option<AuthMethod>,
     /// The batch's shared credentials (one per reference and login).
     pub credentials: CredentialCache,
 }
@@ -44,6 +48,7 @@ struct Side<'a> {
     server: Option<&'a str>,
     master: Option<&'a str>,
     password: Option<&'a str>,
+    auth: Option<AuthMethod>,
     credentials: &'a CredentialCache,
     label: &'static str,
 }
@@ -67,7 +72,10 @@ impl Side<'_> {
         if let Some(master) = self.account.master.as_deref().or(self.master) {
             url.query_pairs_mut().append_pair("master", master);
         }
-        Endpoint::parse(url.as_str())
+        match self.auth {
+            Some(auth) => Endpoint::parse(&with_default_auth(url.as_str(), auth)),
+            None => Endpoint::parse(url.as_str()),
+        }
     }
 
     fn login(&self) -> &str {
@@ -101,6 +109,7 @@ fn sides<'a>(row: &'a BatchRow, defaults: &'a RowDefaults) -> (Side<'a>, Side<'a
             server: defaults.source_server.as_deref(),
             master: defaults.source_master.as_deref(),
             password: defaults.source_password.as_deref(),
+            auth: defaults.source_auth,
             credentials: &defaults.credentials,
             label: "source",
         },
@@ -109,6 +118,7 @@ fn sides<'a>(row: &'a BatchRow, defaults: &'a RowDefaults) -> (Side<'a>, Side<'a
             server: defaults.target_server.as_deref(),
             master: defaults.target_master.as_deref(),
             password: defaults.target_password.as_deref(),
+            auth: defaults.target_auth,
             credentials: &defaults.credentials,
             label: "target",
         },
