@@ -64,8 +64,8 @@ pub struct PresetDefaults {
     pub account_daily_download: Option<u64>,
     /// Bytes one target account may be written per day (target side only).
     pub account_daily_upload: Option<u64>,
-    /// The longest a server's suggested backoff is honoured before the
-    /// mailbox gives up for this run, in seconds.
+    /// The longest wait, in seconds, a server's suggested backoff is
+    /// honoured for.
     pub max_backoff_seconds: Option<u64>,
 }
 
@@ -159,7 +159,8 @@ impl Preset {
                 max_message_size: (!source).then_some(35_651_584),
                 account_daily_download: source.then_some(2500 * MB),
                 account_daily_upload: (!source).then_some(500 * MB),
-                max_backoff_seconds: Some(600),
+                // Gmail suggests no waiting time; the retries' own backoff serves.
+                max_backoff_seconds: None,
             },
         }
     }
@@ -240,6 +241,7 @@ impl Presets {
     }
 
     /// The longest suggested backoff honoured: the longer of both sides'.
+    /// (Microsoft 365 suggests up to about five minutes.)
     pub fn max_backoff(&self) -> Option<Duration> {
         [self.side(Side::Source), self.side(Side::Target)]
             .into_iter()
@@ -276,9 +278,9 @@ pub fn describe() -> String {
                 d.account_daily_download.map(|n| n.to_string()),
             );
             push("account-daily-upload", d.account_daily_upload.map(|n| n.to_string()));
-            push("max-backoff", d.max_backoff_seconds.map(|n| format!("{n}s")));
+            push("max-backoff-ms", d.max_backoff_seconds.map(|n| (n * 1000).to_string()));
             if provider == Provider::Gmail && side == Side::Source {
-                parts.push("skips [Gmail]/All Mail, Starred, Important (--copy-virtual-folders copies them)".into());
+                parts.push("[Gmail]/All Mail, Starred, Important skipped as virtual (as always; --copy-virtual-folders copies them)".into());
             }
             out.push_str(&format!("{preset:<13} {}\n", parts.join(", ")));
         }

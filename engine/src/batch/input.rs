@@ -518,6 +518,10 @@ pub fn write_rows(rows: &[&BatchRow], out: &mut impl std::io::Write) -> std::io:
 /// commented-out example row (so the template alone has no rows).
 pub fn template() -> String {
     let header = NATIVE_COLUMNS.join(",");
+    let presets: String = crate::preset::describe()
+        .lines()
+        .map(|line| format!("#   {line}\n"))
+        .collect();
     format!(
         "\
 # cutover batch file: one row per mailbox. Lines starting with # are comments.
@@ -535,7 +539,10 @@ pub fn template() -> String {
 #                  the same for the new server
 # business_unit, wave  free text for grouping and reports
 # cutover_date     the planned cutover: a day, YYYY-MM-DD (the plan gives the time), or a moment, 2026-03-14T18:00+01:00
-{header}
+#
+# Microsoft 365 and Gmail: --preset m365 or --preset gmail on batch check/run/rerun (source:NAME or target:NAME
+# when the servers' host names do not tell the side) sets these defaults; any option given on the command line wins:
+{presets}{header}
 # alice@old.example.org,,env:ALICE_OLD_PASSWORD,,,alice@new.example.net,,file:/secure/alice.pw,,,Sales,wave-1,2026-03-14
 "
     )
