@@ -94,6 +94,10 @@ pub struct SyncReport {
     /// Nothing was changed: the counts say what a run would do.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
+    /// What the servers throttled, by host and reason, and how long this
+    /// mailbox paused for it (over all its attempts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub throttling: Vec<crate::throttle::ThrottleTally>,
 }
 
 impl SyncReport {
@@ -199,6 +203,7 @@ mod tests {
             folders,
             error,
             dry_run: false,
+            throttling: Vec::new(),
         }
     }
 

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::error::ErrorKind;
+use crate::error::{ErrorKind, ThrottleReason};
 use crate::state::{BatchRecord, BatchRowRecord};
+use crate::throttle::{self, ThrottleTally};
 
 /// Failures of one kind.
 #[derive(Debug, Clone, Serialize)]
@@ -46,6 +47,91 @@ pub struct RowReport {
     pub failed_messages: u64,
     /// Runs so far.
     pub attempts: u32,
+    /// What the servers throttled during the last run.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub throttling: Vec<ThrottleTally>,
+}
+
+/// Throttling of one reason (or one host) over the batch.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ThrottleGroup<K> {
+    /// The reason, or the host.
+    pub key: K,
+    /// Signals received.
+    pub events: u64,
+    /// Time paused for them, in milliseconds (summed over mailboxes, which
+    /// may pause at the same time).
+    pub paused_ms: u64,
+    /// Mailboxes that saw it.
+    pub mailboxes: usize,
+}
+
+/// What the servers throttled over the batch's last runs.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ThrottlingSummary {
+    /// Signals received.
+    pub events: u64,
+    /// Time paused, in milliseconds, summed over mailboxes.
+    pub paused_ms: u64,
+    /// Mailboxes throttled at least once.
+    pub mailboxes: usize,
+    /// By reason, most frequent first.
+    pub by_reason: Vec<ThrottleGroup<ThrottleReason>>,
+    /// By host, most frequent first.
+    pub by_host: Vec<ThrottleGroup<String>>,
+    /// By host and reason.
+    pub tallies: Vec<ThrottleTally>,
+}
+
+impl ThrottlingSummary {
+    /// Sums the rows' throttling.
+    pub fn of(rows: &[&[ThrottleTally]]) -> Self {
+        let mut summary = Self::default();
+        let mut by_reason: BTreeMap<ThrottleReason, ThrottleGroup<ThrottleReason>> = BTreeMap::new();
+        let mut by_host: BTreeMap<String, ThrottleGroup<String>> = BTreeMap::new();
+        for tallies in rows.iter().filter(|t| !t.is_empty()) {
+            summary.mailboxes += 1;
+            throttle::merge(&mut summary.tallies, tallies);
+            let mut reasons_seen = std::collections::BTreeSet::new();
+            let mut hosts_seen = std::collections::BTreeSet::new();
+            for tally in *tallies {
+                summary.events += tally.events;
+                summary.paused_ms += tally.paused_ms;
+                let reason = by_reason.entry(tally.reason).or_insert_with(|| ThrottleGroup {
+                    key: tally.reason,
+                    events: 0,
+                    paused_ms: 0,
+                    mailboxes: 0,
+                });
+                reason.events += tally.events;
+                reason.paused_ms += tally.paused_ms;
+                reason.mailboxes += usize::from(reasons_seen.insert(tally.reason));
+                let host = by_host.entry(tally.host.clone()).or_insert_with(|| ThrottleGroup {
+                    key: tally.host.clone(),
+                    events: 0,
+                    paused_ms: 0,
+                    mailboxes: 0,
+                });
+                host.events += tally.events;
+                host.paused_ms += tally.paused_ms;
+                host.mailboxes += usize::from(hosts_seen.insert(tally.host.clone()));
+            }
+        }
+        summary.by_reason = by_reason.into_values().collect();
+        summary
+            .by_reason
+            .sort_by(|a, b| b.events.cmp(&a.events).then(a.key.cmp(&b.key)));
+        summary.by_host = by_host.into_values().collect();
+        summary
+            .by_host
+            .sort_by(|a, b| b.events.cmp(&a.events).then(a.key.cmp(&b.key)));
+        summary
+    }
+
+    /// Whether anything was throttled.
+    pub fn is_empty(&self) -> bool {
+        self.events == 0
+    }
 }
 
 /// A batch at a glance.
@@ -75,6 +161,9 @@ pub struct BatchReport {
     pub failure_ratio: f64,
     /// Failures by kind, most frequent first.
     pub failures: Vec<FailureGroup>,
+    /// What the servers throttled, by reason and by host, and how long it
+    /// paused the mailboxes.
+    pub throttling: ThrottlingSummary,
     /// Every row.
     pub rows: Vec<RowReport>,
     /// Rows this run left alone because another cutover process was
@@ -151,6 +240,7 @@ pub fn build(name: &str, batch: &BatchRecord, rows: &[BatchRowRecord]) -> BatchR
         },
         failures,
         locked: Vec::new(),
+        throttling: ThrottlingSummary::of(&rows.iter().map(|r| r.throttling.as_slice()).collect::<Vec<_>>()),
         rows: rows
             .iter()
             .map(|r| RowReport {
@@ -165,6 +255,7 @@ pub fn build(name: &str, batch: &BatchRecord, rows: &[BatchRowRecord]) -> BatchR
                 bytes: r.bytes,
                 failed_messages: r.failed_messages,
                 attempts: r.attempts,
+                throttling: r.throttling.clone(),
             })
             .collect(),
     }

@@ -18,13 +18,14 @@ use super::input::{BatchFile, BatchRow};
 use super::jobs::{mailbox_job, row_identity, RowDefaults};
 use super::report::{self, BatchReport};
 use crate::endpoint::Endpoint;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result, ThrottleReason};
 use crate::folders::FolderFilter;
 use crate::imap::ConnectOptions;
 use crate::limits::{Budget, HostLimits, LimitConfig};
 use crate::report::SyncReport;
 use crate::state::{BatchId, BatchRowRecord, State};
 use crate::sync::{sync_mailbox, Phase, Progress, ProgressFn, SyncOptions};
+use crate::throttle::ThrottleRecorder;
 
 /// How a batch runs.
 #[derive(Clone)]
@@ -157,6 +158,7 @@ pub fn register(state: &mut State, file: &BatchFile, defaults: &RowDefaults) -> 
                 bytes: 0,
                 failed_messages: 0,
                 source_size: None,
+                throttling: Vec::new(),
             }
         })
         .collect();
@@ -389,9 +391,11 @@ fn record(
     outcome: Result<SyncReport>,
     defaults: &RowDefaults,
 ) -> Result<RowOutcome> {
+    let mut throttling = Vec::new();
     let (status, error, copied) = match outcome {
         Err(e) => ("failed", Some((e.kind(), e.to_string())), (0, 0, 0)),
         Ok(report) => {
+            throttling.clone_from(&report.throttling);
             let failed_messages: usize = report.folders.iter().map(|f| f.failed.len()).sum();
             let copied = (report.copied(), report.bytes(), failed_messages as u64);
             // A folder's error names the folder: the server's text often does not.
@@ -401,7 +405,7 @@ fn record(
                 .find_map(|f| f.error.as_ref().map(|e| (e, &f.source)));
             let message_error = report.folders.iter().flat_map(|f| &f.failed).next();
             let (status, error) = match (&report.error, folder_error, message_error) {
-                (Some(e), _, _) => ("failed", Some((e.kind, e.message.clone()))),
+                (Some(e), _, _) => ("failed", Some((e.kind, throttled_message(e)))),
                 (None, Some((e, folder)), _) => ("partial", Some((e.kind, format!("folder {folder}: {}", e.message)))),
                 (None, None, Some(m)) => ("partial", Some((m.kind, format!("UID {}: {}", m.uid, m.detail)))),
                 (None, None, None) => ("done", None),
@@ -418,6 +422,7 @@ fn record(
         copied,
         &now(),
     )?;
+    state.record_row_throttling(batch, &row.fingerprint(), &throttling)?;
     count_outcome(&row, defaults, copied, error.as_ref());
     Ok(RowOutcome {
         row,
@@ -454,6 +459,13 @@ async fn run_row(
     options.filter = settings.filter.clone();
     options.dry_run = settings.dry_run;
     options.budgets = vec![source_host.budget.clone(), target_host.budget.clone()];
+    // One recorder per row, over all its attempts: the row's report counts
+    // every throttling event, and each pause cools its whole host down.
+    let throttle = Arc::new(ThrottleRecorder::default());
+    let (source_address, target_address) = (job.source.address(), host_of(&job.target));
+    throttle.share_pauses(&source_address, source_host.budget.clone());
+    throttle.share_pauses(&target_address, target_host.budget.clone());
+    options.connect.throttle = throttle.clone();
     let config = limits.config();
     if config.mailbox_messages_per_second.is_some() || config.mailbox_bytes_per_second.is_some() {
         options.budgets.push(Arc::new(Budget::new(
@@ -478,14 +490,34 @@ async fn run_row(
     let mut attempt = 0;
     let mut earlier: Option<SyncReport> = None;
     loop {
-        let mut report = {
-            let _source_slot = source_host.connections.acquire().await;
-            let _target_slot = target_host.connections.acquire().await;
-            sync_mailbox(&job, &options, &mut state, row_progress.as_ref()).await?
-        };
+        let source_slot = source_host.connections.acquire().await;
+        let target_slot = target_host.connections.acquire().await;
+        let mut report = sync_mailbox(&job, &options, &mut state, row_progress.as_ref()).await?;
         // What interrupted attempts copied belongs to this run's counts.
         if let Some(earlier) = earlier.take() {
             report.absorb_attempt(earlier);
+        }
+        report.throttling = throttle.tallies();
+        let reason = report.error.as_ref().and_then(throttle_reason);
+        if reason == Some(ThrottleReason::TooManyConnections) {
+            // The server refused one connection too many: this host gets
+            // fewer slots for the rest of the batch, this slot first.
+            let host = failure_host(
+                ErrorKind::Throttled,
+                report_message(&report),
+                source_address.clone(),
+                target_address.clone(),
+            );
+            let lowered = if host == target_address {
+                target_host.lower_connections(target_slot.ok())
+            } else {
+                source_host.lower_connections(source_slot.ok())
+            };
+            tracing::warn!(
+                host,
+                slots = lowered,
+                "too many simultaneous connections: fewer for the rest of the batch"
+            );
         }
         let Some(error) = report.error.clone() else {
             return Ok(report);
@@ -498,6 +530,16 @@ async fn run_row(
         let pause = backoff(settings.backoff, attempt);
         source_host.budget.cool_down(pause);
         target_host.budget.cool_down(pause);
+        if let Some(reason) = reason {
+            // The retry's pause is what this throttling cost too.
+            let host = failure_host(
+                error.kind,
+                &error.message,
+                source_address.clone(),
+                target_address.clone(),
+            );
+            throttle.pause(&host, reason, pause);
+        }
         tracing::info!(line = row.line, kind = %error.kind, attempt, "transient failure, retrying");
         tokio::time::sleep(pause).await;
         attempt += 1;
@@ -537,7 +579,30 @@ fn identity_host(identity: &str) -> String {
 /// connection, a timeout), counted on the host it concerns.
 fn count_mailbox_retry(error: &crate::report::ReportedError, job: &crate::sync::MailboxJob) {
     let host = failure_host(error.kind, &error.message, job.source.address(), host_of(&job.target));
-    metrics::counter!("cutover_throttle_events_total", "host" => host).increment(1);
+    metrics::counter!("cutover_mailbox_retries_total", "host" => host, "kind" => error.kind.as_str()).increment(1);
+}
+
+/// Which throttling ended a mailbox's attempt: the server's signal, or a
+/// session the server ended with BYE (reconnected on the retry).
+fn throttle_reason(error: &crate::report::ReportedError) -> Option<ThrottleReason> {
+    match error.kind {
+        ErrorKind::Throttled => Some(crate::imap::throttle_reason(&error.message).unwrap_or(ThrottleReason::Limit)),
+        ErrorKind::Connect if error.message.contains(crate::imap::BYE_DETAIL) => Some(ThrottleReason::SessionEnded),
+        _ => None,
+    }
+}
+
+fn report_message(report: &SyncReport) -> &str {
+    report.error.as_ref().map_or("", |e| e.message.as_str())
+}
+
+/// A mailbox's error for the batch row; throttling names its reason first,
+/// so `batch report` says which signal it gave up on.
+fn throttled_message(error: &crate::report::ReportedError) -> String {
+    match (error.kind, throttle_reason(error)) {
+        (ErrorKind::Throttled, Some(reason)) => format!("throttled ({reason}): {}", error.message),
+        _ => error.message.clone(),
+    }
 }
 
 /// The side a failure concerns: the server its text names (errors name

@@ -6,6 +6,7 @@
 //! synchronising literal and drops APPENDUID.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_imap::imap_proto::rfc4315::UidSetMember;
@@ -17,8 +18,9 @@ use super::codec;
 use super::transport::{connect_tcp, start_tls, TlsOptions, Transport};
 use super::uids::{FlagOperation, SearchKey, UidSet};
 use crate::endpoint::{AuthMethod, ImapEndpoint, Secret, Security};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result, ThrottleReason};
 use crate::message::{Flags, Message};
+use crate::throttle::ThrottleRecorder;
 
 /// Connection settings shared by every session of a run.
 #[derive(Debug, Clone)]
@@ -30,6 +32,12 @@ pub struct ConnectOptions {
     /// Limit for each server response, and for each write to a server
     /// that stopped reading.
     pub io_timeout: Duration,
+    /// The longest a server's suggested backoff (`Suggested Backoff Time:
+    /// N milliseconds`) is honoured; a longer one waits this long.
+    pub max_backoff: Duration,
+    /// Where sessions report throttling (what the server said, how long
+    /// they paused).
+    pub throttle: Arc<ThrottleRecorder>,
 }
 
 impl Default for ConnectOptions {
@@ -38,6 +46,8 @@ impl Default for ConnectOptions {
             tls: TlsOptions::default(),
             connect_timeout: Duration::from_secs(20),
             io_timeout: Duration::from_secs(120),
+            max_backoff: Duration::from_secs(300),
+            throttle: Arc::default(),
         }
     }
 }
@@ -156,6 +166,14 @@ pub struct ImapSession {
     closed: bool,
     /// `ENABLE QRESYNC` was sent (once per session, on first need).
     pub(super) qresync_enabled: bool,
+    /// See [`ConnectOptions::max_backoff`].
+    max_backoff: Duration,
+    /// See [`ConnectOptions::throttle`].
+    throttle: Arc<ThrottleRecorder>,
+    /// The server said `OK [THROTTLED]`: pause before the next command.
+    slow_down: bool,
+    /// LOGOUT was sent: its BYE is expected, not a session ending early.
+    logging_out: bool,
 }
 
 /// Most commands [`ImapSession::run_pipelined`] has in flight: a few
@@ -168,6 +186,7 @@ enum Pipelined<T> {
     Item(T),
     Done(String, Completion),
     Bye(String),
+    SlowDown,
     Other,
 }
 
@@ -176,6 +195,8 @@ enum Event<T> {
     Item(T),
     Done(Completion),
     Ignore,
+    /// An untagged `OK [THROTTLED]`.
+    SlowDown,
 }
 
 /// The tagged completion of a command.
@@ -203,6 +224,23 @@ impl ImapSession {
     /// password is never sent in cleartext unless the endpoint says
     /// `?tls=none`: `imap://` without STARTTLS on offer is an error.
     pub async fn connect(endpoint: &ImapEndpoint, password: &Secret, options: &ConnectOptions) -> Result<Self> {
+        let result = Self::connect_and_login(endpoint, password, options).await;
+        // A greeting or login refused for throttling (Gmail's `[ALERT] Too
+        // many simultaneous connections`) counts like a refused command.
+        if let Err(Error::Imap {
+            kind: ErrorKind::Throttled,
+            endpoint,
+            detail,
+            ..
+        }) = &result
+        {
+            let reason = codec::throttle_reason(detail).unwrap_or(ThrottleReason::Limit);
+            options.throttle.event(endpoint, reason);
+        }
+        result
+    }
+
+    async fn connect_and_login(endpoint: &ImapEndpoint, password: &Secret, options: &ConnectOptions) -> Result<Self> {
         let address = endpoint.address();
         let tcp = connect_tcp(&endpoint.host, endpoint.port, options.connect_timeout).await?;
         let transport = match endpoint.security {
@@ -268,6 +306,10 @@ impl ImapSession {
             next_tag: 0,
             closed: false,
             qresync_enabled: false,
+            max_backoff: options.max_backoff,
+            throttle: options.throttle.clone(),
+            slow_down: false,
+            logging_out: false,
         };
         // Capabilities change with login (RFC 3501 6.2.3): the login's OK
         // usually lists them (one round trip less per account); else ask.
@@ -429,6 +471,7 @@ impl ImapSession {
                     status: Status::Bye,
                     outcome,
                 } => FetchStep::Bye(outcome_text(outcome.code.as_ref(), outcome.information.as_deref())),
+                response if throttled_ok(response) => FetchStep::SlowDown,
                 Response::Fetch(_, attributes) => {
                     let (record, body) = fetch_record_parts(attributes);
                     FetchStep::Record(record, body.and_then(|body| within(data.borrow_owner(), body)))
@@ -451,6 +494,7 @@ impl ImapSession {
                 }
                 FetchStep::Done(done) => {
                     handle.finished = true;
+                    self.note_throttled_ok(&done);
                     self.check(done, "FETCH")?;
                     self.fetch_next_part(handle).await?;
                     if handle.finished {
@@ -458,6 +502,7 @@ impl ImapSession {
                     }
                 }
                 FetchStep::Bye(text) => return Err(self.bye(&text)),
+                FetchStep::SlowDown => self.slow_down(),
                 FetchStep::Other => {}
             }
         }
@@ -496,10 +541,13 @@ impl ImapSession {
         let mut attempt = 0;
         loop {
             match self.append_once(folder, messages).await {
-                Err(e) if e.kind() == ErrorKind::Throttled && attempt < THROTTLE_RETRIES => {
+                Err(Error::Imap {
+                    kind: ErrorKind::Throttled,
+                    detail,
+                    ..
+                }) if attempt < THROTTLE_RETRIES && !self.closed => {
                     // Nothing of a refused APPEND was stored: send it again.
-                    metrics::counter!("cutover_throttle_events_total", "host" => self.endpoint.clone()).increment(1);
-                    tokio::time::sleep(throttle_pause(attempt)).await;
+                    self.back_off(&detail, attempt).await;
                     attempt += 1;
                 }
                 other => return other,
@@ -519,6 +567,7 @@ impl ImapSession {
             }
             return Ok(uids);
         }
+        self.pause_if_asked().await;
         let tag = self.tag();
         let mailbox = codec::mailbox(folder);
         let mut line = format!("{tag} APPEND {mailbox}").into_bytes();
@@ -574,6 +623,7 @@ impl ImapSession {
             if error.kind() != ErrorKind::Throttled {
                 return Err(error);
             }
+            self.back_off(&text, 0).await;
             self.run(command, "STORE", |_, _| None::<()>).await?;
         }
         Ok(())
@@ -601,6 +651,7 @@ impl ImapSession {
 
     /// Closes the connection politely. Errors are irrelevant at that point.
     pub async fn logout(mut self) {
+        self.logging_out = true;
         if let Ok(tag) = self.send("LOGOUT").await {
             let _ = tokio::time::timeout(Duration::from_secs(2), self.until_done(&tag)).await;
         }
@@ -624,7 +675,7 @@ impl ImapSession {
                 match self.event(&tag, &mut item).await? {
                     Event::Item(found) => items.push(found),
                     Event::Done(done) => break done,
-                    Event::Ignore => {}
+                    Event::Ignore | Event::SlowDown => {}
                 }
             };
             if done.ok {
@@ -635,8 +686,7 @@ impl ImapSession {
                 return Err(error);
             }
             tracing::debug!(endpoint = %self.endpoint, command = name, attempt, "throttled, sending again");
-            metrics::counter!("cutover_throttle_events_total", "host" => self.endpoint.clone()).increment(1);
-            tokio::time::sleep(throttle_pause(attempt)).await;
+            self.back_off(&done.text, attempt).await;
             attempt += 1;
         }
     }
@@ -653,6 +703,7 @@ impl ImapSession {
         let mut items = Vec::new();
         let mut refused = vec![None; commands.len()];
         for (chunk_index, chunk) in commands.chunks(PIPELINE).enumerate() {
+            self.pause_if_asked().await;
             let mut pending: HashMap<String, usize> = HashMap::new();
             for (offset, command) in chunk.iter().enumerate() {
                 let tag = self.tag();
@@ -670,12 +721,14 @@ impl ImapSession {
                             status: Status::Bye,
                             outcome,
                         } => Pipelined::Bye(outcome_text(outcome.code.as_ref(), outcome.information.as_deref())),
+                        response if throttled_ok(response) => Pipelined::SlowDown,
                         other => item(other, raw).map_or(Pipelined::Other, Pipelined::Item),
                     })
                     .await?;
                 match step {
                     Pipelined::Item(found) => items.push(found),
                     Pipelined::Done(tag, done) => {
+                        self.note_throttled_ok(&done);
                         if let Some(index) = pending.remove(&tag) {
                             if let Some(slot) = refused.get_mut(index).filter(|_| !done.ok) {
                                 *slot = Some(done.text);
@@ -683,6 +736,7 @@ impl ImapSession {
                         }
                     }
                     Pipelined::Bye(text) => return Err(self.bye(&text)),
+                    Pipelined::SlowDown => self.slow_down(),
                     Pipelined::Other => {}
                 }
             }
@@ -696,6 +750,7 @@ impl ImapSession {
     }
 
     async fn send(&mut self, command: &str) -> Result<String> {
+        self.pause_if_asked().await;
         let tag = self.tag();
         self.write(format!("{tag} {command}\r\n").as_bytes()).await?;
         self.flush().await?;
@@ -765,9 +820,15 @@ impl ImapSession {
         }
     }
 
+    /// A refused command as an error; a throttling refusal is counted.
     fn refusal(&self, text: &str, command: &str) -> Error {
+        let kind = codec::classify_refusal(text, command);
+        if kind == ErrorKind::Throttled {
+            let reason = codec::throttle_reason(text).unwrap_or(ThrottleReason::Limit);
+            self.throttle.event(&self.endpoint, reason);
+        }
         Error::Imap {
-            kind: codec::classify_refusal(text, command),
+            kind,
             endpoint: self.endpoint.clone(),
             command: command.to_string(),
             detail: text.to_string(),
@@ -788,10 +849,54 @@ impl ImapSession {
                     status: Status::Bye,
                     outcome,
                 } => Err(outcome_text(outcome.code.as_ref(), outcome.information.as_deref())),
+                response if throttled_ok(response) => Ok(Event::SlowDown),
                 other => Ok(item(other, raw).map_or(Event::Ignore, Event::Item)),
             })
             .await?;
-        event.map_err(|text| self.bye(&text))
+        match event.map_err(|text| self.bye(&text))? {
+            Event::SlowDown => {
+                self.slow_down();
+                Ok(Event::Ignore)
+            }
+            Event::Done(done) => {
+                self.note_throttled_ok(&done);
+                Ok(Event::Done(done))
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// Pauses after a throttling refusal before the command goes again:
+    /// exactly the server's suggested backoff (up to
+    /// [`ConnectOptions::max_backoff`]), else a growing pause. Every
+    /// mailbox on this host pauses with it.
+    async fn back_off(&mut self, text: &str, attempt: u32) {
+        let reason = codec::throttle_reason(text).unwrap_or(ThrottleReason::Limit);
+        let pause = codec::suggested_backoff(text).map_or_else(|| throttle_pause(attempt), |s| s.min(self.max_backoff));
+        self.throttle.pause(&self.endpoint, reason, pause);
+        tokio::time::sleep(pause).await;
+    }
+
+    /// The server said `OK [THROTTLED]`: the command went through, but the
+    /// next one waits.
+    fn slow_down(&mut self) {
+        self.throttle.event(&self.endpoint, ThrottleReason::Throttled);
+        self.slow_down = true;
+    }
+
+    fn note_throttled_ok(&mut self, done: &Completion) {
+        if done.ok && done.text.to_ascii_uppercase().contains("[THROTTLED]") {
+            self.slow_down();
+        }
+    }
+
+    /// The pause an earlier `OK [THROTTLED]` asked for, once.
+    async fn pause_if_asked(&mut self) {
+        if std::mem::take(&mut self.slow_down) {
+            let pause = throttle_pause(0);
+            self.throttle.pause(&self.endpoint, ThrottleReason::Throttled, pause);
+            tokio::time::sleep(pause).await;
+        }
     }
 
     /// The session ended with BYE: marks it closed and says why. A
@@ -800,12 +905,17 @@ impl ImapSession {
     pub(super) fn bye(&mut self, text: &str) -> Error {
         self.closed = true;
         let kind = codec::classify_refusal(text, "BYE");
+        if kind != ErrorKind::Folder && !self.logging_out {
+            // `* BYE Session expired`, or Microsoft 365 ending the session
+            // after repeated errors: the mailbox reconnects and resumes.
+            self.throttle.event(&self.endpoint, ThrottleReason::SessionEnded);
+        }
         if matches!(kind, ErrorKind::Throttled | ErrorKind::Folder) {
             self.refusal(text, "BYE")
         } else {
             Error::ConnectionLost {
                 endpoint: self.endpoint.clone(),
-                detail: format!("server said BYE: {text}"),
+                detail: format!("{BYE_DETAIL}: {text}"),
             }
         }
     }
@@ -1132,6 +1242,16 @@ fn login_refusal(endpoint: &ImapEndpoint, address: String, user: String, text: &
         .split_once("info: Some(\"")
         .map_or(text, |(_, rest)| rest.trim_end_matches("\")").trim_end_matches('"'))
         .to_string();
+    // Gmail refuses a login over its connection limit with `NO [ALERT] Too
+    // many simultaneous connections`: throttling, not a wrong password.
+    if codec::classify_refusal(&detail, "LOGIN") == ErrorKind::Throttled {
+        return Error::Imap {
+            kind: ErrorKind::Throttled,
+            endpoint: address,
+            command: "LOGIN".into(),
+            detail,
+        };
+    }
     if endpoint.master_user.is_some() {
         Error::AccountMissing {
             endpoint: address,
@@ -1163,12 +1283,30 @@ fn capability_list(response: &Response<'_>) -> Option<Vec<String>> {
     }
 }
 
+/// How a lost connection's detail starts when the server ended the session
+/// with BYE (the batch retries it as a session ended by the server).
+pub const BYE_DETAIL: &str = "server said BYE";
+
 /// How often one command is sent again after a throttling refusal.
 const THROTTLE_RETRIES: u32 = 6;
 
 /// 250 ms, doubling: about 16 s in all before giving up.
 fn throttle_pause(attempt: u32) -> Duration {
     Duration::from_millis(250 << attempt.min(6))
+}
+
+/// An untagged `OK [THROTTLED]` (Gmail): the session should slow down.
+fn throttled_ok(response: &Response<'_>) -> bool {
+    match response {
+        Response::Data {
+            status: Status::Ok,
+            outcome,
+        } => outcome
+            .information
+            .as_deref()
+            .is_some_and(|text| text.to_ascii_uppercase().contains("[THROTTLED]")),
+        _ => false,
+    }
 }
 
 fn fetch_command(uid_set: &str, items: FetchItems, changed_since: Option<u64>) -> String {
@@ -1288,6 +1426,7 @@ enum FetchStep {
     Record(FetchRecord, Option<std::ops::Range<usize>>),
     Done(Completion),
     Bye(String),
+    SlowDown,
     Other,
 }
 

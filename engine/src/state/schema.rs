@@ -225,4 +225,10 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX run_running ON run(mailbox_id) WHERE status = 'running';
     "#,
+    // 13 (issue #11, `throttle`; the integrator renumbers): what the
+    // servers throttled during a row's last run, by host and reason, as a
+    // JSON list of tallies. NULL: nothing throttled, or an older run.
+    r#"
+    ALTER TABLE batch_row ADD COLUMN throttling TEXT;
+    "#,
 ];

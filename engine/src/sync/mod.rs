@@ -306,6 +306,7 @@ async fn timed(
     }
     report.finished_at = Utc::now().to_rfc3339();
     report.seconds = started.elapsed().as_secs_f64();
+    report.throttling = options.connect.throttle.tallies();
     Ok(report)
 }
 
@@ -320,6 +321,7 @@ fn new_report(options: &SyncOptions, source: String, target: String, started_at:
         folders: Vec::new(),
         error: None,
         dry_run: options.dry_run,
+        throttling: Vec::new(),
     }
 }
 
