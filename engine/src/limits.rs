@@ -219,4 +219,35 @@ mod tests {
         budget.admit(1, 2500).await;
         assert!(start.elapsed() >= Duration::from_millis(1000));
     }
+
+    #[tokio::test]
+    async fn too_many_connections_lowers_the_slots_for_good_never_below_one() {
+        let limits = HostLimits::new(LimitConfig::default());
+        let host = limits.host("h:993");
+        // Four in use when the server refuses the fourth: three remain.
+        let held: Vec<_> = (0..3).map(|_| host.connections.try_acquire().unwrap()).collect();
+        let refused = host.connections.try_acquire().unwrap();
+        assert_eq!(host.lower_connections(Some(refused)), 3);
+        assert!(
+            host.connections.try_acquire().is_err(),
+            "no free slot beyond the three in use"
+        );
+        drop(held);
+        assert_eq!(
+            host.connections.available_permits(),
+            3,
+            "the slots in use come back, no more"
+        );
+        let last = host.connections.try_acquire().unwrap();
+        assert_eq!(
+            host.lower_connections(Some(last)),
+            1,
+            "alone and refused: one slot stays"
+        );
+        assert_eq!(host.connections.available_permits(), 1);
+        let only = host.connections.try_acquire().unwrap();
+        assert_eq!(host.lower_connections(Some(only)), 1);
+        assert_eq!(host.connections.available_permits(), 1, "never below one");
+        assert_eq!(limits.host("h:993").connection_slots(), 1, "for the rest of the batch");
+    }
 }

@@ -429,6 +429,9 @@ impl ImapSession {
             changed_since,
             rest,
             finished: true,
+            part: String::new(),
+            delivered: 0,
+            attempt: 0,
         };
         self.fetch_next_part(&mut handle).await?;
         Ok(handle)
@@ -442,6 +445,9 @@ impl ImapSession {
                     .send(&fetch_command(&part, handle.items, handle.changed_since))
                     .await?;
                 handle.finished = false;
+                handle.part = part;
+                handle.delivered = 0;
+                handle.attempt = 0;
             }
             None => handle.finished = true,
         }
@@ -489,12 +495,27 @@ impl ImapSession {
                         record.body = Some(Vec::from(raw));
                     }
                     if record.uid != 0 && is_complete(&record, wanted) {
+                        handle.delivered += 1;
                         return Ok(Some(record));
                     }
                 }
                 FetchStep::Done(done) => {
                     handle.finished = true;
                     self.note_throttled_ok(&done);
+                    // A part refused as throttled before it delivered
+                    // anything goes again after the pause; once records
+                    // came, sending it again would hand them out twice.
+                    let throttled = !done.ok && codec::classify_refusal(&done.text, "FETCH") == ErrorKind::Throttled;
+                    if throttled && handle.delivered == 0 && handle.attempt < THROTTLE_RETRIES {
+                        let _counted = self.refusal(&done.text, "FETCH");
+                        self.back_off(&done.text, handle.attempt).await;
+                        handle.attempt += 1;
+                        handle.tag = self
+                            .send(&fetch_command(&handle.part, handle.items, handle.changed_since))
+                            .await?;
+                        handle.finished = false;
+                        continue;
+                    }
                     self.check(done, "FETCH")?;
                     self.fetch_next_part(handle).await?;
                     if handle.finished {
@@ -954,6 +975,12 @@ pub struct FetchHandle {
     /// Parts of the set still to fetch, the next one last.
     rest: Vec<String>,
     finished: bool,
+    /// The part in flight, sent again when throttled before any record.
+    part: String,
+    /// Records of `part` handed out so far.
+    delivered: u32,
+    /// Times `part` was refused as throttled.
+    attempt: u32,
 }
 
 /// One response before login, sorted.
