@@ -281,7 +281,7 @@ async fn gmail_signals_each_count_under_their_own_reason() {
         Personality::Gmail {
             every: 5,
             max_sessions: 2,
-            expire_after: 30,
+            expire_after: 12,
         },
         &["--concurrency", "4", "--retries", "30", "--backoff-ms", "20"],
     )
