@@ -152,7 +152,10 @@ fn by_reason(report: &Value) -> BTreeMap<String, (u64, u64)> {
 }
 
 fn events(report: &Value) -> BTreeMap<String, u64> {
-    by_reason(report).into_iter().map(|(reason, (n, _))| (reason, n)).collect()
+    by_reason(report)
+        .into_iter()
+        .map(|(reason, (n, _))| (reason, n))
+        .collect()
 }
 
 /// Missing and duplicated messages over all mailboxes, by `cutover verify`
@@ -212,7 +215,16 @@ async fn m365_suggested_backoff_is_waited_exactly_up_to_the_cap() {
             backoff_ms: 299_609,
             bye_after: 0,
         },
-        &["--concurrency", "2", "--retries", "10", "--backoff-ms", "20", "--max-backoff-ms", "25"],
+        &[
+            "--concurrency",
+            "2",
+            "--retries",
+            "10",
+            "--backoff-ms",
+            "20",
+            "--max-backoff-ms",
+            "25",
+        ],
     )
     .await;
     assert_eq!(run.output["done"].as_u64(), Some(4), "{}", run.output);
@@ -289,9 +301,16 @@ async fn gmail_signals_each_count_under_their_own_reason() {
     assert_eq!(run.output["done"].as_u64(), Some(4), "{}", run.output);
     let injected = &run.injected;
     for reason in ["throttled", "bandwidth", "too_many_connections", "session_ended"] {
-        assert!(injected.get(reason).copied().unwrap_or(0) > 0, "{reason} injected: {injected:?}");
+        assert!(
+            injected.get(reason).copied().unwrap_or(0) > 0,
+            "{reason} injected: {injected:?}"
+        );
     }
-    assert_eq!(&events(&run.output), injected, "each signal counted once, under its reason");
+    assert_eq!(
+        &events(&run.output),
+        injected,
+        "each signal counted once, under its reason"
+    );
     // Four mailboxes at once against a limit of two: at most the two over
     // the limit are refused before the host's slots are lowered; none after.
     assert!(

@@ -844,6 +844,83 @@ mod tests {
     }
 
     #[test]
+    fn m365_refuses_in_runs_and_drops_the_session_on_the_last() {
+        let stats = ProxyStats::default();
+        let logged_in = AtomicBool::new(false);
+        let m365 = Personality::M365 {
+            every: 3,
+            burst: 3,
+            backoff_ms: 40,
+            bye_after: 3,
+        };
+        let mut persona = Persona::default();
+        let mut decide = |count| persona.decide(m365, &stats, &logged_in, "a1", "FETCH", Some(count));
+        assert!(decide(1).is_none() && decide(2).is_none());
+        match decide(3) {
+            Some(Injection::Refuse(text)) => assert_eq!(
+                text,
+                "a1 NO Request is throttled. Suggested Backoff Time: 40 milliseconds\r\n"
+            ),
+            _ => panic!("the 3rd command is refused"),
+        }
+        assert!(matches!(decide(4), Some(Injection::Refuse(_))), "the retry too");
+        assert!(
+            matches!(decide(5), Some(Injection::Bye(text)) if text == M365_BYE),
+            "third in a row: BYE"
+        );
+        assert_eq!(stats.injected(), BTreeMap::from([("backoff", 2), ("session_ended", 1)]));
+    }
+
+    #[test]
+    fn gmail_refuses_logins_over_its_limit_and_expires_sessions() {
+        let stats = ProxyStats::default();
+        let gmail = Personality::Gmail {
+            every: 2,
+            max_sessions: 1,
+            expire_after: 6,
+        };
+        let (first, second) = (AtomicBool::new(false), AtomicBool::new(false));
+        let (mut one, mut two) = (Persona::default(), Persona::default());
+        assert!(one.decide(gmail, &stats, &first, "p1", "LOGIN", None).is_none());
+        match two.decide(gmail, &stats, &second, "p1", "LOGIN", None) {
+            Some(Injection::Refuse(text)) => assert_eq!(text, format!("p1 {GMAIL_TOO_MANY}\r\n")),
+            _ => panic!("a second session is one too many"),
+        }
+        let answers: Vec<&str> = (1..=7)
+            .map(
+                |count| match one.decide(gmail, &stats, &first, "c", "FETCH", Some(count)) {
+                    None => "pass",
+                    Some(Injection::Refuse(text)) if text.contains("[THROTTLED]") => "no-throttled",
+                    Some(Injection::Refuse(_)) => "no-overquota",
+                    Some(Injection::Before(_)) => "ok-throttled",
+                    Some(Injection::Bye(_)) => "bye",
+                },
+            )
+            .collect();
+        assert_eq!(
+            answers,
+            [
+                "pass",
+                "ok-throttled",
+                "pass",
+                "no-overquota",
+                "pass",
+                "no-throttled",
+                "bye"
+            ]
+        );
+        assert_eq!(
+            stats.injected(),
+            BTreeMap::from([
+                ("bandwidth", 1),
+                ("session_ended", 1),
+                ("throttled", 2),
+                ("too_many_connections", 1)
+            ])
+        );
+    }
+
+    #[test]
     fn framer_skips_literals() {
         let mut framer = Framer::default();
         let mut lines = Vec::new();

@@ -260,3 +260,41 @@ pub fn build(name: &str, batch: &BatchRecord, rows: &[BatchRowRecord]) -> BatchR
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tally(host: &str, reason: ThrottleReason, events: u64, paused_ms: u64) -> ThrottleTally {
+        ThrottleTally {
+            host: host.into(),
+            reason,
+            events,
+            paused_ms,
+        }
+    }
+
+    #[test]
+    fn throttling_adds_up_by_reason_and_by_host() {
+        let first = vec![
+            tally("a:993", ThrottleReason::Backoff, 3, 900),
+            tally("b:993", ThrottleReason::SessionEnded, 1, 200),
+        ];
+        let second = vec![tally("a:993", ThrottleReason::Backoff, 2, 600)];
+        let summary = ThrottlingSummary::of(&[&first, &[], &second]);
+        assert_eq!((summary.events, summary.paused_ms, summary.mailboxes), (6, 1700, 2));
+        assert_eq!(
+            summary
+                .by_reason
+                .first()
+                .map(|g| (g.key, g.events, g.paused_ms, g.mailboxes)),
+            Some((ThrottleReason::Backoff, 5, 1500, 2))
+        );
+        assert_eq!(
+            summary.by_host.first().map(|g| (g.key.as_str(), g.events, g.mailboxes)),
+            Some(("a:993", 5, 2))
+        );
+        assert_eq!(summary.tallies.len(), 2);
+        assert!(ThrottlingSummary::of(&[&[]]).is_empty());
+    }
+}

@@ -302,7 +302,7 @@ impl fmt::Display for ScenarioReport {
         if let Some(faults) = &self.faults {
             writeln!(
                 f,
-                "  faults: {} commands, {} throttled, {} connections reset, {} stalls",
+                "  faults: {} commands, {} answered NO [LIMIT], {} connections reset, {} stalls",
                 faults.commands, faults.throttled, faults.resets, faults.stalls
             )?;
         }
