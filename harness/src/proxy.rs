@@ -588,7 +588,8 @@ async fn relay(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
                         return;
                     }
                     Some(Injection::Before(note)) => {
-                        if client_write.lock().await.write_all(note.as_bytes()).await.is_err() {
+                        let written = client_write.lock().await.write_all(note.as_bytes()).await;
+                        if written.is_err() {
                             return;
                         }
                     }
