@@ -54,6 +54,8 @@ struct Run {
     output: Value,
     /// `batch report --json` afterwards, from the state alone.
     report: Value,
+    /// `batch report` as text.
+    text: String,
     /// What the proxy injected, by reason.
     injected: BTreeMap<String, u64>,
     proxy: FaultProxy,
@@ -97,9 +99,11 @@ async fn run_batch(servers: &Servers, count: usize, personality: Personality, ex
     run_args.extend(extra.iter().map(|a| (*a).to_string()));
     let mut report_args = vec!["report".to_string(), csv_arg];
     report_args.extend(servers_args);
-    let (output, report) = tokio::task::spawn_blocking(move || (batch(&run_args), batch(&report_args)))
-        .await
-        .unwrap();
+    let text_args: Vec<String> = report_args.iter().filter(|a| *a != "--json").cloned().collect();
+    let (output, report, text) =
+        tokio::task::spawn_blocking(move || (batch(&run_args), batch(&report_args), batch(&text_args)))
+            .await
+            .unwrap();
     let injected = proxy
         .stats()
         .injected()
@@ -110,6 +114,7 @@ async fn run_batch(servers: &Servers, count: usize, personality: Personality, ex
     Run {
         output: json(&output),
         report: json(&report),
+        text: String::from_utf8_lossy(&text.stdout).into_owned(),
         injected,
         proxy,
     }
@@ -237,6 +242,12 @@ async fn m365_suggested_backoff_is_waited_exactly_up_to_the_cap() {
     assert_eq!(paused_ms, 25 * injected, "the capped suggestion, no more, no less");
     assert_eq!(events_of_rows(&run.report), injected, "rows add up to the batch");
     assert_same_counts(&run);
+    let line = run
+        .text
+        .lines()
+        .find(|l| l.trim_start().starts_with("backoff "))
+        .unwrap_or_else(|| panic!("the text report names the reason:\n{}", run.text));
+    assert!(line.contains(&format!("{injected} signal(s)")), "{line}");
     let servers_ref = &servers;
     assert_eq!(tokio::task::block_in_place(|| verify_all(servers_ref, 4)), (0, 0));
 }
