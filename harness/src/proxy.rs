@@ -80,8 +80,8 @@ pub enum Personality {
         /// a `* BYE` instead, and the connection closes. 0: never.
         bye_after: u32,
     },
-    /// Gmail: every Nth counted command in turn `NO [THROTTLED]`, an
-    /// untagged `OK [THROTTLED]` before the (forwarded) command, and `NO
+    /// Gmail: every Nth counted command in turn `NO [THROTTLED]`, its
+    /// (forwarded) command completed `OK Success [THROTTLED]`, and `NO
     /// [OVERQUOTA] Account exceeded command or bandwidth limits`; `NO
     /// [ALERT] Too many simultaneous connections` for a login beyond
     /// `max_sessions`; `* BYE Session expired` once a session sent
@@ -105,8 +105,10 @@ pub fn m365_throttled(tag: &str, backoff_ms: u64) -> String {
 pub const M365_BYE: &str = "* BYE Connection is closed. 13\r\n";
 /// Gmail's command refusal when throttled.
 pub const GMAIL_THROTTLED_NO: &str = "NO [THROTTLED] System busy, please try again later. (Failure)";
-/// Gmail's note that a command went through but the session should slow down.
-pub const GMAIL_THROTTLED_OK: &str = "* OK [THROTTLED] Please slow down.\r\n";
+/// Gmail's completion of a command that went through while the account is
+/// throttled: the tagged OK with `[THROTTLED]` after its text, as in
+/// `A2 OK Success [THROTTLED]`.
+pub const GMAIL_THROTTLED_OK: &str = "OK Success [THROTTLED]";
 /// Gmail's account bandwidth refusal (not a storage quota).
 pub const GMAIL_OVERQUOTA: &str = "NO [OVERQUOTA] Account exceeded command or bandwidth limits. (Failure)";
 /// Gmail's refusal of a login beyond its connection limit.
@@ -118,8 +120,9 @@ pub const GMAIL_EXPIRED: &str = "* BYE Session expired, please login again.\r\n"
 enum Injection {
     /// Answer it here with this tagged line; never forward it.
     Refuse(String),
-    /// Send this untagged line first, then forward the command.
-    Before(String),
+    /// Forward the command, and turn the server's tagged OK of it into
+    /// Gmail's `OK Success [THROTTLED]`.
+    ThrottleOk,
     /// Send this `* BYE` and close the connection.
     Bye(String),
 }
@@ -504,6 +507,9 @@ async fn relay(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
     let client_write = Arc::new(AsyncMutex::new(client_write));
     let logged_in = AtomicBool::new(false);
     let logged_in = &logged_in;
+    // The tag whose OK the server sends next is to say `[THROTTLED]`.
+    let throttle_ok: Mutex<Option<String>> = Mutex::new(None);
+    let throttle_ok = &throttle_ok;
 
     let upstream = {
         let client_write = client_write.clone();
@@ -587,11 +593,8 @@ async fn relay(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
                         let _ = writer.shutdown().await;
                         return;
                     }
-                    Some(Injection::Before(note)) => {
-                        let written = client_write.lock().await.write_all(note.as_bytes()).await;
-                        if written.is_err() {
-                            return;
-                        }
+                    Some(Injection::ThrottleOk) => {
+                        *throttle_ok.lock().unwrap_or_else(|p| p.into_inner()) = Some(tag_of(&buffer[..n]));
                     }
                     None => {}
                 }
@@ -666,9 +669,15 @@ async fn relay(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
                 let _ = client_write.lock().await.shutdown().await;
                 return;
             }
+            let pending = throttle_ok.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let rewritten = pending.and_then(|tag| rewrite_ok(&buffer[..n], &tag));
+            if rewritten.is_some() {
+                *throttle_ok.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                stats.inject("throttled");
+            }
             // Pieces end at stall points and fit the bandwidth budget; the
             // writer is not locked while waiting, so `NO [LIMIT]` answers pass.
-            let mut rest = &buffer[..n];
+            let mut rest = rewritten.as_deref().unwrap_or(&buffer[..n]);
             while !rest.is_empty() {
                 let len = stalls.piece(bucket.map_or(rest.len(), |b| b.piece(rest.len())));
                 if let Some(bucket) = bucket {
@@ -693,6 +702,26 @@ async fn relay(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
     if logged_in.load(Ordering::Relaxed) {
         shared.stats.sessions.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// The tag of a command line.
+fn tag_of(line: &[u8]) -> String {
+    let tag = line.split(|&b| b == b' ').next().unwrap_or_default();
+    String::from_utf8_lossy(tag).into_owned()
+}
+
+/// `bytes` with the tagged OK of `tag` replaced by Gmail's throttled one,
+/// if the whole line is in them (a line split over reads stays as it is).
+fn rewrite_ok(bytes: &[u8], tag: &str) -> Option<Vec<u8>> {
+    let needle = format!("{tag} OK ");
+    let needle = needle.as_bytes();
+    let start =
+        (0..bytes.len()).find(|&at| bytes[at..].starts_with(needle) && (at == 0 || bytes[..at].ends_with(b"\n")))?;
+    let end = start + bytes[start..].iter().position(|&b| b == b'\n')? + 1;
+    let mut out = bytes[..start].to_vec();
+    out.extend_from_slice(format!("{tag} {GMAIL_THROTTLED_OK}\r\n").as_bytes());
+    out.extend_from_slice(&bytes[end..]);
+    Some(out)
 }
 
 /// A connection's part in its [`Personality`].
@@ -781,10 +810,8 @@ impl Persona {
                         stats.inject("throttled");
                         Some(Injection::Refuse(format!("{tag} {GMAIL_THROTTLED_NO}\r\n")))
                     }
-                    1 => {
-                        stats.inject("throttled");
-                        Some(Injection::Before(GMAIL_THROTTLED_OK.to_string()))
-                    }
+                    // Counted once the server's OK was rewritten.
+                    1 => Some(Injection::ThrottleOk),
                     _ => {
                         stats.inject("bandwidth");
                         Some(Injection::Refuse(format!("{tag} {GMAIL_OVERQUOTA}\r\n")))
@@ -893,7 +920,7 @@ mod tests {
                     None => "pass",
                     Some(Injection::Refuse(text)) if text.contains("[THROTTLED]") => "no-throttled",
                     Some(Injection::Refuse(_)) => "no-overquota",
-                    Some(Injection::Before(_)) => "ok-throttled",
+                    Some(Injection::ThrottleOk) => "ok-throttled",
                     Some(Injection::Bye(_)) => "bye",
                 },
             )
@@ -915,10 +942,22 @@ mod tests {
             BTreeMap::from([
                 ("bandwidth", 1),
                 ("session_ended", 1),
-                ("throttled", 2),
+                ("throttled", 1),
                 ("too_many_connections", 1)
             ])
         );
+    }
+
+    #[test]
+    fn gmail_throttled_ok_replaces_the_servers_ok_whole() {
+        let server = b"* 3 EXISTS\r\nc7 OK [READ-WRITE] Select completed (0.001 + 0.000 secs).\r\n";
+        assert_eq!(
+            rewrite_ok(server, "c7").unwrap(),
+            b"* 3 EXISTS\r\nc7 OK Success [THROTTLED]\r\n".to_vec()
+        );
+        assert!(rewrite_ok(b"c7 OK Sel", "c7").is_none(), "only a whole line");
+        assert!(rewrite_ok(b"c17 OK done\r\n", "c7").is_none(), "only that tag");
+        assert_eq!(tag_of(b"c9 UID FETCH 1:* (FLAGS)\r\n"), "c9");
     }
 
     #[test]
