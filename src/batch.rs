@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use cutover_engine::batch::check::{self, RowCheck};
 use cutover_engine::batch::input::{self, BatchFile};
 use cutover_engine::batch::jobs::RowDefaults;
-use cutover_engine::batch::report::BatchReport;
+use cutover_engine::batch::report::{BatchReport, ThrottlingSummary};
 use cutover_engine::batch::run::{self, BatchProgress, BatchProgressFn, BatchSettings, Selection};
 use cutover_engine::batch::split::{self, SplitRule};
 use cutover_engine::budget::DailyBudget;
@@ -174,6 +174,11 @@ pub struct RunOptions {
     /// First wait before a retry, in milliseconds (doubled each time, jittered).
     #[arg(long, default_value_t = 500)]
     backoff_ms: u64,
+    /// Longest wait, in milliseconds, when a server suggests one (Microsoft
+    /// 365's `Suggested Backoff Time: N milliseconds` is honoured up to this;
+    /// default 300000, or the preset's).
+    #[arg(long)]
+    max_backoff_ms: Option<u64>,
     /// Failed share of the batch at which it is held for a person.
     #[arg(long, default_value_t = 0.25)]
     max_failure_ratio: f64,
@@ -454,7 +459,13 @@ pub(crate) fn settings(options: &RunOptions) -> Result<BatchSettings> {
         bail!("--max-failure-ratio must be between 0 and 1");
     }
     let presets = options.defaults.presets()?;
+    let mut connect = base_settings(&options.defaults)?.connect;
+    connect.max_backoff = match options.max_backoff_ms {
+        Some(ms) => std::time::Duration::from_millis(ms),
+        None => presets.max_backoff().unwrap_or(std::time::Duration::from_secs(300)),
+    };
     Ok(BatchSettings {
+        connect,
         limits: LimitConfig {
             connections_per_host: options.connections_per_host.or(presets.connections_per_host()),
             host_messages_per_second: options.messages_per_second,
@@ -615,6 +626,7 @@ fn print_report(report: &BatchReport, json: bool) -> Result<()> {
             }
         }
     }
+    print_throttling(&report.throttling);
     if let Some(reason) = &report.held {
         println!("HELD for a person: {reason}. Later phases refuse to run until the rows are fixed and rerun, or --override-hold.");
     }
@@ -645,6 +657,38 @@ fn print_report(report: &BatchReport, json: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What the servers throttled, so the rates can be tuned.
+fn print_throttling(throttling: &ThrottlingSummary) {
+    if throttling.is_empty() {
+        println!("throttling: none");
+        return;
+    }
+    println!(
+        "throttling: {} signal(s) on {} mailbox(es), {:.1} s paused (summed over mailboxes)",
+        throttling.events,
+        throttling.mailboxes,
+        throttling.paused_ms as f64 / 1000.0
+    );
+    for group in &throttling.by_reason {
+        println!(
+            "  {:<22} {:>6} signal(s) {:>9.1} s paused  {} mailbox(es)",
+            group.key.as_str(),
+            group.events,
+            group.paused_ms as f64 / 1000.0,
+            group.mailboxes
+        );
+    }
+    for group in &throttling.by_host {
+        println!(
+            "  host {:<17} {:>6} signal(s) {:>9.1} s paused  {} mailbox(es)",
+            group.key,
+            group.events,
+            group.paused_ms as f64 / 1000.0,
+            group.mailboxes
+        );
+    }
 }
 
 async fn run_check(args: CheckArgs) -> Result<ExitCode> {

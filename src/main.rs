@@ -364,6 +364,9 @@ async fn run_sync(args: SyncArgs) -> Result<ExitCode> {
     options.filter = FolderFilter::new(&args.endpoints.include, &args.endpoints.exclude)?
         .copying_virtual(args.endpoints.copy_virtual_folders);
     options.connect = connect_options(&args.endpoints);
+    if let Some(longest) = presets.max_backoff() {
+        options.connect.max_backoff = longest;
+    }
     let mut state = State::open(&args.state)?;
     let bar = progress_bar();
     let progress = bar.as_ref().map(|bar| {

@@ -15,7 +15,9 @@
 //! | `cutover_messages_copied_total` | counter | |
 //! | `cutover_bytes_copied_total` | counter | |
 //! | `cutover_failures_total` | counter | kind, host |
-//! | `cutover_throttle_events_total` | counter | host |
+//! | `cutover_throttle_events_total` | counter | host, reason |
+//! | `cutover_throttle_pause_milliseconds_total` | counter | host, reason |
+//! | `cutover_mailbox_retries_total` | counter | host, kind |
 //! | `cutover_step_seconds` | histogram | step |
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -73,7 +75,17 @@ fn describe() {
     );
     describe_counter!(
         "cutover_throttle_events_total",
-        "Throttling refusals retried in a session, and mailboxes retried after a transient failure, by server"
+        "Throttling signals servers sent (limit, unavailable, in_use, throttled, bandwidth, backoff, \
+         too_many_connections, session_ended), by server and reason"
+    );
+    describe_counter!(
+        "cutover_throttle_pause_milliseconds_total",
+        Unit::Milliseconds,
+        "Time mailboxes paused for throttling, by server and reason"
+    );
+    describe_counter!(
+        "cutover_mailbox_retries_total",
+        "Mailboxes retried after a transient failure (throttling, a dropped connection, a timeout), by server and kind"
     );
     describe_histogram!(
         "cutover_step_seconds",

@@ -90,6 +90,56 @@ impl std::fmt::Display for ErrorKind {
     }
 }
 
+/// Which throttling signal a server sent. Reports and metrics count
+/// throttling by this; serialised in snake_case and stable like
+/// [`ErrorKind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThrottleReason {
+    /// `NO [LIMIT]` (RFC 5530): a command or rate limit was hit.
+    Limit,
+    /// `NO [UNAVAILABLE]` (RFC 5530): the server is temporarily unavailable.
+    Unavailable,
+    /// `NO [INUSE]` (RFC 5530): the mailbox is in use elsewhere.
+    InUse,
+    /// Gmail's `[THROTTLED]`, refused or inside an `OK`.
+    Throttled,
+    /// Gmail's `[OVERQUOTA] Account exceeded command or bandwidth limits`:
+    /// the account's daily transfer, not the target's storage quota.
+    Bandwidth,
+    /// Microsoft 365's `Request is throttled. Suggested Backoff Time: N
+    /// milliseconds`: waited exactly that long (capped).
+    Backoff,
+    /// `NO [ALERT] Too many simultaneous connections`: the host's
+    /// connection slots were lowered for the rest of the batch.
+    TooManyConnections,
+    /// `BYE` in the middle of a session (`Session expired`, or Microsoft
+    /// 365 dropping it after repeated errors): reconnected and resumed.
+    SessionEnded,
+}
+
+impl ThrottleReason {
+    /// The snake_case name used in reports, the state and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Limit => "limit",
+            Self::Unavailable => "unavailable",
+            Self::InUse => "in_use",
+            Self::Throttled => "throttled",
+            Self::Bandwidth => "bandwidth",
+            Self::Backoff => "backoff",
+            Self::TooManyConnections => "too_many_connections",
+            Self::SessionEnded => "session_ended",
+        }
+    }
+}
+
+impl std::fmt::Display for ThrottleReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Every error the engine returns. Messages name the server or file involved
 /// and never contain a password or message content.
 #[derive(Debug, thiserror::Error)]

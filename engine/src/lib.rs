@@ -23,6 +23,7 @@ pub mod report;
 pub mod state;
 pub mod sync;
 pub mod target;
+pub mod throttle;
 pub mod verify;
 
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Error, ErrorKind, Result, ThrottleReason};

@@ -111,6 +111,37 @@ pub struct HostLimit {
     pub connections: Arc<Semaphore>,
     /// Rate budget and cool-down.
     pub budget: Arc<Budget>,
+    /// How many slots there are now (lowered by [`HostLimit::lower_connections`]).
+    slots: Arc<Mutex<usize>>,
+}
+
+impl HostLimit {
+    /// The server refused a connection as one too many (`Too many
+    /// simultaneous connections`) while `held` was taken: it allows fewer
+    /// than are in use now. The slots drop to one less than in use (never
+    /// below 1) for the rest of the batch; `held` and the free slots are
+    /// forgotten, and those in use elsewhere come back as they are released.
+    /// Returns the new number of slots.
+    pub fn lower_connections(&self, held: Option<tokio::sync::SemaphorePermit<'_>>) -> usize {
+        let mut slots = self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let in_use = slots.saturating_sub(self.connections.available_permits());
+        let lowered = in_use.saturating_sub(1).max(1);
+        if lowered < *slots {
+            let mut excess = *slots - lowered;
+            if let Some(held) = held {
+                held.forget();
+                excess -= 1;
+            }
+            self.connections.forget_permits(excess);
+            *slots = lowered;
+        }
+        *slots
+    }
+
+    /// Connection slots now.
+    pub fn connection_slots(&self) -> usize {
+        *self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// Per-host limits shared by all mailboxes of a batch.
@@ -142,18 +173,21 @@ impl HostLimits {
         };
         hosts
             .entry(host.to_string())
-            .or_insert_with(|| HostLimit {
-                connections: Arc::new(Semaphore::new(
-                    self.config
-                        .connections_per_host
-                        .unwrap_or(Semaphore::MAX_PERMITS)
-                        .max(1),
-                )),
-                budget: Arc::new(Budget::new(
-                    host,
-                    self.config.host_messages_per_second,
-                    self.config.host_bytes_per_second,
-                )),
+            .or_insert_with(|| {
+                let slots = self
+                    .config
+                    .connections_per_host
+                    .unwrap_or(Semaphore::MAX_PERMITS)
+                    .max(1);
+                HostLimit {
+                    connections: Arc::new(Semaphore::new(slots)),
+                    slots: Arc::new(Mutex::new(slots)),
+                    budget: Arc::new(Budget::new(
+                        host,
+                        self.config.host_messages_per_second,
+                        self.config.host_bytes_per_second,
+                    )),
+                }
             })
             .clone()
     }
@@ -184,5 +218,36 @@ mod tests {
         let start = Instant::now();
         budget.admit(1, 2500).await;
         assert!(start.elapsed() >= Duration::from_millis(1000));
+    }
+
+    #[tokio::test]
+    async fn too_many_connections_lowers_the_slots_for_good_never_below_one() {
+        let limits = HostLimits::new(LimitConfig::default());
+        let host = limits.host("h:993");
+        // Four in use when the server refuses the fourth: three remain.
+        let held: Vec<_> = (0..3).map(|_| host.connections.try_acquire().unwrap()).collect();
+        let refused = host.connections.try_acquire().unwrap();
+        assert_eq!(host.lower_connections(Some(refused)), 3);
+        assert!(
+            host.connections.try_acquire().is_err(),
+            "no free slot beyond the three in use"
+        );
+        drop(held);
+        assert_eq!(
+            host.connections.available_permits(),
+            3,
+            "the slots in use come back, no more"
+        );
+        let last = host.connections.try_acquire().unwrap();
+        assert_eq!(
+            host.lower_connections(Some(last)),
+            1,
+            "alone and refused: one slot stays"
+        );
+        assert_eq!(host.connections.available_permits(), 1);
+        let only = host.connections.try_acquire().unwrap();
+        assert_eq!(host.lower_connections(Some(only)), 1);
+        assert_eq!(host.connections.available_permits(), 1, "never below one");
+        assert_eq!(limits.host("h:993").connection_slots(), 1, "for the rest of the batch");
     }
 }

@@ -122,6 +122,10 @@ pub struct SyncReport {
     /// Why it paused: which account reached which budget.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub paused: Option<String>,
+    /// What the servers throttled, by host and reason, and how long this
+    /// mailbox paused for it (over all its attempts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub throttling: Vec<crate::throttle::ThrottleTally>,
 }
 
 impl SyncReport {
@@ -238,6 +242,7 @@ mod tests {
             dry_run: false,
             resumes_at: None,
             paused: None,
+            throttling: Vec::new(),
         }
     }
 

@@ -11,11 +11,14 @@
 //! - caps the bandwidth of the whole proxy (one token bucket shared by all
 //!   connections and both directions, like one WAN link);
 //! - stops forwarding server→client for a while after every so many bytes
-//!   on a connection, like a server that hangs mid-FETCH.
+//!   on a connection, like a server that hangs mid-FETCH;
+//! - plays a provider's [`Personality`]: Microsoft 365's or Gmail's
+//!   throttling, in their words, counted per reason
+//!   ([`ProxyStats::injected`]) so tests compare reports with it.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,6 +55,76 @@ pub struct FaultConfig {
     pub stall_every_bytes: Option<u64>,
     /// How long each stall lasts.
     pub stall: Duration,
+    /// A provider's throttling behaviour, on top of the faults above.
+    pub personality: Option<Personality>,
+}
+
+/// How a provider throttles, as the proxy plays it. Injections fall only on
+/// a command the client sent on its own (one line, no literal), so a
+/// refused command never leaves bytes behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Personality {
+    /// Microsoft 365: `NO Request is throttled. Suggested Backoff Time: N
+    /// milliseconds`, and the session dropped with `* BYE` after repeated
+    /// refusals in a row.
+    M365 {
+        /// Every Nth counted command starts a run of refusals...
+        every: u32,
+        /// ...this many commands long on that connection (the retries of
+        /// a refused command are refused again until it is over).
+        burst: u32,
+        /// The suggested backoff, in milliseconds.
+        backoff_ms: u64,
+        /// The refusal that would be this many in a row on a connection is
+        /// a `* BYE` instead, and the connection closes. 0: never.
+        bye_after: u32,
+    },
+    /// Gmail: every Nth counted command in turn `NO [THROTTLED]`, its
+    /// (forwarded) command completed `OK Success [THROTTLED]`, and `NO
+    /// [OVERQUOTA] Account exceeded command or bandwidth limits`; `NO
+    /// [ALERT] Too many simultaneous connections` for a login beyond
+    /// `max_sessions`; `* BYE Session expired` once a session sent
+    /// `expire_after` counted commands.
+    Gmail {
+        /// Every Nth counted command is throttled (0: never).
+        every: u32,
+        /// Logged-in sessions at once (Gmail: 15); 0: no limit.
+        max_sessions: u32,
+        /// Counted commands a session lives (0: for ever).
+        expire_after: u32,
+    },
+}
+
+/// Microsoft 365's throttling refusal (tagged NO, no response code).
+pub fn m365_throttled(tag: &str, backoff_ms: u64) -> String {
+    format!("{tag} NO Request is throttled. Suggested Backoff Time: {backoff_ms} milliseconds\r\n")
+}
+
+/// What Microsoft 365 sends as it drops a session after repeated errors.
+pub const M365_BYE: &str = "* BYE Connection is closed. 13\r\n";
+/// Gmail's command refusal when throttled.
+pub const GMAIL_THROTTLED_NO: &str = "NO [THROTTLED] System busy, please try again later. (Failure)";
+/// Gmail's completion of a command that went through while the account is
+/// throttled: the tagged OK with `[THROTTLED]` after its text, as in
+/// `A2 OK Success [THROTTLED]`.
+pub const GMAIL_THROTTLED_OK: &str = "OK Success [THROTTLED]";
+/// Gmail's account bandwidth refusal (not a storage quota).
+pub const GMAIL_OVERQUOTA: &str = "NO [OVERQUOTA] Account exceeded command or bandwidth limits. (Failure)";
+/// Gmail's refusal of a login beyond its connection limit.
+pub const GMAIL_TOO_MANY: &str = "NO [ALERT] Too many simultaneous connections. (Failure)";
+/// Gmail ending a session that lived long enough.
+pub const GMAIL_EXPIRED: &str = "* BYE Session expired, please login again.\r\n";
+
+/// What the proxy does with one command a client sent on its own.
+enum Injection {
+    /// Answer it here with this tagged line; never forward it.
+    Refuse(String),
+    /// Forward the command, and turn the server's tagged OK of it into
+    /// Gmail's `OK Success [THROTTLED]`.
+    ThrottleOk,
+    /// Send this `* BYE` and close the connection.
+    Bye(String),
 }
 
 /// Which bytes a cut ([`FaultProxy::arm_cut`]) counts.
@@ -89,6 +162,16 @@ pub struct ProxyStats {
     pub bytes_down: AtomicU64,
     /// Bytes forwarded client→server (refused commands are not counted).
     pub bytes_up: AtomicU64,
+    /// What a [`Personality`] injected, by the reason cutover reports it
+    /// under (`backoff`, `session_ended`, `throttled`, `bandwidth`,
+    /// `too_many_connections`).
+    injected: Mutex<BTreeMap<&'static str, u64>>,
+    /// Logged-in sessions open now (counted with a personality).
+    sessions: AtomicU32,
+    /// Whether a login was refused as one too many.
+    alerted: AtomicBool,
+    /// The most sessions open at once after the first such refusal.
+    peak_sessions_after_alert: AtomicU32,
     /// Untagged FETCH responses per whole second since start.
     fetches_per_second: Mutex<BTreeMap<u64, u64>>,
     /// Messages sent in APPEND literals per whole second since start.
@@ -109,6 +192,23 @@ impl ProxyStats {
     /// APPENDed messages (literals) per second, by second since start.
     pub fn appends_per_second(&self) -> BTreeMap<u64, u64> {
         self.appends_per_second.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// What the personality injected, by reason.
+    pub fn injected(&self) -> BTreeMap<&'static str, u64> {
+        self.injected.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// The most logged-in sessions open at once after the first login was
+    /// refused as one too many (0 if none was).
+    pub fn peak_sessions_after_alert(&self) -> u32 {
+        self.peak_sessions_after_alert.load(Ordering::Relaxed)
+    }
+
+    fn inject(&self, reason: &'static str) {
+        if let Ok(mut map) = self.injected.lock() {
+            *map.entry(reason).or_default() += 1;
+        }
     }
 
     fn add(&self, map: &Mutex<BTreeMap<u64, u64>>, count: u64) {
@@ -405,10 +505,16 @@ async fn relay(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
     let (mut client_read, client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
     let client_write = Arc::new(AsyncMutex::new(client_write));
+    let logged_in = AtomicBool::new(false);
+    let logged_in = &logged_in;
+    // The tag whose OK the server sends next is to say `[THROTTLED]`.
+    let throttle_ok: Mutex<Option<String>> = Mutex::new(None);
+    let throttle_ok = &throttle_ok;
 
     let upstream = {
         let client_write = client_write.clone();
         async move {
+            let mut persona = Persona::default();
             let mut framer = Framer::default();
             let mut buffer = vec![0u8; 64 * 1024];
             let mut sent_up = 0u64;
@@ -421,7 +527,11 @@ async fn relay(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
                 let mut refusals = Vec::new();
                 let mut forward_all = true;
                 let mut literals = 0;
+                let mut lines = 0;
+                // The one command of a buffer that holds nothing else, with its count.
+                let mut alone: Option<(String, String, Option<u64>)> = None;
                 framer.feed(&buffer[..n], |line, continuation| {
+                    lines += 1;
                     if literal_size(line).is_some() {
                         literals += 1; // one message of an APPEND
                     }
@@ -437,9 +547,15 @@ async fn relay(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
                         command.as_str(),
                         "LOGIN" | "CAPABILITY" | "LOGOUT" | "AUTHENTICATE" | ""
                     ) {
+                        if literal_size(line).is_none() {
+                            alone = Some((String::from_utf8_lossy(tag).into_owned(), command, None));
+                        }
                         return;
                     }
                     let count = stats.commands.fetch_add(1, Ordering::Relaxed) + 1;
+                    if literal_size(line).is_none() {
+                        alone = Some((String::from_utf8_lossy(tag).into_owned(), command.clone(), Some(count)));
+                    }
                     if config
                         .throttle_every
                         .is_some_and(|every| count % u64::from(every.max(1)) == 0)
@@ -454,6 +570,34 @@ async fn relay(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
                     }
                 });
                 stats.add(&stats.appends_per_second, literals);
+                // A personality speaks only to a command sent on its own,
+                // in one piece (the tail of a split line is forwarded as is).
+                let injection = match (config.personality, alone) {
+                    (Some(personality), Some((tag, command, count)))
+                        if forward_all && lines == 1 && buffer[..n].ends_with(b"\n") =>
+                    {
+                        persona.decide(personality, stats, logged_in, &tag, &command, count)
+                    }
+                    _ => None,
+                };
+                match injection {
+                    Some(Injection::Refuse(answer)) => {
+                        if client_write.lock().await.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Some(Injection::Bye(bye)) => {
+                        let mut writer = client_write.lock().await;
+                        let _ = writer.write_all(bye.as_bytes()).await;
+                        let _ = writer.shutdown().await;
+                        return;
+                    }
+                    Some(Injection::ThrottleOk) => {
+                        *throttle_ok.lock().unwrap_or_else(|p| p.into_inner()) = Some(tag_of(&buffer[..n]));
+                    }
+                    None => {}
+                }
                 if forward_all {
                     // Up to an armed cut's mark, and not a byte further.
                     let (allowed, cut) = match cut_up {
@@ -525,9 +669,15 @@ async fn relay(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
                 let _ = client_write.lock().await.shutdown().await;
                 return;
             }
+            let pending = throttle_ok.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let rewritten = pending.and_then(|tag| rewrite_ok(&buffer[..n], &tag));
+            if rewritten.is_some() {
+                *throttle_ok.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                stats.inject("throttled");
+            }
             // Pieces end at stall points and fit the bandwidth budget; the
             // writer is not locked while waiting, so `NO [LIMIT]` answers pass.
-            let mut rest = &buffer[..n];
+            let mut rest = rewritten.as_deref().unwrap_or(&buffer[..n]);
             while !rest.is_empty() {
                 let len = stalls.piece(bucket.map_or(rest.len(), |b| b.piece(rest.len())));
                 if let Some(bucket) = bucket {
@@ -548,6 +698,127 @@ async fn relay(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
     tokio::select! {
         () = upstream => {},
         () = downstream => {},
+    }
+    if logged_in.load(Ordering::Relaxed) {
+        shared.stats.sessions.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The tag of a command line.
+fn tag_of(line: &[u8]) -> String {
+    let tag = line.split(|&b| b == b' ').next().unwrap_or_default();
+    String::from_utf8_lossy(tag).into_owned()
+}
+
+/// `bytes` with the tagged OK of `tag` replaced by Gmail's throttled one,
+/// if the whole line is in them (a line split over reads stays as it is).
+fn rewrite_ok(bytes: &[u8], tag: &str) -> Option<Vec<u8>> {
+    let needle = format!("{tag} OK ");
+    let needle = needle.as_bytes();
+    let start =
+        (0..bytes.len()).find(|&at| bytes[at..].starts_with(needle) && (at == 0 || bytes[..at].ends_with(b"\n")))?;
+    let end = start + bytes[start..].iter().position(|&b| b == b'\n')? + 1;
+    let mut out = bytes[..start].to_vec();
+    out.extend_from_slice(format!("{tag} {GMAIL_THROTTLED_OK}\r\n").as_bytes());
+    out.extend_from_slice(&bytes[end..]);
+    Some(out)
+}
+
+/// A connection's part in its [`Personality`].
+#[derive(Debug, Default)]
+struct Persona {
+    /// Refusals still due in the current Microsoft 365 run.
+    streak_left: u32,
+    /// Refusals in a row on this connection.
+    in_a_row: u32,
+    /// Counted commands on this connection.
+    commands: u32,
+}
+
+impl Persona {
+    /// What to do with a command sent on its own: `count` is its number
+    /// among counted commands (`None` for LOGIN, CAPABILITY and the like).
+    fn decide(
+        &mut self,
+        personality: Personality,
+        stats: &ProxyStats,
+        logged_in: &AtomicBool,
+        tag: &str,
+        command: &str,
+        count: Option<u64>,
+    ) -> Option<Injection> {
+        match personality {
+            Personality::M365 {
+                every,
+                burst,
+                backoff_ms,
+                bye_after,
+            } => {
+                let count = count?;
+                let throttle = if self.streak_left > 0 {
+                    self.streak_left -= 1;
+                    true
+                } else if every > 0 && count % u64::from(every) == 0 {
+                    self.streak_left = burst.saturating_sub(1);
+                    true
+                } else {
+                    false
+                };
+                if !throttle {
+                    self.in_a_row = 0;
+                    return None;
+                }
+                self.in_a_row += 1;
+                if bye_after > 0 && self.in_a_row >= bye_after {
+                    stats.inject("session_ended");
+                    return Some(Injection::Bye(M365_BYE.to_string()));
+                }
+                stats.inject("backoff");
+                Some(Injection::Refuse(m365_throttled(tag, backoff_ms)))
+            }
+            Personality::Gmail {
+                every,
+                max_sessions,
+                expire_after,
+            } => {
+                if matches!(command, "LOGIN" | "AUTHENTICATE") {
+                    let open = stats.sessions.load(Ordering::Relaxed);
+                    if max_sessions > 0 && open >= max_sessions {
+                        stats.alerted.store(true, Ordering::Relaxed);
+                        stats.inject("too_many_connections");
+                        return Some(Injection::Refuse(format!("{tag} {GMAIL_TOO_MANY}\r\n")));
+                    }
+                    if !logged_in.swap(true, Ordering::Relaxed) {
+                        let now = stats.sessions.fetch_add(1, Ordering::Relaxed) + 1;
+                        if stats.alerted.load(Ordering::Relaxed) {
+                            stats.peak_sessions_after_alert.fetch_max(now, Ordering::Relaxed);
+                        }
+                    }
+                    return None;
+                }
+                let count = count?;
+                self.commands += 1;
+                if expire_after > 0 && self.commands > expire_after {
+                    stats.inject("session_ended");
+                    return Some(Injection::Bye(GMAIL_EXPIRED.to_string()));
+                }
+                if every == 0 || count % u64::from(every) != 0 {
+                    return None;
+                }
+                match (count / u64::from(every)) % 3 {
+                    0 => {
+                        stats.inject("throttled");
+                        Some(Injection::Refuse(format!("{tag} {GMAIL_THROTTLED_NO}\r\n")))
+                    }
+                    // Counted once the server's OK was rewritten.
+                    1 => Some(Injection::ThrottleOk),
+                    _ => {
+                        stats.inject("bandwidth");
+                        Some(Injection::Refuse(format!("{tag} {GMAIL_OVERQUOTA}\r\n")))
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -598,6 +869,95 @@ mod tests {
         let _ = client.read_to_end(&mut got).await;
         assert!(got.is_empty(), "{got:?}");
         assert_eq!(proxy.stats().dropped.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn m365_refuses_in_runs_and_drops_the_session_on_the_last() {
+        let stats = ProxyStats::default();
+        let logged_in = AtomicBool::new(false);
+        let m365 = Personality::M365 {
+            every: 3,
+            burst: 3,
+            backoff_ms: 40,
+            bye_after: 3,
+        };
+        let mut persona = Persona::default();
+        let mut decide = |count| persona.decide(m365, &stats, &logged_in, "a1", "FETCH", Some(count));
+        assert!(decide(1).is_none() && decide(2).is_none());
+        match decide(3) {
+            Some(Injection::Refuse(text)) => assert_eq!(
+                text,
+                "a1 NO Request is throttled. Suggested Backoff Time: 40 milliseconds\r\n"
+            ),
+            _ => panic!("the 3rd command is refused"),
+        }
+        assert!(matches!(decide(4), Some(Injection::Refuse(_))), "the retry too");
+        assert!(
+            matches!(decide(5), Some(Injection::Bye(text)) if text == M365_BYE),
+            "third in a row: BYE"
+        );
+        assert_eq!(stats.injected(), BTreeMap::from([("backoff", 2), ("session_ended", 1)]));
+    }
+
+    #[test]
+    fn gmail_refuses_logins_over_its_limit_and_expires_sessions() {
+        let stats = ProxyStats::default();
+        let gmail = Personality::Gmail {
+            every: 2,
+            max_sessions: 1,
+            expire_after: 6,
+        };
+        let (first, second) = (AtomicBool::new(false), AtomicBool::new(false));
+        let (mut one, mut two) = (Persona::default(), Persona::default());
+        assert!(one.decide(gmail, &stats, &first, "p1", "LOGIN", None).is_none());
+        match two.decide(gmail, &stats, &second, "p1", "LOGIN", None) {
+            Some(Injection::Refuse(text)) => assert_eq!(text, format!("p1 {GMAIL_TOO_MANY}\r\n")),
+            _ => panic!("a second session is one too many"),
+        }
+        let answers: Vec<&str> = (1..=7)
+            .map(
+                |count| match one.decide(gmail, &stats, &first, "c", "FETCH", Some(count)) {
+                    None => "pass",
+                    Some(Injection::Refuse(text)) if text.contains("[THROTTLED]") => "no-throttled",
+                    Some(Injection::Refuse(_)) => "no-overquota",
+                    Some(Injection::ThrottleOk) => "ok-throttled",
+                    Some(Injection::Bye(_)) => "bye",
+                },
+            )
+            .collect();
+        assert_eq!(
+            answers,
+            [
+                "pass",
+                "ok-throttled",
+                "pass",
+                "no-overquota",
+                "pass",
+                "no-throttled",
+                "bye"
+            ]
+        );
+        assert_eq!(
+            stats.injected(),
+            BTreeMap::from([
+                ("bandwidth", 1),
+                ("session_ended", 1),
+                ("throttled", 1),
+                ("too_many_connections", 1)
+            ])
+        );
+    }
+
+    #[test]
+    fn gmail_throttled_ok_replaces_the_servers_ok_whole() {
+        let server = b"* 3 EXISTS\r\nc7 OK [READ-WRITE] Select completed (0.001 + 0.000 secs).\r\n";
+        assert_eq!(
+            rewrite_ok(server, "c7").unwrap(),
+            b"* 3 EXISTS\r\nc7 OK Success [THROTTLED]\r\n".to_vec()
+        );
+        assert!(rewrite_ok(b"c7 OK Sel", "c7").is_none(), "only a whole line");
+        assert!(rewrite_ok(b"c17 OK done\r\n", "c7").is_none(), "only that tag");
+        assert_eq!(tag_of(b"c9 UID FETCH 1:* (FLAGS)\r\n"), "c9");
     }
 
     #[test]

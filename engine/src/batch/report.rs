@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::error::{ErrorKind, Result};
+use crate::error::{ErrorKind, Result, ThrottleReason};
 use crate::state::{BatchRecord, BatchRowRecord, State, TooLargeItem};
+use crate::throttle::{self, ThrottleTally};
 
 /// Failures of one kind.
 #[derive(Debug, Clone, Serialize)]
@@ -49,6 +50,91 @@ pub struct RowReport {
     /// When a `paused` row may run again (RFC 3339, UTC).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resumes_at: Option<String>,
+    /// What the servers throttled during the last run.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub throttling: Vec<ThrottleTally>,
+}
+
+/// Throttling of one reason (or one host) over the batch.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ThrottleGroup<K> {
+    /// The reason, or the host.
+    pub key: K,
+    /// Signals received.
+    pub events: u64,
+    /// Time paused for them, in milliseconds (summed over mailboxes, which
+    /// may pause at the same time).
+    pub paused_ms: u64,
+    /// Mailboxes that saw it.
+    pub mailboxes: usize,
+}
+
+/// What the servers throttled over the batch's last runs.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ThrottlingSummary {
+    /// Signals received.
+    pub events: u64,
+    /// Time paused, in milliseconds, summed over mailboxes.
+    pub paused_ms: u64,
+    /// Mailboxes throttled at least once.
+    pub mailboxes: usize,
+    /// By reason, most frequent first.
+    pub by_reason: Vec<ThrottleGroup<ThrottleReason>>,
+    /// By host, most frequent first.
+    pub by_host: Vec<ThrottleGroup<String>>,
+    /// By host and reason.
+    pub tallies: Vec<ThrottleTally>,
+}
+
+impl ThrottlingSummary {
+    /// Sums the rows' throttling.
+    pub fn of(rows: &[&[ThrottleTally]]) -> Self {
+        let mut summary = Self::default();
+        let mut by_reason: BTreeMap<ThrottleReason, ThrottleGroup<ThrottleReason>> = BTreeMap::new();
+        let mut by_host: BTreeMap<String, ThrottleGroup<String>> = BTreeMap::new();
+        for tallies in rows.iter().filter(|t| !t.is_empty()) {
+            summary.mailboxes += 1;
+            throttle::merge(&mut summary.tallies, tallies);
+            let mut reasons_seen = std::collections::BTreeSet::new();
+            let mut hosts_seen = std::collections::BTreeSet::new();
+            for tally in *tallies {
+                summary.events += tally.events;
+                summary.paused_ms += tally.paused_ms;
+                let reason = by_reason.entry(tally.reason).or_insert_with(|| ThrottleGroup {
+                    key: tally.reason,
+                    events: 0,
+                    paused_ms: 0,
+                    mailboxes: 0,
+                });
+                reason.events += tally.events;
+                reason.paused_ms += tally.paused_ms;
+                reason.mailboxes += usize::from(reasons_seen.insert(tally.reason));
+                let host = by_host.entry(tally.host.clone()).or_insert_with(|| ThrottleGroup {
+                    key: tally.host.clone(),
+                    events: 0,
+                    paused_ms: 0,
+                    mailboxes: 0,
+                });
+                host.events += tally.events;
+                host.paused_ms += tally.paused_ms;
+                host.mailboxes += usize::from(hosts_seen.insert(tally.host.clone()));
+            }
+        }
+        summary.by_reason = by_reason.into_values().collect();
+        summary
+            .by_reason
+            .sort_by(|a, b| b.events.cmp(&a.events).then(a.key.cmp(&b.key)));
+        summary.by_host = by_host.into_values().collect();
+        summary
+            .by_host
+            .sort_by(|a, b| b.events.cmp(&a.events).then(a.key.cmp(&b.key)));
+        summary
+    }
+
+    /// Whether anything was throttled.
+    pub fn is_empty(&self) -> bool {
+        self.events == 0
+    }
 }
 
 /// A batch at a glance.
@@ -81,6 +167,9 @@ pub struct BatchReport {
     pub failure_ratio: f64,
     /// Failures by kind, most frequent first.
     pub failures: Vec<FailureGroup>,
+    /// What the servers throttled, by reason and by host, and how long it
+    /// paused the mailboxes.
+    pub throttling: ThrottlingSummary,
     /// Every row.
     pub rows: Vec<RowReport>,
     /// Rows this run left alone because another cutover process was
@@ -198,6 +287,7 @@ pub fn build(name: &str, batch: &BatchRecord, rows: &[BatchRowRecord]) -> BatchR
         locked: Vec::new(),
         waiting: Vec::new(),
         large_items: Vec::new(),
+        throttling: ThrottlingSummary::of(&rows.iter().map(|r| r.throttling.as_slice()).collect::<Vec<_>>()),
         rows: rows
             .iter()
             .map(|r| RowReport {
@@ -213,7 +303,46 @@ pub fn build(name: &str, batch: &BatchRecord, rows: &[BatchRowRecord]) -> BatchR
                 failed_messages: r.failed_messages,
                 attempts: r.attempts,
                 resumes_at: r.resumes_at.clone().filter(|_| r.status == "paused"),
+                throttling: r.throttling.clone(),
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tally(host: &str, reason: ThrottleReason, events: u64, paused_ms: u64) -> ThrottleTally {
+        ThrottleTally {
+            host: host.into(),
+            reason,
+            events,
+            paused_ms,
+        }
+    }
+
+    #[test]
+    fn throttling_adds_up_by_reason_and_by_host() {
+        let first = vec![
+            tally("a:993", ThrottleReason::Backoff, 3, 900),
+            tally("b:993", ThrottleReason::SessionEnded, 1, 200),
+        ];
+        let second = vec![tally("a:993", ThrottleReason::Backoff, 2, 600)];
+        let summary = ThrottlingSummary::of(&[&first, &[], &second]);
+        assert_eq!((summary.events, summary.paused_ms, summary.mailboxes), (6, 1700, 2));
+        assert_eq!(
+            summary
+                .by_reason
+                .first()
+                .map(|g| (g.key, g.events, g.paused_ms, g.mailboxes)),
+            Some((ThrottleReason::Backoff, 5, 1500, 2))
+        );
+        assert_eq!(
+            summary.by_host.first().map(|g| (g.key.as_str(), g.events, g.mailboxes)),
+            Some(("a:993", 5, 2))
+        );
+        assert_eq!(summary.tallies.len(), 2);
+        assert!(ThrottlingSummary::of(&[&[]]).is_empty());
     }
 }

@@ -19,13 +19,14 @@ use super::jobs::{mailbox_job, row_identity, RowDefaults};
 use super::report::{self, BatchReport};
 use crate::budget::DailyBudget;
 use crate::endpoint::Endpoint;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result, ThrottleReason};
 use crate::folders::FolderFilter;
 use crate::imap::ConnectOptions;
 use crate::limits::{Budget, HostLimits, LimitConfig};
 use crate::report::SyncReport;
 use crate::state::{BatchId, BatchRowRecord, State};
 use crate::sync::{sync_mailbox, Phase, Progress, ProgressFn, SyncOptions};
+use crate::throttle::ThrottleRecorder;
 
 /// How a batch runs.
 #[derive(Clone)]
@@ -170,6 +171,7 @@ pub fn register(state: &mut State, file: &BatchFile, defaults: &RowDefaults) -> 
                 failed_messages: 0,
                 source_size: None,
                 resumes_at: None,
+                throttling: Vec::new(),
             }
         })
         .collect();
@@ -456,6 +458,10 @@ fn record(
     defaults: &RowDefaults,
 ) -> Result<RowOutcome> {
     let mut resumes_at = None;
+    let throttling = match &outcome {
+        Ok(report) => report.throttling.clone(),
+        Err(_) => Vec::new(),
+    };
     let (status, error, copied) = match outcome {
         Err(e) => ("failed", Some((e.kind(), e.to_string())), (0, 0, 0)),
         Ok(report) if report.resumes_at.is_some() => {
@@ -481,7 +487,7 @@ fn record(
                 .iter()
                 .find_map(|f| f.too_large.first().map(|t| (t, &f.source)));
             let (status, error) = match (&report.error, folder_error, message_error, too_large) {
-                (Some(e), _, _, _) => ("failed", Some((e.kind, e.message.clone()))),
+                (Some(e), _, _, _) => ("failed", Some((e.kind, throttled_message(e)))),
                 (None, Some((e, folder)), _, _) => {
                     ("partial", Some((e.kind, format!("folder {folder}: {}", e.message))))
                 }
@@ -511,6 +517,7 @@ fn record(
         &now(),
         resumes_at.as_deref(),
     )?;
+    state.record_row_throttling(batch, &row.fingerprint(), &throttling)?;
     // A pause is not a failure: its bytes count, its reason does not.
     count_outcome(&row, defaults, copied, error.as_ref().filter(|_| status != PAUSED));
     Ok(RowOutcome {
@@ -551,6 +558,13 @@ async fn run_row(
     options.max_message_size = settings.max_message_size;
     options.retry_too_large = settings.retry_too_large;
     options.budgets = vec![source_host.budget.clone(), target_host.budget.clone()];
+    // One recorder per row, over all its attempts: the row's report counts
+    // every throttling event, and each pause cools its whole host down.
+    let throttle = Arc::new(ThrottleRecorder::default());
+    let (source_address, target_address) = (job.source.address(), host_of(&job.target));
+    throttle.share_pauses(&source_address, source_host.budget.clone());
+    throttle.share_pauses(&target_address, target_host.budget.clone());
+    options.connect.throttle = throttle.clone();
     let config = limits.config();
     if config.mailbox_messages_per_second.is_some() || config.mailbox_bytes_per_second.is_some() {
         options.budgets.push(Arc::new(Budget::new(
@@ -575,14 +589,34 @@ async fn run_row(
     let mut attempt = 0;
     let mut earlier: Option<SyncReport> = None;
     loop {
-        let mut report = {
-            let _source_slot = source_host.connections.acquire().await;
-            let _target_slot = target_host.connections.acquire().await;
-            sync_mailbox(&job, &options, &mut state, row_progress.as_ref()).await?
-        };
+        let source_slot = source_host.connections.acquire().await;
+        let target_slot = target_host.connections.acquire().await;
+        let mut report = sync_mailbox(&job, &options, &mut state, row_progress.as_ref()).await?;
         // What interrupted attempts copied belongs to this run's counts.
         if let Some(earlier) = earlier.take() {
             report.absorb_attempt(earlier);
+        }
+        report.throttling = throttle.tallies();
+        let reason = report.error.as_ref().and_then(throttle_reason);
+        if reason == Some(ThrottleReason::TooManyConnections) {
+            // The server refused one connection too many: this host gets
+            // fewer slots for the rest of the batch, this slot first.
+            let host = failure_host(
+                ErrorKind::Throttled,
+                report_message(&report),
+                source_address.clone(),
+                target_address.clone(),
+            );
+            let lowered = if host == target_address {
+                target_host.lower_connections(target_slot.ok())
+            } else {
+                source_host.lower_connections(source_slot.ok())
+            };
+            tracing::warn!(
+                host,
+                slots = lowered,
+                "too many simultaneous connections: fewer for the rest of the batch"
+            );
         }
         let Some(error) = report.error.clone() else {
             return Ok(report);
@@ -595,6 +629,16 @@ async fn run_row(
         let pause = backoff(settings.backoff, attempt);
         source_host.budget.cool_down(pause);
         target_host.budget.cool_down(pause);
+        if let Some(reason) = reason {
+            // The retry's pause is what this throttling cost too.
+            let host = failure_host(
+                error.kind,
+                &error.message,
+                source_address.clone(),
+                target_address.clone(),
+            );
+            throttle.pause(&host, reason, pause);
+        }
         tracing::info!(line = row.line, kind = %error.kind, attempt, "transient failure, retrying");
         tokio::time::sleep(pause).await;
         attempt += 1;
@@ -634,7 +678,30 @@ fn identity_host(identity: &str) -> String {
 /// connection, a timeout), counted on the host it concerns.
 fn count_mailbox_retry(error: &crate::report::ReportedError, job: &crate::sync::MailboxJob) {
     let host = failure_host(error.kind, &error.message, job.source.address(), host_of(&job.target));
-    metrics::counter!("cutover_throttle_events_total", "host" => host).increment(1);
+    metrics::counter!("cutover_mailbox_retries_total", "host" => host, "kind" => error.kind.as_str()).increment(1);
+}
+
+/// Which throttling ended a mailbox's attempt: the server's signal, or a
+/// session the server ended with BYE (reconnected on the retry).
+fn throttle_reason(error: &crate::report::ReportedError) -> Option<ThrottleReason> {
+    match error.kind {
+        ErrorKind::Throttled => Some(crate::imap::throttle_reason(&error.message).unwrap_or(ThrottleReason::Limit)),
+        ErrorKind::Connect if error.message.contains(crate::imap::BYE_DETAIL) => Some(ThrottleReason::SessionEnded),
+        _ => None,
+    }
+}
+
+fn report_message(report: &SyncReport) -> &str {
+    report.error.as_ref().map_or("", |e| e.message.as_str())
+}
+
+/// A mailbox's error for the batch row; throttling names its reason first,
+/// so `batch report` says which signal it gave up on.
+fn throttled_message(error: &crate::report::ReportedError) -> String {
+    match (error.kind, throttle_reason(error)) {
+        (ErrorKind::Throttled, Some(reason)) => format!("throttled ({reason}): {}", error.message),
+        _ => error.message.clone(),
+    }
 }
 
 /// The side a failure concerns: the server its text names (errors name

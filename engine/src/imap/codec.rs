@@ -1,10 +1,12 @@
 //! Protocol text: quoting, dates, UID sets, flag lists and the meaning of
 //! server refusals. The only place that knows how IMAP spells things.
 
+use std::time::Duration;
+
 use chrono::{DateTime, FixedOffset};
 
 use super::utf7;
-use crate::error::ErrorKind;
+use crate::error::{ErrorKind, ThrottleReason};
 use crate::message::Flags;
 
 const DATE_TIME: &str = "%d-%b-%Y %H:%M:%S %z";
@@ -123,6 +125,50 @@ pub fn uid_set_chunks(uids: &[u32], max_len: usize) -> Vec<String> {
     chunks
 }
 
+/// Which throttling signal a refusal (or an OK, or a BYE) carries, if any.
+/// Dovecot's size refusal (`NO [LIMIT] Mail size is larger…` on APPEND) is
+/// no throttling; [`classify_refusal`] sorts it out first. Storage quota
+/// (`[OVERQUOTA] Quota exceeded`) is no throttling either: only Gmail's
+/// command-or-bandwidth wording is.
+pub fn throttle_reason(text: &str) -> Option<ThrottleReason> {
+    let upper = text.to_ascii_uppercase();
+    let has = |code: &str| upper.contains(code);
+    if has("SUGGESTED BACKOFF") {
+        Some(ThrottleReason::Backoff)
+    } else if has("TOO MANY SIMULTANEOUS CONNECTIONS") || has("MAXIMUM NUMBER OF CONNECTIONS") {
+        // Gmail's `[ALERT]`, and Dovecot's mail_max_userip_connections BYE.
+        Some(ThrottleReason::TooManyConnections)
+    } else if has("[THROTTLED]") {
+        Some(ThrottleReason::Throttled)
+    } else if has("[OVERQUOTA]") && (has("BANDWIDTH") || has("COMMAND")) {
+        Some(ThrottleReason::Bandwidth)
+    } else if has("[LIMIT]") {
+        Some(ThrottleReason::Limit)
+    } else if has("[UNAVAILABLE]") || has("TRY AGAIN") {
+        Some(ThrottleReason::Unavailable)
+    } else if has("[INUSE]") {
+        Some(ThrottleReason::InUse)
+    } else {
+        None
+    }
+}
+
+/// The wait a server asked for: Microsoft 365's `Suggested Backoff Time:
+/// 299609 milliseconds`.
+pub fn suggested_backoff(text: &str) -> Option<Duration> {
+    let upper = text.to_ascii_uppercase();
+    let (_, rest) = upper.split_once("SUGGESTED BACKOFF TIME:")?;
+    let rest = rest.trim_start();
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    let amount: u64 = digits.parse().ok()?;
+    let unit = rest.trim_start_matches(|c: char| c.is_ascii_digit()).trim_start();
+    if unit.starts_with("SEC") {
+        Some(Duration::from_secs(amount))
+    } else {
+        Some(Duration::from_millis(amount))
+    }
+}
+
 /// Which failure a tagged NO/BAD (or BYE) is, from its response code and
 /// text. async-imap hands unknown codes over only as text, so the RFC 5530
 /// codes are matched there.
@@ -142,9 +188,9 @@ pub fn classify_refusal(text: &str, command: &str) -> ErrorKind {
     } else if command == "BYE" && has("DELETED") {
         // Dovecot: `* BYE Mailbox was deleted under us`.
         ErrorKind::Folder
-    } else if has("[LIMIT]") || has("[UNAVAILABLE]") || has("[INUSE]") || has("SUGGESTED BACKOFF") || has("TRY AGAIN") {
+    } else if throttle_reason(text).is_some() {
         ErrorKind::Throttled
-    } else if has("[OVERQUOTA]") || has("QUOTA EXCEEDED") {
+    } else if has("[OVERQUOTA]") || has("QUOTA EXCEEDED") || has("MAILBOX IS FULL") {
         ErrorKind::Quota
     } else if has("[AUTHENTICATIONFAILED]") || has("[AUTHORIZATIONFAILED]") || has("[EXPIRED]") {
         ErrorKind::Auth
@@ -228,5 +274,81 @@ mod tests {
             ErrorKind::Folder
         );
         assert_eq!(classify_refusal("[AUTHENTICATIONFAILED] no", "LOGIN"), ErrorKind::Auth);
+    }
+
+    #[test]
+    fn every_provider_throttling_text_has_its_reason() {
+        let cases = [
+            ("[LIMIT] Too many commands, slow down", ThrottleReason::Limit),
+            (
+                "[UNAVAILABLE] Backend temporarily unavailable",
+                ThrottleReason::Unavailable,
+            ),
+            ("[INUSE] Mailbox in use", ThrottleReason::InUse),
+            ("[THROTTLED] Please slow down", ThrottleReason::Throttled),
+            (
+                "[OVERQUOTA] Account exceeded command or bandwidth limits. (Failure)",
+                ThrottleReason::Bandwidth,
+            ),
+            (
+                "Request is throttled. Suggested Backoff Time: 299609 milliseconds",
+                ThrottleReason::Backoff,
+            ),
+            (
+                "[ALERT] Too many simultaneous connections. (Failure)",
+                ThrottleReason::TooManyConnections,
+            ),
+            (
+                "Maximum number of connections from user+IP exceeded (mail_max_userip_connections=10)",
+                ThrottleReason::TooManyConnections,
+            ),
+        ];
+        for (text, reason) in cases {
+            assert_eq!(throttle_reason(text), Some(reason), "{text}");
+            for command in ["FETCH", "APPEND", "LOGIN", "BYE"] {
+                assert_eq!(
+                    classify_refusal(text, command),
+                    ErrorKind::Throttled,
+                    "{command} {text}"
+                );
+            }
+        }
+        assert_eq!(throttle_reason("Session expired, please login again."), None);
+        assert_eq!(
+            throttle_reason("[OVERQUOTA] Quota exceeded (mailbox for user is full)"),
+            None
+        );
+    }
+
+    #[test]
+    fn storage_quota_and_size_limits_are_no_throttling() {
+        assert_eq!(
+            classify_refusal("[OVERQUOTA] Quota exceeded (mailbox for user is full)", "APPEND"),
+            ErrorKind::Quota
+        );
+        assert_eq!(classify_refusal("Mailbox is full", "APPEND"), ErrorKind::Quota);
+        assert_eq!(
+            classify_refusal("[LIMIT] Mail size is larger than the maximum size allowed", "APPEND"),
+            ErrorKind::MessageTooLarge
+        );
+        assert_eq!(throttle_reason("[OK] done"), None);
+    }
+
+    #[test]
+    fn a_suggested_backoff_is_read_exactly() {
+        assert_eq!(
+            suggested_backoff("Request is throttled. Suggested Backoff Time: 299609 milliseconds"),
+            Some(Duration::from_millis(299_609))
+        );
+        assert_eq!(
+            suggested_backoff("request is throttled. suggested backoff time: 40 milliseconds"),
+            Some(Duration::from_millis(40))
+        );
+        assert_eq!(
+            suggested_backoff("Suggested Backoff Time: 3 seconds"),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(suggested_backoff("Suggested Backoff Time: soon"), None);
+        assert_eq!(suggested_backoff("[LIMIT] slow down"), None);
     }
 }

@@ -20,11 +20,13 @@ mod transport;
 mod uids;
 pub mod utf7;
 
+/// Which throttling signal a server's text is (for the batch's retries).
+pub use codec::{suggested_backoff, throttle_reason};
 pub use limits::{is_size_refusal, StorageQuota};
 pub use resync::{FolderChanges, KnownState};
 pub use session::{
     ConnectOptions, FetchHandle, FetchItems, FetchRecord, FolderInfo, ImapSession, SelectedFolder, SpecialUse,
-    FINGERPRINT_FIELDS,
+    BYE_DETAIL, FINGERPRINT_FIELDS,
 };
 pub use status::{FolderListing, MailboxStatus};
 pub use transport::TlsOptions;

@@ -6,6 +6,7 @@
 //! synchronising literal and drops APPENDUID.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_imap::imap_proto::rfc4315::UidSetMember;
@@ -18,8 +19,9 @@ use super::transport::{connect_tcp, start_tls, TlsOptions, Transport};
 use super::uids::{FlagOperation, SearchKey, UidSet};
 use crate::credential::{Credential, Token};
 use crate::endpoint::{AuthMethod, ImapEndpoint, Secret, Security};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result, ThrottleReason};
 use crate::message::{Flags, Message};
+use crate::throttle::ThrottleRecorder;
 
 /// Connection settings shared by every session of a run.
 #[derive(Debug, Clone)]
@@ -31,6 +33,12 @@ pub struct ConnectOptions {
     /// Limit for each server response, and for each write to a server
     /// that stopped reading.
     pub io_timeout: Duration,
+    /// The longest a server's suggested backoff (`Suggested Backoff Time:
+    /// N milliseconds`) is honoured; a longer one waits this long.
+    pub max_backoff: Duration,
+    /// Where sessions report throttling (what the server said, how long
+    /// they paused).
+    pub throttle: Arc<ThrottleRecorder>,
 }
 
 impl Default for ConnectOptions {
@@ -39,6 +47,8 @@ impl Default for ConnectOptions {
             tls: TlsOptions::default(),
             connect_timeout: Duration::from_secs(20),
             io_timeout: Duration::from_secs(120),
+            max_backoff: Duration::from_secs(300),
+            throttle: Arc::default(),
         }
     }
 }
@@ -159,6 +169,14 @@ pub struct ImapSession {
     closed: bool,
     /// `ENABLE QRESYNC` was sent (once per session, on first need).
     pub(super) qresync_enabled: bool,
+    /// See [`ConnectOptions::max_backoff`].
+    max_backoff: Duration,
+    /// See [`ConnectOptions::throttle`].
+    throttle: Arc<ThrottleRecorder>,
+    /// The server said `OK [THROTTLED]`: pause before the next command.
+    slow_down: bool,
+    /// LOGOUT was sent: its BYE is expected, not a session ending early.
+    logging_out: bool,
 }
 
 /// Most commands [`ImapSession::run_pipelined`] has in flight: a few
@@ -171,6 +189,7 @@ enum Pipelined<T> {
     Item(T),
     Done(String, Completion),
     Bye(String),
+    SlowDown,
     Other,
 }
 
@@ -179,6 +198,8 @@ enum Event<T> {
     Item(T),
     Done(Completion),
     Ignore,
+    /// An untagged `OK [THROTTLED]`.
+    SlowDown,
 }
 
 /// The tagged completion of a command.
@@ -212,7 +233,27 @@ impl ImapSession {
         password: impl Into<Credential>,
         options: &ConnectOptions,
     ) -> Result<Self> {
-        let credential: Credential = password.into();
+        let result = Self::connect_and_login(endpoint, password.into(), options).await;
+        // A greeting or login refused for throttling (Gmail's `[ALERT] Too
+        // many simultaneous connections`) counts like a refused command.
+        if let Err(Error::Imap {
+            kind: ErrorKind::Throttled,
+            endpoint,
+            detail,
+            ..
+        }) = &result
+        {
+            let reason = codec::throttle_reason(detail).unwrap_or(ThrottleReason::Limit);
+            options.throttle.event(endpoint, reason);
+        }
+        result
+    }
+
+    async fn connect_and_login(
+        endpoint: &ImapEndpoint,
+        credential: Credential,
+        options: &ConnectOptions,
+    ) -> Result<Self> {
         let address = endpoint.address();
         // Before connecting: a token command that fails needs no server.
         let secret = credential.current().await?;
@@ -292,6 +333,10 @@ impl ImapSession {
             next_tag: 0,
             closed: false,
             qresync_enabled: false,
+            max_backoff: options.max_backoff,
+            throttle: options.throttle.clone(),
+            slow_down: false,
+            logging_out: false,
         };
         // Capabilities change with login (RFC 3501 6.2.3): the login's OK
         // usually lists them (one round trip less per account); else ask.
@@ -421,6 +466,9 @@ impl ImapSession {
             changed_since,
             rest,
             finished: true,
+            part: String::new(),
+            delivered: 0,
+            attempt: 0,
         };
         self.fetch_next_part(&mut handle).await?;
         Ok(handle)
@@ -434,6 +482,9 @@ impl ImapSession {
                     .send(&fetch_command(&part, handle.items, handle.changed_since))
                     .await?;
                 handle.finished = false;
+                handle.part = part;
+                handle.delivered = 0;
+                handle.attempt = 0;
             }
             None => handle.finished = true,
         }
@@ -463,6 +514,7 @@ impl ImapSession {
                     status: Status::Bye,
                     outcome,
                 } => FetchStep::Bye(outcome_text(outcome.code.as_ref(), outcome.information.as_deref())),
+                response if throttled_ok(response) => FetchStep::SlowDown,
                 Response::Fetch(_, attributes) => {
                     let (record, body) = fetch_record_parts(attributes);
                     FetchStep::Record(record, body.and_then(|body| within(data.borrow_owner(), body)))
@@ -480,11 +532,27 @@ impl ImapSession {
                         record.body = Some(Vec::from(raw));
                     }
                     if record.uid != 0 && is_complete(&record, wanted) {
+                        handle.delivered += 1;
                         return Ok(Some(record));
                     }
                 }
                 FetchStep::Done(done) => {
                     handle.finished = true;
+                    self.note_throttled_ok(&done);
+                    // A part refused as throttled before it delivered
+                    // anything goes again after the pause; once records
+                    // came, sending it again would hand them out twice.
+                    let throttled = !done.ok && codec::classify_refusal(&done.text, "FETCH") == ErrorKind::Throttled;
+                    if throttled && handle.delivered == 0 && handle.attempt < THROTTLE_RETRIES {
+                        let _counted = self.refusal(&done.text, "FETCH");
+                        self.back_off(&done.text, handle.attempt).await;
+                        handle.attempt += 1;
+                        handle.tag = self
+                            .send(&fetch_command(&handle.part, handle.items, handle.changed_since))
+                            .await?;
+                        handle.finished = false;
+                        continue;
+                    }
                     self.check(done, "FETCH")?;
                     self.fetch_next_part(handle).await?;
                     if handle.finished {
@@ -492,6 +560,7 @@ impl ImapSession {
                     }
                 }
                 FetchStep::Bye(text) => return Err(self.bye(&text)),
+                FetchStep::SlowDown => self.slow_down(),
                 FetchStep::Other => {}
             }
         }
@@ -535,11 +604,14 @@ impl ImapSession {
                 Err(e)
                     if e.kind() == ErrorKind::Throttled
                         && attempt < THROTTLE_RETRIES
+                        && !self.closed
                         && !self.refused_for_size(&e, messages) =>
                 {
+                    let Error::Imap { detail, .. } = &e else {
+                        return Err(e);
+                    };
                     // Nothing of a refused APPEND was stored: send it again.
-                    metrics::counter!("cutover_throttle_events_total", "host" => self.endpoint.clone()).increment(1);
-                    tokio::time::sleep(throttle_pause(attempt)).await;
+                    self.back_off(detail, attempt).await;
                     attempt += 1;
                 }
                 other => return other,
@@ -559,6 +631,7 @@ impl ImapSession {
             }
             return Ok(uids);
         }
+        self.pause_if_asked().await;
         let tag = self.tag();
         let mailbox = codec::mailbox(folder);
         let mut line = format!("{tag} APPEND {mailbox}").into_bytes();
@@ -614,6 +687,7 @@ impl ImapSession {
             if error.kind() != ErrorKind::Throttled {
                 return Err(error);
             }
+            self.back_off(&text, 0).await;
             self.run(command, "STORE", |_, _| None::<()>).await?;
         }
         Ok(())
@@ -641,6 +715,7 @@ impl ImapSession {
 
     /// Closes the connection politely. Errors are irrelevant at that point.
     pub async fn logout(mut self) {
+        self.logging_out = true;
         if let Ok(tag) = self.send("LOGOUT").await {
             let _ = tokio::time::timeout(Duration::from_secs(2), self.until_done(&tag)).await;
         }
@@ -664,7 +739,7 @@ impl ImapSession {
                 match self.event(&tag, &mut item).await? {
                     Event::Item(found) => items.push(found),
                     Event::Done(done) => break done,
-                    Event::Ignore => {}
+                    Event::Ignore | Event::SlowDown => {}
                 }
             };
             if done.ok {
@@ -675,8 +750,7 @@ impl ImapSession {
                 return Err(error);
             }
             tracing::debug!(endpoint = %self.endpoint, command = name, attempt, "throttled, sending again");
-            metrics::counter!("cutover_throttle_events_total", "host" => self.endpoint.clone()).increment(1);
-            tokio::time::sleep(throttle_pause(attempt)).await;
+            self.back_off(&done.text, attempt).await;
             attempt += 1;
         }
     }
@@ -693,6 +767,7 @@ impl ImapSession {
         let mut items = Vec::new();
         let mut refused = vec![None; commands.len()];
         for (chunk_index, chunk) in commands.chunks(PIPELINE).enumerate() {
+            self.pause_if_asked().await;
             let mut pending: HashMap<String, usize> = HashMap::new();
             for (offset, command) in chunk.iter().enumerate() {
                 let tag = self.tag();
@@ -710,12 +785,14 @@ impl ImapSession {
                             status: Status::Bye,
                             outcome,
                         } => Pipelined::Bye(outcome_text(outcome.code.as_ref(), outcome.information.as_deref())),
+                        response if throttled_ok(response) => Pipelined::SlowDown,
                         other => item(other, raw).map_or(Pipelined::Other, Pipelined::Item),
                     })
                     .await?;
                 match step {
                     Pipelined::Item(found) => items.push(found),
                     Pipelined::Done(tag, done) => {
+                        self.note_throttled_ok(&done);
                         if let Some(index) = pending.remove(&tag) {
                             if let Some(slot) = refused.get_mut(index).filter(|_| !done.ok) {
                                 *slot = Some(done.text);
@@ -723,6 +800,7 @@ impl ImapSession {
                         }
                     }
                     Pipelined::Bye(text) => return Err(self.bye(&text)),
+                    Pipelined::SlowDown => self.slow_down(),
                     Pipelined::Other => {}
                 }
             }
@@ -736,6 +814,7 @@ impl ImapSession {
     }
 
     async fn send(&mut self, command: &str) -> Result<String> {
+        self.pause_if_asked().await;
         let tag = self.tag();
         self.write(format!("{tag} {command}\r\n").as_bytes()).await?;
         self.flush().await?;
@@ -805,9 +884,15 @@ impl ImapSession {
         }
     }
 
+    /// A refused command as an error; a throttling refusal is counted.
     fn refusal(&self, text: &str, command: &str) -> Error {
+        let kind = codec::classify_refusal(text, command);
+        if kind == ErrorKind::Throttled {
+            let reason = codec::throttle_reason(text).unwrap_or(ThrottleReason::Limit);
+            self.throttle.event(&self.endpoint, reason);
+        }
         Error::Imap {
-            kind: codec::classify_refusal(text, command),
+            kind,
             endpoint: self.endpoint.clone(),
             command: command.to_string(),
             detail: text.to_string(),
@@ -828,10 +913,54 @@ impl ImapSession {
                     status: Status::Bye,
                     outcome,
                 } => Err(outcome_text(outcome.code.as_ref(), outcome.information.as_deref())),
+                response if throttled_ok(response) => Ok(Event::SlowDown),
                 other => Ok(item(other, raw).map_or(Event::Ignore, Event::Item)),
             })
             .await?;
-        event.map_err(|text| self.bye(&text))
+        match event.map_err(|text| self.bye(&text))? {
+            Event::SlowDown => {
+                self.slow_down();
+                Ok(Event::Ignore)
+            }
+            Event::Done(done) => {
+                self.note_throttled_ok(&done);
+                Ok(Event::Done(done))
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// Pauses after a throttling refusal before the command goes again:
+    /// exactly the server's suggested backoff (up to
+    /// [`ConnectOptions::max_backoff`]), else a growing pause. Every
+    /// mailbox on this host pauses with it.
+    async fn back_off(&mut self, text: &str, attempt: u32) {
+        let reason = codec::throttle_reason(text).unwrap_or(ThrottleReason::Limit);
+        let pause = codec::suggested_backoff(text).map_or_else(|| throttle_pause(attempt), |s| s.min(self.max_backoff));
+        self.throttle.pause(&self.endpoint, reason, pause);
+        tokio::time::sleep(pause).await;
+    }
+
+    /// The server said `OK [THROTTLED]`: the command went through, but the
+    /// next one waits.
+    fn slow_down(&mut self) {
+        self.throttle.event(&self.endpoint, ThrottleReason::Throttled);
+        self.slow_down = true;
+    }
+
+    fn note_throttled_ok(&mut self, done: &Completion) {
+        if done.ok && done.text.to_ascii_uppercase().contains("[THROTTLED]") {
+            self.slow_down();
+        }
+    }
+
+    /// The pause an earlier `OK [THROTTLED]` asked for, once.
+    async fn pause_if_asked(&mut self) {
+        if std::mem::take(&mut self.slow_down) {
+            let pause = throttle_pause(0);
+            self.throttle.pause(&self.endpoint, ThrottleReason::Throttled, pause);
+            tokio::time::sleep(pause).await;
+        }
     }
 
     /// The session ended with BYE: marks it closed and says why. A
@@ -840,12 +969,17 @@ impl ImapSession {
     pub(super) fn bye(&mut self, text: &str) -> Error {
         self.closed = true;
         let kind = codec::classify_refusal(text, "BYE");
+        if kind != ErrorKind::Folder && !self.logging_out {
+            // `* BYE Session expired`, or Microsoft 365 ending the session
+            // after repeated errors: the mailbox reconnects and resumes.
+            self.throttle.event(&self.endpoint, ThrottleReason::SessionEnded);
+        }
         if matches!(kind, ErrorKind::Throttled | ErrorKind::Folder) {
             self.refusal(text, "BYE")
         } else {
             Error::ConnectionLost {
                 endpoint: self.endpoint.clone(),
-                detail: format!("server said BYE: {text}"),
+                detail: format!("{BYE_DETAIL}: {text}"),
             }
         }
     }
@@ -884,6 +1018,12 @@ pub struct FetchHandle {
     /// Parts of the set still to fetch, the next one last.
     rest: Vec<String>,
     finished: bool,
+    /// The part in flight, sent again when throttled before any record.
+    part: String,
+    /// Records of `part` handed out so far.
+    delivered: u32,
+    /// Times `part` was refused as throttled.
+    attempt: u32,
 }
 
 /// One response before login, sorted.
@@ -1254,6 +1394,16 @@ fn login_refusal(endpoint: &ImapEndpoint, address: String, user: String, text: &
         .split_once("info: Some(\"")
         .map_or(text, |(_, rest)| rest.trim_end_matches("\")").trim_end_matches('"'))
         .to_string();
+    // Gmail refuses a login over its connection limit with `NO [ALERT] Too
+    // many simultaneous connections`: throttling, not a wrong password.
+    if codec::classify_refusal(&detail, "LOGIN") == ErrorKind::Throttled {
+        return Error::Imap {
+            kind: ErrorKind::Throttled,
+            endpoint: address,
+            command: "LOGIN".into(),
+            detail,
+        };
+    }
     if endpoint.master_user.is_some() {
         Error::AccountMissing {
             endpoint: address,
@@ -1296,12 +1446,30 @@ fn capability_list(response: &Response<'_>) -> Option<Vec<String>> {
     }
 }
 
+/// How a lost connection's detail starts when the server ended the session
+/// with BYE (the batch retries it as a session ended by the server).
+pub const BYE_DETAIL: &str = "server said BYE";
+
 /// How often one command is sent again after a throttling refusal.
 const THROTTLE_RETRIES: u32 = 6;
 
 /// 250 ms, doubling: about 16 s in all before giving up.
 fn throttle_pause(attempt: u32) -> Duration {
     Duration::from_millis(250 << attempt.min(6))
+}
+
+/// An untagged `OK [THROTTLED]` (Gmail): the session should slow down.
+fn throttled_ok(response: &Response<'_>) -> bool {
+    match response {
+        Response::Data {
+            status: Status::Ok,
+            outcome,
+        } => outcome
+            .information
+            .as_deref()
+            .is_some_and(|text| text.to_ascii_uppercase().contains("[THROTTLED]")),
+        _ => false,
+    }
 }
 
 fn fetch_command(uid_set: &str, items: FetchItems, changed_since: Option<u64>) -> String {
@@ -1421,6 +1589,7 @@ enum FetchStep {
     Record(FetchRecord, Option<std::ops::Range<usize>>),
     Done(Completion),
     Bye(String),
+    SlowDown,
     Other,
 }
 

@@ -5,6 +5,7 @@ use rusqlite::{params, OptionalExtension};
 
 use super::State;
 use crate::error::{ErrorKind, Result};
+use crate::throttle::ThrottleTally;
 
 /// Row id of a batch.
 pub type BatchId = i64;
@@ -43,6 +44,8 @@ pub struct BatchRowRecord {
     pub source_size: Option<(u64, u64, u64)>,
     /// When a `paused` row may run again (RFC 3339, UTC).
     pub resumes_at: Option<String>,
+    /// What the servers throttled during the last run, by host and reason.
+    pub throttling: Vec<ThrottleTally>,
 }
 
 /// What a batch as a whole is doing.
@@ -129,7 +132,7 @@ impl State {
             .prepare_cached(
                 "SELECT fingerprint, line, source, target, business_unit, phase, status, error_kind, error_detail,
                         attempts, messages, bytes, failed_messages, source_folders, source_messages, source_bytes,
-                        resumes_at
+                        resumes_at, throttling
                  FROM batch_row WHERE batch_id = ?1 AND current = 1 ORDER BY line",
             )
             .map_err(self.err())?;
@@ -139,6 +142,7 @@ impl State {
                 let folders: Option<i64> = row.get(13)?;
                 let messages: Option<i64> = row.get(14)?;
                 let bytes: Option<i64> = row.get(15)?;
+                let throttling: Option<String> = row.get(17)?;
                 Ok(BatchRowRecord {
                     fingerprint: row.get(0)?,
                     line: row.get::<_, i64>(1)? as usize,
@@ -158,6 +162,10 @@ impl State {
                         _ => None,
                     },
                     resumes_at: row.get(16)?,
+                    // Written by this program only; an unreadable list counts as none.
+                    throttling: throttling
+                        .and_then(|json| serde_json::from_str(&json).ok())
+                        .unwrap_or_default(),
                 })
             })
             .map_err(self.err())?;
@@ -197,6 +205,18 @@ impl State {
                     now,
                     resumes_at
                 ],
+            )
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    /// Stores what the servers throttled during a row's last run.
+    pub fn record_row_throttling(&self, batch: BatchId, fingerprint: &str, throttling: &[ThrottleTally]) -> Result<()> {
+        let json = (!throttling.is_empty()).then(|| serde_json::to_string(throttling).unwrap_or_default());
+        self.conn
+            .execute(
+                "UPDATE batch_row SET throttling = ?3 WHERE batch_id = ?1 AND fingerprint = ?2",
+                params![batch, fingerprint, json],
             )
             .map(|_| ())
             .map_err(self.err())

@@ -252,4 +252,10 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (folder_id, source_uid)
     ) STRICT, WITHOUT ROWID;
     "#,
+    // 13: what the
+    // servers throttled during a row's last run, by host and reason, as a
+    // JSON list of tallies. NULL: nothing throttled, or an older run.
+    r#"
+    ALTER TABLE batch_row ADD COLUMN throttling TEXT;
+    "#,
 ];

@@ -358,6 +358,7 @@ async fn timed(
     }
     report.finished_at = Utc::now().to_rfc3339();
     report.seconds = started.elapsed().as_secs_f64();
+    report.throttling = options.connect.throttle.tallies();
     Ok(report)
 }
 
@@ -374,6 +375,7 @@ fn new_report(options: &SyncOptions, source: String, target: String, started_at:
         dry_run: options.dry_run,
         resumes_at: None,
         paused: None,
+        throttling: Vec::new(),
     }
 }
 

@@ -721,6 +721,7 @@ mod tests {
             failed_mailboxes: 0,
             cpu_seconds: seconds / 2.0,
             peak_rss_bytes: 40 << 20,
+            throttling: Vec::new(),
         }
     }
 
@@ -766,6 +767,7 @@ mod tests {
             faults: None,
             verify: VerifyTotals::default(),
             arrivals_not_copied: 0,
+            injected: std::collections::BTreeMap::new(),
             total_seconds: 0.0,
         }
     }

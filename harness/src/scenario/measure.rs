@@ -233,6 +233,7 @@ mod tests {
             failed_mailboxes: 0,
             cpu_seconds: seconds / 2.0,
             peak_rss_bytes: 0,
+            throttling: Vec::new(),
         };
         let totals = phase_totals(&[
             run("initial", 10.0, 1000),

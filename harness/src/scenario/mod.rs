@@ -131,6 +131,10 @@ pub struct Faults {
     /// Answer every Nth command `NO [LIMIT]`.
     #[serde(default)]
     pub throttle_every: Option<u32>,
+    /// A provider's throttling, in its words (`[faults.personality]` with
+    /// `kind = "m365"` or `"gmail"`; see [`crate::proxy::Personality`]).
+    #[serde(default)]
+    pub personality: Option<crate::proxy::Personality>,
 }
 
 fn default_seed() -> u64 {
@@ -220,6 +224,7 @@ impl Scenario {
             stall_every_bytes: Some(50_000_000),
             stall_ms: 1000,
             throttle_every: Some(200),
+            personality: None,
         };
         let small = |name: &str| Scenario {
             mailboxes: 4,
@@ -265,6 +270,7 @@ impl Scenario {
                     stall_every_bytes: Some(1_000_000),
                     stall_ms: 300,
                     throttle_every: Some(40),
+                    personality: None,
                 }),
                 ..small(name)
             },

@@ -47,6 +47,9 @@ pub struct ScenarioReport {
     pub engine: EngineUsage,
     /// What the fault proxies did (absent without faults).
     pub faults: Option<FaultCounts>,
+    /// What the proxies' personality injected, by the reason cutover
+    /// reports it under (empty without a personality).
+    pub injected: std::collections::BTreeMap<String, u64>,
     /// `cutover verify` of every mailbox at the end.
     pub verify: VerifyTotals,
     /// Messages delivered during the scenario that the state never recorded
@@ -86,6 +89,36 @@ pub struct EngineRun {
     pub cpu_seconds: f64,
     /// Peak resident set size, bytes.
     pub peak_rss_bytes: u64,
+    /// What the servers throttled during the run, by reason (from the
+    /// batch report's `throttling.by_reason`).
+    pub throttling: Vec<ReasonTotal>,
+}
+
+/// Throttling of one reason.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ReasonTotal {
+    /// The reason as cutover reports it (`backoff`, `session_ended`, ...).
+    pub reason: String,
+    /// Signals received.
+    pub events: u64,
+    /// Milliseconds paused for them, summed over mailboxes.
+    pub paused_ms: u64,
+}
+
+/// The runs' throttling added up by reason, most frequent first.
+pub fn throttling_by_reason(runs: &[EngineRun]) -> Vec<ReasonTotal> {
+    let mut totals: Vec<ReasonTotal> = Vec::new();
+    for total in runs.iter().flat_map(|r| &r.throttling) {
+        match totals.iter_mut().find(|t| t.reason == total.reason) {
+            Some(t) => {
+                t.events += total.events;
+                t.paused_ms += total.paused_ms;
+            }
+            None => totals.push(total.clone()),
+        }
+    }
+    totals.sort_by(|a, b| b.events.cmp(&a.events).then(a.reason.cmp(&b.reason)));
+    totals
 }
 
 /// The runs of one phase added up.
@@ -269,9 +302,37 @@ impl fmt::Display for ScenarioReport {
         if let Some(faults) = &self.faults {
             writeln!(
                 f,
-                "  faults: {} commands, {} throttled, {} connections reset, {} stalls",
+                "  faults: {} commands, {} answered NO [LIMIT], {} connections reset, {} stalls",
                 faults.commands, faults.throttled, faults.resets, faults.stalls
             )?;
+        }
+        let throttling = throttling_by_reason(&self.runs);
+        if !throttling.is_empty() || !self.injected.is_empty() {
+            let events: u64 = throttling.iter().map(|t| t.events).sum();
+            let paused: u64 = throttling.iter().map(|t| t.paused_ms).sum();
+            writeln!(
+                f,
+                "  throttling: {events} signal(s) over all runs, mailboxes paused {:.2} s in all",
+                paused as f64 / 1000.0
+            )?;
+            let mut reasons: Vec<&str> = throttling.iter().map(|t| t.reason.as_str()).collect();
+            reasons.extend(
+                self.injected
+                    .keys()
+                    .map(String::as_str)
+                    .filter(|r| !throttling.iter().any(|t| t.reason == *r)),
+            );
+            for reason in reasons {
+                let seen = throttling.iter().find(|t| t.reason == reason);
+                writeln!(
+                    f,
+                    "    {:<22} {:>5} reported {:>8.2} s paused   {} injected by the proxy",
+                    reason,
+                    seen.map_or(0, |t| t.events),
+                    seen.map_or(0, |t| t.paused_ms) as f64 / 1000.0,
+                    self.injected.get(reason).map_or("-".to_string(), u64::to_string)
+                )?;
+            }
         }
         writeln!(
             f,

@@ -21,7 +21,7 @@ use cutover_engine::state::State;
 use tokio::task::JoinHandle;
 
 use super::measure::{self, CopyIndex, Delivery};
-use super::report::{ArrivalPeriod, CutoverWindow, EngineRun, EngineUsage, FaultCounts, ScenarioReport};
+use super::report::{ArrivalPeriod, CutoverWindow, EngineRun, EngineUsage, FaultCounts, ReasonTotal, ScenarioReport};
 use super::{FaultSide, Faults, Scenario};
 use crate::activity;
 use crate::backend::Backend;
@@ -148,6 +148,7 @@ pub async fn run(
     }
 
     let faults = proxies.counts();
+    let injected = proxies.injected();
     drop(proxies);
     progress("verify: cutover verify --json for every mailbox");
     let verify = bench::verify_all(cutover, engine.verifications(), scenario.concurrency).await?;
@@ -204,6 +205,7 @@ pub async fn run(
         faults,
         verify,
         arrivals_not_copied: day_missing + late_missing,
+        injected,
         total_seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -319,6 +321,7 @@ impl Proxies {
             bandwidth_bytes_per_second: faults.bandwidth_bytes_per_second,
             stall_every_bytes: faults.stall_every_bytes,
             stall: Duration::from_millis(faults.stall_ms),
+            personality: faults.personality,
         };
         let side = faults.side;
         Ok(Self {
@@ -342,6 +345,17 @@ impl Proxies {
     /// The port the engine connects to for a server: its proxy's, if any.
     fn port(proxy: &Option<FaultProxy>, server: &Backend) -> u16 {
         proxy.as_ref().map_or(server.imap_port(), FaultProxy::port)
+    }
+
+    /// What the personalities injected, by reason, over both proxies.
+    fn injected(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut injected = std::collections::BTreeMap::new();
+        for proxy in self.source.iter().chain(&self.target) {
+            for (reason, count) in proxy.stats().injected() {
+                *injected.entry(reason.to_owned()).or_default() += count;
+            }
+        }
+        injected
     }
 
     fn counts(&self) -> Option<FaultCounts> {
@@ -485,6 +499,19 @@ impl Engine {
             failed_mailboxes: count("failed") + count("partial"),
             cpu_seconds: finished.cpu.as_secs_f64(),
             peak_rss_bytes: finished.peak_rss_bytes,
+            throttling: report["throttling"]["by_reason"]
+                .as_array()
+                .map(|groups| {
+                    groups
+                        .iter()
+                        .map(|g| ReasonTotal {
+                            reason: g["key"].as_str().unwrap_or("unknown").to_owned(),
+                            events: g["events"].as_u64().unwrap_or(0),
+                            paused_ms: g["paused_ms"].as_u64().unwrap_or(0),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
         })
     }
 
