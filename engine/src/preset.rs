@@ -211,6 +211,10 @@ impl Presets {
         .map(Preset::defaults)
     }
 
+    fn both(&self) -> impl Iterator<Item = PresetDefaults> {
+        [self.side(Side::Source), self.side(Side::Target)].into_iter().flatten()
+    }
+
     /// The login mechanism for that side's URLs that name none.
     pub fn auth(&self, side: Side) -> Option<AuthMethod> {
         self.side(side).map(|d| d.auth)
@@ -218,11 +222,7 @@ impl Presets {
 
     /// Mailboxes per server at once: the stricter of both sides.
     pub fn connections_per_host(&self) -> Option<usize> {
-        [self.side(Side::Source), self.side(Side::Target)]
-            .into_iter()
-            .flatten()
-            .filter_map(|d| d.connections_per_host)
-            .min()
+        self.both().filter_map(|d| d.connections_per_host).min()
     }
 
     /// The target's message size limit.
@@ -243,9 +243,7 @@ impl Presets {
     /// The longest suggested backoff honoured: the longer of both sides'.
     /// (Microsoft 365 suggests up to about five minutes.)
     pub fn max_backoff(&self) -> Option<Duration> {
-        [self.side(Side::Source), self.side(Side::Target)]
-            .into_iter()
-            .flatten()
+        self.both()
             .filter_map(|d| d.max_backoff_seconds)
             .max()
             .map(Duration::from_secs)
