@@ -10,8 +10,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::corpus::generated;
-use cutover_harness::dovecot::{Dovecot, DovecotConfig};
+use common::fleet::{json, Fleet};
 use cutover_harness::proxy::{FaultConfig, FaultProxy};
 use serde_json::Value;
 
@@ -23,32 +22,15 @@ fn address(i: usize) -> String {
     format!("u{i:02}@example.org")
 }
 
-struct Servers {
-    source: Dovecot,
-    target: Dovecot,
-}
-
-fn servers(count: usize, missing_on_target: &[usize], messages_each: usize) -> Servers {
-    let source = Dovecot::start(DovecotConfig {
-        users: (1..=count).map(|i| (address(i), SRC_PW.to_string())).collect(),
-        ..DovecotConfig::default()
-    })
-    .expect("source dovecot");
-    let target = Dovecot::start(DovecotConfig {
-        special_use: true,
-        users: (1..=count)
-            .filter(|i| !missing_on_target.contains(i))
-            .map(|i| (address(i), format!("user-pw-{i}")))
-            .collect(),
-        master_user: Some(("admin".into(), ADMIN_PW.into())),
-        ..DovecotConfig::default()
-    })
-    .expect("target dovecot");
-    for i in 1..=count {
-        cutover_harness::fill::fill_maildir(&source.maildir(&address(i)), generated(100 + i as u64, messages_each))
-            .expect("fill");
-    }
-    Servers { source, target }
+fn servers(count: usize, missing_on_target: &[usize], messages_each: usize) -> Fleet {
+    Fleet::start(
+        address,
+        count,
+        missing_on_target,
+        messages_each,
+        100,
+        (SRC_PW, ADMIN_PW),
+    )
 }
 
 fn batch(args: &[&str]) -> Output {
@@ -88,16 +70,6 @@ fn run_initial(csv: &Path, state: &Path, source_server: &str, target_server: &st
     batch(&args)
 }
 
-fn json(output: &Output) -> Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
-}
-
 fn write_csv(path: &Path, rows: &[String]) {
     let mut text = String::from("source_address,source_password,source_server,target_address,business_unit\n");
     for row in rows {
@@ -124,37 +96,6 @@ fn failures_by_kind(report: &Value) -> BTreeMap<String, u64> {
             )
         })
         .collect()
-}
-
-/// Provisioning takes effect when the server says so: Dovecot re-reads its
-/// passwd file on its own schedule.
-fn verify_all(servers: &Servers, count: usize) -> (u64, u64) {
-    let (mut missing, mut extra) = (0, 0);
-    for i in 1..=count {
-        let user = address(i).replace('@', "%40");
-        let output = Command::new(env!("CARGO_BIN_EXE_cutover"))
-            .args([
-                "verify",
-                "--from",
-                &format!("imap://{user}@127.0.0.1:{}?tls=none", servers.source.imap_port()),
-                "--to",
-                &format!(
-                    "imap://{user}@127.0.0.1:{}?tls=none&master=admin",
-                    servers.target.imap_port()
-                ),
-                "--json",
-            ])
-            .env("CUTOVER_FROM_PASSWORD", SRC_PW)
-            .env("CUTOVER_TO_PASSWORD", ADMIN_PW)
-            .output()
-            .expect("verify");
-        let report = json(&output);
-        for folder in report["folders"].as_array().expect("folders") {
-            missing += folder["missing"].as_array().map_or(0, Vec::len) as u64;
-            extra += folder["extra"].as_array().map_or(0, Vec::len) as u64;
-        }
-    }
-    (missing, extra)
 }
 
 #[test]
@@ -351,11 +292,7 @@ fn fifty_mailboxes_four_bad_rows_preflight_run_hold_fix_and_rerun() {
     }
     outputs.push(rerun);
 
-    assert_eq!(
-        verify_all(&servers, 50),
-        (0, 0),
-        "every mailbox complete, no duplicates"
-    );
+    assert_eq!(servers.verify_all(50), (0, 0), "every mailbox complete, no duplicates");
 
     // No password anywhere: outputs, failed-rows CSV, state.
     let mut everything: Vec<u8> = std::fs::read(&failed_csv).unwrap();
@@ -415,7 +352,7 @@ async fn throttling_and_dropped_connections_lose_nothing() {
         "the proxy cut connections"
     );
     let servers_ref = &servers;
-    assert_eq!(tokio::task::block_in_place(|| verify_all(servers_ref, 8)), (0, 0));
+    assert_eq!(tokio::task::block_in_place(|| servers_ref.verify_all(8)), (0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,8 +10,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::{Command, Output};
 
-use common::corpus::generated;
-use cutover_harness::dovecot::{Dovecot, DovecotConfig};
+use common::fleet::{json, Fleet};
 use cutover_harness::proxy::{FaultConfig, FaultProxy, Personality};
 use serde_json::Value;
 
@@ -22,29 +21,8 @@ fn address(i: usize) -> String {
     format!("t{i:02}@example.org")
 }
 
-struct Servers {
-    source: Dovecot,
-    target: Dovecot,
-}
-
-fn servers(count: usize, messages_each: usize) -> Servers {
-    let source = Dovecot::start(DovecotConfig {
-        users: (1..=count).map(|i| (address(i), SRC_PW.to_string())).collect(),
-        ..DovecotConfig::default()
-    })
-    .expect("source dovecot");
-    let target = Dovecot::start(DovecotConfig {
-        special_use: true,
-        users: (1..=count).map(|i| (address(i), format!("user-pw-{i}"))).collect(),
-        master_user: Some(("admin".into(), ADMIN_PW.into())),
-        ..DovecotConfig::default()
-    })
-    .expect("target dovecot");
-    for i in 1..=count {
-        cutover_harness::fill::fill_maildir(&source.maildir(&address(i)), generated(300 + i as u64, messages_each))
-            .expect("fill");
-    }
-    Servers { source, target }
+fn servers(count: usize, messages_each: usize) -> Fleet {
+    Fleet::start(address, count, &[], messages_each, 300, (SRC_PW, ADMIN_PW))
 }
 
 /// A batch of `count` mailboxes run through a proxy with `personality` in
@@ -61,7 +39,7 @@ struct Run {
     proxy: FaultProxy,
 }
 
-async fn run_batch(servers: &Servers, count: usize, personality: Personality, extra: &[&str]) -> Run {
+async fn run_batch(servers: &Fleet, count: usize, personality: Personality, extra: &[&str]) -> Run {
     let upstream: SocketAddr = format!("127.0.0.1:{}", servers.source.imap_port()).parse().unwrap();
     let proxy = FaultProxy::start(
         upstream,
@@ -131,16 +109,6 @@ fn batch(args: &[String]) -> Output {
         .expect("run cutover batch")
 }
 
-fn json(output: &Output) -> Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
-}
-
 /// `(events, paused_ms)` by reason, from a batch report's throttling section.
 fn by_reason(report: &Value) -> BTreeMap<String, (u64, u64)> {
     report["throttling"]["by_reason"]
@@ -161,37 +129,6 @@ fn events(report: &Value) -> BTreeMap<String, u64> {
         .into_iter()
         .map(|(reason, (n, _))| (reason, n))
         .collect()
-}
-
-/// Missing and duplicated messages over all mailboxes, by `cutover verify`
-/// straight to the servers.
-fn verify_all(servers: &Servers, count: usize) -> (u64, u64) {
-    let (mut missing, mut extra) = (0, 0);
-    for i in 1..=count {
-        let user = address(i).replace('@', "%40");
-        let output = Command::new(env!("CARGO_BIN_EXE_cutover"))
-            .args([
-                "verify",
-                "--from",
-                &format!("imap://{user}@127.0.0.1:{}?tls=none", servers.source.imap_port()),
-                "--to",
-                &format!(
-                    "imap://{user}@127.0.0.1:{}?tls=none&master=admin",
-                    servers.target.imap_port()
-                ),
-                "--json",
-            ])
-            .env("CUTOVER_FROM_PASSWORD", SRC_PW)
-            .env("CUTOVER_TO_PASSWORD", ADMIN_PW)
-            .output()
-            .expect("verify");
-        let report = json(&output);
-        for folder in report["folders"].as_array().expect("folders") {
-            missing += folder["missing"].as_array().map_or(0, Vec::len) as u64;
-            extra += folder["extra"].as_array().map_or(0, Vec::len) as u64;
-        }
-    }
-    (missing, extra)
 }
 
 /// The batch output and the report rebuilt from the state agree, and the
@@ -249,7 +186,7 @@ async fn m365_suggested_backoff_is_waited_exactly_up_to_the_cap() {
         .unwrap_or_else(|| panic!("the text report names the reason:\n{}", run.text));
     assert!(line.contains(&format!("{injected} signal(s)")), "{line}");
     let servers_ref = &servers;
-    assert_eq!(tokio::task::block_in_place(|| verify_all(servers_ref, 4)), (0, 0));
+    assert_eq!(tokio::task::block_in_place(|| servers_ref.verify_all(4)), (0, 0));
 }
 
 fn events_of_rows(report: &Value) -> u64 {
@@ -289,7 +226,7 @@ async fn m365_dropping_the_session_after_repeated_throttling_reconnects_and_resu
     assert_same_counts(&run);
     let servers_ref = &servers;
     assert_eq!(
-        tokio::task::block_in_place(|| verify_all(servers_ref, 4)),
+        tokio::task::block_in_place(|| servers_ref.verify_all(4)),
         (0, 0),
         "resumed without losing or duplicating"
     );
@@ -331,7 +268,7 @@ async fn gmail_signals_each_count_under_their_own_reason() {
     assert!(run.proxy.stats().peak_sessions_after_alert() <= 2);
     assert_same_counts(&run);
     let servers_ref = &servers;
-    assert_eq!(tokio::task::block_in_place(|| verify_all(servers_ref, 4)), (0, 0));
+    assert_eq!(tokio::task::block_in_place(|| servers_ref.verify_all(4)), (0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

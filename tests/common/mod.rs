@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpStream;
 
 pub mod corpus;
+pub mod fleet;
 
 /// Hands a Maildir cutover wrote (as root) to Dovecot's mail user (uid 8),
 /// as a real migration onto a mail server would.
