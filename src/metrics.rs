@@ -15,6 +15,8 @@
 //! | `cutover_messages_copied_total` | counter | |
 //! | `cutover_bytes_copied_total` | counter | |
 //! | `cutover_failures_total` | counter | kind, host |
+//! | `cutover_messages_too_large_total` | counter | |
+//! | `cutover_mailboxes_paused_total` | counter | |
 //! | `cutover_throttle_events_total` | counter | host, reason |
 //! | `cutover_throttle_pause_milliseconds_total` | counter | host, reason |
 //! | `cutover_mailbox_retries_total` | counter | host, kind |
@@ -72,6 +74,14 @@ fn describe() {
     describe_counter!(
         "cutover_failures_total",
         "Mailbox runs that failed or partly failed, by error kind and server"
+    );
+    describe_counter!(
+        "cutover_messages_too_large_total",
+        "Messages found too large for their target (skipped, recorded, listed as large items)"
+    );
+    describe_counter!(
+        "cutover_mailboxes_paused_total",
+        "Mailbox runs that stopped at a daily per-account budget"
     );
     describe_counter!(
         "cutover_throttle_events_total",

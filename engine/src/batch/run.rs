@@ -459,7 +459,10 @@ fn record(
 ) -> Result<RowOutcome> {
     let mut resumes_at = None;
     let throttling = match &outcome {
-        Ok(report) => report.throttling.clone(),
+        Ok(report) => {
+            metrics::counter!("cutover_messages_too_large_total").increment(report.too_large() as u64);
+            report.throttling.clone()
+        }
         Err(_) => Vec::new(),
     };
     let (status, error, copied) = match outcome {
@@ -519,6 +522,9 @@ fn record(
     )?;
     state.record_row_throttling(batch, &row.fingerprint(), &throttling)?;
     // A pause is not a failure: its bytes count, its reason does not.
+    if status == PAUSED {
+        metrics::counter!("cutover_mailboxes_paused_total").increment(1);
+    }
     count_outcome(&row, defaults, copied, error.as_ref().filter(|_| status != PAUSED));
     Ok(RowOutcome {
         row,
