@@ -763,6 +763,9 @@ fn print_check(check: &RowCheck) {
         "line {:4} {} → {}: {source}; {target}",
         check.line, check.source, check.target
     );
+    if let (Ok(_), Ok(_), Some(problem)) = (&check.source_result, &check.target_result, check.problem()) {
+        println!("      {}: {}", problem.kind, problem.message);
+    }
     if let Ok(size) = &check.source_result {
         const SHOWN: usize = 5;
         for message in size.oversized.iter().take(SHOWN) {

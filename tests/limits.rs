@@ -560,3 +560,32 @@ async fn a_size_refusal_worded_like_throttling_is_sent_once_and_recorded_too_lar
     );
     assert_eq!(big_appends(), sent, "a rerun does not send it again");
 }
+
+/// A target quota smaller than the whole source mailbox fails the preflight
+/// (and so the readiness check), naming both sizes; oversized messages
+/// alone do not.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_target_quota_smaller_than_the_source_fails_the_preflight() {
+    const SMALL: u64 = 30 << 20;
+    let pair = Pair::start_with(
+        |_| {},
+        |target: &mut DovecotConfig| {
+            target.quota = Some(Quota {
+                storage_bytes: SMALL,
+                max_mail_size: None,
+            })
+        },
+    );
+    fill(&pair);
+    let batch = Batch::new(&pair);
+    let check = batch.text("check", &[]);
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!(
+            "quota: the target's quota ({SMALL} bytes) is smaller than the source mailbox"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("0 of 1 rows ready, 1 with problems"), "{text}");
+}

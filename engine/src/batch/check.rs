@@ -89,7 +89,7 @@ impl AuthCheck {
     fn new(method: AuthMethod, offered: &[String]) -> Self {
         Self {
             offered: offered.to_vec(),
-            used: format!("{method:?}").to_ascii_uppercase(),
+            used: method.mechanism().to_string(),
         }
     }
 }
@@ -126,9 +126,31 @@ pub struct RowCheck {
 }
 
 impl RowCheck {
-    /// Both sides are usable.
+    /// Both sides are usable and the source fits in the target's quota.
     pub fn is_ok(&self) -> bool {
-        self.source_result.is_ok() && self.target_result.is_ok()
+        self.problem().is_none()
+    }
+
+    /// What stops this row, if anything: a side that cannot be used, or a
+    /// target quota smaller than the whole source mailbox (the copy would
+    /// end over quota, and `[OVERQUOTA]` needs a person anyway). Messages
+    /// too large for the target are no problem here: a copy skips and
+    /// lists them.
+    pub fn problem(&self) -> Option<ReportedError> {
+        match (&self.source_result, &self.target_result) {
+            (Err(e), _) | (Ok(_), Err(e)) => Some(e.clone()),
+            (Ok(size), Ok(target)) => target
+                .quota
+                .filter(|quota| quota.limit_bytes < size.bytes)
+                .map(|quota| ReportedError {
+                    kind: crate::error::ErrorKind::Quota,
+                    message: format!(
+                        "the target's quota ({} bytes) is smaller than the source mailbox ({} bytes): \
+                         raise it before the copy",
+                        quota.limit_bytes, size.bytes
+                    ),
+                }),
+        }
     }
 }
 
@@ -269,5 +291,36 @@ mod tests {
         let mut unlimited = MailboxSize::default();
         unlimited.add("INBOX", 1, 40_000_000, None);
         assert_eq!(unlimited.over_limit, 0, "no limit known, nothing over it");
+    }
+
+    #[test]
+    fn a_target_quota_smaller_than_the_source_is_a_problem_oversized_messages_are_not() {
+        let mut size = MailboxSize::default();
+        size.add("INBOX", 1, 600, Some(500));
+        let check = |limit_bytes| RowCheck {
+            line: 2,
+            source: "s".into(),
+            target: "t".into(),
+            source_auth: None,
+            source_result: Ok(size.clone()),
+            target_result: Ok(TargetCheck {
+                quota: Some(StorageQuota {
+                    used_bytes: 0,
+                    limit_bytes,
+                }),
+                ..TargetCheck::default()
+            }),
+        };
+        assert!(
+            check(600).is_ok(),
+            "it fits exactly; the oversized message is skipped, not a problem"
+        );
+        let problem = check(599).problem().expect("a quota too small");
+        assert_eq!(problem.kind, crate::error::ErrorKind::Quota);
+        assert!(
+            problem.message.contains("599") && problem.message.contains("600"),
+            "{}",
+            problem.message
+        );
     }
 }

@@ -432,10 +432,7 @@ async fn run_group(
                 let Some(row) = subset.rows.iter().find(|r| r.line == checked.line) else {
                     continue;
                 };
-                let error = match (&checked.source_result, &checked.target_result) {
-                    (Err(e), _) | (Ok(_), Err(e)) => Some((e.kind, e.message.clone())),
-                    _ => None,
-                };
+                let error = checked.problem().map(|e| (e.kind, e.message));
                 let status = if error.is_some() { "failed" } else { "done" };
                 results.push(StepResult {
                     row: row.fingerprint(),
