@@ -13,10 +13,12 @@ use cutover_engine::credential::{Credential, PasswordRef};
 use cutover_engine::endpoint::{host_of, redact, with_default_auth, Endpoint, Secret};
 use cutover_engine::folders::{FolderFilter, Pinned};
 use cutover_engine::imap::{uid_set, ConnectOptions, TlsOptions};
+use cutover_engine::limits::retry_pause;
 use cutover_engine::preset::{Presets, Side};
 use cutover_engine::report::SyncReport;
 use cutover_engine::state::State;
 use cutover_engine::sync::{self, MailboxJob, Phase, Progress, ProgressFn, SyncOptions};
+use cutover_engine::throttle::ThrottleRecorder;
 use cutover_engine::verify::{self, DateRange, Verification, VerifyOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -128,6 +130,14 @@ struct SyncArgs {
     /// nothing on either server or in the state.
     #[arg(long)]
     dry_run: bool,
+    /// Times to connect again after a transient failure (a dropped session,
+    /// throttling that outlasted the session's own retries, a timeout).
+    #[arg(long, default_value_t = 3)]
+    retries: u32,
+    /// First wait before connecting again, in milliseconds (doubled each
+    /// time, jittered, at most 30 s).
+    #[arg(long, default_value_t = 1000)]
+    backoff_ms: u64,
     #[command(flatten)]
     daily: batch::DailyBudgetArgs,
     #[command(flatten)]
@@ -379,7 +389,29 @@ async fn run_sync(args: SyncArgs) -> Result<ExitCode> {
             Progress::Copied { messages, .. } => bar.inc(messages),
         }) as ProgressFn
     });
-    let report = sync::sync_mailbox(&job, &options, &mut state, progress.as_ref()).await?;
+    // A dropped session (a BYE mid-FETCH, Gmail's `Session expired`) or
+    // throttling that outlasted the session's own retries: connect again
+    // and resume, as a batch does; the state makes the rerun exact.
+    let throttle = Arc::new(ThrottleRecorder::default());
+    options.connect.throttle = throttle.clone();
+    let (mut attempt, mut earlier) = (0, None);
+    let report = loop {
+        let mut report = sync::sync_mailbox(&job, &options, &mut state, progress.as_ref()).await?;
+        if let Some(earlier) = earlier.take() {
+            report.absorb_attempt(earlier);
+        }
+        report.throttling = throttle.tallies();
+        let Some(kind) = report.error.as_ref().map(|e| e.kind).filter(|k| k.is_transient()) else {
+            break report;
+        };
+        if attempt >= args.retries {
+            break report;
+        }
+        tracing::info!(%kind, attempt, "transient failure, connecting again");
+        tokio::time::sleep(retry_pause(Duration::from_millis(args.backoff_ms), attempt)).await;
+        attempt += 1;
+        earlier = Some(report);
+    };
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }

@@ -241,7 +241,7 @@ async fn gmail_signals_each_count_under_their_own_reason() {
         Personality::Gmail {
             every: 5,
             max_sessions: 2,
-            expire_after: 12,
+            expire_after: 4,
         },
         &["--concurrency", "4", "--retries", "30", "--backoff-ms", "20"],
     )
@@ -297,4 +297,70 @@ async fn throttling_beyond_the_retries_ends_the_mailbox_as_throttled() {
     let (events, _) = by_reason(&run.output)["backoff"];
     assert_eq!(events, run.injected["backoff"], "every refusal counted, also the last");
     assert_same_counts(&run);
+}
+
+/// A single `cutover sync` whose source session keeps expiring (Gmail's
+/// `* BYE Session expired`) connects again and resumes on its own: one
+/// command, nothing missing or twice, every BYE counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_sync_connects_again_after_a_bye_and_completes() {
+    let servers = servers(1, 60);
+    let upstream: SocketAddr = format!("127.0.0.1:{}", servers.source.imap_port()).parse().unwrap();
+    let proxy = FaultProxy::start(
+        upstream,
+        FaultConfig {
+            personality: Some(Personality::Gmail {
+                every: 0,
+                max_sessions: 0,
+                expire_after: 4,
+            }),
+            ..FaultConfig::default()
+        },
+    )
+    .await
+    .expect("proxy");
+    let dir = tempfile::tempdir().unwrap();
+    let user = address(1).replace('@', "%40");
+    let output = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args([
+            "sync",
+            "--phase",
+            "initial",
+            "--json",
+            "--retries",
+            "20",
+            "--backoff-ms",
+            "10",
+        ])
+        .arg("--state")
+        .arg(dir.path().join("s.db"))
+        .arg("--from")
+        .arg(format!("imap://{user}@127.0.0.1:{}?tls=none", proxy.port()))
+        .arg("--to")
+        .arg(format!(
+            "imap://{user}@127.0.0.1:{}?tls=none&master=admin",
+            servers.target.imap_port()
+        ))
+        .env("CUTOVER_FROM_PASSWORD", SRC_PW)
+        .env("CUTOVER_TO_PASSWORD", ADMIN_PW)
+        .output()
+        .expect("sync");
+    let report = json(&output);
+    assert!(output.status.success(), "{report:#}");
+    let injected = proxy.stats().injected().get("session_ended").copied().unwrap_or(0);
+    assert!(
+        injected >= 1,
+        "the session never expired: {:?}",
+        proxy.stats().injected()
+    );
+    let ended: u64 = report["throttling"]
+        .as_array()
+        .expect("throttling in the report")
+        .iter()
+        .filter(|t| t["reason"] == "session_ended")
+        .map(|t| t["events"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(ended, injected, "{report:#}");
+    assert_eq!(common::total(&report, "copied"), 60, "{report:#}");
+    assert_eq!(tokio::task::block_in_place(|| servers.verify_all(1)), (0, 0));
 }

@@ -193,6 +193,18 @@ impl HostLimits {
     }
 }
 
+/// The pause before retrying a mailbox after a transient failure:
+/// exponential from `base`, with ±25% jitter, capped at 30 s, so throttled
+/// mailboxes do not all come back at the same moment.
+pub fn retry_pause(base: Duration, attempt: u32) -> Duration {
+    let exponential = base.saturating_mul(1u32 << attempt.min(6)).min(Duration::from_secs(30));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let jitter = 0.75 + f64::from(nanos % 1000) / 2000.0;
+    exponential.mul_f64(jitter)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,5 +261,18 @@ mod tests {
         assert_eq!(host.lower_connections(Some(only)), 1);
         assert_eq!(host.connections.available_permits(), 1, "never below one");
         assert_eq!(limits.host("h:993").connection_slots(), 1, "for the rest of the batch");
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_a_cap() {
+        let base = Duration::from_millis(100);
+        for attempt in 0..10 {
+            let pause = retry_pause(base, attempt);
+            let nominal = base.saturating_mul(1 << attempt.min(6)).min(Duration::from_secs(30));
+            assert!(
+                pause >= nominal.mul_f64(0.74) && pause <= nominal.mul_f64(1.26),
+                "{attempt}: {pause:?}"
+            );
+        }
     }
 }

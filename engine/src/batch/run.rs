@@ -22,7 +22,7 @@ use crate::endpoint::Endpoint;
 use crate::error::{Error, ErrorKind, Result, ThrottleReason};
 use crate::folders::FolderFilter;
 use crate::imap::ConnectOptions;
-use crate::limits::{Budget, HostLimits, LimitConfig};
+use crate::limits::{retry_pause, Budget, HostLimits, LimitConfig};
 use crate::report::SyncReport;
 use crate::state::{BatchId, BatchRowRecord, State};
 use crate::sync::{sync_mailbox, Phase, Progress, ProgressFn, SyncOptions};
@@ -632,7 +632,7 @@ async fn run_row(
         }
         earlier = Some(report);
         count_mailbox_retry(&error, &job);
-        let pause = backoff(settings.backoff, attempt);
+        let pause = retry_pause(settings.backoff, attempt);
         source_host.budget.cool_down(pause);
         target_host.budget.cool_down(pause);
         if let Some(reason) = reason {
@@ -732,17 +732,6 @@ fn failure_host(kind: ErrorKind, text: &str, source: String, target: String) -> 
     }
 }
 
-/// Exponential backoff with ±25% jitter, capped at 30 s, so throttled
-/// mailboxes do not all come back at the same moment.
-fn backoff(base: Duration, attempt: u32) -> Duration {
-    let exponential = base.saturating_mul(1u32 << attempt.min(6)).min(Duration::from_secs(30));
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let jitter = 0.75 + f64::from(nanos % 1000) / 2000.0;
-    exponential.mul_f64(jitter)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -781,18 +770,5 @@ mod tests {
         assert_eq!(host(ErrorKind::Throttled, "h:143: FETCH failed: [LIMIT]"), "h:143");
         assert_eq!(host(ErrorKind::Quota, "over quota"), "h:1430");
         assert_eq!(host(ErrorKind::Config, "no source password"), "h:143");
-    }
-
-    #[test]
-    fn backoff_grows_with_jitter_and_a_cap() {
-        let base = Duration::from_millis(100);
-        for attempt in 0..10 {
-            let pause = backoff(base, attempt);
-            let nominal = base.saturating_mul(1 << attempt.min(6)).min(Duration::from_secs(30));
-            assert!(
-                pause >= nominal.mul_f64(0.74) && pause <= nominal.mul_f64(1.26),
-                "{attempt}: {pause:?}"
-            );
-        }
     }
 }
