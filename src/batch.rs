@@ -12,7 +12,7 @@ use cutover_engine::batch::jobs::RowDefaults;
 use cutover_engine::batch::report::{BatchReport, ThrottlingSummary};
 use cutover_engine::batch::run::{self, BatchProgress, BatchProgressFn, BatchSettings, Selection};
 use cutover_engine::batch::split::{self, SplitRule};
-use cutover_engine::budget::DailyBudget;
+use cutover_engine::budget::{BudgetWindow, DailyBudget};
 use cutover_engine::folders::FolderFilter;
 use cutover_engine::limits::LimitConfig;
 use cutover_engine::preset::{Presets, Side};
@@ -208,14 +208,20 @@ pub struct RunOptions {
 /// Daily per-account byte budgets (providers' caps, e.g. Gmail's).
 #[derive(Args, Clone)]
 pub(crate) struct DailyBudgetArgs {
-    /// Most message bytes read from one source account per UTC day (e.g.
-    /// 2000MB, 2.5G, 1GiB); a mailbox that reaches it pauses until 00:00 UTC.
+    /// Most message bytes read from one source account per day (e.g.
+    /// 2000MB, 2.5G, 1GiB); a mailbox that reaches it pauses until the
+    /// budget renews.
     #[arg(long, value_parser = byte_count)]
     pub(crate) account_daily_download: Option<u64>,
-    /// Most message bytes appended to one target account per UTC day (e.g.
-    /// 400MB); a mailbox that reaches it pauses until 00:00 UTC.
+    /// Most message bytes appended to one target account per day (e.g.
+    /// 400MB); a mailbox that reaches it pauses until the budget renews.
     #[arg(long, value_parser = byte_count)]
     pub(crate) account_daily_upload: Option<u64>,
+    /// What a day is for the budgets: `day` (the UTC calendar day, renewed
+    /// at 00:00 UTC; the default) or `24h` (the last 24 hours, as Gmail
+    /// counts; the gmail preset's).
+    #[arg(long, value_parser = ["day", "24h"])]
+    pub(crate) budget_window: Option<String>,
 }
 
 impl DailyBudgetArgs {
@@ -224,12 +230,20 @@ impl DailyBudgetArgs {
         Self {
             account_daily_download: self.account_daily_download.or(presets.account_daily_download()),
             account_daily_upload: self.account_daily_upload.or(presets.account_daily_upload()),
+            budget_window: self
+                .budget_window
+                .clone()
+                .or_else(|| presets.rolling_budget().then(|| "24h".to_string())),
         }
     }
 
     /// The budgets, on the clock `now` (`None`: the system clock).
     pub(crate) fn budget(&self, now: Option<chrono::DateTime<chrono::Utc>>) -> DailyBudget {
-        DailyBudget::new(self.account_daily_download, self.account_daily_upload, now)
+        let window = match self.budget_window.as_deref() {
+            Some("24h") => BudgetWindow::Rolling,
+            _ => BudgetWindow::Day,
+        };
+        DailyBudget::new(self.account_daily_download, self.account_daily_upload, now).counting(window)
     }
 }
 

@@ -79,7 +79,10 @@ fn row(report: &Value, line: u64) -> &Value {
 fn usage(state: &Path, account: &str) -> Vec<(String, u64, u64)> {
     let db = rusqlite::Connection::open(state).expect("open state");
     let mut statement = db
-        .prepare("SELECT day, downloaded, uploaded FROM account_usage WHERE account = ?1 ORDER BY day")
+        .prepare(
+            "SELECT substr(hour, 1, 10) AS day, sum(downloaded), sum(uploaded) FROM account_usage
+             WHERE account = ?1 GROUP BY day ORDER BY day",
+        )
         .expect("prepare");
     statement
         .query_map([account], |r| {
@@ -309,6 +312,31 @@ async fn sync_pauses_at_the_daily_upload_budget_with_its_own_exit_status() {
         "{stdout}"
     );
     assert!(!stdout.contains("failed"), "a pause is not a failure: {stdout}");
+
+    // Counted over the last 24 hours (Gmail's way), the evening's uploads
+    // still count after midnight: paused until the 18:00 hour leaves.
+    let rolling = cutover(&[
+        "sync",
+        "--from",
+        &from,
+        "--to",
+        &to,
+        "--phase",
+        "initial",
+        "--state",
+        &state_arg,
+        "--json",
+        "--account-daily-upload",
+        &budget_arg,
+        "--budget-window",
+        "24h",
+        "--now",
+        "2026-12-06T01:00:00Z",
+    ]);
+    let report = json(&rolling);
+    assert_eq!(rolling.status.code(), Some(4), "{report}");
+    assert_eq!(report["resumes_at"], "2026-12-06T18:00:00Z", "{report}");
+    assert_eq!(total(&report, "copied"), 0, "{report}");
 
     let mut days = 1;
     loop {

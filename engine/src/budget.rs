@@ -9,10 +9,12 @@
 //! carried in the state (`account_usage`) across runs. Headers read for
 //! dedup and sizes are left out: they are a few hundred bytes a message.
 //!
-//! The budget day is the UTC calendar day; it renews at 00:00 UTC. Gmail
-//! counts a rolling 24 h instead, so a mailbox that resumes at midnight may
-//! still meet a provider that has not forgotten yesterday evening: set the
-//! budget with some room (the README suggests 80%).
+//! The budget's window is the UTC calendar day (renewed at 00:00 UTC), or
+//! with [`BudgetWindow::Rolling`] the last 24 hours, as Gmail counts: a
+//! mailbox that used its budget at 23:00 then waits until 23:00 the next
+//! day, instead of moving a second budget's worth after midnight. Usage is
+//! kept by the hour, so the rolling window is conservative by up to an
+//! hour.
 //!
 //! Before a folder's messages are fetched their sizes are asked (a few bytes
 //! each), and only the longest run of UIDs that fits what is left of the
@@ -27,6 +29,17 @@ use chrono::{DateTime, Duration, NaiveTime, Utc};
 use crate::error::{Error, Result};
 use crate::state::{AccountUsage, State};
 
+/// Which span of time a daily budget counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BudgetWindow {
+    /// The UTC calendar day; the budget renews at 00:00 UTC.
+    #[default]
+    Day,
+    /// The last 24 hours (Gmail's way); bytes leave the window 24 h after
+    /// the hour they were moved in.
+    Rolling,
+}
+
 /// The daily budgets of a run, and its clock.
 #[derive(Debug, Clone, Default)]
 pub struct DailyBudget {
@@ -34,6 +47,8 @@ pub struct DailyBudget {
     pub download: Option<u64>,
     /// Most message bytes appended to one target account per day.
     pub upload: Option<u64>,
+    /// The span a budget counts.
+    pub window: BudgetWindow,
     /// The clock: a fixed moment (`--now`, tests), else the system's.
     pub now: Option<DateTime<Utc>>,
     /// The accounts the budgets apply to, set per mailbox by the sync.
@@ -56,9 +71,15 @@ impl DailyBudget {
         Self {
             download,
             upload,
+            window: BudgetWindow::Day,
             now,
             accounts: None,
         }
+    }
+
+    /// The same budgets, counted over `window`.
+    pub fn counting(self, window: BudgetWindow) -> Self {
+        Self { window, ..self }
     }
 
     /// Whether any budget is set.
@@ -83,6 +104,22 @@ impl DailyBudget {
 /// The budget day of a moment: its UTC calendar day, `YYYY-MM-DD`.
 pub fn budget_day(now: DateTime<Utc>) -> String {
     now.format("%Y-%m-%d").to_string()
+}
+
+/// The usage hour of a moment, `YYYY-MM-DDTHH` (UTC).
+fn usage_hour(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%dT%H").to_string()
+}
+
+/// The hours a budget counts at `now`, as `(first, last)` usage hours.
+fn window_hours(window: BudgetWindow, now: DateTime<Utc>) -> (String, String) {
+    match window {
+        BudgetWindow::Day => {
+            let day = budget_day(now);
+            (format!("{day}T00"), format!("{day}T23"))
+        }
+        BudgetWindow::Rolling => (usage_hour(now - Duration::hours(23)), usage_hour(now)),
+    }
 }
 
 /// When the budget day of `now` ends and a new budget starts: the next
@@ -120,7 +157,7 @@ impl Allowance {
 
 /// Today's allowance of a budget for its accounts at `now`.
 pub(crate) fn allowance(state: &State, budget: &DailyBudget, now: DateTime<Utc>) -> Result<Allowance> {
-    let day = budget_day(now);
+    let (from, to) = window_hours(budget.window, now);
     let mut allowance = Allowance {
         remaining: None,
         fresh: true,
@@ -132,11 +169,11 @@ pub(crate) fn allowance(state: &State, budget: &DailyBudget, now: DateTime<Utc>)
     };
     let mut sides: Vec<(&'static str, &str, u64, u64)> = Vec::new();
     if let Some(limit) = budget.download {
-        let used = state.account_usage(&accounts.source, &day)?.downloaded;
+        let used = state.account_usage_between(&accounts.source, &from, &to)?.downloaded;
         sides.push(("download", &accounts.source, limit, used));
     }
     if let (Some(limit), Some(target)) = (budget.upload, &accounts.target) {
-        let used = state.account_usage(target, &day)?.uploaded;
+        let used = state.account_usage_between(target, &from, &to)?.uploaded;
         sides.push(("upload", target, limit, used));
     }
     for (direction, account, limit, used) in sides {
@@ -145,6 +182,16 @@ pub(crate) fn allowance(state: &State, budget: &DailyBudget, now: DateTime<Utc>)
         if allowance.remaining.is_none_or(|remaining| left < remaining) {
             allowance.remaining = Some(left);
             allowance.limited_by = Some((direction, account.to_string(), limit));
+            if budget.window == BudgetWindow::Rolling {
+                // The oldest hour in the window leaves it first; the check
+                // runs again then, and pauses again if that was not enough.
+                let oldest = state.first_usage_hour(account, direction, &from, &to)?;
+                allowance.resumes_at = oldest
+                    .and_then(|hour| {
+                        chrono::NaiveDateTime::parse_from_str(&format!("{hour}:00"), "%Y-%m-%dT%H:%M").ok()
+                    })
+                    .map_or(now, |start| start.and_utc() + Duration::hours(24));
+            }
         }
     }
     Ok(allowance)
@@ -172,16 +219,16 @@ pub(crate) fn admitted(sizes: &[u64], allowance: &Allowance) -> usize {
     }
 }
 
-/// Charges `bytes` fetched and appended to today's usage of the accounts.
+/// Charges `bytes` fetched and appended to this hour's usage of the accounts.
 pub(crate) fn charge(state: &State, budget: &DailyBudget, bytes: u64) -> Result<()> {
     let Some(accounts) = &budget.accounts else {
         return Ok(());
     };
-    let day = budget_day(budget.now());
+    let hour = usage_hour(budget.now());
     match &accounts.target {
         Some(target) if *target == accounts.source => state.add_account_usage(
             target,
-            &day,
+            &hour,
             AccountUsage {
                 downloaded: bytes,
                 uploaded: bytes,
@@ -190,7 +237,7 @@ pub(crate) fn charge(state: &State, budget: &DailyBudget, bytes: u64) -> Result<
         target => {
             state.add_account_usage(
                 &accounts.source,
-                &day,
+                &hour,
                 AccountUsage {
                     downloaded: bytes,
                     uploaded: 0,
@@ -199,7 +246,7 @@ pub(crate) fn charge(state: &State, budget: &DailyBudget, bytes: u64) -> Result<
             match target {
                 Some(target) => state.add_account_usage(
                     target,
-                    &day,
+                    &hour,
                     AccountUsage {
                         downloaded: 0,
                         uploaded: bytes,
@@ -334,6 +381,37 @@ mod tests {
         // No budget set: no limit.
         let unlimited = DailyBudget::default().for_accounts("imap://a@src:143".into(), None);
         assert_eq!(allowance(&state, &unlimited, day_one).unwrap().remaining, None);
+    }
+
+    #[test]
+    fn a_rolling_window_remembers_yesterday_evening() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::open(&dir.path().join("state.db")).unwrap();
+        let evening = at("2026-12-05T22:30:00Z");
+        let account = "imap://a@imap.gmail.com:993".to_string();
+        let budget = |now| {
+            DailyBudget::new(Some(1000), None, Some(now))
+                .counting(BudgetWindow::Rolling)
+                .for_accounts(account.clone(), None)
+        };
+        charge(&state, &budget(evening), 900).unwrap();
+        // After midnight the calendar day is new, the rolling window is not.
+        let night = at("2026-12-06T01:00:00Z");
+        let rolling = allowance(&state, &budget(night), night).unwrap();
+        assert_eq!(rolling.remaining, Some(100));
+        assert!(!rolling.fresh);
+        assert_eq!(
+            rolling.resumes_at,
+            at("2026-12-06T22:00:00Z"),
+            "when the 22:00 hour leaves the window"
+        );
+        let daily = DailyBudget::new(Some(1000), None, Some(night)).for_accounts(account.clone(), None);
+        assert_eq!(allowance(&state, &daily, night).unwrap().remaining, Some(1000));
+        // 24 hours after that hour, it is forgotten.
+        let next_evening = at("2026-12-06T22:00:00Z");
+        let renewed = allowance(&state, &budget(next_evening), next_evening).unwrap();
+        assert_eq!((renewed.remaining, renewed.fresh), (Some(1000), true));
+        assert_eq!(state.account_usage_days(&account).unwrap().len(), 1);
     }
 
     #[test]

@@ -67,6 +67,8 @@ pub struct PresetDefaults {
     /// The longest wait, in seconds, a server's suggested backoff is
     /// honoured for.
     pub max_backoff_seconds: Option<u64>,
+    /// The daily budgets count the last 24 hours, not the UTC day.
+    pub rolling_budget: bool,
 }
 
 const MIB: u64 = 1024 * 1024;
@@ -149,6 +151,7 @@ impl Preset {
                 account_daily_download: None,
                 account_daily_upload: None,
                 max_backoff_seconds: Some(330),
+                rolling_budget: false,
             },
             // Gmail: 2,500 MB of IMAP download and 500 MB of upload per
             // account per day, 15 connections per account, and it
@@ -161,6 +164,8 @@ impl Preset {
                 account_daily_upload: (!source).then_some(500 * MB),
                 // Gmail suggests no waiting time; the retries' own backoff serves.
                 max_backoff_seconds: None,
+                // Gmail's caps count the last 24 hours.
+                rolling_budget: true,
             },
         }
     }
@@ -240,6 +245,11 @@ impl Presets {
         self.side(Side::Target).and_then(|d| d.account_daily_upload)
     }
 
+    /// Whether the budgets count a rolling 24 h (either side's provider does).
+    pub fn rolling_budget(&self) -> bool {
+        self.both().any(|d| d.rolling_budget)
+    }
+
     /// The longest suggested backoff honoured: the longer of both sides'.
     /// (Microsoft 365 suggests up to about five minutes.)
     pub fn max_backoff(&self) -> Option<Duration> {
@@ -277,6 +287,7 @@ pub fn describe() -> String {
             );
             push("account-daily-upload", d.account_daily_upload.map(|n| n.to_string()));
             push("max-backoff-ms", d.max_backoff_seconds.map(|n| (n * 1000).to_string()));
+            push("budget-window", d.rolling_budget.then(|| "24h".to_string()));
             if provider == Provider::Gmail && side == Side::Source {
                 parts.push("[Gmail]/All Mail, Starred, Important skipped as virtual (as always; --copy-virtual-folders copies them)".into());
             }
@@ -337,6 +348,7 @@ mod tests {
         );
         assert_eq!(both.max_message_size(), Some(36_700_160));
         assert_eq!(both.auth(Side::Target), Some(AuthMethod::XOAuth2));
+        assert!(both.rolling_budget(), "Gmail counts the last 24 hours");
         assert!(Presets::parse(&["source:gmail".into(), "source:m365".into()], None, None).is_err());
         assert_eq!(Presets::parse(&[], None, None).unwrap().auth(Side::Source), None);
     }

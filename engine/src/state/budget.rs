@@ -1,12 +1,12 @@
-//! Bytes each account moved per budget day, for providers' daily caps
-//! (see [`crate::budget`]).
+//! Bytes each account moved, by UTC hour, for providers' daily caps (see
+//! [`crate::budget`]): a budget day or a rolling 24 h is a sum of hours.
 
 use rusqlite::{params, OptionalExtension};
 
 use super::State;
 use crate::error::Result;
 
-/// What one account moved on one day.
+/// What one account moved in some span of time.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AccountUsage {
     /// Message bytes read from this account (as a source).
@@ -15,56 +15,79 @@ pub struct AccountUsage {
     pub uploaded: u64,
 }
 
+fn usage(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<AccountUsage> {
+    Ok(AccountUsage {
+        downloaded: row.get::<_, Option<i64>>(first)?.unwrap_or(0).max(0) as u64,
+        uploaded: row.get::<_, Option<i64>>(first + 1)?.unwrap_or(0).max(0) as u64,
+    })
+}
+
 impl State {
-    /// What `account` moved on `day` (`YYYY-MM-DD`); zero when nothing.
-    pub fn account_usage(&self, account: &str, day: &str) -> Result<AccountUsage> {
-        let usage = self
-            .conn
+    /// What `account` moved in the hours `from..=to` (`YYYY-MM-DDTHH`,
+    /// which sort as text); zero when nothing.
+    pub fn account_usage_between(&self, account: &str, from: &str, to: &str) -> Result<AccountUsage> {
+        self.conn
             .query_row(
-                "SELECT downloaded, uploaded FROM account_usage WHERE account = ?1 AND day = ?2",
-                params![account, day],
-                |row| {
-                    Ok(AccountUsage {
-                        downloaded: row.get::<_, i64>(0)?.max(0) as u64,
-                        uploaded: row.get::<_, i64>(1)?.max(0) as u64,
-                    })
-                },
+                "SELECT sum(downloaded), sum(uploaded) FROM account_usage
+                 WHERE account = ?1 AND hour >= ?2 AND hour <= ?3",
+                params![account, from, to],
+                |row| usage(row, 0),
             )
-            .optional()
-            .map_err(self.err())?;
-        Ok(usage.unwrap_or_default())
+            .map_err(self.err())
     }
 
-    /// Adds to what `account` moved on `day`.
-    pub fn add_account_usage(&self, account: &str, day: &str, add: AccountUsage) -> Result<()> {
+    /// The first hour in `from..=to` in which `account` moved anything in
+    /// `direction` (`download` or `upload`).
+    pub fn first_usage_hour(&self, account: &str, direction: &str, from: &str, to: &str) -> Result<Option<String>> {
+        let column = if direction == "upload" {
+            "uploaded"
+        } else {
+            "downloaded"
+        };
+        self.conn
+            .query_row(
+                &format!(
+                    "SELECT min(hour) FROM account_usage
+                     WHERE account = ?1 AND hour >= ?2 AND hour <= ?3 AND {column} > 0"
+                ),
+                params![account, from, to],
+                |row| row.get::<_, Option<String>>(0),
+            )
+            .optional()
+            .map(Option::flatten)
+            .map_err(self.err())
+    }
+
+    /// What `account` moved on `day` (`YYYY-MM-DD`, UTC); zero when nothing.
+    pub fn account_usage(&self, account: &str, day: &str) -> Result<AccountUsage> {
+        self.account_usage_between(account, &format!("{day}T00"), &format!("{day}T23"))
+    }
+
+    /// Adds to what `account` moved in `hour` (`YYYY-MM-DDTHH`).
+    pub fn add_account_usage(&self, account: &str, hour: &str, add: AccountUsage) -> Result<()> {
         let as_sql = |bytes: u64| i64::try_from(bytes).unwrap_or(i64::MAX);
         self.conn
             .execute(
-                "INSERT INTO account_usage (account, day, downloaded, uploaded) VALUES (?1, ?2, ?3, ?4)
+                "INSERT INTO account_usage (account, hour, downloaded, uploaded) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT DO UPDATE SET downloaded = downloaded + excluded.downloaded,
                                            uploaded = uploaded + excluded.uploaded",
-                params![account, day, as_sql(add.downloaded), as_sql(add.uploaded)],
+                params![account, hour, as_sql(add.downloaded), as_sql(add.uploaded)],
             )
             .map(|_| ())
             .map_err(self.err())
     }
 
-    /// Every day's usage of `account`, oldest first (for reports and tests).
+    /// Every UTC day's usage of `account`, oldest first (for reports and tests).
     pub fn account_usage_days(&self, account: &str) -> Result<Vec<(String, AccountUsage)>> {
         let mut statement = self
             .conn
-            .prepare_cached("SELECT day, downloaded, uploaded FROM account_usage WHERE account = ?1 ORDER BY day")
+            .prepare_cached(
+                "SELECT substr(hour, 1, 10) AS day, sum(downloaded), sum(uploaded) FROM account_usage
+                 WHERE account = ?1 GROUP BY day ORDER BY day",
+            )
             .map_err(self.err())?;
         let rows = statement
-            .query_map([account], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    AccountUsage {
-                        downloaded: row.get::<_, i64>(1)?.max(0) as u64,
-                        uploaded: row.get::<_, i64>(2)?.max(0) as u64,
-                    },
-                ))
-            })
+            .query_map([account], |row| Ok((row.get::<_, String>(0)?, usage(row, 1)?)))
             .map_err(self.err())?;
         rows.collect::<rusqlite::Result<Vec<_>>>().map_err(self.err())
     }

@@ -225,15 +225,16 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX run_running ON run(mailbox_id) WHERE status = 'running';
     "#,
-    // 11: bytes each account moved per budget day (UTC calendar day), for
-    // providers' daily caps, and when a row paused by such a cap may run again.
+    // 11: bytes each account moved per hour (UTC), for providers' daily
+    // caps (a UTC day or a rolling 24 h is a sum of hours), and when a row
+    // paused by such a cap may run again.
     r#"
     CREATE TABLE account_usage (
         account TEXT NOT NULL,           -- endpoint identity (scheme, login, host, port), never a password
-        day TEXT NOT NULL,               -- YYYY-MM-DD, UTC
+        hour TEXT NOT NULL,              -- YYYY-MM-DDTHH, UTC
         downloaded INTEGER NOT NULL DEFAULT 0,
         uploaded INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (account, day)
+        PRIMARY KEY (account, hour)
     ) STRICT, WITHOUT ROWID;
     ALTER TABLE batch_row ADD COLUMN resumes_at TEXT; -- RFC 3339, set while status = 'paused'
     "#,
