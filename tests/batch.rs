@@ -10,7 +10,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::fleet::{json, Fleet};
+use common::fleet::Fleet;
+use common::json;
 use cutover_harness::proxy::{FaultConfig, FaultProxy};
 use serde_json::Value;
 

@@ -11,7 +11,9 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::corpus::{generated, FOLDER_MAP};
-use common::{assert_same, count, cutover, mapped, snapshot, total, Pair, SOURCE_PASSWORD, TARGET_PASSWORD, USER};
+use common::{
+    assert_same, count, cutover, json, mapped, snapshot, total, Pair, SOURCE_PASSWORD, TARGET_PASSWORD, USER,
+};
 use cutover_harness::corpus::{CorpusSpec, GeneratedMessage};
 use cutover_harness::dovecot::{Dovecot, DovecotConfig};
 use serde_json::Value;
@@ -53,16 +55,6 @@ fn batch_run(csv: &Path, state: &Path, target: &Dovecot, now: &str, extra: &[&st
         .env("CUTOVER_LOG", "debug")
         .output()
         .expect("run cutover batch")
-}
-
-fn json(output: &Output) -> Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
 }
 
 fn row(report: &Value, line: u64) -> &Value {

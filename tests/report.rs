@@ -10,6 +10,7 @@ use std::process::{Command, Output};
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use common::corpus::generated;
+use common::json;
 use cutover_harness::dovecot::{Dovecot, DovecotConfig};
 use serde_json::Value;
 
@@ -30,16 +31,6 @@ fn cutover(args: &[&str]) -> Output {
         .env_remove("CUTOVER_NOW")
         .output()
         .expect("run cutover")
-}
-
-fn json(output: &Output) -> Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
 }
 
 fn moment(at: DateTime<Utc>) -> String {

@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::{Command, Output};
 
-use common::fleet::{json, Fleet};
+use common::fleet::Fleet;
+use common::json;
 use cutover_harness::proxy::{FaultConfig, FaultProxy, Personality};
 use serde_json::Value;
 
@@ -241,7 +242,7 @@ async fn gmail_signals_each_count_under_their_own_reason() {
         Personality::Gmail {
             every: 5,
             max_sessions: 2,
-            expire_after: 4,
+            expire_after: 12,
         },
         &["--concurrency", "4", "--retries", "30", "--backoff-ms", "20"],
     )

@@ -2,12 +2,11 @@
 //! target reached through its admin (master) user, filled with generated
 //! mail, and `cutover verify` over all of them.
 
-use std::process::{Command, Output};
-
-use cutover_harness::dovecot::{Dovecot, DovecotConfig};
-use serde_json::Value;
+use std::process::Command;
 
 use super::corpus::generated;
+use super::json;
+use cutover_harness::dovecot::{Dovecot, DovecotConfig};
 
 /// The servers of a batch test.
 pub struct Fleet {
@@ -91,15 +90,4 @@ impl Fleet {
         }
         (missing, extra)
     }
-}
-
-/// A command's stdout as JSON, or a panic showing both outputs.
-pub fn json(output: &Output) -> Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
 }

@@ -302,3 +302,14 @@ pub fn wait_until_login(port: u16, login: &str, password: &str, works: bool) {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// A command's stdout as JSON, or a panic showing both outputs.
+pub fn json(output: &Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
