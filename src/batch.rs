@@ -182,9 +182,13 @@ pub struct RunOptions {
     /// Failed share of the batch at which it is held for a person.
     #[arg(long, default_value_t = 0.25)]
     max_failure_ratio: f64,
-    /// Remove source deletions from the target (delta/final).
+    /// Remove source deletions from the target (delta/final); with --phase
+    /// reverse, the owner's deletions on the target from the source.
     #[arg(long)]
     propagate_deletes: bool,
+    /// A resync's INTERNALDATE range (--since, --before).
+    #[command(flatten)]
+    range: crate::RangeArgs,
     /// Copy only source folders matching this glob (repeatable).
     #[arg(long)]
     include: Vec<String>,
@@ -495,6 +499,7 @@ pub(crate) fn settings(options: &RunOptions) -> Result<BatchSettings> {
         progress: progress_bars(),
         daily: options.daily.or_presets(&presets).budget(None),
         retry_too_large: options.retry_too_large,
+        range: options.range.range()?,
         ..base_settings(&options.defaults)?
     })
 }

@@ -117,15 +117,20 @@ struct Endpoints {
 struct SyncArgs {
     #[command(flatten)]
     endpoints: Endpoints,
-    /// initial, delta, final or sweep.
+    /// initial, delta, final or sweep; after cutover, resync (what the
+    /// target lacks in --since/--before) or reverse (migrate back).
     #[arg(long)]
     phase: Phase,
     /// The state file (SQLite); created when missing.
     #[arg(long)]
     state: PathBuf,
-    /// Remove from the target what was deleted on the source (delta/final).
+    /// Remove from the target what was deleted on the source (delta/final);
+    /// with --phase reverse, remove from the source what the owner deleted
+    /// on the target.
     #[arg(long)]
     propagate_deletes: bool,
+    #[command(flatten)]
+    range: RangeArgs,
     /// Show what the phase would copy, flag and delete per folder; change
     /// nothing on either server or in the state.
     #[arg(long)]
@@ -153,6 +158,31 @@ struct SyncArgs {
     retry_too_large: bool,
 }
 
+/// An INTERNALDATE range: the messages a resync (or verify) looks at.
+#[derive(Args, Clone, Copy, Default)]
+pub(crate) struct RangeArgs {
+    /// Only messages with INTERNALDATE on or after this day (YYYY-MM-DD, UTC).
+    #[arg(long)]
+    since: Option<chrono::NaiveDate>,
+    /// Only messages with INTERNALDATE before this day (YYYY-MM-DD, UTC).
+    #[arg(long)]
+    before: Option<chrono::NaiveDate>,
+}
+
+impl RangeArgs {
+    pub(crate) fn range(self) -> Result<DateRange> {
+        if let (Some(since), Some(before)) = (self.since, self.before) {
+            if since >= before {
+                bail!("--since {since} is not before --before {before}: the range holds no day");
+            }
+        }
+        Ok(DateRange {
+            since: self.since,
+            before: self.before,
+        })
+    }
+}
+
 /// The exit status of a `sync` (or `batch run`) that stopped at a daily
 /// budget: nothing failed, run it again after the time it printed.
 pub(crate) const PAUSED: u8 = 4;
@@ -174,12 +204,12 @@ to leave out the days after the MX flip. Exit code 2: verify could not run.")]
 struct VerifyArgs {
     #[command(flatten)]
     endpoints: Endpoints,
-    /// Only messages with INTERNALDATE on or after this day (YYYY-MM-DD).
+    #[command(flatten)]
+    range: RangeArgs,
+    /// Compare the other way, after a migration back (--phase reverse):
+    /// everything on the target should be on the source.
     #[arg(long)]
-    since: Option<chrono::NaiveDate>,
-    /// Only messages with INTERNALDATE before this day (YYYY-MM-DD).
-    #[arg(long)]
-    before: Option<chrono::NaiveDate>,
+    reverse: bool,
     /// Also compare every message byte for byte (a SHA-256 of each whole
     /// message on both sides): reads the whole mailbox once from each server.
     #[arg(long)]
@@ -367,6 +397,7 @@ async fn run_sync(args: SyncArgs) -> Result<ExitCode> {
     let mut options = SyncOptions::new(args.phase);
     options.propagate_deletes = args.propagate_deletes;
     options.dry_run = args.dry_run;
+    options.range = args.range.range()?;
     let presets = args.endpoints.presets()?;
     options.daily = args.daily.or_presets(&presets).budget(args.clock.fixed());
     options.max_message_size = args.max_message_size.or(presets.max_message_size());
@@ -420,7 +451,8 @@ async fn run_sync(args: SyncArgs) -> Result<ExitCode> {
     } else {
         print_sync(&report);
     }
-    Ok(if !report.is_clean() {
+    let unproven = report.proof.as_ref().is_some_and(|p| p.still_missing > 0);
+    Ok(if !report.is_clean() || unproven {
         ExitCode::from(1)
     } else if report.resumes_at.is_some() {
         ExitCode::from(PAUSED)
@@ -450,6 +482,9 @@ fn progress_bar() -> Option<ProgressBar> {
 /// A run's report, or a dry run's plan, as text: one line per folder
 /// that was opened; unchanged folders are counted, not listed.
 pub(crate) fn print_sync(report: &SyncReport) {
+    if matches!(report.phase.as_str(), "resync" | "reverse") {
+        return print_reconcile(report);
+    }
     if report.dry_run {
         let matched: u64 = report.folders.iter().map(|f| f.matched_existing).sum();
         println!(
@@ -538,6 +573,97 @@ pub(crate) fn print_sync(report: &SyncReport) {
     }
 }
 
+/// A date-range resync's or a migration back's report: per folder what was
+/// copied, what was there already, and the comparison made afterwards.
+fn print_reconcile(report: &SyncReport) {
+    let reverse = report.phase == "reverse";
+    let (from, to) = if reverse {
+        (&report.target, &report.source)
+    } else {
+        (&report.source, &report.target)
+    };
+    let (copied, verb) = if report.dry_run {
+        ("would copy", " (dry run, nothing changed)")
+    } else {
+        ("copied", "")
+    };
+    let what = if reverse {
+        "migrating back".to_string()
+    } else {
+        format!("missing mail, {}", report.range.as_deref().unwrap_or("all dates"))
+    };
+    println!(
+        "{} phase{verb}, {what}: {from} → {to}: {} messages ({:.1} MB) {copied} in {:.1} s",
+        report.phase,
+        report.copied(),
+        report.bytes() as f64 / 1e6,
+        report.seconds
+    );
+    for folder in &report.folders {
+        let created = if folder.created { " (new)" } else { "" };
+        print!(
+            "  {:30} → {:30} {copied} {:5}  already there {:5}",
+            folder.source, folder.target, folder.copied, folder.matched_existing
+        );
+        if reverse {
+            print!(
+                "  flags {:4}  deleted on the new server {:4} (removed here {})  only ever here {}",
+                folder.flags_updated, folder.deleted_on_source, folder.deleted_on_target, folder.only_on_target
+            );
+        } else {
+            print!("  found in another folder {:4}", folder.found_elsewhere.len());
+        }
+        println!("{created}");
+        for found in &folder.found_elsewhere {
+            println!(
+                "    source UID {} ({} bytes) is in {:?} on the target: not copied",
+                found.id, found.size, found.folder
+            );
+        }
+        for large in &folder.too_large {
+            println!(
+                "    {} ({} bytes) too large for the receiving side: not copied",
+                large.uid, large.size
+            );
+        }
+        for failure in &folder.failed {
+            println!("    {} not copied ({}): {}", failure.uid, failure.kind, failure.detail);
+        }
+        if let Some(error) = &folder.error {
+            println!("    folder failed ({}): {}", error.kind, error.message);
+        }
+    }
+    let deleted: u64 = report
+        .folders
+        .iter()
+        .map(|f| f.deleted_on_source - f.deleted_on_target)
+        .sum();
+    if reverse && deleted > 0 {
+        println!(
+            "  {deleted} messages the owner deleted on the new server are still here; --propagate-deletes removes them"
+        );
+    }
+    if let Some(proof) = &report.proof {
+        println!(
+            "checked afterwards: {} messages compared{}, {} missing on {to}{}",
+            proof.compared,
+            report.range.as_deref().map(|r| format!(" ({r})")).unwrap_or_default(),
+            proof.still_missing,
+            if reverse {
+                format!(", {} flag differences", proof.flags_differing)
+            } else {
+                String::new()
+            }
+        );
+    }
+    if let Some(error) = &report.error {
+        println!("mailbox failed ({}): {}", error.kind, error.message);
+        if !report.dry_run {
+            println!("run the same command again to resume; nothing is copied twice");
+        }
+    }
+}
+
 async fn run_verify(args: VerifyArgs) -> Result<ExitCode> {
     let job = job(&args.endpoints)?;
     let filter = FolderFilter::new(&args.endpoints.include, &args.endpoints.exclude)?
@@ -563,10 +689,8 @@ async fn run_verify(args: VerifyArgs) -> Result<ExitCode> {
         None => (Pinned::default(), HashMap::new()),
     };
     let options = VerifyOptions {
-        range: DateRange {
-            since: args.since,
-            before: args.before,
-        },
+        range: args.range.range()?,
+        reverse: args.reverse,
         content: args.content,
         pinned,
         too_large,

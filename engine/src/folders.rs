@@ -286,6 +286,44 @@ pub fn plan_pinned(
     }
 }
 
+/// The folder pairs of a migration back, new side → old side: every pair
+/// the forward syncs made ([`plan_pinned`] with their pins), turned around,
+/// then each folder only the new side has (the owner made it there after
+/// the cutover), named for the old side as a forward plan would name it
+/// (separator, `INBOX.` prefix, special-use role). `create` says the old
+/// side lacks the folder. A pair whose new folder is gone stays: its
+/// messages are the owner's deletions, reported (and propagated on request).
+pub fn plan_reverse(
+    old: &[FolderInfo],
+    new: &[FolderInfo],
+    separators: (char, char),
+    filter: &FolderFilter,
+    pinned: &Pinned,
+) -> Vec<FolderMapping> {
+    let (old_separator, new_separator) = separators;
+    let forward = plan_pinned(old, new, new_separator, filter, pinned).mappings;
+    let mut mappings: Vec<FolderMapping> = forward
+        .iter()
+        .map(|m| FolderMapping {
+            source: m.target.clone(),
+            target: m.source.clone(),
+            role: m.role,
+            create: false,
+        })
+        .collect();
+    let new_only = plan(new, old, old_separator, filter)
+        .into_iter()
+        .filter(|m| !forward.iter().any(|f| f.target == m.source));
+    for mapping in new_only {
+        // Two new folders may not land in one old folder (`a/b` and `a_b`
+        // both becoming `a_b`): the second stays behind, visibly, in verify.
+        if !mappings.iter().any(|m| m.target == mapping.target) {
+            mappings.push(mapping);
+        }
+    }
+    mappings
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,6 +335,40 @@ mod tests {
             special_use: role,
             selectable: true,
         }
+    }
+
+    #[test]
+    fn reverse_plan_turns_pairs_around_and_adds_new_folders() {
+        let old = vec![
+            folder("INBOX", '.', None),
+            folder("INBOX.Sent Messages", '.', None),
+            folder("INBOX.Projects", '.', None),
+        ];
+        let new = vec![
+            folder("INBOX", '/', None),
+            folder("Sent", '/', Some(SpecialUse::Sent)),
+            folder("Projects 2027", '/', None),
+            folder("Archive/2026", '/', None),
+        ];
+        // Projects was renamed on the new side: its forward pair is pinned.
+        let pinned = Pinned {
+            folders: BTreeMap::from([("INBOX.Projects".to_string(), "Projects".to_string())]),
+            target_prefixed: Some(false),
+        };
+        let pairs: Vec<(String, String, bool)> =
+            plan_reverse(&old, &new, ('.', '/'), &FolderFilter::default(), &pinned)
+                .into_iter()
+                .map(|m| (m.source, m.target, m.create))
+                .collect();
+        let expected = [
+            ("INBOX", "INBOX", false),
+            ("Sent", "INBOX.Sent Messages", false),
+            ("Projects", "INBOX.Projects", false),
+            ("Projects 2027", "INBOX.Projects 2027", true),
+            ("Archive/2026", "INBOX.Archive.2026", true),
+        ]
+        .map(|(a, b, c)| (a.to_string(), b.to_string(), c));
+        assert_eq!(pairs, expected);
     }
 
     #[test]

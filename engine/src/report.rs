@@ -53,6 +53,34 @@ pub struct TooLarge {
     pub refused: bool,
 }
 
+/// A message a date-range resync found in another folder than its own.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FoundElsewhere {
+    /// Source UID.
+    pub id: String,
+    /// The target folder it is in.
+    pub folder: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// What a date-range resync or a migration back found when it compared the
+/// two sides again after copying: nothing left to copy is the proof.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Proof {
+    /// Messages compared (in the range).
+    pub compared: u64,
+    /// Still without a partner on the receiving side (not counting ones
+    /// too large for it or found in another folder).
+    pub still_missing: u64,
+    /// Pairs whose flags still differ (a migration back).
+    pub flags_differing: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// One folder's outcome.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct FolderReport {
@@ -81,6 +109,15 @@ pub struct FolderReport {
     pub deleted_on_source: u64,
     /// Of those, removed from the target (`--propagate-deletes`).
     pub deleted_on_target: u64,
+    /// Messages on the target only that were never copied there (a
+    /// migration back: mail only the old server ever had); never removed.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub only_on_target: u64,
+    /// Missing from their folder but found in another folder of the target
+    /// (a date-range resync: the owner moved them, or renamed the folder):
+    /// not copied again.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub found_elsewhere: Vec<FoundElsewhere>,
     /// Messages that could not be copied (retried by the next run).
     pub failed: Vec<MessageFailure>,
     /// Messages found too large for the target by this run: not copied,
@@ -100,7 +137,7 @@ pub struct SyncReport {
     pub source: String,
     /// Target identity (no password).
     pub target: String,
-    /// `initial`, `delta`, `final` or `sweep`.
+    /// `initial`, `delta`, `final`, `sweep`, `resync` or `reverse`.
     pub phase: String,
     /// RFC 3339 start time.
     pub started_at: String,
@@ -126,6 +163,12 @@ pub struct SyncReport {
     /// mailbox paused for it (over all its attempts).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub throttling: Vec<crate::throttle::ThrottleTally>,
+    /// A date-range resync's INTERNALDATE range.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub range: Option<String>,
+    /// A resync's or migration back's second comparison, after copying.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proof: Option<Proof>,
 }
 
 impl SyncReport {
@@ -166,6 +209,7 @@ impl SyncReport {
                     f.flags_updated += folder.flags_updated;
                     f.deleted_on_source += folder.deleted_on_source;
                     f.deleted_on_target += folder.deleted_on_target;
+                    f.found_elsewhere.extend(folder.found_elsewhere);
                     // Recorded by the earlier attempt and not tried again:
                     // only that attempt can report them.
                     f.too_large.extend(folder.too_large);
@@ -222,6 +266,8 @@ mod tests {
             flags_updated: 0,
             deleted_on_source: 0,
             deleted_on_target: 0,
+            only_on_target: 0,
+            found_elsewhere: Vec::new(),
             failed: Vec::new(),
             too_large: Vec::new(),
             error,
@@ -243,6 +289,8 @@ mod tests {
             resumes_at: None,
             paused: None,
             throttling: Vec::new(),
+            range: None,
+            proof: None,
         }
     }
 

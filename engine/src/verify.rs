@@ -15,8 +15,8 @@ use sha2::{Digest, Sha256};
 use crate::endpoint::Endpoint;
 use crate::error::Result;
 use crate::fingerprint::Fingerprint;
-use crate::folders::{self, FolderFilter};
-use crate::imap::{FetchItems, ImapSession, UidSet};
+use crate::folders::{self, FolderFilter, FolderMapping};
+use crate::imap::FolderInfo;
 use crate::message::Flags;
 use crate::sync::MailboxJob;
 use crate::target::Target;
@@ -31,7 +31,23 @@ pub struct DateRange {
     pub before: Option<NaiveDate>,
 }
 
+impl std::fmt::Display for DateRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.since, self.before) {
+            (Some(since), Some(before)) => write!(f, "{since} to {before} (excluded)"),
+            (Some(since), None) => write!(f, "from {since}"),
+            (None, Some(before)) => write!(f, "before {before}"),
+            (None, None) => f.write_str("all dates"),
+        }
+    }
+}
+
 impl DateRange {
+    /// Whether the range leaves any date out.
+    pub fn is_set(&self) -> bool {
+        self.since.is_some() || self.before.is_some()
+    }
+
     fn contains(&self, timestamp: Option<i64>) -> bool {
         let Some(day) = timestamp
             .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
@@ -63,6 +79,10 @@ pub struct VerifyOptions {
     /// `--max-message-size`); with the target's own APPENDLIMIT, missing
     /// messages over it are counted as too large even without a state.
     pub max_message_size: Option<u64>,
+    /// Compare the other way, after a migration back: the target's
+    /// messages should all be on the source (folder pairs as
+    /// [`folders::plan_reverse`] makes them).
+    pub reverse: bool,
 }
 
 /// A message on one side without a partner on the other.
@@ -237,6 +257,8 @@ pub struct Listed {
     pub flags: Flags,
     /// INTERNALDATE, seconds since the epoch.
     pub date: Option<i64>,
+    /// The INTERNALDATE's zone, so a copy keeps it as the server showed it.
+    pub zone: Option<chrono::FixedOffset>,
     /// Size in bytes.
     pub size: u64,
     /// SHA-256 of the whole message, when content is checked.
@@ -251,6 +273,16 @@ impl Listed {
             date: rfc3339(self.date),
             size: self.size,
         }
+    }
+
+    /// The INTERNALDATE with its zone (the epoch when a side had none).
+    pub fn internal_date(&self) -> chrono::DateTime<chrono::FixedOffset> {
+        use chrono::Offset;
+        let zone = self.zone.unwrap_or_else(|| chrono::Utc.fix());
+        self.date
+            .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+            .unwrap_or_default()
+            .with_timezone(&zone)
     }
 
     fn source_uid(&self) -> u32 {
@@ -283,7 +315,8 @@ pub async fn verify(
     verify_with(job, connect, filter, options).await
 }
 
-/// [`verify`] with every option, including the byte-for-byte content check.
+/// [`verify`] with every option, including the byte-for-byte content check
+/// and the reverse direction. Both sides are opened read-only.
 pub async fn verify_with(
     job: &MailboxJob,
     connect: &crate::imap::ConnectOptions,
@@ -291,70 +324,25 @@ pub async fn verify_with(
     options: VerifyOptions,
 ) -> Result<Verification> {
     let range = options.range;
-    let mut source = ImapSession::connect(&job.source, &job.source_password, connect).await?;
-    let mut target = Target::open(&job.target, job.target_password.as_ref(), connect).await?;
-    let source_folders = source.list_folders().await?;
-    let target_folders = target.folders().await?;
-    let limit = match (target.append_limit(), options.max_message_size) {
+    let (source_label, target_label) = (Endpoint::Imap(job.source.clone()).to_string(), job.target.to_string());
+    let mut sides = Sides::open(job, connect, filter, &options.pinned, options.reverse).await?;
+    let limit = match (sides.to.append_limit(), options.max_message_size) {
         (Some(a), Some(m)) => Some(a.min(m)),
         (a, m) => a.or(m),
     };
-    let mappings = folders::plan_pinned(
-        &source_folders,
-        &target_folders,
-        target.separator(),
-        filter,
-        &options.pinned,
-    )
-    .mappings;
+    let (source, target) = if options.reverse {
+        (target_label, source_label)
+    } else {
+        (source_label, target_label)
+    };
     let mut out = Verification {
-        source: Endpoint::Imap(job.source.clone()).to_string(),
-        target: job.target.to_string(),
+        source,
+        target,
         content_checked: options.content,
         folders: Vec::new(),
     };
-    for mapping in mappings {
-        let status = source.open_folder(&mapping.source, true).await?;
-        let mut source_side: Vec<Listed> = if status.exists == 0 {
-            Vec::new()
-        } else {
-            source
-                .fetch_all(&UidSet::all(), FetchItems::Fingerprint, None)
-                .await?
-                .into_iter()
-                .map(|r| {
-                    let size = u64::from(r.size.unwrap_or(0));
-                    Listed {
-                        id: r.uid.to_string(),
-                        fingerprint: Fingerprint::from_headers(r.header.as_deref().unwrap_or_default(), size),
-                        flags: r.flags.unwrap_or_default(),
-                        date: r.internal_date.map(|d| d.timestamp()),
-                        size,
-                        sha256: None,
-                    }
-                })
-                .filter(|s| range.contains(s.date))
-                .collect()
-        };
-        let mut target_side: Vec<Listed> = if mapping.create {
-            Vec::new()
-        } else {
-            target.open_folder(&mapping.target).await?;
-            target
-                .scan(&mapping.target, 0, &HashSet::new())
-                .await?
-                .into_iter()
-                .map(|t| Listed {
-                    id: t.target_ref,
-                    fingerprint: t.fingerprint,
-                    flags: t.flags,
-                    date: t.internal_date.map(|d| d.timestamp()),
-                    size: t.size,
-                    sha256: None,
-                })
-                .filter(|s| range.contains(s.date))
-                .collect()
-        };
+    for mapping in std::mem::take(&mut sides.mappings) {
+        let (mut source_side, mut target_side) = sides.list(&mapping, range).await?;
         if options.content {
             tracing::info!(
                 folder = %mapping.source,
@@ -362,43 +350,134 @@ pub async fn verify_with(
                 target = target_side.len(),
                 "comparing message bytes"
             );
-            hash_source(&mut source, &mut source_side).await?;
-            hash_target(&mut target, &mapping.target, &mut target_side).await?;
+            hash(&mut sides.from, &mapping.source, &mut source_side).await?;
+            hash(&mut sides.to, &mapping.target, &mut target_side).await?;
         }
         let mut compared = compare(&mapping.source, &mapping.target, source_side, target_side);
-        set_apart_too_large(&mut compared, options.too_large.get(&mapping.source), limit);
+        // Recorded too-large UIDs are the forward source's.
+        let recorded = (!options.reverse)
+            .then(|| options.too_large.get(&mapping.source))
+            .flatten();
+        set_apart_too_large(&mut compared, recorded, limit);
         out.folders.push(compared);
     }
-    source.logout().await;
-    target.close().await;
+    sides.close().await;
     Ok(out)
 }
 
-/// Streams the listed source messages (the selected folder) and hashes each.
-async fn hash_source(source: &mut ImapSession, listed: &mut [Listed]) -> Result<()> {
-    let uids: Vec<u32> = listed.iter().filter_map(|m| m.id.parse().ok()).collect();
-    let mut digests: HashMap<u32, [u8; 32]> = HashMap::with_capacity(uids.len());
-    let mut fetch = source.fetch_start(&UidSet::Uids(uids), FetchItems::Full, None).await?;
-    while let Some(record) = source.fetch_next(&mut fetch).await? {
-        if let Some(body) = record.body {
-            digests.insert(record.uid, Sha256::digest(&body).into());
-        }
-    }
-    for message in listed {
-        message.sha256 = message.id.parse().ok().and_then(|uid| digests.get(&uid).copied());
-    }
-    Ok(())
+/// Both sides of a mailbox as verify and the escalations see them: the
+/// side mail is compared from and the side it should be on (the forward
+/// target, or in reverse the old server), with the folder pairs.
+pub(crate) struct Sides {
+    /// Where mail should come from: the source, or in reverse the target.
+    pub from: Target,
+    /// Where it should be.
+    pub to: Target,
+    /// Folder pairs, `from` name → `to` name.
+    pub mappings: Vec<FolderMapping>,
+    from_names: HashSet<String>,
+    /// Folders of `to`, with their roles.
+    pub to_folders: Vec<FolderInfo>,
 }
 
-/// Reads the listed target messages one at a time and hashes each.
-async fn hash_target(target: &mut Target, folder: &str, listed: &mut [Listed]) -> Result<()> {
+impl Sides {
+    /// Logs in to both sides at once and plans the folder pairs (forward
+    /// with the syncs' pins, or [`folders::plan_reverse`]). `from` is
+    /// read-only; `to` too until [`Sides::writable`].
+    pub async fn open(
+        job: &MailboxJob,
+        connect: &crate::imap::ConnectOptions,
+        filter: &FolderFilter,
+        pinned: &folders::Pinned,
+        reverse: bool,
+    ) -> Result<Self> {
+        let source_endpoint = Endpoint::Imap(job.source.clone());
+        let (source, target) = tokio::join!(
+            Target::open(&source_endpoint, Some(&job.source_password), connect),
+            Target::open(&job.target, job.target_password.as_ref(), connect),
+        );
+        let (mut source, mut target) = (source?, target?);
+        source.read_only();
+        target.read_only();
+        let (source_folders, target_folders) = (source.folders().await?, target.folders().await?);
+        let (from, to, mappings, from_folders, to_folders) = if reverse {
+            let separators = (source.separator(), target.separator());
+            let mappings = folders::plan_reverse(&source_folders, &target_folders, separators, filter, pinned);
+            (target, source, mappings, target_folders, source_folders)
+        } else {
+            let mappings =
+                folders::plan_pinned(&source_folders, &target_folders, target.separator(), filter, pinned).mappings;
+            (source, target, mappings, source_folders, target_folders)
+        };
+        Ok(Self {
+            from,
+            to,
+            mappings,
+            from_names: from_folders.into_iter().map(|f| f.name).collect(),
+            to_folders,
+        })
+    }
+
+    /// Lets the `to` side be changed (verify never calls it).
+    pub fn writable(&mut self) {
+        self.to.writable();
+    }
+
+    /// Whether the `to` side has a folder of this name.
+    pub fn to_has(&self, name: &str) -> bool {
+        self.to_folders.iter().any(|f| f.name == name)
+    }
+
+    /// Both sides' messages of one folder pair in `range`; a folder a side
+    /// lacks lists as empty.
+    pub async fn list(&mut self, mapping: &FolderMapping, range: DateRange) -> Result<(Vec<Listed>, Vec<Listed>)> {
+        let from = if self.from_names.contains(&mapping.source) {
+            list(&mut self.from, &mapping.source, range).await?
+        } else {
+            Vec::new()
+        };
+        let to = if self.to_has(&mapping.target) {
+            list(&mut self.to, &mapping.target, range).await?
+        } else {
+            Vec::new()
+        };
+        Ok((from, to))
+    }
+
+    /// Logs out of both sides.
+    pub async fn close(self) {
+        tokio::join!(self.from.close(), self.to.close());
+    }
+}
+
+/// One folder's messages by fingerprint, in an INTERNALDATE range.
+pub(crate) async fn list(side: &mut Target, folder: &str, range: DateRange) -> Result<Vec<Listed>> {
+    side.open_folder(folder).await?;
+    Ok(side
+        .scan(folder, 0, &HashSet::new())
+        .await?
+        .into_iter()
+        .map(|t| Listed {
+            id: t.target_ref,
+            fingerprint: t.fingerprint,
+            flags: t.flags,
+            date: t.internal_date.map(|d| d.timestamp()),
+            zone: t.internal_date.map(|d| *d.offset()),
+            size: t.size,
+            sha256: None,
+        })
+        .filter(|m| range.contains(m.date))
+        .collect())
+}
+
+/// Reads the listed messages of one side one at a time and hashes each.
+async fn hash(side: &mut Target, folder: &str, listed: &mut [Listed]) -> Result<()> {
     let refs: Vec<String> = listed.iter().map(|m| m.id.clone()).collect();
     let mut digests: HashMap<String, [u8; 32]> = HashMap::with_capacity(refs.len());
-    target
-        .read_messages(folder, &refs, |id, bytes| {
-            digests.insert(id.to_string(), Sha256::digest(bytes).into());
-        })
-        .await?;
+    side.read_messages(folder, &refs, |id, bytes| {
+        digests.insert(id.to_string(), Sha256::digest(bytes).into());
+    })
+    .await?;
     for message in listed {
         message.sha256 = digests.get(&message.id).copied();
     }
@@ -437,10 +516,10 @@ type Left<'a> = Vec<(usize, &'a Listed)>;
 /// Pairs the messages of one fingerprint group: first partners equal in
 /// everything, then ones that differ only in flags, then in date, … and
 /// finally any. Returns the pairs and the unpaired messages of each side.
-fn pair_group<'a>(source: &'a [Listed], target: &'a [Listed]) -> (Vec<(&'a Listed, &'a Listed)>, Left<'a>, Left<'a>) {
+fn pair_group<'a>(source: &[&'a Listed], target: &[&'a Listed]) -> (Vec<(&'a Listed, &'a Listed)>, Left<'a>, Left<'a>) {
     let mut pairs = Vec::new();
-    let mut source_left: Left<'a> = source.iter().enumerate().collect();
-    let mut target_left: Left<'a> = target.iter().enumerate().collect();
+    let mut source_left: Left<'a> = source.iter().copied().enumerate().collect();
+    let mut target_left: Left<'a> = target.iter().copied().enumerate().collect();
     for mask in (0..=ALL).rev() {
         if source_left.is_empty() || target_left.is_empty() {
             break;
@@ -467,38 +546,58 @@ fn pair_group<'a>(source: &'a [Listed], target: &'a [Listed]) -> (Vec<(&'a Liste
     (pairs, source_left, target_left)
 }
 
-/// Compares one folder's listings: groups by fingerprint, pairs inside each
-/// group ([`pair_group`]) and reports what has no partner and how partners
-/// differ. Pure: the same input gives the same report.
-pub fn compare(source_name: &str, target_name: &str, source: Vec<Listed>, target: Vec<Listed>) -> FolderVerification {
-    let (source_count, target_count) = (source.len(), target.len());
-    let mut by_fingerprint: BTreeMap<Fingerprint, (Vec<Listed>, Vec<Listed>)> = BTreeMap::new();
+/// Two listings of one folder pair, paired up.
+#[derive(Debug, Default)]
+pub struct Pairing<'a> {
+    /// Partners: the same message on both sides.
+    pub pairs: Vec<(&'a Listed, &'a Listed)>,
+    /// On the source side only.
+    pub source_only: Vec<&'a Listed>,
+    /// On the target side only.
+    pub target_only: Vec<&'a Listed>,
+}
+
+/// Groups both listings by fingerprint and pairs inside each group
+/// ([`pair_group`]): the multiset comparison verify reports and the
+/// escalations copy by. Pure.
+pub fn pair_up<'a>(source: &'a [Listed], target: &'a [Listed]) -> Pairing<'a> {
+    let mut by_fingerprint: BTreeMap<Fingerprint, (Vec<&'a Listed>, Vec<&'a Listed>)> = BTreeMap::new();
     for message in source {
         by_fingerprint.entry(message.fingerprint).or_default().0.push(message);
     }
     for message in target {
         by_fingerprint.entry(message.fingerprint).or_default().1.push(message);
     }
+    let mut out = Pairing::default();
+    for (ours, theirs) in by_fingerprint.values() {
+        let (pairs, source_only, target_only) = pair_group(ours, theirs);
+        out.pairs.extend(pairs);
+        out.source_only.extend(source_only.into_iter().map(|(_, m)| m));
+        out.target_only.extend(target_only.into_iter().map(|(_, m)| m));
+    }
+    out
+}
+
+/// Compares one folder's listings ([`pair_up`]) and reports what has no
+/// partner and how partners differ. Pure: the same input gives the same
+/// report.
+pub fn compare(source_name: &str, target_name: &str, source: Vec<Listed>, target: Vec<Listed>) -> FolderVerification {
+    let paired = pair_up(&source, &target);
     let mut result = FolderVerification {
         source: source_name.to_string(),
         target: target_name.to_string(),
-        source_count,
-        target_count,
-        missing: Vec::new(),
-        extra: Vec::new(),
+        source_count: source.len(),
+        target_count: target.len(),
+        missing: paired.source_only.iter().map(|m| m.unpaired()).collect(),
+        extra: paired.target_only.iter().map(|m| m.unpaired()).collect(),
         flag_mismatches: Vec::new(),
         date_mismatches: Vec::new(),
         size_mismatches: Vec::new(),
         content_mismatches: Vec::new(),
         too_large: Vec::new(),
     };
-    for (ours, theirs) in by_fingerprint.values() {
-        let (pairs, missing, extra) = pair_group(ours, theirs);
-        result.missing.extend(missing.into_iter().map(|(_, m)| m.unpaired()));
-        result.extra.extend(extra.into_iter().map(|(_, m)| m.unpaired()));
-        for (source, target) in pairs {
-            differences(source, target, &mut result);
-        }
+    for (source, target) in paired.pairs {
+        differences(source, target, &mut result);
     }
     let by_id = |id: &str| (id.parse::<u64>().ok(), id.to_string());
     result.missing.sort_by_key(|m| by_id(&m.id));
@@ -581,6 +680,7 @@ mod tests {
             fingerprint: fingerprint(mid),
             flags: Flags::default(),
             date: Some(T0),
+            zone: None,
             size: 100,
             sha256: None,
         }

@@ -265,6 +265,8 @@ impl Mailbox {
                         ..Event::default()
                     }
                 }
+                // The escalations after cutover are not part of the demo's calendar.
+                Phase::Resync | Phase::Reverse => Event::default(),
             };
             let mut options = SyncOptions::new(phase);
             // The owner's deletions should not survive the cutover.
@@ -332,6 +334,7 @@ fn event_text(phase: Phase, spec: &DemoSpec) -> String {
             "{} late messages delivered after final, per mailbox",
             spec.arrivals_after_final
         ),
+        Phase::Resync | Phase::Reverse => String::new(),
     }
 }
 

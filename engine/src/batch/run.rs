@@ -61,6 +61,8 @@ pub struct BatchSettings {
     pub max_message_size: Option<u64>,
     /// Try messages recorded as too large again: see [`SyncOptions::retry_too_large`].
     pub retry_too_large: bool,
+    /// A resync's INTERNALDATE range: see [`SyncOptions::range`].
+    pub range: crate::verify::DateRange,
 }
 
 /// What a batch reports while it runs.
@@ -111,6 +113,7 @@ impl Default for BatchSettings {
             daily: DailyBudget::default(),
             max_message_size: None,
             retry_too_large: false,
+            range: crate::verify::DateRange::default(),
         }
     }
 }
@@ -563,6 +566,7 @@ async fn run_row(
     options.daily = settings.daily.clone();
     options.max_message_size = settings.max_message_size;
     options.retry_too_large = settings.retry_too_large;
+    options.range = settings.range;
     options.budgets = vec![source_host.budget.clone(), target_host.budget.clone()];
     // One recorder per row, over all its attempts: the row's report counts
     // every throttling event, and each pause cools its whole host down.

@@ -314,6 +314,41 @@ impl State {
             .map_err(self.err())
     }
 
+    /// When a migration back of the mailbox last ended clean, if ever.
+    pub fn reversed_at(&self, mailbox: MailboxId) -> Result<Option<String>> {
+        self.conn
+            .query_row("SELECT reversed_at FROM mailbox WHERE id = ?1", [mailbox], |row| {
+                row.get(0)
+            })
+            .map_err(self.err())
+    }
+
+    /// Records a clean migration back.
+    pub fn set_reversed_at(&self, mailbox: MailboxId, at: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE mailbox SET reversed_at = ?2 WHERE id = ?1",
+                params![mailbox, at],
+            )
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    /// Whether the last finished run of this phase was cut off (its process
+    /// killed): what it sent may still be landing on the server.
+    pub fn last_run_interrupted(&self, mailbox: MailboxId, phase: &str) -> Result<bool> {
+        self.conn
+            .query_row(
+                "SELECT status FROM run WHERE mailbox_id = ?1 AND phase = ?2 AND status != 'running'
+                 ORDER BY id DESC LIMIT 1",
+                params![mailbox, phase],
+                |row| row.get::<_, String>(0),
+            )
+            .optional()
+            .map(|status| status.as_deref() == Some("interrupted"))
+            .map_err(self.err())
+    }
+
     /// The folder pair's progress, created on first use.
     pub fn folder(&self, mailbox: MailboxId, source_name: &str, target_name: &str) -> Result<FolderState> {
         self.conn

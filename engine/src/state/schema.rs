@@ -259,4 +259,9 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE batch_row ADD COLUMN throttling TEXT;
     "#,
+    // 14: when a migration back (`--phase reverse`) last ended clean: the
+    // mailbox lives on the old server again and is no longer swept.
+    r#"
+    ALTER TABLE mailbox ADD COLUMN reversed_at TEXT; -- RFC 3339
+    "#,
 ];

@@ -9,6 +9,7 @@
 mod copy;
 mod folder;
 pub mod plan;
+mod reconcile;
 
 pub use copy::{fetch_batches, FetchSet, FetchedBatch};
 pub use folder::{ChangesFrom, FolderPlan};
@@ -46,6 +47,12 @@ pub enum Phase {
     /// After final: copy only what still reached the source; never touch
     /// what the user changed on the target since.
     Sweep,
+    /// After cutover: copy what the target lacks in an INTERNALDATE range,
+    /// whatever the state says was copied (`sync::reconcile`).
+    Resync,
+    /// Migrate back: copy what the source lacks from the target, with the
+    /// owner's flag changes; deletions reported (`sync::reconcile`).
+    Reverse,
 }
 
 impl Phase {
@@ -56,11 +63,18 @@ impl Phase {
             Self::Delta => "delta",
             Self::Final => "final",
             Self::Sweep => "sweep",
+            Self::Resync => "resync",
+            Self::Reverse => "reverse",
         }
     }
 
     fn syncs_flags_and_deletions(self) -> bool {
         matches!(self, Self::Delta | Self::Final)
+    }
+
+    /// The escalations: both sides compared by fingerprint, not by the state.
+    fn reconciles(self) -> bool {
+        matches!(self, Self::Resync | Self::Reverse)
     }
 }
 
@@ -79,8 +93,10 @@ impl FromStr for Phase {
             "delta" => Ok(Self::Delta),
             "final" => Ok(Self::Final),
             "sweep" => Ok(Self::Sweep),
+            "resync" => Ok(Self::Resync),
+            "reverse" => Ok(Self::Reverse),
             other => Err(Error::Config(format!(
-                "unknown phase {other:?} (initial, delta, final or sweep)"
+                "unknown phase {other:?} (initial, delta, final, sweep, resync or reverse)"
             ))),
         }
     }
@@ -116,6 +132,8 @@ pub struct SyncOptions {
     /// Try messages recorded as too large again even if the limit did not
     /// grow (after a server's limit was raised without it advertising one).
     pub retry_too_large: bool,
+    /// The INTERNALDATE range of a `resync` (or `reverse`) phase.
+    pub range: crate::verify::DateRange,
 }
 
 impl SyncOptions {
@@ -144,6 +162,7 @@ impl SyncOptions {
             daily: DailyBudget::default(),
             max_message_size: None,
             retry_too_large: false,
+            range: crate::verify::DateRange::default(),
         }
     }
 }
@@ -199,6 +218,25 @@ pub async fn sync_mailbox(
     if options.phase == Phase::Sweep && known.map(|m| state.cutover_at(m)).transpose()?.flatten().is_none() {
         return Err(Error::Config(format!(
             "{source_id}: a sweep runs after the final phase; run --phase final first"
+        )));
+    }
+    if options.phase == Phase::Resync && !options.range.is_set() {
+        return Err(Error::Config(format!(
+            "{source_id}: a resync needs a date range (--since and/or --before); for everything, run a delta"
+        )));
+    }
+    if options.range.is_set() && !options.phase.reconciles() {
+        return Err(Error::Config(format!(
+            "{source_id}: --since/--before limit a resync or a reverse, not a {} phase",
+            options.phase
+        )));
+    }
+    if matches!(options.phase, Phase::Sweep | Phase::Final)
+        && known.map(|m| state.reversed_at(m)).transpose()?.flatten().is_some()
+    {
+        return Err(Error::Config(format!(
+            "{source_id}: this mailbox was migrated back; a {} phase would copy to the new server again",
+            options.phase
         )));
     }
     if options.dry_run {
@@ -311,6 +349,10 @@ async fn sync_locked(
     if options.phase == Phase::Final && report.error.is_none() && report.resumes_at.is_none() {
         state.set_cutover_at(mailbox, &report.started_at)?;
     }
+    // Migrated back: no more sweeps towards the new server.
+    if options.phase == Phase::Reverse && report.is_clean() {
+        state.set_reversed_at(mailbox, &report.started_at)?;
+    }
     Ok(report)
 }
 
@@ -376,6 +418,8 @@ fn new_report(options: &SyncOptions, source: String, target: String, started_at:
         resumes_at: None,
         paused: None,
         throttling: Vec::new(),
+        range: options.range.is_set().then(|| options.range.to_string()),
+        proof: None,
     }
 }
 
@@ -394,6 +438,9 @@ async fn run_phase(
         if allowance.remaining == Some(0) {
             return Err(allowance.paused());
         }
+    }
+    if options.phase.reconciles() {
+        return reconcile::run(job, options, state, mailbox, report).await;
     }
     // Both logins at once: an unchanged mailbox costs the slower of the
     // two sides' round trips, not their sum.

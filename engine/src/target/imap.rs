@@ -73,6 +73,12 @@ impl ImapTarget {
         self.read_only = true;
     }
 
+    pub(super) fn writable(&mut self) {
+        self.read_only = false;
+        // A folder EXAMINEd so far is SELECTed again before it is changed.
+        self.selected = None;
+    }
+
     pub(super) async fn create_folder(&mut self, name: &str) -> Result<()> {
         self.session.create_folder(name).await
     }

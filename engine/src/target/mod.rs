@@ -151,6 +151,13 @@ impl Target {
         }
     }
 
+    /// Folders are opened for changes again (after [`Target::read_only`]).
+    pub fn writable(&mut self) {
+        if let Self::Imap(t) = self {
+            t.writable();
+        }
+    }
+
     /// Creates a folder (no error if it exists).
     pub async fn create_folder(&mut self, name: &str) -> Result<()> {
         match self {
