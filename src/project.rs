@@ -503,14 +503,17 @@ pub(crate) fn load_status(
     defaults: &Defaults,
     now: DateTime<Utc>,
 ) -> Result<(Vec<MailboxView>, Vec<cutover_engine::state::WaveRecord>)> {
-    let batch = register(state, file, &batch::defaults(defaults)?)?;
+    let row_defaults = batch::defaults(defaults)?;
+    let batch = register(state, file, &row_defaults)?;
     let plan = state
         .plan(batch.id)?
         .ok_or_else(|| anyhow!("{} has no plan yet: run `cutover plan` first", file.path.display()))?;
     let waves = state.waves(plan.id)?;
     let steps = state.plan_steps(plan.id)?;
     let rows: std::collections::HashSet<String> = file.rows.iter().map(|r| r.fingerprint()).collect();
-    let views = plan_status(&waves, &steps, &|row| rows.contains(row), now, &rhythm_of(&plan));
+    let mut views = plan_status(&waves, &steps, &|row| rows.contains(row), now, &rhythm_of(&plan));
+    let back = cutover_engine::calendar::run::migrated_back(state, &file.rows, &row_defaults)?;
+    cutover_engine::calendar::status::mark_migrated_back(&mut views, &back);
     Ok((views, waves))
 }
 

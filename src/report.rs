@@ -68,13 +68,15 @@ pub fn report(args: ReportArgs) -> Result<ExitCode> {
         .iter()
         .map(|r| (r.fingerprint(), r.source.address.clone()))
         .collect();
-    let views = plan_status(
+    let mut views = plan_status(
         &waves,
         &steps,
         &|row| addresses.contains_key(row),
         now,
         &rhythm_of(&plan),
     );
+    let back = cutover_engine::calendar::run::migrated_back(&state, &file.rows, &batch::defaults(&args.defaults)?)?;
+    cutover_engine::calendar::status::mark_migrated_back(&mut views, &back);
     let address = |row: &str| addresses.get(row).cloned().unwrap_or_else(|| row.to_string());
     let report = daily_report(
         &file.path.display().to_string(),
@@ -353,6 +355,7 @@ fn status_colour(status: MailboxStatus) -> &'static str {
         MailboxStatus::Complete => "#2e7d32",
         MailboxStatus::Held => "#f9a825",
         MailboxStatus::Failed => "#c62828",
+        MailboxStatus::MigratedBack => "#6d4c41",
     }
 }
 

@@ -1611,3 +1611,47 @@ fn a_mailbox_paused_at_its_daily_budget_is_picked_up_by_the_next_passes() {
     assert_copied(&servers.source, &servers.target, "tiny");
     project.assert_no_secret_leaked();
 }
+
+/// A mailbox migrated back after cutover (`batch run --phase reverse`) is
+/// marked so in `cutover status` and the runner sweeps it no more: mail
+/// still reaching the old server stays there, where the owner now works.
+#[test]
+fn a_mailbox_migrated_back_is_no_longer_swept() {
+    let boxes = ["back1", "back2"];
+    let servers = servers(&boxes, &[]);
+    for (i, mailbox) in boxes.iter().enumerate() {
+        deliver(&servers.source, mailbox, 40 + i as u64, 5);
+    }
+    let project = Project::new(
+        servers.source.imap_port(),
+        servers.target.imap_port(),
+        &boxes.map(|m| row(m, "w1")),
+    );
+    let cut = format!("w1={}", at(Duration::zero()));
+    project.plan_ok(&at(-Duration::days(10)), &["--cutover", &cut]);
+    let pass = project.run_ok(&at(Duration::zero()));
+    assert_eq!(
+        groups(&pass),
+        [group("w1", "final", 2, 2, 0), group("w1", "delta", 2, 2, 0)]
+    );
+    assert_eq!(project.statuses(&at(Duration::zero())), all(&boxes, "sweeping"));
+
+    let (csv, state) = (project.csv_arg(), project.state_arg());
+    let mut args = vec!["batch", "run", &csv, "--phase", "reverse", "--state", &state, "--json"];
+    args.extend(project.servers.iter().map(String::as_str));
+    let output = project.cutover(&args);
+    assert!(output.status.success(), "batch run --phase reverse: {}", text(&output));
+
+    for mailbox in boxes {
+        deliver(&servers.source, mailbox, 50, 2);
+    }
+    let pass = project.run_ok(&at(Duration::hours(6)));
+    assert!(groups(&pass).is_empty(), "no sweep after a migration back: {pass:#}");
+    assert_eq!(project.statuses(&at(Duration::hours(6))), all(&boxes, "migrated_back"));
+    let (_, report) = project.status(&at(Duration::hours(6)));
+    assert!(
+        mailboxes(&report).iter().all(|m| m["next"].is_null()),
+        "nothing is next: {report:#}"
+    );
+    project.assert_no_secret_leaked();
+}

@@ -229,6 +229,25 @@ pub fn due_groups(
     out
 }
 
+/// The rows (fingerprints) whose mailbox was migrated back (`--phase
+/// reverse` ended clean).
+pub fn migrated_back(
+    state: &State,
+    rows: &[BatchRow],
+    defaults: &crate::batch::jobs::RowDefaults,
+) -> Result<HashSet<String>> {
+    let mut out = HashSet::new();
+    for row in rows {
+        let (source, target) = crate::batch::jobs::row_identity(row, defaults);
+        if let Some(mailbox) = state.find_mailbox(&source, &target)? {
+            if state.reversed_at(mailbox)?.is_some() {
+                out.insert(row.fingerprint());
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn phase_of(kind: StepKind) -> Option<Phase> {
     match kind {
         StepKind::Initial => Some(Phase::Initial),
@@ -289,7 +308,10 @@ async fn run_locked(
     }
     let rhythm = rhythm_of(plan);
     let rows: HashMap<String, BatchRow> = file.rows.iter().map(|r| (r.fingerprint(), r.clone())).collect();
-    let current = |row: &str| rows.contains_key(row);
+    // A mailbox migrated back runs no more steps (no sweep copies to the
+    // new server again): left out like a row removed from the file.
+    let back = migrated_back(state, &file.rows, &settings.defaults)?;
+    let current = |row: &str| rows.contains_key(row) && !back.contains(row);
     let mut tried: HashSet<StepKey> = HashSet::new();
     let mut groups_run = Vec::new();
     let mut events = Vec::new();
@@ -328,7 +350,8 @@ async fn run_locked(
     }
     let waves = state.waves(plan.id)?;
     let steps = state.plan_steps(plan.id)?;
-    let mailboxes = plan_status(&waves, &steps, &current, now, &rhythm);
+    let mut mailboxes = plan_status(&waves, &steps, &|row| rows.contains_key(row), now, &rhythm);
+    super::status::mark_migrated_back(&mut mailboxes, &back);
     events.extend(status_events(state, plan, &waves, &mailboxes, &rows, now)?);
     // Into the outbox before anyone is told: a runner killed now delivers
     // them next time (at least once) instead of losing them.

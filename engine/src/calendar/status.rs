@@ -34,6 +34,8 @@ pub enum MailboxStatus {
     Held,
     /// Its last step failed.
     Failed,
+    /// Migrated back to the old server (`--phase reverse`): no more steps run.
+    MigratedBack,
 }
 
 impl MailboxStatus {
@@ -49,11 +51,12 @@ impl MailboxStatus {
             Self::Complete => "complete",
             Self::Held => "held",
             Self::Failed => "failed",
+            Self::MigratedBack => "migrated_back",
         }
     }
 
     /// Every status, in flow order (for metrics that report zeros too).
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Planned,
         Self::InitialSync,
         Self::Synced,
@@ -63,6 +66,7 @@ impl MailboxStatus {
         Self::Complete,
         Self::Held,
         Self::Failed,
+        Self::MigratedBack,
     ];
 }
 
@@ -218,4 +222,13 @@ pub fn plan_status(
         }
     }
     out
+}
+
+/// Marks the mailboxes of `rows` (row fingerprints) migrated back, whatever
+/// their steps say: the plan is over for them.
+pub fn mark_migrated_back(views: &mut [MailboxView], rows: &std::collections::HashSet<String>) {
+    for view in views.iter_mut().filter(|v| rows.contains(&v.row)) {
+        view.status = MailboxStatus::MigratedBack;
+        view.next = None;
+    }
 }

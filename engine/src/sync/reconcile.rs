@@ -152,12 +152,15 @@ async fn plan(
         } else {
             Vec::new()
         };
+        // Recorded as too large by the syncs: known exceptions, left out;
+        // over the limit otherwise: reported as found too large now.
         let recorded = recorded.get(&mapping.source);
-        let (too_large, copy): (Vec<Listed>, Vec<Listed>) =
-            paired.source_only.iter().map(|m| (*m).clone()).partition(|m| {
-                limit.is_some_and(|l| m.size > l)
-                    || recorded.is_some_and(|r| m.id.parse().is_ok_and(|uid: u32| r.contains(&uid)))
-            });
+        let (too_large, copy): (Vec<Listed>, Vec<Listed>) = paired
+            .source_only
+            .iter()
+            .filter(|m| !recorded.is_some_and(|r| m.id.parse().is_ok_and(|uid: u32| r.contains(&uid))))
+            .map(|m| (*m).clone())
+            .partition(|m| limit.is_some_and(|l| m.size > l));
         let only_on_to: Vec<Listed> = paired.target_only.iter().map(|m| (*m).clone()).collect();
         if !reverse && counts_as_kept(sides.to_folders.iter().find(|f| f.name == mapping.target)) {
             for m in &only_on_to {
