@@ -640,7 +640,7 @@ fn print_reconcile(report: &SyncReport) {
         .sum();
     if reverse && deleted > 0 {
         println!(
-            "  {deleted} messages the owner deleted on the new server are still here; --propagate-deletes removes them"
+            "  {deleted} message(s) the owner deleted on the new server still here; --propagate-deletes removes them"
         );
     }
     if let Some(proof) = &report.proof {

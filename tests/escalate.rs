@@ -44,20 +44,21 @@ async fn append(session: &mut Session, folder: &str, id: &str, date: &str, flags
         .expect("append");
 }
 
-/// UID of the message with this id (by its subject) in the selected folder.
-async fn uid_of(session: &mut Session, folder: &str, id: &str) -> u32 {
+/// The search key of the message with this id (its subject).
+fn subject(id: &str) -> String {
+    format!("SUBJECT \"{id}\"")
+}
+
+/// Selects a folder and changes the flags of the first message matching `key`.
+async fn store(session: &mut Session, folder: &str, key: &str, change: &str) {
     session.select(folder).await.expect("select");
-    session
-        .uid_search(format!("SUBJECT \"{id}\""))
+    let uid = session
+        .uid_search(key)
         .await
         .expect("search")
         .into_iter()
-        .next()
-        .unwrap_or_else(|| panic!("{id} in {folder}"))
-}
-
-async fn store(session: &mut Session, folder: &str, id: &str, change: &str) {
-    let uid = uid_of(session, folder, id).await;
+        .min()
+        .unwrap_or_else(|| panic!("{key} in {folder}"));
     let _: Vec<_> = session
         .uid_store(uid.to_string(), change)
         .await
@@ -67,8 +68,9 @@ async fn store(session: &mut Session, folder: &str, id: &str, change: &str) {
         .expect("store");
 }
 
-async fn delete(session: &mut Session, folder: &str, id: &str) {
-    store(session, folder, id, "+FLAGS (\\Deleted)").await;
+/// Deletes the first message matching `key` from a folder.
+async fn delete(session: &mut Session, folder: &str, key: &str) {
+    store(session, folder, key, "+FLAGS (\\Deleted)").await;
     let _: Vec<_> = session
         .expunge()
         .await
@@ -133,10 +135,10 @@ async fn date_range_resync_copies_exactly_what_the_target_lost() {
     );
 
     let mut target = login(pair.target.imap_port(), ADDRESS, TARGET_PASSWORD).await;
-    delete(&mut target, "INBOX", "mar-1").await;
-    delete(&mut target, "INBOX", "mar-3").await;
-    delete(&mut target, "Archive", "mar-4").await;
-    delete(&mut target, "Archive", "apr-1").await;
+    delete(&mut target, "INBOX", &subject("mar-1")).await;
+    delete(&mut target, "INBOX", &subject("mar-3")).await;
+    delete(&mut target, "Archive", &subject("mar-4")).await;
+    delete(&mut target, "Archive", &subject("apr-1")).await;
     let target_before = snapshot(pair.target.imap_port(), ADDRESS, TARGET_PASSWORD).await;
     let state_arg = state.to_string_lossy().into_owned();
     let march = ["--since", "2026-03-01", "--before", "2026-04-01"];
@@ -179,7 +181,7 @@ async fn date_range_resync_copies_exactly_what_the_target_lost() {
     );
 
     // The same for a batch row, and `batch report` shows the phase.
-    delete(&mut target, "INBOX", "mar-2").await;
+    delete(&mut target, "INBOX", &subject("mar-2")).await;
     let csv = dir.path().join("wave.csv");
     std::fs::write(
         &csv,
@@ -216,7 +218,7 @@ async fn date_range_resync_copies_exactly_what_the_target_lost() {
     // A folder renamed on the target after cutover: its March mail is
     // found there; the one message really gone comes back to `Archive`.
     target.rename("Archive", "Archive 2026").await.expect("rename");
-    delete(&mut target, "Archive 2026", "mar-5").await;
+    delete(&mut target, "Archive 2026", &subject("mar-5")).await;
     let (code, report) = resync(&[]);
     assert_eq!(code, 0, "{report}");
     assert_eq!(total(&report, "copied"), 1, "only mar-5 is gone: {report}");
@@ -282,45 +284,10 @@ async fn migrating_back_makes_the_old_server_equal_to_the_new_one() {
     .await;
     // The owner's flag changes on migrated mail: a keyword no message has yet.
     for folder in ["INBOX", "Archive"] {
-        target.select(folder).await.expect("select");
-        let first = target
-            .uid_search("ALL")
-            .await
-            .expect("search")
-            .into_iter()
-            .min()
-            .expect("mail");
-        let _: Vec<_> = target
-            .uid_store(first.to_string(), "+FLAGS ($Escalated)")
-            .await
-            .expect("store")
-            .try_collect()
-            .await
-            .expect("store");
+        store(&mut target, folder, "ALL", "+FLAGS ($Escalated)").await;
     }
-    delete(&mut target, "INBOX", "after-2").await;
-    target.select("Drafts").await.expect("select");
-    let gone = target
-        .uid_search("ALL")
-        .await
-        .expect("search")
-        .into_iter()
-        .min()
-        .expect("a draft");
-    let _: Vec<_> = target
-        .uid_store(gone.to_string(), "+FLAGS (\\Deleted)")
-        .await
-        .expect("store")
-        .try_collect()
-        .await
-        .expect("store");
-    target
-        .expunge()
-        .await
-        .expect("expunge")
-        .try_collect::<Vec<_>>()
-        .await
-        .expect("expunge");
+    delete(&mut target, "INBOX", &subject("after-2")).await;
+    delete(&mut target, "Drafts", "ALL").await;
 
     let reverse = |extra: &[&str]| sync(&from, &to, "reverse", &state, extra);
     let report = reverse(&[]);
