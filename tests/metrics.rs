@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::corpus::generated;
+use cutover_engine::calendar::status::MailboxStatus;
 use cutover_harness::dovecot::{Dovecot, DovecotConfig};
 use cutover_harness::proxy::{FaultConfig, FaultProxy};
 
@@ -235,7 +236,11 @@ fn assert_copied_without_mailbox_labels(text: &str, servers: &Servers) {
         .lines()
         .filter(|line| line.starts_with("cutover_mailboxes{"))
         .count();
-    assert_eq!(statuses, 9, "every status of the one wave, zeros included:\n{text}");
+    assert_eq!(
+        statuses,
+        MailboxStatus::ALL.len(),
+        "every status of the one wave, zeros included:\n{text}"
+    );
     assert_eq!(sum(text, "cutover_mailboxes", &[]), MAILBOXES as f64, "{text}");
     assert_eq!(sum(text, "cutover_overdue_mailboxes", &[]), 0.0, "{text}");
     assert!(
