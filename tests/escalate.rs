@@ -458,3 +458,71 @@ async fn migrating_back_from_a_maildir() {
     let again = sync(&from, &to, "reverse", &state, &[]);
     assert_eq!(total(&again, "copied"), 0, "{again}");
 }
+
+/// A migration back uploads to the old account: its daily upload budget
+/// holds. Over the budget the run pauses (exit 4), a rerun the same day
+/// copies nothing, and the next day it completes without a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_back_keeps_to_the_old_accounts_daily_budget() {
+    let pair = Pair::start();
+    pair.fill_source(&generated(37, 20));
+    let (from, to) = (pair.source_url(), pair.target_url());
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.db");
+    sync(&from, &to, "initial", &state, &[]);
+    let before = count(&snapshot(pair.source.imap_port(), USER, SOURCE_PASSWORD).await);
+    let mut arrived = generated(38, 30);
+    for message in &mut arrived {
+        message.folder.clear();
+    }
+    let arrived_bytes: usize = arrived.iter().map(|m| m.raw.len()).sum();
+    cutover_harness::fill::fill_maildir(&pair.target.maildir(USER), &arrived).expect("fill target");
+    let budget = (arrived_bytes / 2).to_string();
+    let state_arg = state.to_string_lossy().into_owned();
+    let reverse_on = |now: &str| {
+        run_json(&[
+            "sync",
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--phase",
+            "reverse",
+            "--state",
+            &state_arg,
+            "--json",
+            "--account-daily-upload",
+            &budget,
+            "--now",
+            now,
+        ])
+    };
+
+    let (code, report) = reverse_on("2026-12-05T18:00:00Z");
+    assert_eq!(code, 4, "{report}");
+    assert_eq!(report["resumes_at"], "2026-12-06T00:00:00Z", "{report}");
+    let day_one = total(&report, "copied");
+    assert!(day_one > 0 && day_one < 30, "{report}");
+    let (code, report) = reverse_on("2026-12-05T19:00:00Z");
+    assert_eq!(
+        (code, total(&report, "copied")),
+        (4, 0),
+        "nothing more fits today: {report}"
+    );
+    // Day by day until done (message sizes are uneven: it may take two).
+    let mut copied = day_one;
+    let mut finished = false;
+    for day in 6..=9 {
+        let (code, report) = reverse_on(&format!("2026-12-{day:02}T01:00:00Z"));
+        copied += total(&report, "copied");
+        assert!(code == 0 || code == 4, "{report}");
+        if code == 0 {
+            finished = true;
+            break;
+        }
+    }
+    assert!(finished, "the migration back never finished");
+    assert_eq!(copied, 30);
+    let after = count(&snapshot(pair.source.imap_port(), USER, SOURCE_PASSWORD).await);
+    assert_eq!(after, before + 30, "every new message once");
+}

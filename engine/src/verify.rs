@@ -453,9 +453,17 @@ impl Sides {
 /// One folder's messages by fingerprint, in an INTERNALDATE range.
 pub(crate) async fn list(side: &mut Target, folder: &str, range: DateRange) -> Result<Vec<Listed>> {
     side.open_folder(folder).await?;
-    Ok(side
-        .scan(folder, 0, &HashSet::new())
-        .await?
+    let listed = if range.is_set() {
+        // A day's margin on each side: servers judge SINCE and BEFORE by
+        // the day in their own time zone; the exact cut (UTC) is below.
+        let margin = chrono::Days::new(1);
+        let since = range.since.and_then(|d| d.checked_sub_days(margin));
+        let before = range.before.and_then(|d| d.checked_add_days(margin));
+        side.scan_dates(folder, since, before).await?
+    } else {
+        side.scan(folder, 0, &HashSet::new()).await?
+    };
+    Ok(listed
         .into_iter()
         .map(|t| Listed {
             id: t.target_ref,

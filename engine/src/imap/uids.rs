@@ -48,6 +48,15 @@ pub enum SearchKey {
     /// ones a target's size limit refuses, found without fetching a size
     /// per message.
     Larger(UidSet, u64),
+    /// Messages whose INTERNALDATE falls on `since` or later and before
+    /// `before` (RFC 3501 SINCE/BEFORE: whole days as the server sees
+    /// them, so callers widen the range and filter exactly themselves).
+    Dates {
+        /// First day included.
+        since: Option<chrono::NaiveDate>,
+        /// First day excluded.
+        before: Option<chrono::NaiveDate>,
+    },
 }
 
 impl SearchKey {
@@ -61,6 +70,19 @@ impl SearchKey {
                 .into_iter()
                 .map(|set| format!("UID {set} LARGER {bytes}"))
                 .collect(),
+            Self::Dates { since, before } => {
+                let day = |d: &chrono::NaiveDate| d.format("%-d-%b-%Y").to_string();
+                let keys: Vec<String> = since
+                    .iter()
+                    .map(|d| format!("SINCE {}", day(d)))
+                    .chain(before.iter().map(|d| format!("BEFORE {}", day(d))))
+                    .collect();
+                vec![if keys.is_empty() {
+                    "ALL".to_string()
+                } else {
+                    keys.join(" ")
+                }]
+            }
         }
     }
 }
@@ -101,6 +123,23 @@ mod tests {
         assert_eq!(
             SearchKey::Larger(UidSet::Uids(vec![3, 1, 2]), 36_700_160).render(),
             vec!["UID 1:3 LARGER 36700160"]
+        );
+        let day = |y, m, d| chrono::NaiveDate::from_ymd_opt(y, m, d);
+        assert_eq!(
+            SearchKey::Dates {
+                since: day(2026, 3, 1),
+                before: day(2026, 4, 12)
+            }
+            .render(),
+            vec!["SINCE 1-Mar-2026 BEFORE 12-Apr-2026"]
+        );
+        assert_eq!(
+            SearchKey::Dates {
+                since: None,
+                before: None
+            }
+            .render(),
+            vec!["ALL"]
         );
         let scattered: Vec<u32> = (0..5000).map(|i| i * 2).collect();
         let parts = UidSet::Uids(scattered).render();

@@ -252,8 +252,14 @@ pub async fn sync_mailbox(
     let budgeted;
     let options = if options.daily.is_set() {
         let upload_account = matches!(job.target, Endpoint::Imap(_)).then(|| target_id.clone());
+        // A migration back downloads from the target and uploads to the source.
+        let (download, upload) = if options.phase == Phase::Reverse {
+            (target_id.clone(), Some(source_id.clone()))
+        } else {
+            (source_id.clone(), upload_account)
+        };
         budgeted = SyncOptions {
-            daily: options.daily.for_accounts(source_id.clone(), upload_account),
+            daily: options.daily.for_accounts(download, upload),
             ..options.clone()
         };
         &budgeted

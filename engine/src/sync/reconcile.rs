@@ -18,6 +18,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::{Phase, SyncOptions};
+use crate::budget;
 use crate::error::{ErrorKind, Result};
 use crate::fingerprint::Fingerprint;
 use crate::folders::{self, FolderMapping};
@@ -331,6 +332,13 @@ async fn apply(
             Some(state.folder(mailbox, from_name, to_name)?)
         };
         for chunk in chunks(&plan.copy, options.batch_messages, options.batch_bytes as u64) {
+            // The account's daily budget (download on the sending side,
+            // upload on the receiving one) holds here as in any phase.
+            let (chunk, pause) = within_daily_budget(state, options, chunk)?;
+            let bytes: u64 = chunk.iter().map(|m| m.size).sum();
+            for budget in &options.budgets {
+                budget.admit(chunk.len() as u32, bytes).await;
+            }
             let messages = read(sides, from_name, chunk).await?;
             let refs = append(sides, to_name, &messages, report).await?;
             let mut rows = Vec::new();
@@ -351,6 +359,12 @@ async fn apply(
             if let Some(folder) = &folder_state {
                 state.record_batch(folder, &rows, &[])?;
             }
+            if options.daily.is_set() {
+                budget::charge(state, &options.daily, rows.iter().map(|r| r.size).sum())?;
+            }
+            if let Some(pause) = pause {
+                return Err(pause);
+            }
         }
     }
     if !reverse {
@@ -370,6 +384,25 @@ async fn apply(
         }
     }
     Ok(())
+}
+
+/// The prefix of a batch today's daily budgets allow, and the pause to end
+/// with when that is not all of it.
+fn within_daily_budget<'a>(
+    state: &State,
+    options: &SyncOptions,
+    chunk: &'a [Listed],
+) -> Result<(&'a [Listed], Option<crate::Error>)> {
+    if !options.daily.is_set() {
+        return Ok((chunk, None));
+    }
+    let allowance = budget::allowance(state, &options.daily, options.daily.now())?;
+    let sizes: Vec<u64> = chunk.iter().map(|m| m.size).collect();
+    let take = budget::admitted(&sizes, &allowance);
+    if take >= chunk.len() {
+        return Ok((chunk, None));
+    }
+    Ok((chunk.get(..take).unwrap_or_default(), Some(allowance.paused())))
 }
 
 /// Splits messages into append batches: at most `count` messages and

@@ -140,19 +140,23 @@ impl ImapTarget {
                 .fetch_all(&UidSet::Uids(unknown), FetchItems::Fingerprint, None)
                 .await?
         };
-        Ok(records
-            .into_iter()
-            .map(|r| {
-                let size = u64::from(r.size.unwrap_or(0));
-                TargetMessage {
-                    target_ref: r.uid.to_string(),
-                    fingerprint: Fingerprint::from_headers(r.header.as_deref().unwrap_or_default(), size),
-                    flags: r.flags.unwrap_or_default(),
-                    internal_date: r.internal_date,
-                    size,
-                }
-            })
-            .collect())
+        Ok(records.into_iter().map(listed).collect())
+    }
+
+    /// Every message whose INTERNALDATE falls in the days of `dates` (a
+    /// [`SearchKey::Dates`]), found by the server's SEARCH first, so a narrow
+    /// range of a huge folder fetches only its own headers.
+    pub(super) async fn scan_dates(&mut self, name: &str, dates: SearchKey) -> Result<Vec<TargetMessage>> {
+        self.select(name).await?;
+        let uids = self.session.uid_search(&dates).await?;
+        let records = if uids.is_empty() {
+            Vec::new()
+        } else {
+            self.session
+                .fetch_all(&UidSet::Uids(uids), FetchItems::Fingerprint, None)
+                .await?
+        };
+        Ok(records.into_iter().map(listed).collect())
     }
 
     pub(super) async fn still_present(
@@ -254,5 +258,17 @@ impl ImapTarget {
 
     pub(super) async fn close(self) {
         self.session.logout().await;
+    }
+}
+
+/// A fetched message as a scan lists it.
+fn listed(r: crate::imap::FetchRecord) -> TargetMessage {
+    let size = u64::from(r.size.unwrap_or(0));
+    TargetMessage {
+        target_ref: r.uid.to_string(),
+        fingerprint: Fingerprint::from_headers(r.header.as_deref().unwrap_or_default(), size),
+        flags: r.flags.unwrap_or_default(),
+        internal_date: r.internal_date,
+        size,
     }
 }

@@ -183,6 +183,25 @@ impl Target {
         }
     }
 
+    /// Every message of the folder whose INTERNALDATE may fall between
+    /// `since` and `before` (whole days, inclusive and exclusive): an IMAP
+    /// server searches first, so only those are fetched; a Maildir lists all.
+    /// Callers filter exactly: servers judge days in their own time zone.
+    pub async fn scan_dates(
+        &mut self,
+        name: &str,
+        since: Option<chrono::NaiveDate>,
+        before: Option<chrono::NaiveDate>,
+    ) -> Result<Vec<TargetMessage>> {
+        match self {
+            Self::Imap(t) => {
+                t.scan_dates(name, crate::imap::SearchKey::Dates { since, before })
+                    .await
+            }
+            Self::Maildir(t) => t.scan(name, &HashSet::new()).await,
+        }
+    }
+
     /// Of `remembered` (unknown target messages an earlier scan found),
     /// those still in the folder that [`Target::scan`] with the same
     /// `after_uid` and `known` does not return again. IMAP scans look above a
