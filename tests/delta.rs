@@ -10,7 +10,6 @@ mod common;
 
 use common::corpus::{generated, FOLDER_MAP};
 use common::*;
-use futures::TryStreamExt;
 use serde_json::Value;
 
 /// What Dovecot 2.3 announces after login, minus LIST-STATUS and QRESYNC:
@@ -33,36 +32,6 @@ async fn append(session: &mut Session, folder: &str, id: &str) {
         .append(folder, Some("()"), Some("\"02-Nov-2026 10:00:00 +0000\""), message(id))
         .await
         .expect("append");
-}
-
-/// Selects a folder and runs a UID STORE on its first message.
-async fn store_first(session: &mut Session, folder: &str, change: &str) {
-    session.select(folder).await.expect("select");
-    let first = session
-        .uid_search("ALL")
-        .await
-        .expect("search")
-        .into_iter()
-        .min()
-        .expect("a message");
-    let _: Vec<_> = session
-        .uid_store(first.to_string(), change)
-        .await
-        .expect("store")
-        .try_collect()
-        .await
-        .expect("store");
-}
-
-async fn expunge_first(session: &mut Session, folder: &str) {
-    store_first(session, folder, "+FLAGS (\\Deleted)").await;
-    let _: Vec<_> = session
-        .expunge()
-        .await
-        .expect("expunge")
-        .try_collect()
-        .await
-        .expect("expunge");
 }
 
 /// Source folders a sync report says were opened (not skipped as unchanged).
@@ -140,7 +109,7 @@ async fn every_change_is_found(capabilities: Option<&str>) {
     };
 
     // Only a flag.
-    store_first(&mut source, "INBOX.Sent Messages", "+FLAGS (\\Flagged)").await;
+    store(&mut source, "INBOX.Sent Messages", "ALL", "+FLAGS (\\Flagged)").await;
     let (report, (source_opens, _)) = counted_delta(&pair, &state, &[]);
     assert_eq!(total(&report, "flags_updated"), 1, "{report}");
     let found_by = match capabilities {
@@ -155,7 +124,7 @@ async fn every_change_is_found(capabilities: Option<&str>) {
     }
 
     // Only an expunge.
-    expunge_first(&mut source, "INBOX.Archive").await;
+    delete(&mut source, "INBOX.Archive", "ALL").await;
     let (report, _) = counted_delta(&pair, &state, &["--propagate-deletes"]);
     assert_eq!(
         (total(&report, "deleted_on_source"), total(&report, "deleted_on_target")),
@@ -237,8 +206,8 @@ async fn a_dry_run_shows_the_delta_and_changes_nothing() {
     let mut source = login(pair.source.imap_port(), USER, SOURCE_PASSWORD).await;
     append(&mut source, "INBOX", "new-1").await;
     append(&mut source, "INBOX", "new-2").await;
-    store_first(&mut source, "INBOX.Sent Messages", "+FLAGS (\\Answered)").await;
-    expunge_first(&mut source, "INBOX.Archive").await;
+    store(&mut source, "INBOX.Sent Messages", "ALL", "+FLAGS (\\Answered)").await;
+    delete(&mut source, "INBOX.Archive", "ALL").await;
     let target_before = snapshot(pair.target.imap_port(), USER, TARGET_PASSWORD).await;
     let state_before = std::fs::read(&state).unwrap();
 

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use common::corpus::{generated, FOLDER_MAP};
 use common::*;
-use futures::TryStreamExt;
 use serde_json::Value;
 
 const ADDRESS: &str = "alice@example.org";
@@ -47,37 +46,6 @@ async fn append(session: &mut Session, folder: &str, id: &str, date: &str, flags
 /// The search key of the message with this id (its subject).
 fn subject(id: &str) -> String {
     format!("SUBJECT \"{id}\"")
-}
-
-/// Selects a folder and changes the flags of the first message matching `key`.
-async fn store(session: &mut Session, folder: &str, key: &str, change: &str) {
-    session.select(folder).await.expect("select");
-    let uid = session
-        .uid_search(key)
-        .await
-        .expect("search")
-        .into_iter()
-        .min()
-        .unwrap_or_else(|| panic!("{key} in {folder}"));
-    let _: Vec<_> = session
-        .uid_store(uid.to_string(), change)
-        .await
-        .expect("store")
-        .try_collect()
-        .await
-        .expect("store");
-}
-
-/// Deletes the first message matching `key` from a folder.
-async fn delete(session: &mut Session, folder: &str, key: &str) {
-    store(session, folder, key, "+FLAGS (\\Deleted)").await;
-    let _: Vec<_> = session
-        .expunge()
-        .await
-        .expect("expunge")
-        .try_collect()
-        .await
-        .expect("expunge");
 }
 
 /// Runs `cutover` with the given arguments; returns the exit code and the JSON it printed.

@@ -140,6 +140,37 @@ pub async fn login(port: u16, user: &str, password: &str) -> Session {
     client.login(user, password).await.map_err(|(e, _)| e).expect("login")
 }
 
+/// Selects a folder and changes the flags of the first message matching `key`.
+pub async fn store(session: &mut Session, folder: &str, key: &str, change: &str) {
+    session.select(folder).await.expect("select");
+    let uid = session
+        .uid_search(key)
+        .await
+        .expect("search")
+        .into_iter()
+        .min()
+        .unwrap_or_else(|| panic!("{key} in {folder}"));
+    let _: Vec<_> = session
+        .uid_store(uid.to_string(), change)
+        .await
+        .expect("store")
+        .try_collect()
+        .await
+        .expect("store");
+}
+
+/// Deletes the first message matching `key` from a folder.
+pub async fn delete(session: &mut Session, folder: &str, key: &str) {
+    store(session, folder, key, "+FLAGS (\\Deleted)").await;
+    let _: Vec<_> = session
+        .expunge()
+        .await
+        .expect("expunge")
+        .try_collect()
+        .await
+        .expect("expunge");
+}
+
 pub fn sha256(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
