@@ -321,6 +321,7 @@ pub async fn run(command: BatchCommand) -> Result<ExitCode> {
             let file = read(&args.file.file)?;
             let mut settings = settings(&args.options)?;
             settings.daily.now = args.clock.fixed();
+            cutover_engine::sync::check_range(args.phase, &settings.range)?;
             if args.dry_run {
                 let planned = run::dry_run(&file, &args.options.state, args.phase, &settings).await?;
                 return print_planned(&planned, args.file.json);
@@ -344,6 +345,7 @@ pub async fn run(command: BatchCommand) -> Result<ExitCode> {
                 Some(phase) => phase,
                 None => last_phase(&file, &args.options.state, &settings.defaults)?,
             };
+            cutover_engine::sync::check_range(phase, &settings.range)?;
             let report = run::run(
                 &file,
                 &args.options.state,

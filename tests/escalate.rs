@@ -176,6 +176,14 @@ async fn date_range_resync_copies_exactly_what_the_target_lost() {
         "--target-server",
         &target_server,
     ];
+    let refused = cutover(&args);
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "a resync without a range is refused before any row runs"
+    );
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("needs a date range"), "{why}");
     args.extend_from_slice(&march);
     let (code, batch) = run_json(&args);
     assert_eq!(code, 0, "{batch}");

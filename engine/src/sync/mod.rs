@@ -102,6 +102,22 @@ impl FromStr for Phase {
     }
 }
 
+/// Whether a phase goes with a date range: a resync needs one, and only a
+/// resync or a reverse takes one.
+pub fn check_range(phase: Phase, range: &crate::verify::DateRange) -> Result<()> {
+    if phase == Phase::Resync && !range.is_set() {
+        return Err(Error::Config(
+            "a resync needs a date range (--since and/or --before); for everything, run a delta".into(),
+        ));
+    }
+    if range.is_set() && !phase.reconciles() {
+        return Err(Error::Config(format!(
+            "--since/--before limit a resync or a reverse, not a {phase} phase"
+        )));
+    }
+    Ok(())
+}
+
 /// How a sync runs.
 #[derive(Debug, Clone)]
 pub struct SyncOptions {
@@ -220,17 +236,7 @@ pub async fn sync_mailbox(
             "{source_id}: a sweep runs after the final phase; run --phase final first"
         )));
     }
-    if options.phase == Phase::Resync && !options.range.is_set() {
-        return Err(Error::Config(format!(
-            "{source_id}: a resync needs a date range (--since and/or --before); for everything, run a delta"
-        )));
-    }
-    if options.range.is_set() && !options.phase.reconciles() {
-        return Err(Error::Config(format!(
-            "{source_id}: --since/--before limit a resync or a reverse, not a {} phase",
-            options.phase
-        )));
-    }
+    check_range(options.phase, &options.range).map_err(|e| Error::Config(format!("{source_id}: {e}")))?;
     if matches!(options.phase, Phase::Sweep | Phase::Final)
         && known.map(|m| state.reversed_at(m)).transpose()?.flatten().is_some()
     {
