@@ -156,6 +156,15 @@ fn inbox_child(name: &str, separator: char) -> Option<&str> {
     (is_inbox(head) && !child.is_empty()).then_some(child)
 }
 
+/// A folder's role seen on its own: declared, or by its well-known name at
+/// the top level, under an `INBOX.` prefix, or under Gmail's `[Gmail]/`.
+pub fn role(folder: &FolderInfo) -> Option<SpecialUse> {
+    let prefixed = folder
+        .separator
+        .is_some_and(|sep| inbox_child(&folder.name, sep).is_some());
+    role_of(folder, &levels(folder, prefixed))
+}
+
 fn role_of(folder: &FolderInfo, levels: &[String]) -> Option<SpecialUse> {
     folder.special_use.or_else(|| match levels {
         [leaf] => role_by_name(leaf),

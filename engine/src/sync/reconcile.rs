@@ -215,12 +215,9 @@ async fn plan(
 /// junk, which is where lost mail goes, not where it is kept.
 fn counts_as_kept(folder: Option<&FolderInfo>) -> bool {
     use crate::imap::SpecialUse;
-    let Some(folder) = folder else { return false };
-    let leaf = folder
-        .separator
-        .and_then(|sep| folder.name.rsplit(sep).next())
-        .unwrap_or(&folder.name);
-    let role = folder.special_use.or_else(|| folders::role_by_name(leaf));
+    let Some(role) = folder.map(folders::role) else {
+        return false;
+    };
     !matches!(role, Some(SpecialUse::Trash | SpecialUse::Junk)) && !role.is_some_and(SpecialUse::is_virtual)
 }
 
@@ -480,4 +477,60 @@ async fn append(
         }
     }
     Ok(refs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::imap::SpecialUse;
+
+    fn sized(sizes: &[u64]) -> Vec<Listed> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, size)| Listed {
+                id: i.to_string(),
+                fingerprint: Fingerprint::from_headers(format!("Message-ID: <{i}@t>\r\n\r\n").as_bytes(), *size),
+                flags: Flags::default(),
+                date: None,
+                zone: None,
+                size: *size,
+                sha256: None,
+            })
+            .collect()
+    }
+
+    fn lengths(parts: Vec<&[Listed]>) -> Vec<usize> {
+        parts.iter().map(|p| p.len()).collect()
+    }
+
+    #[test]
+    fn batches_hold_to_count_and_bytes_and_a_large_message_goes_alone() {
+        let messages = sized(&[10, 10, 10, 10, 10]);
+        assert_eq!(lengths(chunks(&messages, 2, 1000)), [2, 2, 1]);
+        assert_eq!(lengths(chunks(&messages, 100, 25)), [2, 2, 1]);
+        let messages = sized(&[10, 500, 10]);
+        assert_eq!(lengths(chunks(&messages, 100, 100)), [1, 1, 1]);
+        assert!(chunks(&[], 10, 10).is_empty());
+        // A zero count still makes progress, one message at a time.
+        assert_eq!(lengths(chunks(&sized(&[1, 1]), 0, 100)), [1, 1]);
+    }
+
+    #[test]
+    fn mail_in_the_trash_junk_or_a_virtual_folder_does_not_count_as_kept() {
+        let folder = |name: &str, role: Option<SpecialUse>| FolderInfo {
+            name: name.into(),
+            separator: Some('/'),
+            special_use: role,
+            selectable: true,
+        };
+        assert!(counts_as_kept(Some(&folder("Projects 2026", None))));
+        assert!(!counts_as_kept(Some(&folder("Papierkorb", Some(SpecialUse::Trash)))));
+        assert!(!counts_as_kept(Some(&folder("Deleted Items", None))));
+        assert!(!counts_as_kept(Some(&folder("[Gmail]/All Mail", None))));
+        assert!(!counts_as_kept(Some(&folder("Spam", Some(SpecialUse::Junk)))));
+        assert!(!counts_as_kept(Some(&folder("INBOX/Trash", None))));
+        assert!(counts_as_kept(Some(&folder("Projects/Trash talk", None))));
+        assert!(!counts_as_kept(None));
+    }
 }
