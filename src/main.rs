@@ -614,6 +614,20 @@ fn print_reconcile(report: &SyncReport) {
             print!("  found in another folder {:4}", folder.found_elsewhere.len());
         }
         println!("{created}");
+        for message in folder.would_copy.iter().take(VERIFY_DETAIL_LINES) {
+            println!(
+                "    would copy {} ({} bytes, {})",
+                message.id,
+                message.size,
+                message.date.as_deref().unwrap_or("no date")
+            );
+        }
+        if folder.would_copy.len() > VERIFY_DETAIL_LINES {
+            println!(
+                "    … and {} more (--json lists all)",
+                folder.would_copy.len() - VERIFY_DETAIL_LINES
+            );
+        }
         for found in &folder.found_elsewhere {
             println!(
                 "    source UID {} ({} bytes) is in {:?} on the target: not copied",

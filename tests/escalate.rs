@@ -121,6 +121,24 @@ async fn date_range_resync_copies_exactly_what_the_target_lost() {
 
     let (code, planned) = resync(&["--dry-run"]);
     assert_eq!((code, total(&planned, "copied")), (0, 3), "{planned}");
+    let listed: Vec<String> = planned["folders"]
+        .as_array()
+        .expect("folders")
+        .iter()
+        .flat_map(|f| f["would_copy"].as_array().cloned().unwrap_or_default())
+        .map(|m| {
+            m["date"]
+                .as_str()
+                .unwrap_or_default()
+                .get(..7)
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        listed, ["2026-03"; 3],
+        "the dry run lists the three March messages: {planned}"
+    );
     assert_eq!(
         snapshot(pair.target.imap_port(), ADDRESS, TARGET_PASSWORD).await,
         target_before,

@@ -118,6 +118,10 @@ pub struct FolderReport {
     /// not copied again.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub found_elsewhere: Vec<FoundElsewhere>,
+    /// A dry run of a resync or a migration back: the messages it would
+    /// copy (id on the sending side, date, size).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub would_copy: Vec<crate::verify::Unpaired>,
     /// Messages that could not be copied (retried by the next run).
     pub failed: Vec<MessageFailure>,
     /// Messages found too large for the target by this run: not copied,
@@ -268,6 +272,7 @@ mod tests {
             deleted_on_target: 0,
             only_on_target: 0,
             found_elsewhere: Vec::new(),
+            would_copy: Vec::new(),
             failed: Vec::new(),
             too_large: Vec::new(),
             error,

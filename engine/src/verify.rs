@@ -266,7 +266,8 @@ pub struct Listed {
 }
 
 impl Listed {
-    fn unpaired(&self) -> Unpaired {
+    /// The message as verify lists one without a partner.
+    pub fn unpaired(&self) -> Unpaired {
         Unpaired {
             id: self.id.clone(),
             fingerprint: self.fingerprint.to_string(),

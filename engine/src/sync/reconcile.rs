@@ -73,9 +73,9 @@ pub(super) async fn run(
     };
     if options.dry_run {
         for plan in plans {
-            report
-                .folders
-                .push(folder_report(&plan, &copied_forward, options.propagate_deletes));
+            let mut folder = folder_report(&plan, &copied_forward, options.propagate_deletes);
+            folder.would_copy = plan.copy.iter().map(Listed::unpaired).collect();
+            report.folders.push(folder);
         }
         sides.close().await;
         return Ok(());
