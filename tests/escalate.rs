@@ -48,6 +48,33 @@ fn subject(id: &str) -> String {
     format!("SUBJECT \"{id}\"")
 }
 
+/// A mailbox of `count` generated messages (from `seed`) taken through
+/// the initial and final syncs: the moment after cutover.
+struct Migrated {
+    pair: Pair,
+    from: String,
+    to: String,
+    dir: tempfile::TempDir,
+    state: std::path::PathBuf,
+}
+
+fn migrated(seed: u64, count: usize) -> Migrated {
+    let pair = Pair::start();
+    pair.fill_source(&generated(seed, count));
+    let (from, to) = (pair.source_url(), pair.target_url());
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.db");
+    sync(&from, &to, "initial", &state, &[]);
+    sync(&from, &to, "final", &state, &[]);
+    Migrated {
+        pair,
+        from,
+        to,
+        dir,
+        state,
+    }
+}
+
 /// Runs `cutover` with the given arguments; returns the exit code and the JSON it printed.
 fn run_json(args: &[&str]) -> (i32, Value) {
     let output = cutover(args);
@@ -247,13 +274,13 @@ async fn date_range_resync_copies_exactly_what_the_target_lost() {
 /// migrated back and no longer swept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrating_back_makes_the_old_server_equal_to_the_new_one() {
-    let pair = Pair::start();
-    pair.fill_source(&generated(32, 60));
-    let (from, to) = (pair.source_url(), pair.target_url());
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state.db");
-    sync(&from, &to, "initial", &state, &[]);
-    sync(&from, &to, "final", &state, &[]);
+    let Migrated {
+        pair,
+        from,
+        to,
+        dir: _dir,
+        state,
+    } = migrated(32, 60);
 
     let mut target = login(pair.target.imap_port(), USER, TARGET_PASSWORD).await;
     for id in ["after-1", "after-2", "after-3"] {
@@ -370,13 +397,13 @@ async fn migrating_back_makes_the_old_server_equal_to_the_new_one() {
 /// old server holds every message exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_migration_back_reruns_without_a_duplicate() {
-    let pair = Pair::start();
-    pair.fill_source(&generated(33, 30));
-    let (from, to) = (pair.source_url(), pair.target_url());
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state.db");
-    sync(&from, &to, "initial", &state, &[]);
-    sync(&from, &to, "final", &state, &[]);
+    let Migrated {
+        pair,
+        from,
+        to,
+        dir: _dir,
+        state,
+    } = migrated(33, 30);
     // A month of mail delivered to the new server after cutover.
     let mut arrived = generated(34, 1500);
     for message in &mut arrived {

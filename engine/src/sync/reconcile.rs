@@ -97,15 +97,14 @@ pub(super) async fn run(
         }
     }
     for plan in &plans {
+        // What the plan found; what it did is counted as it happens.
         let mut folder = FolderReport {
-            source: plan.mapping.source.clone(),
-            target: plan.mapping.target.clone(),
+            copied: 0,
+            bytes: 0,
+            flags_updated: 0,
+            created: false,
             ..folder_report(plan, &copied_forward, false)
         };
-        folder.copied = 0;
-        folder.bytes = 0;
-        folder.flags_updated = 0;
-        folder.created = false;
         let result = apply(&mut sides, options, state, mailbox, plan, &copied_forward, &mut folder).await;
         if let Err(e) = result {
             if e.kind() == ErrorKind::State || !(e.kind() == ErrorKind::Folder || e.kind().is_per_message()) {
