@@ -89,6 +89,22 @@ pub struct MessageRow {
     pub source_gone: bool,
 }
 
+impl MessageRow {
+    /// The row of a message just appended as `target_ref`.
+    pub fn appended(message: &crate::message::Message, target_ref: Option<String>) -> Self {
+        let size = message.raw.len() as u64;
+        Self {
+            source_uid: message.uid,
+            target_ref,
+            fingerprint: Fingerprint::from_headers(&message.raw, size),
+            flags: message.flags.clone(),
+            size,
+            internal_date: message.internal_date.timestamp(),
+            source_gone: false,
+        }
+    }
+}
+
 /// A source message that could not be copied; retried by the next run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailureRow {

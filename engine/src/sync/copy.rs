@@ -323,15 +323,7 @@ impl Appender<'_> {
                 continue;
             }
             bytes += message.raw.len() as u64;
-            rows.push(MessageRow {
-                source_uid: message.uid,
-                target_ref,
-                fingerprint: Fingerprint::from_headers(&message.raw, message.raw.len() as u64),
-                flags: message.flags.clone(),
-                size: message.raw.len() as u64,
-                internal_date: message.internal_date.timestamp(),
-                source_gone: false,
-            });
+            rows.push(MessageRow::appended(message, target_ref));
         }
         if let Some(last) = batch.last() {
             self.folder.highest_uid = self.folder.highest_uid.max(last.uid);

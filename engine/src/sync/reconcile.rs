@@ -107,7 +107,9 @@ pub(super) async fn run(
         };
         let result = apply(&mut sides, options, state, mailbox, plan, &copied_forward, &mut folder).await;
         if let Err(e) = result {
-            if e.kind() == ErrorKind::State || !(e.kind() == ErrorKind::Folder || e.kind().is_per_message()) {
+            // A refused folder or message ends that folder; anything else
+            // (a broken connection, the state, a pause) ends the mailbox.
+            if !(e.kind() == ErrorKind::Folder || e.kind().is_per_message()) {
                 report.folders.push(folder);
                 sides.close().await;
                 return Err(e);
@@ -342,15 +344,7 @@ async fn apply(
                 let Some(target_ref) = appended else { continue };
                 report.copied += 1;
                 report.bytes += message.raw.len() as u64;
-                rows.push(MessageRow {
-                    source_uid: message.uid,
-                    target_ref,
-                    fingerprint: Fingerprint::from_headers(&message.raw, message.raw.len() as u64),
-                    flags: message.flags.clone(),
-                    size: message.raw.len() as u64,
-                    internal_date: message.internal_date.timestamp(),
-                    source_gone: false,
-                });
+                rows.push(MessageRow::appended(message, target_ref));
             }
             if let Some(folder) = &folder_state {
                 state.record_batch(folder, &rows, &[])?;
