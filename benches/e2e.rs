@@ -237,7 +237,7 @@ fn e2e_initial_copy(c: &mut Criterion) {
             for _ in 0..iters {
                 let job = bench.fresh_target();
                 let dir = tempfile::tempdir().expect("state dir");
-                let mut state = State::open(&dir.path().join("state.db")).expect("state");
+                let mut state = State::open(dir.path().join("state.db")).expect("state");
                 let options = SyncOptions::new(Phase::Initial);
                 let start = Instant::now();
                 let report = bench

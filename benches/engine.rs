@@ -76,7 +76,7 @@ fn delta_planning(c: &mut Criterion) {
     });
     group.bench_function("load state rows", |b| {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut state = State::open(&dir.path().join("bench.db")).expect("state");
+        let mut state = State::open(dir.path().join("bench.db")).expect("state");
         let mailbox = state.mailbox("imap://bench@h:1", "maildir:/b").expect("mailbox");
         let mut folder: FolderState = state.folder(mailbox, "INBOX", "INBOX").expect("folder");
         folder.highest_uid = FOLDER_SIZE;
@@ -92,7 +92,7 @@ fn state_batches(c: &mut Criterion) {
     group.throughput(Throughput::Elements(batch.len() as u64));
     group.bench_function("record a 200-message batch", |b| {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut state = State::open(&dir.path().join("bench.db")).expect("state");
+        let mut state = State::open(dir.path().join("bench.db")).expect("state");
         let mailbox = state.mailbox("imap://bench@h:1", "maildir:/b").expect("mailbox");
         let folder = state.folder(mailbox, "INBOX", "INBOX").expect("folder");
         b.iter(|| state.record_batch(&folder, black_box(&batch), &[]).expect("record"))

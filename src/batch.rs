@@ -17,7 +17,7 @@ use cutover_engine::folders::FolderFilter;
 use cutover_engine::limits::LimitConfig;
 use cutover_engine::preset::{Presets, Side};
 use cutover_engine::report::SyncReport;
-use cutover_engine::state::State;
+use cutover_engine::state::{State, StoreLocation};
 use cutover_engine::sync::Phase;
 use std::sync::Arc;
 
@@ -43,6 +43,8 @@ pub enum BatchCommand {
     Report(ReportArgs),
     /// Run only rows that failed or were corrected since the last run.
     Rerun(RerunArgs),
+    /// Put one job per row on the queue of a shared state, for `cutover worker`s to run.
+    Submit(SubmitArgs),
 }
 
 #[derive(Args)]
@@ -121,8 +123,8 @@ pub struct CheckArgs {
     #[command(flatten)]
     defaults: Defaults,
     /// Remember source sizes in this state file (for `split --max-bytes`).
-    #[arg(long)]
-    state: Option<PathBuf>,
+    #[arg(long, env = "CUTOVER_STATE", hide_env_values = true)]
+    state: Option<StoreLocation>,
 }
 
 #[derive(Args)]
@@ -139,8 +141,8 @@ pub struct SplitArgs {
     #[arg(long)]
     max_bytes: Option<u64>,
     /// State file with the sizes.
-    #[arg(long)]
-    state: Option<PathBuf>,
+    #[arg(long, env = "CUTOVER_STATE", hide_env_values = true)]
+    state: Option<StoreLocation>,
     /// Directory for the new files.
     #[arg(long, default_value = ".")]
     out_dir: PathBuf,
@@ -150,9 +152,9 @@ pub struct SplitArgs {
 pub struct RunOptions {
     #[command(flatten)]
     defaults: Defaults,
-    /// The state file.
-    #[arg(long)]
-    pub(crate) state: PathBuf,
+    /// The state: a SQLite file (created when missing) or a postgres:// URL shared by workers.
+    #[arg(long, env = "CUTOVER_STATE", hide_env_values = true)]
+    pub(crate) state: StoreLocation,
     /// Connections (mailboxes) per server at once.
     #[arg(long)]
     connections_per_host: Option<usize>,
@@ -276,6 +278,92 @@ pub struct RunArgs {
 }
 
 #[derive(Args)]
+pub struct WorkerArgs {
+    /// How rows run: the same options as `batch run` (credentials, limits,
+    /// `--concurrency` jobs at once); the phase comes with each job.
+    #[command(flatten)]
+    options: RunOptions,
+    /// Seconds a claimed job's lease lasts; a dead worker's jobs are taken over after it.
+    #[arg(long, default_value_t = 30)]
+    lease_secs: u64,
+    /// Milliseconds between looks at an empty queue.
+    #[arg(long, default_value_t = 1000)]
+    poll_ms: u64,
+    /// Stop when no job is queued or running anywhere (default: wait for the next submission).
+    #[arg(long)]
+    exit_when_idle: bool,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `cutover worker`: runs jobs from the queue until idle (or forever).
+pub async fn worker(args: WorkerArgs) -> Result<ExitCode> {
+    if args.lease_secs < 3 {
+        bail!("--lease-secs must be at least 3 (the lease is renewed every third of it)");
+    }
+    let mut batch = settings(&args.options)?;
+    // Many jobs end in one worker's lifetime; bars per job would scroll past.
+    batch.progress = None;
+    let summary = cutover_engine::batch::worker::work(
+        &args.options.state,
+        cutover_engine::batch::worker::WorkerSettings {
+            batch,
+            lease: std::time::Duration::from_secs(args.lease_secs),
+            poll: std::time::Duration::from_millis(args.poll_ms.max(10)),
+            exit_when_idle: args.exit_when_idle,
+        },
+    )
+    .await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        let mut outcomes: Vec<_> = summary.outcomes.iter().collect();
+        outcomes.sort();
+        let outcomes: Vec<String> = outcomes.iter().map(|(k, v)| format!("{v} {k}")).collect();
+        println!(
+            "worker {}: {} job(s) ended ({}), {} resumed from a stopped worker, {} given back; {} messages, {} bytes",
+            summary.worker,
+            summary.outcomes.values().sum::<u64>(),
+            outcomes.join(", "),
+            summary.resumed,
+            summary.released,
+            summary.messages,
+            summary.bytes
+        );
+    }
+    let failed = summary.outcomes.get("failed").copied().unwrap_or(0);
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+#[derive(Args)]
+pub struct SubmitArgs {
+    /// The batch file; every worker reads it at this path (its absolute path).
+    file: PathBuf,
+    /// The phase the jobs run.
+    #[arg(long)]
+    phase: Phase,
+    /// The state (a postgres:// URL the workers share; a SQLite file serves workers on one machine).
+    #[arg(long, env = "CUTOVER_STATE", hide_env_values = true)]
+    state: StoreLocation,
+    /// Only rows that failed, or are new or corrected, since the last run of the phase.
+    #[arg(long)]
+    failed_only: bool,
+    /// A resync's INTERNALDATE range.
+    #[command(flatten)]
+    range: crate::RangeArgs,
+    /// Let a held batch go on: clears the hold, so workers claim its jobs again.
+    #[arg(long)]
+    override_hold: bool,
+    #[command(flatten)]
+    defaults: Defaults,
+}
+
+#[derive(Args)]
 pub struct RerunArgs {
     #[command(flatten)]
     file: FileArgs,
@@ -292,9 +380,9 @@ pub struct RerunArgs {
 pub struct ReportArgs {
     #[command(flatten)]
     file: FileArgs,
-    /// The state file.
-    #[arg(long)]
-    state: PathBuf,
+    /// The state: a SQLite file (created when missing) or a postgres:// URL shared by workers.
+    #[arg(long, env = "CUTOVER_STATE", hide_env_values = true)]
+    state: StoreLocation,
     /// Write the failed rows, ready to fix, to this CSV.
     #[arg(long)]
     failed_csv: Option<PathBuf>,
@@ -357,6 +445,7 @@ pub async fn run(command: BatchCommand) -> Result<ExitCode> {
             .await?;
             finish(&file, &report, &args.options, args.file.json)
         }
+        BatchCommand::Submit(args) => submit(args),
         BatchCommand::Report(args) => {
             let file = read(&args.file.file)?;
             let report = run::load_report(&file, &args.state, &defaults(&args.defaults)?)?;
@@ -555,7 +644,7 @@ fn progress_bars() -> Option<BatchProgressFn> {
     }))
 }
 
-fn last_phase(file: &BatchFile, state: &Path, defaults: &RowDefaults) -> Result<Phase> {
+fn last_phase(file: &BatchFile, state: &StoreLocation, defaults: &RowDefaults) -> Result<Phase> {
     let report = run::load_report(file, state, defaults)?;
     match report.phase {
         Some(phase) => Ok(phase.parse()?),
@@ -714,7 +803,7 @@ fn print_throttling(throttling: &ThrottlingSummary) {
 
 async fn run_check(args: CheckArgs) -> Result<ExitCode> {
     let file = read(&args.file.file)?;
-    let checks = check::check(&file, &base_settings(&args.defaults)?, args.state.as_deref()).await?;
+    let checks = check::check(&file, &base_settings(&args.defaults)?, args.state.as_ref()).await?;
     if args.file.json {
         println!("{}", serde_json::to_string_pretty(&checks)?);
     } else {
@@ -837,5 +926,56 @@ fn run_split(args: SplitArgs) -> Result<ExitCode> {
     for path in split::write(&file, &parts, &args.out_dir)? {
         println!("{}", path.display());
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `batch submit`: registers the batch and enqueues a job per selected row.
+fn submit(args: SubmitArgs) -> Result<ExitCode> {
+    let file = read(&args.file)?;
+    let range = args.range.range()?;
+    cutover_engine::sync::check_range(args.phase, &range)?;
+    let mut state = State::open(&args.state)?;
+    let batch = run::register(&mut state, &file, &defaults(&args.defaults)?)?;
+    if batch.held {
+        if !args.override_hold {
+            bail!(
+                "batch {} is held: {}. Look at the failed rows, then submit again with --override-hold",
+                file.path.display(),
+                batch.held_reason.as_deref().unwrap_or("too many failures")
+            );
+        }
+        state.set_batch_status(batch.id, args.phase.as_str(), None)?;
+    }
+    let records = state.batch_rows(batch.id)?;
+    let rows: Vec<String> = file
+        .rows
+        .iter()
+        .map(|row| row.fingerprint())
+        .filter(|fingerprint| {
+            !args.failed_only
+                || records.iter().find(|r| &r.fingerprint == fingerprint).is_none_or(|r| {
+                    matches!(r.status.as_str(), "pending" | "failed" | "paused")
+                        || r.phase.as_deref() != Some(args.phase.as_str())
+                })
+        })
+        .collect();
+    let day = |d: Option<chrono::NaiveDate>| d.map(|d| d.format("%Y-%m-%d").to_string());
+    let (since, before) = (day(range.since), day(range.before));
+    let added = state.enqueue_jobs(
+        batch.id,
+        &rows,
+        args.phase.as_str(),
+        (since.as_deref(), before.as_deref()),
+        &chrono::Utc::now().to_rfc3339(),
+    )?;
+    let counts = state.queue_counts(Some(batch.id))?;
+    println!(
+        "{}: {added} job(s) submitted ({} already waiting); queue of this batch: {} queued, {} running, {} done",
+        run::batch_name(&file.path),
+        rows.len() - added,
+        counts.queued + counts.expired,
+        counts.running,
+        counts.done
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -16,7 +16,7 @@ use cutover_engine::imap::{uid_set, ConnectOptions, TlsOptions};
 use cutover_engine::limits::retry_pause;
 use cutover_engine::preset::{Presets, Side};
 use cutover_engine::report::SyncReport;
-use cutover_engine::state::State;
+use cutover_engine::state::{State, StoreLocation};
 use cutover_engine::sync::{self, MailboxJob, Phase, Progress, ProgressFn, SyncOptions};
 use cutover_engine::throttle::ThrottleRecorder;
 use cutover_engine::verify::{self, DateRange, Verification, VerifyOptions};
@@ -48,6 +48,8 @@ enum Command {
     /// Batches of mailboxes from a CSV file.
     #[command(subcommand)]
     Batch(batch::BatchCommand),
+    /// Run mailbox jobs from the queue of a shared state (`batch submit`), many workers at once.
+    Worker(batch::WorkerArgs),
     /// Plan a migration project: waves, cutover moments and every sync's due time.
     Plan(project::PlanArgs),
     /// Run every step of the plan that is due (or keep running with the calendar).
@@ -121,9 +123,9 @@ struct SyncArgs {
     /// target lacks in --since/--before) or reverse (migrate back).
     #[arg(long)]
     phase: Phase,
-    /// The state file (SQLite); created when missing.
-    #[arg(long)]
-    state: PathBuf,
+    /// The state: a SQLite file (created when missing) or a postgres:// URL shared by workers.
+    #[arg(long, env = "CUTOVER_STATE", hide_env_values = true)]
+    state: StoreLocation,
     /// Remove from the target what was deleted on the source (delta/final);
     /// with --phase reverse, remove from the source what the owner deleted
     /// on the target.
@@ -220,8 +222,8 @@ struct VerifyArgs {
     /// The state file the syncs used: verify then compares each source
     /// folder with the target folder it was really copied into, and counts
     /// the messages they recorded as too large apart from missing mail.
-    #[arg(long)]
-    state: Option<PathBuf>,
+    #[arg(long, env = "CUTOVER_STATE", hide_env_values = true)]
+    state: Option<StoreLocation>,
     /// The syncs' --max-message-size: missing messages larger than this
     /// (or than the target's APPENDLIMIT) count as too large, not missing.
     #[arg(long)]
@@ -292,6 +294,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Sync(args) => run_sync(args).await,
         Command::Verify(args) => run_verify(args).await,
         Command::Batch(command) => batch::run(command).await,
+        Command::Worker(args) => batch::worker(args).await,
         Command::Plan(args) => project::plan(args),
         Command::Run(args) => project::run(args).await,
         Command::Status(args) => project::status(args),
@@ -689,7 +692,7 @@ async fn run_verify(args: VerifyArgs) -> Result<ExitCode> {
             let target = job.target.to_string();
             let pinned = match state.find_mailbox(&source, &target)? {
                 Some(mailbox) => state.pinned(mailbox)?,
-                None => bail!("{}: no sync of {source} → {} on record", path.display(), job.target),
+                None => bail!("{path}: no sync of {source} → {} on record", job.target),
             };
             let mut too_large: HashMap<String, HashSet<u32>> = HashMap::new();
             for item in state.too_large_of(&source, &target)? {

@@ -16,7 +16,7 @@ use cutover_engine::calendar::plan::{make_plan, rhythm_of, PlanSpec, Planned};
 use cutover_engine::calendar::run::{deliver_events, run_due, Event, Pass};
 use cutover_engine::calendar::status::{plan_status, MailboxView};
 use cutover_engine::calendar::{Rhythm, StepKind};
-use cutover_engine::state::State;
+use cutover_engine::state::{State, StoreLocation};
 
 use crate::batch::{self, Defaults, RunOptions};
 
@@ -82,9 +82,9 @@ fn day_time(text: &str) -> std::result::Result<(NaiveTime, FixedOffset), String>
 pub struct PlanArgs {
     /// The batch file.
     file: PathBuf,
-    /// The state file.
-    #[arg(long)]
-    state: PathBuf,
+    /// The state: a SQLite file (created when missing) or a postgres:// URL shared by workers.
+    #[arg(long, env = "CUTOVER_STATE", hide_env_values = true)]
+    state: StoreLocation,
     /// The cutover moment of a wave (WAVE=2026-12-05T18:00+01:00, repeatable),
     /// or of every row (a moment alone); otherwise the cutover_date column.
     #[arg(long, value_parser = cutover)]
@@ -147,9 +147,9 @@ pub struct RunArgs {
 pub struct StatusArgs {
     /// The batch file.
     file: PathBuf,
-    /// The state file.
-    #[arg(long)]
-    state: PathBuf,
+    /// The state: a SQLite file (created when missing) or a postgres:// URL shared by workers.
+    #[arg(long, env = "CUTOVER_STATE", hide_env_values = true)]
+    state: StoreLocation,
     #[command(flatten)]
     clock: Clock,
     #[command(flatten)]
@@ -163,9 +163,9 @@ pub struct StatusArgs {
 pub struct ReleaseArgs {
     /// The batch file.
     file: PathBuf,
-    /// The state file.
-    #[arg(long)]
-    state: PathBuf,
+    /// The state: a SQLite file (created when missing) or a postgres:// URL shared by workers.
+    #[arg(long, env = "CUTOVER_STATE", hide_env_values = true)]
+    state: StoreLocation,
     /// The wave to release.
     #[arg(long)]
     wave: String,

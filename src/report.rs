@@ -16,7 +16,7 @@ use cutover_engine::calendar::plan::rhythm_of;
 use cutover_engine::calendar::report::{daily_report, DailyReport, DueLine, WaveReport};
 use cutover_engine::calendar::status::{plan_status, MailboxStatus};
 use cutover_engine::calendar::StepKind;
-use cutover_engine::state::State;
+use cutover_engine::state::{State, StoreLocation};
 
 use crate::batch::{self, Defaults};
 
@@ -24,9 +24,9 @@ use crate::batch::{self, Defaults};
 pub struct ReportArgs {
     /// The batch file.
     file: PathBuf,
-    /// The state file.
-    #[arg(long)]
-    state: PathBuf,
+    /// The state: a SQLite file (created when missing) or a postgres:// URL shared by workers.
+    #[arg(long, env = "CUTOVER_STATE", hide_env_values = true)]
+    state: StoreLocation,
     /// The window of "moved" and "failed", back from now: 90m, 24h, 7d.
     #[arg(long, value_parser = crate::project::duration, default_value = "24h")]
     since: Duration,
@@ -49,11 +49,8 @@ fn moment(text: &str) -> std::result::Result<DateTime<FixedOffset>, String> {
 
 pub fn report(args: ReportArgs) -> Result<ExitCode> {
     let file = batch::read(&args.file)?;
-    if !args.state.exists() {
-        bail!(
-            "{}: no such state file (the one `cutover plan` used)",
-            args.state.display()
-        );
+    if let Some(path) = args.state.file().filter(|path| !path.exists()) {
+        bail!("{}: no such state file (the one `cutover plan` used)", path.display());
     }
     let mut state = State::open(&args.state)?;
     let now = args.now.map_or_else(Utc::now, |n| n.to_utc());

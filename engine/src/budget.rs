@@ -341,77 +341,79 @@ mod tests {
 
     #[test]
     fn usage_is_carried_per_account_and_day_and_the_tighter_budget_limits() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = State::open(&dir.path().join("state.db")).unwrap();
-        let day_one = at("2026-12-05T10:00:00Z");
-        let budget = DailyBudget::new(Some(1000), Some(600), Some(day_one))
-            .for_accounts("imap://a@src:143".into(), Some("imap://a@tgt:143".into()));
-        let fresh = allowance(&state, &budget, day_one).unwrap();
-        assert_eq!(fresh.remaining, Some(600));
-        assert!(fresh.fresh);
-        assert_eq!(fresh.limited_by.as_ref().map(|l| l.0), Some("upload"));
+        crate::state::testing::each_store(|store| {
+            let state = State::open(store).unwrap();
+            let day_one = at("2026-12-05T10:00:00Z");
+            let budget = DailyBudget::new(Some(1000), Some(600), Some(day_one))
+                .for_accounts("imap://a@src:143".into(), Some("imap://a@tgt:143".into()));
+            let fresh = allowance(&state, &budget, day_one).unwrap();
+            assert_eq!(fresh.remaining, Some(600));
+            assert!(fresh.fresh);
+            assert_eq!(fresh.limited_by.as_ref().map(|l| l.0), Some("upload"));
 
-        charge(&state, &budget, 250).unwrap();
-        charge(&state, &budget, 250).unwrap();
-        let used = allowance(&state, &budget, day_one).unwrap();
-        assert_eq!(used.remaining, Some(100), "600 - 500 uploaded");
-        assert!(!used.fresh);
-        assert_eq!(used.resumes_at, at("2026-12-06T00:00:00Z"));
-        let paused = used.paused().to_string();
-        assert!(
-            paused.contains("imap://a@tgt:143") && paused.contains("upload"),
-            "{paused}"
-        );
-        assert!(paused.contains("2026-12-06T00:00:00Z"), "{paused}");
+            charge(&state, &budget, 250).unwrap();
+            charge(&state, &budget, 250).unwrap();
+            let used = allowance(&state, &budget, day_one).unwrap();
+            assert_eq!(used.remaining, Some(100), "600 - 500 uploaded");
+            assert!(!used.fresh);
+            assert_eq!(used.resumes_at, at("2026-12-06T00:00:00Z"));
+            let paused = used.paused().to_string();
+            assert!(
+                paused.contains("imap://a@tgt:143") && paused.contains("upload"),
+                "{paused}"
+            );
+            assert!(paused.contains("2026-12-06T00:00:00Z"), "{paused}");
 
-        // The next day starts over; the earlier day stays on record.
-        let day_two = at("2026-12-06T00:00:00Z");
-        let next = allowance(&state, &budget, day_two).unwrap();
-        assert_eq!((next.remaining, next.fresh), (Some(600), true));
-        assert_eq!(
-            state.account_usage("imap://a@src:143", "2026-12-05").unwrap(),
-            AccountUsage {
-                downloaded: 500,
-                uploaded: 0
-            }
-        );
-        // Another account is not charged for these.
-        let other = budget.for_accounts("imap://b@src:143".into(), None);
-        assert_eq!(allowance(&state, &other, day_one).unwrap().remaining, Some(1000));
-        // No budget set: no limit.
-        let unlimited = DailyBudget::default().for_accounts("imap://a@src:143".into(), None);
-        assert_eq!(allowance(&state, &unlimited, day_one).unwrap().remaining, None);
+            // The next day starts over; the earlier day stays on record.
+            let day_two = at("2026-12-06T00:00:00Z");
+            let next = allowance(&state, &budget, day_two).unwrap();
+            assert_eq!((next.remaining, next.fresh), (Some(600), true));
+            assert_eq!(
+                state.account_usage("imap://a@src:143", "2026-12-05").unwrap(),
+                AccountUsage {
+                    downloaded: 500,
+                    uploaded: 0
+                }
+            );
+            // Another account is not charged for these.
+            let other = budget.for_accounts("imap://b@src:143".into(), None);
+            assert_eq!(allowance(&state, &other, day_one).unwrap().remaining, Some(1000));
+            // No budget set: no limit.
+            let unlimited = DailyBudget::default().for_accounts("imap://a@src:143".into(), None);
+            assert_eq!(allowance(&state, &unlimited, day_one).unwrap().remaining, None);
+        });
     }
 
     #[test]
     fn a_rolling_window_remembers_yesterday_evening() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = State::open(&dir.path().join("state.db")).unwrap();
-        let evening = at("2026-12-05T22:30:00Z");
-        let account = "imap://a@imap.gmail.com:993".to_string();
-        let budget = |now| {
-            DailyBudget::new(Some(1000), None, Some(now))
-                .counting(BudgetWindow::Rolling)
-                .for_accounts(account.clone(), None)
-        };
-        charge(&state, &budget(evening), 900).unwrap();
-        // After midnight the calendar day is new, the rolling window is not.
-        let night = at("2026-12-06T01:00:00Z");
-        let rolling = allowance(&state, &budget(night), night).unwrap();
-        assert_eq!(rolling.remaining, Some(100));
-        assert!(!rolling.fresh);
-        assert_eq!(
-            rolling.resumes_at,
-            at("2026-12-06T22:00:00Z"),
-            "when the 22:00 hour leaves the window"
-        );
-        let daily = DailyBudget::new(Some(1000), None, Some(night)).for_accounts(account.clone(), None);
-        assert_eq!(allowance(&state, &daily, night).unwrap().remaining, Some(1000));
-        // 24 hours after that hour, it is forgotten.
-        let next_evening = at("2026-12-06T22:00:00Z");
-        let renewed = allowance(&state, &budget(next_evening), next_evening).unwrap();
-        assert_eq!((renewed.remaining, renewed.fresh), (Some(1000), true));
-        assert_eq!(state.account_usage_days(&account).unwrap().len(), 1);
+        crate::state::testing::each_store(|store| {
+            let state = State::open(store).unwrap();
+            let evening = at("2026-12-05T22:30:00Z");
+            let account = "imap://a@imap.gmail.com:993".to_string();
+            let budget = |now| {
+                DailyBudget::new(Some(1000), None, Some(now))
+                    .counting(BudgetWindow::Rolling)
+                    .for_accounts(account.clone(), None)
+            };
+            charge(&state, &budget(evening), 900).unwrap();
+            // After midnight the calendar day is new, the rolling window is not.
+            let night = at("2026-12-06T01:00:00Z");
+            let rolling = allowance(&state, &budget(night), night).unwrap();
+            assert_eq!(rolling.remaining, Some(100));
+            assert!(!rolling.fresh);
+            assert_eq!(
+                rolling.resumes_at,
+                at("2026-12-06T22:00:00Z"),
+                "when the 22:00 hour leaves the window"
+            );
+            let daily = DailyBudget::new(Some(1000), None, Some(night)).for_accounts(account.clone(), None);
+            assert_eq!(allowance(&state, &daily, night).unwrap().remaining, Some(1000));
+            // 24 hours after that hour, it is forgotten.
+            let next_evening = at("2026-12-06T22:00:00Z");
+            let renewed = allowance(&state, &budget(next_evening), next_evening).unwrap();
+            assert_eq!((renewed.remaining, renewed.fresh), (Some(1000), true));
+            assert_eq!(state.account_usage_days(&account).unwrap().len(), 1);
+        });
     }
 
     #[test]

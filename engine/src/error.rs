@@ -221,13 +221,13 @@ pub enum Error {
         detail: String,
     },
     /// See [`ErrorKind::State`].
-    #[error("state store {path}: {source}")]
+    #[error("state store {store}: {source}")]
     State {
-        /// The state file.
-        path: PathBuf,
-        /// The SQLite error.
+        /// The state file or database, without its password.
+        store: String,
+        /// What the store said.
         #[source]
-        source: rusqlite::Error,
+        source: crate::state::StoreError,
     },
     /// See [`ErrorKind::Config`].
     #[error("{0}")]

@@ -19,6 +19,7 @@ pub mod lab;
 pub mod mbsync;
 pub mod oauth;
 pub mod pool;
+pub mod postgres;
 mod process;
 pub mod proxy;
 pub mod scenario;

@@ -176,6 +176,10 @@ pub struct ProxyStats {
     fetches_per_second: Mutex<BTreeMap<u64, u64>>,
     /// Messages sent in APPEND literals per whole second since start.
     appends_per_second: Mutex<BTreeMap<u64, u64>>,
+    /// Client connections open now, and the most open at once: what a
+    /// connection limit shared by many processes must keep below.
+    connections: AtomicU32,
+    peak_connections: AtomicU32,
 }
 
 impl ProxyStats {
@@ -192,6 +196,11 @@ impl ProxyStats {
     /// APPENDed messages (literals) per second, by second since start.
     pub fn appends_per_second(&self) -> BTreeMap<u64, u64> {
         self.appends_per_second.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// The most client connections open at once since start.
+    pub fn peak_connections(&self) -> u32 {
+        self.peak_connections.load(Ordering::Relaxed)
     }
 
     /// What the personality injected, by reason.
@@ -249,10 +258,13 @@ impl FaultProxy {
             let shared = accepting;
             while let Ok((client, _)) = listener.accept().await {
                 let shared = shared.clone();
+                let open = shared.stats.connections.fetch_add(1, Ordering::SeqCst) + 1;
+                shared.stats.peak_connections.fetch_max(open, Ordering::SeqCst);
                 tokio::spawn(async move {
                     if let Ok(server) = connect(upstream, shared.bucket.is_some()).await {
-                        relay(client, server, shared).await;
+                        relay(client, server, shared.clone()).await;
                     }
+                    shared.stats.connections.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });

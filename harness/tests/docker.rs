@@ -142,7 +142,7 @@ fn initial_sync_between_containers_loses_nothing_and_leaves_no_container() {
     options.connect = connect.clone();
 
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let mut state = State::open(&dir.path().join("state.db")).expect("state");
+    let mut state = State::open(dir.path().join("state.db")).expect("state");
     let report = runtime
         .block_on(sync_mailbox(&job, &options, &mut state, None))
         .expect("initial sync");

@@ -1,7 +1,6 @@
 //! The preflight: log in to every source and target account concurrently,
 //! read-only, and size each source mailbox so a schedule can be planned.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -15,7 +14,7 @@ use crate::endpoint::{AuthMethod, Endpoint};
 use crate::error::{Error, Result};
 use crate::imap::{FetchItems, ImapSession, StorageQuota, UidSet};
 use crate::report::ReportedError;
-use crate::state::State;
+use crate::state::{State, StoreLocation};
 use crate::target::Target;
 
 /// At most this many oversized messages are listed per row (all are counted).
@@ -155,7 +154,7 @@ impl RowCheck {
 }
 
 /// Checks every row; sizes are stored in the state when one is given.
-pub async fn check(file: &BatchFile, settings: &BatchSettings, state_path: Option<&Path>) -> Result<Vec<RowCheck>> {
+pub async fn check(file: &BatchFile, settings: &BatchSettings, store: Option<&StoreLocation>) -> Result<Vec<RowCheck>> {
     let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
     let settings = Arc::new(settings.clone());
     let mut tasks = JoinSet::new();
@@ -171,7 +170,7 @@ pub async fn check(file: &BatchFile, settings: &BatchSettings, state_path: Optio
         checks.push(joined.map_err(|e| Error::Config(format!("a check task panicked: {e}")))?);
     }
     checks.sort_by_key(|c| c.line);
-    if let Some(path) = state_path {
+    if let Some(path) = store {
         let mut state = State::open(path)?;
         let batch = register(&mut state, file, &settings.defaults)?;
         for (row, check) in file

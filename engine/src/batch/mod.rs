@@ -13,3 +13,4 @@ pub mod jobs;
 pub mod report;
 pub mod run;
 pub mod split;
+pub mod worker;

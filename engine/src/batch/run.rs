@@ -24,7 +24,7 @@ use crate::folders::FolderFilter;
 use crate::imap::ConnectOptions;
 use crate::limits::{retry_pause, Budget, HostLimits, LimitConfig};
 use crate::report::SyncReport;
-use crate::state::{BatchId, BatchRowRecord, State};
+use crate::state::{BatchId, BatchRowRecord, State, StoreLocation};
 use crate::sync::{sync_mailbox, Phase, Progress, ProgressFn, SyncOptions};
 use crate::throttle::ThrottleRecorder;
 
@@ -185,13 +185,13 @@ pub fn register(state: &mut State, file: &BatchFile, defaults: &RowDefaults) -> 
 /// Runs a phase over the batch and returns the batch report afterwards.
 pub async fn run(
     file: &BatchFile,
-    state_path: &Path,
+    store: &StoreLocation,
     phase: Phase,
     selection: Selection,
     settings: &BatchSettings,
     override_hold: bool,
 ) -> Result<BatchReport> {
-    let mut state = State::open(state_path)?;
+    let mut state = State::open(store)?;
     let batch = register(&mut state, file, &settings.defaults)?;
     if batch.held && !override_hold && selection == Selection::All {
         return Err(Error::Config(format!(
@@ -217,7 +217,7 @@ pub async fn run(
         .cloned()
         .collect();
     tracing::info!(rows = selected.len(), phase = %phase, "running batch");
-    let outcomes = run_rows(&state, batch.id, selected, phase, settings, state_path).await?;
+    let outcomes = run_rows(&state, batch.id, selected, phase, settings, store).await?;
     let rows = state.batch_rows(batch.id)?;
     let failed = rows.iter().filter(|r| r.status == "failed").count();
     let hold = hold_reason(failed, rows.len(), settings.max_failure_ratio);
@@ -277,7 +277,7 @@ pub async fn run_rows(
     rows: Vec<BatchRow>,
     phase: Phase,
     settings: &BatchSettings,
-    state_path: &Path,
+    store: &StoreLocation,
 ) -> Result<Vec<RowOutcome>> {
     let progress = settings.progress.clone();
     let notify = move |event: BatchProgress| {
@@ -322,7 +322,7 @@ pub async fn run_rows(
             bytes: 0,
         });
     }
-    let mut tasks = spawn_rows(rows, phase, settings, state_path);
+    let mut tasks = spawn_rows(rows, phase, settings, store);
     while let Some(joined) = tasks.join_next().await {
         // Only a cancelled task ends up here; a panic was caught above.
         let (row, outcome) = joined.map_err(|e| Error::Internal(format!("a batch task ended abnormally: {e}")))?;
@@ -355,18 +355,21 @@ fn spawn_rows(
     rows: Vec<BatchRow>,
     phase: Phase,
     settings: &BatchSettings,
-    state_path: &Path,
+    store: &StoreLocation,
 ) -> JoinSet<(BatchRow, Result<SyncReport>)> {
-    let limits = Arc::new(HostLimits::new(settings.limits.clone()));
+    // On a shared store the limits hold for every process running this
+    // batch's hosts (workers, other `batch run`s); on a file, for this one.
+    let holder = crate::state::LockOwner::this_process().id();
+    let limits = Arc::new(HostLimits::shared(settings.limits.clone(), store.clone(), holder));
     let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
     let settings = Arc::new(settings.clone());
     let mut tasks = JoinSet::new();
     for row in rows {
         let (limits, slots, settings) = (limits.clone(), slots.clone(), settings.clone());
-        let state_path = state_path.to_path_buf();
+        let store = store.clone();
         tasks.spawn(async move {
             let _slot = slots.acquire_owned().await;
-            let outcome = catching_panics(run_row(&row, phase, &settings, &limits, &state_path)).await;
+            let outcome = catching_panics(run_row(&row, phase, &settings, &limits, &store)).await;
             (row, outcome)
         });
     }
@@ -389,7 +392,7 @@ pub struct PlannedRow {
 /// records nothing (not even the batch).
 pub async fn dry_run(
     file: &BatchFile,
-    state_path: &Path,
+    store: &StoreLocation,
     phase: Phase,
     settings: &BatchSettings,
 ) -> Result<Vec<PlannedRow>> {
@@ -397,7 +400,7 @@ pub async fn dry_run(
         dry_run: true,
         ..settings.clone()
     };
-    let mut tasks = spawn_rows(file.rows.clone(), phase, &settings, state_path);
+    let mut tasks = spawn_rows(file.rows.clone(), phase, &settings, store);
     let mut planned = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         let (row, outcome) = joined.map_err(|e| Error::Internal(format!("a batch task ended abnormally: {e}")))?;
@@ -413,7 +416,7 @@ pub async fn dry_run(
 
 /// Runs a row; a panic in it (a defect in cutover) becomes an `internal`
 /// failure of that row instead of taking the whole batch down.
-async fn catching_panics<T>(row: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+pub(crate) async fn catching_panics<T>(row: impl std::future::Future<Output = Result<T>>) -> Result<T> {
     AssertUnwindSafe(row)
         .catch_unwind()
         .await
@@ -442,8 +445,8 @@ pub fn hold_reason(failed: usize, total: usize, max_failure_ratio: f64) -> Optio
 }
 
 /// Loads the report of a batch from the state.
-pub fn load_report(file: &BatchFile, state_path: &Path, defaults: &RowDefaults) -> Result<BatchReport> {
-    let mut state = State::open(state_path)?;
+pub fn load_report(file: &BatchFile, store: &StoreLocation, defaults: &RowDefaults) -> Result<BatchReport> {
+    let mut state = State::open(store)?;
     let batch = register(&mut state, file, defaults)?;
     let rows = state.batch_rows(batch.id)?;
     let mut report = report::build(&batch_name(&file.path), &batch, &rows);
@@ -452,7 +455,7 @@ pub fn load_report(file: &BatchFile, state_path: &Path, defaults: &RowDefaults) 
 }
 
 /// Stores a row's outcome.
-fn record(
+pub(crate) fn record(
     state: &State,
     batch: BatchId,
     row: BatchRow,
@@ -548,12 +551,12 @@ fn host_of(endpoint: &Endpoint) -> String {
 /// Runs one row: builds its job, takes connection slots on both hosts, and
 /// syncs with retries on transient failures. `Err` means the row could not
 /// start (bad row, state failure); a failed sync is a report with an error.
-async fn run_row(
+pub(crate) async fn run_row(
     row: &BatchRow,
     phase: Phase,
     settings: &BatchSettings,
     limits: &HostLimits,
-    state_path: &Path,
+    store: &StoreLocation,
 ) -> Result<SyncReport> {
     let job = mailbox_job(row, &settings.defaults)?;
     let source_host = limits.host(&host_of(&Endpoint::Imap(job.source.clone())));
@@ -576,6 +579,8 @@ async fn run_row(
     throttle.share_pauses(&target_address, target_host.budget.clone());
     options.connect.throttle = throttle.clone();
     let config = limits.config();
+    // Local even with a shared store: one mailbox is synced by one worker at
+    // a time (the mailbox lock), so no other worker draws on its rate.
     if config.mailbox_messages_per_second.is_some() || config.mailbox_bytes_per_second.is_some() {
         options.budgets.push(Arc::new(Budget::new(
             row.source.address.clone(),
@@ -583,7 +588,7 @@ async fn run_row(
             config.mailbox_bytes_per_second,
         )));
     }
-    let mut state = State::open(state_path)?;
+    let mut state = State::open(store)?;
     let line = row.line;
     let row_progress: Option<ProgressFn> = settings.progress.clone().map(|progress| {
         progress(BatchProgress::Started {
@@ -599,8 +604,9 @@ async fn run_row(
     let mut attempt = 0;
     let mut earlier: Option<SyncReport> = None;
     loop {
-        let source_slot = source_host.connections.acquire().await;
-        let target_slot = target_host.connections.acquire().await;
+        // With shared limits each is also one of the fleet's slots on the host.
+        let source_slot = source_host.acquire().await;
+        let target_slot = target_host.acquire().await;
         let mut report = sync_mailbox(&job, &options, &mut state, row_progress.as_ref()).await?;
         // What interrupted attempts copied belongs to this run's counts.
         if let Some(earlier) = earlier.take() {
@@ -618,9 +624,9 @@ async fn run_row(
                 target_address.clone(),
             );
             let lowered = if host == target_address {
-                target_host.lower_connections(target_slot.ok())
+                target_host.lower_connections(target_slot.into_permit())
             } else {
-                source_host.lower_connections(source_slot.ok())
+                source_host.lower_connections(source_slot.into_permit())
             };
             tracing::warn!(
                 host,

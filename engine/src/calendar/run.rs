@@ -8,7 +8,6 @@
 //! run together, one batch run per wave and kind, under the batch's limits.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -20,7 +19,7 @@ use crate::batch::check;
 use crate::batch::input::{BatchFile, BatchRow};
 use crate::batch::run::{hold_reason, register, run_rows, BatchSettings, LOCKED, PAUSED, WAITING};
 use crate::error::{Error, Result};
-use crate::state::{LockOwner, PlanRecord, State, StepRecord, WaveId, WaveRecord};
+use crate::state::{LockOwner, PlanRecord, State, StepRecord, StoreLocation, WaveId, WaveRecord};
 use crate::sync::{LeaseRenewal, Phase, LOCK_LEASE};
 
 /// Something a migration team wants to hear about.
@@ -264,29 +263,30 @@ fn phase_of(kind: StepKind) -> Option<Phase> {
 /// after a final sync), until nothing is left; returns what it did.
 pub async fn run_due(
     file: &BatchFile,
-    state_path: &Path,
+    store: &StoreLocation,
     settings: &BatchSettings,
     now: DateTime<Utc>,
 ) -> Result<Pass> {
-    let mut state = State::open(state_path)?;
+    let mut state = State::open(store)?;
     let batch = register(&mut state, file, &settings.defaults)?;
     let plan = state.plan(batch.id)?.ok_or_else(|| {
         Error::Config(format!(
             "{} has no plan in {}: run `cutover plan` first",
             file.path.display(),
-            state_path.display()
+            store
         ))
     })?;
     let runner = state.mailbox(&format!("plan:{}", plan.id), "runner")?;
     let owner = LockOwner::this_process();
+    let _running = owner.running();
     state.lock_mailbox(
         runner,
         &format!("the runner of plan {}", file.path.display()),
         &owner,
         LOCK_LEASE,
     )?;
-    let renewal = LeaseRenewal::start(state_path, runner, &owner.token);
-    let result = run_locked(&mut state, &plan, file, state_path, settings, now).await;
+    let renewal = LeaseRenewal::start(store, runner, &owner.token);
+    let result = run_locked(&mut state, &plan, file, store, settings, now).await;
     drop(renewal);
     let released = state.unlock_mailbox(runner, &owner.token);
     let pass = result?;
@@ -297,7 +297,7 @@ async fn run_locked(
     state: &mut State,
     plan: &PlanRecord,
     file: &BatchFile,
-    state_path: &Path,
+    store: &StoreLocation,
     settings: &BatchSettings,
     now: DateTime<Utc>,
 ) -> Result<Pass> {
@@ -327,7 +327,7 @@ async fn run_locked(
         for (row, ordinal) in &group.steps {
             tried.insert((group.wave, row.clone(), group.kind, *ordinal));
         }
-        let run = run_group(state, plan, &wave, &group, &rows, file, state_path, settings, now).await?;
+        let run = run_group(state, plan, &wave, &group, &rows, file, store, settings, now).await?;
         let wave_rows: HashSet<&str> = steps
             .iter()
             .filter(|s| s.wave == wave.id && current(&s.row))
@@ -383,7 +383,7 @@ async fn run_group(
     group: &Group,
     rows: &HashMap<String, BatchRow>,
     file: &BatchFile,
-    state_path: &Path,
+    store: &StoreLocation,
     settings: &BatchSettings,
     now: DateTime<Utc>,
 ) -> Result<GroupRun> {
@@ -428,7 +428,7 @@ async fn run_group(
     let mut results: Vec<StepResult> = Vec::new();
     match (group.kind, phase_of(group.kind)) {
         (_, Some(phase)) => {
-            for outcome in run_rows(state, plan.batch, selected, phase, settings, state_path).await? {
+            for outcome in run_rows(state, plan.batch, selected, phase, settings, store).await? {
                 // A row another process is syncing, or one paused at a
                 // daily budget, runs again next time.
                 let status = match outcome.status {
@@ -451,7 +451,7 @@ async fn run_group(
                 rows: selected,
                 warnings: Vec::new(),
             };
-            for checked in check::check(&subset, settings, Some(state_path)).await? {
+            for checked in check::check(&subset, settings, Some(store)).await? {
                 let Some(row) = subset.rows.iter().find(|r| r.line == checked.line) else {
                     continue;
                 };
@@ -639,12 +639,12 @@ fn next_due(
 /// first, and forgets each once handed over (`deliver` logs its own
 /// failures: a failing hook never holds the plan up). Without a hook
 /// (`None`), queued events are dropped.
-pub async fn deliver_events<F, Fut>(file: &BatchFile, state_path: &Path, deliver: Option<F>) -> Result<usize>
+pub async fn deliver_events<F, Fut>(file: &BatchFile, store: &StoreLocation, deliver: Option<F>) -> Result<usize>
 where
     F: Fn(String) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let state = State::open(state_path)?;
+    let state = State::open(store)?;
     let Some(batch) = state.find_batch(&crate::batch::run::batch_name(&file.path))? else {
         return Ok(0);
     };

@@ -1,8 +1,7 @@
 //! Bytes each account moved, by UTC hour, for providers' daily caps (see
 //! [`crate::budget`]): a budget day or a rolling 24 h is a sum of hours.
 
-use rusqlite::{params, OptionalExtension};
-
+use super::db::{params, Row, StoreError};
 use super::State;
 use crate::error::Result;
 
@@ -15,10 +14,10 @@ pub struct AccountUsage {
     pub uploaded: u64,
 }
 
-fn usage(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<AccountUsage> {
+fn usage(row: &Row, first: usize) -> std::result::Result<AccountUsage, StoreError> {
     Ok(AccountUsage {
-        downloaded: row.get::<_, Option<i64>>(first)?.unwrap_or(0).max(0) as u64,
-        uploaded: row.get::<_, Option<i64>>(first + 1)?.unwrap_or(0).max(0) as u64,
+        downloaded: row.get::<Option<i64>>(first)?.unwrap_or(0).max(0) as u64,
+        uploaded: row.get::<Option<i64>>(first + 1)?.unwrap_or(0).max(0) as u64,
     })
 }
 
@@ -26,14 +25,20 @@ impl State {
     /// What `account` moved in the hours `from..=to` (`YYYY-MM-DDTHH`,
     /// which sort as text); zero when nothing.
     pub fn account_usage_between(&self, account: &str, from: &str, to: &str) -> Result<AccountUsage> {
-        self.conn
+        let err = self.err::<StoreError>();
+        // An aggregate always gives one row; no row at all reads as nothing moved.
+        match self
+            .db
             .query_row(
                 "SELECT sum(downloaded), sum(uploaded) FROM account_usage
                  WHERE account = ?1 AND hour >= ?2 AND hour <= ?3",
                 params![account, from, to],
-                |row| usage(row, 0),
             )
-            .map_err(self.err())
+            .map_err(&err)?
+        {
+            Some(row) => usage(&row, 0).map_err(&err),
+            None => Ok(AccountUsage::default()),
+        }
     }
 
     /// The first hour in `from..=to` in which `account` moved anything in
@@ -44,17 +49,14 @@ impl State {
         } else {
             "downloaded"
         };
-        self.conn
-            .query_row(
+        self.db
+            .query_value(
                 &format!(
                     "SELECT min(hour) FROM account_usage
                      WHERE account = ?1 AND hour >= ?2 AND hour <= ?3 AND {column} > 0"
                 ),
                 params![account, from, to],
-                |row| row.get::<_, Option<String>>(0),
             )
-            .optional()
-            .map(Option::flatten)
             .map_err(self.err())
     }
 
@@ -66,11 +68,12 @@ impl State {
     /// Adds to what `account` moved in `hour` (`YYYY-MM-DDTHH`).
     pub fn add_account_usage(&self, account: &str, hour: &str, add: AccountUsage) -> Result<()> {
         let as_sql = |bytes: u64| i64::try_from(bytes).unwrap_or(i64::MAX);
-        self.conn
+        self.db
             .execute(
                 "INSERT INTO account_usage (account, hour, downloaded, uploaded) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT DO UPDATE SET downloaded = downloaded + excluded.downloaded,
-                                           uploaded = uploaded + excluded.uploaded",
+                 ON CONFLICT (account, hour) DO UPDATE
+                    SET downloaded = account_usage.downloaded + excluded.downloaded,
+                        uploaded = account_usage.uploaded + excluded.uploaded",
                 params![account, hour, as_sql(add.downloaded), as_sql(add.uploaded)],
             )
             .map(|_| ())
@@ -79,16 +82,17 @@ impl State {
 
     /// Every UTC day's usage of `account`, oldest first (for reports and tests).
     pub fn account_usage_days(&self, account: &str) -> Result<Vec<(String, AccountUsage)>> {
-        let mut statement = self
-            .conn
-            .prepare_cached(
+        let err = self.err::<StoreError>();
+        self.db
+            .query(
                 "SELECT substr(hour, 1, 10) AS day, sum(downloaded), sum(uploaded) FROM account_usage
                  WHERE account = ?1 GROUP BY day ORDER BY day",
+                params![account],
             )
-            .map_err(self.err())?;
-        let rows = statement
-            .query_map([account], |row| Ok((row.get::<_, String>(0)?, usage(row, 1)?)))
-            .map_err(self.err())?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(self.err())
+            .map_err(&err)?
+            .iter()
+            .map(|row| Ok((row.get::<String>(0)?, usage(row, 1)?)))
+            .collect::<std::result::Result<_, StoreError>>()
+            .map_err(&err)
     }
 }

@@ -2,7 +2,7 @@
 //! and every mailbox's steps with their progress, so `cutover run` can be
 //! killed at any point and `cutover status` works from any machine.
 
-use rusqlite::{params, OptionalExtension};
+use super::db::{params, Row, StoreError};
 
 use super::{BatchId, State};
 use crate::error::{ErrorKind, Result};
@@ -73,40 +73,42 @@ pub struct StepRecord {
 impl State {
     /// The plan of a batch, if there is one.
     pub fn plan(&self, batch: BatchId) -> Result<Option<PlanRecord>> {
-        self.conn
+        let err = self.err::<StoreError>();
+        self.db
             .query_row(
                 "SELECT plan.id, plan.batch_id, batch.name, readiness_min, sweep_every_min, sweep_for_min,
                         complete_after_min, overdue_after_min
                  FROM plan JOIN batch ON batch.id = plan.batch_id WHERE plan.batch_id = ?1",
-                [batch],
-                plan_record,
+                params![batch],
             )
-            .optional()
-            .map_err(self.err())
+            .map_err(&err)?
+            .as_ref()
+            .map(plan_record)
+            .transpose()
+            .map_err(&err)
     }
 
     /// Every plan in the state.
     pub fn plans(&self) -> Result<Vec<PlanRecord>> {
-        let err = self.err();
-        let mut query = self
-            .conn
-            .prepare(
+        let err = self.err::<StoreError>();
+        self.db
+            .query(
                 "SELECT plan.id, plan.batch_id, batch.name, readiness_min, sweep_every_min, sweep_for_min,
                         complete_after_min, overdue_after_min
                  FROM plan JOIN batch ON batch.id = plan.batch_id ORDER BY plan.id",
+                params![],
             )
-            .map_err(&err)?;
-        let plans = query
-            .query_map([], plan_record)
-            .and_then(Iterator::collect)
-            .map_err(&err);
-        plans
+            .map_err(&err)?
+            .iter()
+            .map(plan_record)
+            .collect::<std::result::Result<_, StoreError>>()
+            .map_err(&err)
     }
 
     /// Creates the batch's plan, or updates its rhythm.
     pub fn save_plan(&self, batch: BatchId, rhythm_minutes: [i64; 5], now: &str) -> Result<PlanRecord> {
         let [readiness, every, period, complete, overdue] = rhythm_minutes;
-        self.conn
+        self.db
             .execute(
                 "INSERT INTO plan (batch_id, created_at, readiness_min, sweep_every_min, sweep_for_min,
                                    complete_after_min, overdue_after_min)
@@ -116,24 +118,23 @@ impl State {
                     complete_after_min = excluded.complete_after_min, overdue_after_min = excluded.overdue_after_min",
                 params![batch, now, readiness, every, period, complete, overdue],
             )
-            .map_err(self.err())?;
-        self.plan(batch)?.ok_or_else(|| {
-            crate::Error::Config(format!("state {}: the plan just saved is missing", self.path.display()))
-        })
+            .map_err(self.err::<StoreError>())?;
+        self.plan(batch)?
+            .ok_or_else(|| crate::Error::Config(format!("state {}: the plan just saved is missing", self.location)))
     }
 
     /// The plan's waves, by cutover.
     pub fn waves(&self, plan: PlanId) -> Result<Vec<WaveRecord>> {
-        let err = self.err();
-        let mut query = self
-            .conn
-            .prepare(
+        let err = self.err::<StoreError>();
+        self.db
+            .query(
                 "SELECT id, name, cutover_ms, cutover_text, frozen, held_reason FROM plan_wave
                  WHERE plan_id = ?1 ORDER BY cutover_ms, name",
+                params![plan],
             )
-            .map_err(&err)?;
-        let waves = query
-            .query_map([plan], |row| {
+            .map_err(&err)?
+            .iter()
+            .map(|row| {
                 Ok(WaveRecord {
                     id: row.get(0)?,
                     name: row.get(1)?,
@@ -143,28 +144,33 @@ impl State {
                     held_reason: row.get(5)?,
                 })
             })
-            .and_then(Iterator::collect)
-            .map_err(&err);
-        waves
+            .collect::<std::result::Result<_, StoreError>>()
+            .map_err(&err)
     }
 
     /// Creates a wave or moves its cutover.
     pub fn save_wave(&self, plan: PlanId, name: &str, cutover_ms: i64, cutover_text: &str) -> Result<WaveId> {
-        self.conn
-            .query_row(
+        let err = self.err::<StoreError>();
+        self.db
+            .query_value(
                 "INSERT INTO plan_wave (plan_id, name, cutover_ms, cutover_text) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (plan_id, name) DO UPDATE SET cutover_ms = excluded.cutover_ms,
                     cutover_text = excluded.cutover_text
                  RETURNING id",
                 params![plan, name, cutover_ms, cutover_text],
-                |row| row.get(0),
             )
-            .map_err(self.err())
+            .map_err(&err)?
+            .ok_or_else(|| {
+                err(StoreError::Value {
+                    column: 0,
+                    detail: "the wave just saved has no id".into(),
+                })
+            })
     }
 
     /// Freezes or unfreezes a wave's rows.
     pub fn set_wave_frozen(&self, wave: WaveId, frozen: bool) -> Result<()> {
-        self.conn
+        self.db
             .execute("UPDATE plan_wave SET frozen = ?2 WHERE id = ?1", params![wave, frozen])
             .map(|_| ())
             .map_err(self.err())
@@ -172,7 +178,7 @@ impl State {
 
     /// Holds a wave for a person (`Some(reason)`) or releases it (`None`).
     pub fn set_wave_held(&self, wave: WaveId, reason: Option<&str>) -> Result<()> {
-        self.conn
+        self.db
             .execute(
                 "UPDATE plan_wave SET held_reason = ?2 WHERE id = ?1",
                 params![wave, reason],
@@ -183,18 +189,18 @@ impl State {
 
     /// Every step of the plan's waves, by due time.
     pub fn plan_steps(&self, plan: PlanId) -> Result<Vec<StepRecord>> {
-        let err = self.err();
-        let mut query = self
-            .conn
-            .prepare_cached(
+        let err = self.err::<StoreError>();
+        self.db
+            .query(
                 "SELECT s.wave_id, s.row_fingerprint, s.kind, s.ordinal, s.due_ms, s.status, s.attempts,
                         s.started_ms, s.finished_ms, s.error_kind, s.error_detail, s.messages, s.bytes
                  FROM plan_step s JOIN plan_wave w ON w.id = s.wave_id
                  WHERE w.plan_id = ?1 ORDER BY s.due_ms, s.wave_id, s.row_fingerprint",
+                params![plan],
             )
-            .map_err(&err)?;
-        let steps = query
-            .query_map([plan], |row| {
+            .map_err(&err)?
+            .iter()
+            .map(|row| {
                 let kind: Option<String> = row.get(9)?;
                 let detail: Option<String> = row.get(10)?;
                 Ok(StepRecord {
@@ -210,29 +216,26 @@ impl State {
                     error: kind
                         .and_then(|k| serde_json::from_value(serde_json::Value::String(k)).ok())
                         .map(|k| (k, detail.unwrap_or_default())),
-                    copied: (row.get::<_, i64>(11)? as u64, row.get::<_, i64>(12)? as u64),
+                    copied: (row.get::<i64>(11)? as u64, row.get::<i64>(12)? as u64),
                 })
             })
-            .and_then(Iterator::collect)
-            .map_err(&err);
-        steps
+            .collect::<std::result::Result<_, StoreError>>()
+            .map_err(&err)
     }
 
     /// Adds a mailbox's steps to a wave; steps it has already keep their
     /// progress, and pending ones move to their new due time.
     pub fn save_steps(&mut self, wave: WaveId, row: &str, steps: &[(String, u32, i64)]) -> Result<()> {
-        let err = self.err();
-        let tx = self.conn.transaction().map_err(&err)?;
-        {
-            let mut upsert = tx
-                .prepare_cached(
-                    "INSERT INTO plan_step (wave_id, row_fingerprint, kind, ordinal, due_ms) VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT DO UPDATE SET due_ms = excluded.due_ms WHERE status = 'pending'",
-                )
-                .map_err(&err)?;
-            for (kind, ordinal, due) in steps {
-                upsert.execute(params![wave, row, kind, ordinal, due]).map_err(&err)?;
-            }
+        let err = self.err::<StoreError>();
+        let tx = self.db.transaction().map_err(&err)?;
+        for (kind, ordinal, due) in steps {
+            tx.execute(
+                "INSERT INTO plan_step (wave_id, row_fingerprint, kind, ordinal, due_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (wave_id, row_fingerprint, kind, ordinal) DO UPDATE SET due_ms = excluded.due_ms
+                 WHERE plan_step.status = 'pending'",
+                params![wave, row, kind, ordinal, due],
+            )
+            .map_err(&err)?;
         }
         tx.commit().map_err(&err)
     }
@@ -240,27 +243,26 @@ impl State {
     /// Retires the open steps of a wave's rows that are not in `keep`
     /// (status `removed`): they left the plan; what they ran stays on record.
     pub fn retire_rows(&mut self, wave: WaveId, keep: &[String]) -> Result<()> {
-        let err = self.err();
-        let tx = self.conn.transaction().map_err(&err)?;
+        let err = self.err::<StoreError>();
+        let tx = self.db.transaction().map_err(&err)?;
         tx.execute(
             "CREATE TEMP TABLE IF NOT EXISTS keep_row (fingerprint TEXT PRIMARY KEY)",
-            [],
+            params![],
         )
         .map_err(&err)?;
-        tx.execute("DELETE FROM keep_row", []).map_err(&err)?;
-        {
-            let mut insert = tx
-                .prepare_cached("INSERT OR IGNORE INTO keep_row (fingerprint) VALUES (?1)")
-                .map_err(&err)?;
-            for row in keep {
-                insert.execute([row]).map_err(&err)?;
-            }
+        tx.execute("DELETE FROM keep_row", params![]).map_err(&err)?;
+        for row in keep {
+            tx.execute(
+                "INSERT INTO keep_row (fingerprint) VALUES (?1) ON CONFLICT (fingerprint) DO NOTHING",
+                params![row],
+            )
+            .map_err(&err)?;
         }
         tx.execute(
             "UPDATE plan_step SET status = 'removed'
              WHERE wave_id = ?1 AND status IN ('pending', 'failed')
                AND row_fingerprint NOT IN (SELECT fingerprint FROM keep_row)",
-            [wave],
+            params![wave],
         )
         .map_err(&err)?;
         tx.commit().map_err(&err)
@@ -268,57 +270,52 @@ impl State {
 
     /// Queues events (JSON) for the plan's notify hook.
     pub fn queue_events(&mut self, plan: PlanId, events: &[String]) -> Result<()> {
-        let err = self.err();
-        let tx = self.conn.transaction().map_err(&err)?;
-        {
-            let mut insert = tx
-                .prepare_cached("INSERT INTO plan_event (plan_id, event) VALUES (?1, ?2)")
-                .map_err(&err)?;
-            for event in events {
-                insert.execute(params![plan, event]).map_err(&err)?;
-            }
+        let err = self.err::<StoreError>();
+        let tx = self.db.transaction().map_err(&err)?;
+        for event in events {
+            tx.execute(
+                "INSERT INTO plan_event (plan_id, event) VALUES (?1, ?2)",
+                params![plan, event],
+            )
+            .map_err(&err)?;
         }
         tx.commit().map_err(&err)
     }
 
     /// Events waiting for delivery, oldest first: (id, JSON).
     pub fn queued_events(&self, plan: PlanId) -> Result<Vec<(i64, String)>> {
-        let err = self.err();
-        let mut query = self
-            .conn
-            .prepare("SELECT id, event FROM plan_event WHERE plan_id = ?1 ORDER BY id")
-            .map_err(&err)?;
-        let events = query
-            .query_map([plan], |row| Ok((row.get(0)?, row.get(1)?)))
-            .and_then(Iterator::collect)
-            .map_err(&err);
-        events
+        let err = self.err::<StoreError>();
+        self.db
+            .query(
+                "SELECT id, event FROM plan_event WHERE plan_id = ?1 ORDER BY id",
+                params![plan],
+            )
+            .map_err(&err)?
+            .iter()
+            .map(|row| Ok((row.get(0)?, row.get(1)?)))
+            .collect::<std::result::Result<_, StoreError>>()
+            .map_err(&err)
     }
 
     /// Forgets a delivered event.
     pub fn delete_event(&self, id: i64) -> Result<()> {
-        self.conn
-            .execute("DELETE FROM plan_event WHERE id = ?1", [id])
+        self.db
+            .execute("DELETE FROM plan_event WHERE id = ?1", params![id])
             .map(|_| ())
             .map_err(self.err())
     }
 
     /// Marks steps as running (`started_ms` set, attempts counted).
     pub fn start_steps(&mut self, steps: &[(WaveId, String, String, u32)], now_ms: i64) -> Result<()> {
-        let err = self.err();
-        let tx = self.conn.transaction().map_err(&err)?;
-        {
-            let mut update = tx
-                .prepare_cached(
-                    "UPDATE plan_step SET status = 'running', started_ms = ?5, attempts = attempts + 1
-                     WHERE wave_id = ?1 AND row_fingerprint = ?2 AND kind = ?3 AND ordinal = ?4",
-                )
-                .map_err(&err)?;
-            for (wave, row, kind, ordinal) in steps {
-                update
-                    .execute(params![wave, row, kind, ordinal, now_ms])
-                    .map_err(&err)?;
-            }
+        let err = self.err::<StoreError>();
+        let tx = self.db.transaction().map_err(&err)?;
+        for (wave, row, kind, ordinal) in steps {
+            tx.execute(
+                "UPDATE plan_step SET status = 'running', started_ms = ?5, attempts = attempts + 1
+                 WHERE wave_id = ?1 AND row_fingerprint = ?2 AND kind = ?3 AND ordinal = ?4",
+                params![wave, row, kind, ordinal, now_ms],
+            )
+            .map_err(&err)?;
         }
         tx.commit().map_err(&err)
     }
@@ -336,7 +333,7 @@ impl State {
         copied: (u64, u64),
         now_ms: i64,
     ) -> Result<()> {
-        self.conn
+        self.db
             .execute(
                 "UPDATE plan_step SET status = ?5, finished_ms = ?6, error_kind = ?7, error_detail = ?8,
                     messages = ?9, bytes = ?10
@@ -361,52 +358,49 @@ impl State {
     /// Steps a dead runner left `running` go back to `pending`: the syncs
     /// they stand for are idempotent, so running them again loses nothing.
     pub fn reset_running_steps(&self, plan: PlanId) -> Result<usize> {
-        self.conn
+        self.db
             .execute(
                 "UPDATE plan_step SET status = 'pending'
                  WHERE status = 'running' AND wave_id IN (SELECT id FROM plan_wave WHERE plan_id = ?1)",
-                [plan],
+                params![plan],
             )
+            .map(|changed| usize::try_from(changed).unwrap_or(usize::MAX))
             .map_err(self.err())
     }
 
     /// The statuses last reported per mailbox (for status-change events).
     pub fn reported_statuses(&self, plan: PlanId) -> Result<Vec<(WaveId, String, String)>> {
-        let err = self.err();
-        let mut query = self
-            .conn
-            .prepare(
+        let err = self.err::<StoreError>();
+        self.db
+            .query(
                 "SELECT m.wave_id, m.row_fingerprint, m.status FROM plan_mailbox m
                  JOIN plan_wave w ON w.id = m.wave_id WHERE w.plan_id = ?1",
+                params![plan],
             )
-            .map_err(&err)?;
-        let rows = query
-            .query_map([plan], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
-            .and_then(Iterator::collect)
-            .map_err(&err);
-        rows
+            .map_err(&err)?
+            .iter()
+            .map(|row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .collect::<std::result::Result<_, StoreError>>()
+            .map_err(&err)
     }
 
     /// Remembers the statuses reported per mailbox.
     pub fn save_reported_statuses(&mut self, statuses: &[(WaveId, String, String)]) -> Result<()> {
-        let err = self.err();
-        let tx = self.conn.transaction().map_err(&err)?;
-        {
-            let mut upsert = tx
-                .prepare_cached(
-                    "INSERT INTO plan_mailbox (wave_id, row_fingerprint, status) VALUES (?1, ?2, ?3)
-                     ON CONFLICT DO UPDATE SET status = excluded.status",
-                )
-                .map_err(&err)?;
-            for (wave, row, status) in statuses {
-                upsert.execute(params![wave, row, status]).map_err(&err)?;
-            }
+        let err = self.err::<StoreError>();
+        let tx = self.db.transaction().map_err(&err)?;
+        for (wave, row, status) in statuses {
+            tx.execute(
+                "INSERT INTO plan_mailbox (wave_id, row_fingerprint, status) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (wave_id, row_fingerprint) DO UPDATE SET status = excluded.status",
+                params![wave, row, status],
+            )
+            .map_err(&err)?;
         }
         tx.commit().map_err(&err)
     }
 }
 
-fn plan_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<PlanRecord> {
+fn plan_record(row: &Row) -> std::result::Result<PlanRecord, StoreError> {
     Ok(PlanRecord {
         id: row.get(0)?,
         batch: row.get(1)?,
@@ -432,16 +426,17 @@ impl State {
     /// Throughput of finished runs by source host (`host:port`), from the
     /// runs' stored reports.
     pub fn throughput_by_host(&self) -> Result<std::collections::BTreeMap<String, HostThroughput>> {
-        let err = self.err();
-        let mut query = self
-            .conn
-            .prepare(
+        let err = self.err::<StoreError>();
+        let rows: Vec<(String, Option<String>)> = self
+            .db
+            .query(
                 "SELECT m.source, r.report FROM run r JOIN mailbox m ON m.id = r.mailbox_id WHERE r.status = 'done'",
+                params![],
             )
-            .map_err(&err)?;
-        let rows: Vec<(String, Option<String>)> = query
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
-            .and_then(Iterator::collect)
+            .map_err(&err)?
+            .iter()
+            .map(|row| Ok((row.get(0)?, row.get(1)?)))
+            .collect::<std::result::Result<_, StoreError>>()
             .map_err(&err)?;
         let mut out: std::collections::BTreeMap<String, HostThroughput> = std::collections::BTreeMap::new();
         for (source, report) in rows {

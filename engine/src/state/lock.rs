@@ -9,8 +9,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, OptionalExtension, TransactionBehavior};
-
+use super::db::{params, Db, StoreError};
 use super::{MailboxId, RunId, State};
 use crate::error::{Error, Result};
 
@@ -38,10 +37,28 @@ impl LockOwner {
         }
     }
 
-    /// Whether the owner is a process of this host that no longer exists.
+    /// The owner as one string (`host/pid/token`): a worker's name in the queue.
+    pub fn id(&self) -> String {
+        format!("{}/{}/{}", self.host, self.pid, self.token)
+    }
+
+    /// Marks this acquisition as running in this process until the guard
+    /// is dropped: a lock of this process whose run ended without
+    /// releasing it (the store was down at that moment) is stale, and
+    /// this process takes it over at once instead of waiting out its lease.
+    pub fn running(&self) -> RunningGuard {
+        live_tokens().insert(self.token.clone());
+        RunningGuard(self.token.clone())
+    }
+
+    /// Whether the owner is a process of this host that no longer exists,
+    /// or this process with an acquisition that is no longer running.
     fn is_gone(&self) -> bool {
         if self.host != host_name() {
             return false;
+        }
+        if self.pid == std::process::id() {
+            return !live_tokens().contains(&self.token);
         }
         let Some(pid) = i32::try_from(self.pid).ok().and_then(rustix::process::Pid::from_raw) else {
             return true;
@@ -49,6 +66,22 @@ impl LockOwner {
         // ESRCH: no such process. EPERM means it exists under another user.
         matches!(rustix::process::test_kill_process(pid), Err(rustix::io::Errno::SRCH))
     }
+}
+
+/// See [`LockOwner::running`].
+pub struct RunningGuard(String);
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        live_tokens().remove(&self.0);
+    }
+}
+
+fn live_tokens() -> std::sync::MutexGuard<'static, std::collections::HashSet<String>> {
+    static LIVE: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> = std::sync::OnceLock::new();
+    LIVE.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The host name locks are taken under.
@@ -70,12 +103,9 @@ impl State {
     /// Takes the mailbox's lock for `owner`, or says who holds it. A lock
     /// whose lease ran out, or whose owner on this host is gone, is taken over.
     pub fn lock_mailbox(&mut self, mailbox: MailboxId, label: &str, owner: &LockOwner, lease: Duration) -> Result<()> {
-        let err = self.err();
-        // IMMEDIATE: the check and the write happen under one write lock.
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(&err)?;
+        let err = self.err::<StoreError>();
+        // Exclusive: the check and the write happen under one write lock.
+        let tx = self.db.transaction_exclusive().map_err(&err)?;
         take_lock(&tx, &err, mailbox, label, owner, lease)?;
         tx.commit().map_err(&err)
     }
@@ -93,30 +123,32 @@ impl State {
         phase: &str,
         now: &str,
     ) -> Result<RunId> {
-        let err = self.err();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(&err)?;
+        let err = self.err::<StoreError>();
+        let tx = self.db.transaction_exclusive().map_err(&err)?;
         take_lock(&tx, &err, mailbox, label, owner, lease)?;
         tx.execute(
             "UPDATE run SET status = 'interrupted', finished_at = ?2 WHERE mailbox_id = ?1 AND status = 'running'",
             params![mailbox, now],
         )
         .map_err(&err)?;
-        tx.execute(
-            "INSERT INTO run (mailbox_id, phase, started_at, status) VALUES (?1, ?2, ?3, 'running')",
-            params![mailbox, phase, now],
-        )
-        .map_err(&err)?;
-        let run = tx.last_insert_rowid();
+        let run = tx
+            .query_value(
+                "INSERT INTO run (mailbox_id, phase, started_at, status) VALUES (?1, ?2, ?3, 'running') RETURNING id",
+                params![mailbox, phase, now],
+            )
+            .map_err(&err)?;
         tx.commit().map_err(&err)?;
-        Ok(run)
+        run.ok_or_else(|| {
+            err(StoreError::Value {
+                column: 0,
+                detail: "the new run has no id".into(),
+            })
+        })
     }
 
     /// Extends the lease; `false` when the lock is no longer `token`'s.
     pub fn renew_mailbox_lock(&self, mailbox: MailboxId, token: &str, lease: Duration) -> Result<bool> {
-        self.conn
+        self.db
             .execute(
                 "UPDATE mailbox_lock SET lease_until = ?3 WHERE mailbox_id = ?1 AND token = ?2",
                 params![mailbox, token, now_ms() + lease_ms(lease)],
@@ -127,7 +159,7 @@ impl State {
 
     /// Releases the lock if `token` still holds it.
     pub fn unlock_mailbox(&self, mailbox: MailboxId, token: &str) -> Result<()> {
-        self.conn
+        self.db
             .execute(
                 "DELETE FROM mailbox_lock WHERE mailbox_id = ?1 AND token = ?2",
                 params![mailbox, token],
@@ -138,10 +170,10 @@ impl State {
 }
 
 /// The lock check and take of [`State::lock_mailbox`], inside the caller's
-/// IMMEDIATE transaction so nothing can come between the two.
+/// exclusive transaction so nothing can come between the two.
 fn take_lock(
-    tx: &rusqlite::Transaction<'_>,
-    err: &impl Fn(rusqlite::Error) -> Error,
+    tx: &Db,
+    err: &impl Fn(StoreError) -> Error,
     mailbox: MailboxId,
     label: &str,
     owner: &LockOwner,
@@ -150,8 +182,10 @@ fn take_lock(
     let held: Option<(LockOwner, i64)> = tx
         .query_row(
             "SELECT token, pid, host, lease_until FROM mailbox_lock WHERE mailbox_id = ?1",
-            [mailbox],
-            |row| {
+            params![mailbox],
+        )
+        .and_then(|row| {
+            row.map(|row| {
                 Ok((
                     LockOwner {
                         token: row.get(0)?,
@@ -160,9 +194,9 @@ fn take_lock(
                     },
                     row.get(3)?,
                 ))
-            },
-        )
-        .optional()
+            })
+            .transpose()
+        })
         .map_err(err)?;
     let now = now_ms();
     if let Some((holder, until)) = held {
@@ -205,52 +239,55 @@ mod tests {
 
     #[test]
     fn a_held_lock_refuses_a_second_owner_until_released_or_expired() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut state = State::open(&dir.path().join("s.db")).unwrap();
-        let mailbox = state.mailbox("imap://a@src:143", "imap://a@dst:143").unwrap();
-        let lease = Duration::from_secs(60);
-        let first = LockOwner::this_process();
-        state.lock_mailbox(mailbox, "a", &first, lease).unwrap();
-        let second = LockOwner::this_process();
-        let err = state.lock_mailbox(mailbox, "a", &second, lease).unwrap_err();
-        assert_eq!(err.kind(), crate::error::ErrorKind::Locked);
-        assert!(
-            err.to_string().contains(&format!("pid {}", std::process::id())),
-            "{err}"
-        );
-        assert!(!state.renew_mailbox_lock(mailbox, &second.token, lease).unwrap());
-        assert!(state.renew_mailbox_lock(mailbox, &first.token, lease).unwrap());
-        state.unlock_mailbox(mailbox, &first.token).unwrap();
-        state.lock_mailbox(mailbox, "a", &second, lease).unwrap();
+        super::super::testing::each_store(|store| {
+            let mut state = State::open(store).unwrap();
+            let mailbox = state.mailbox("imap://a@src:143", "imap://a@dst:143").unwrap();
+            let lease = Duration::from_secs(60);
+            let first = LockOwner::this_process();
+            let _first_runs = first.running();
+            state.lock_mailbox(mailbox, "a", &first, lease).unwrap();
+            let second = LockOwner::this_process();
+            let err = state.lock_mailbox(mailbox, "a", &second, lease).unwrap_err();
+            assert_eq!(err.kind(), crate::error::ErrorKind::Locked);
+            assert!(
+                err.to_string().contains(&format!("pid {}", std::process::id())),
+                "{err}"
+            );
+            assert!(!state.renew_mailbox_lock(mailbox, &second.token, lease).unwrap());
+            assert!(state.renew_mailbox_lock(mailbox, &first.token, lease).unwrap());
+            state.unlock_mailbox(mailbox, &first.token).unwrap();
+            state.lock_mailbox(mailbox, "a", &second, lease).unwrap();
 
-        // Another host's live lock holds until its lease runs out.
-        let other = state.mailbox("imap://b@src:143", "imap://b@dst:143").unwrap();
-        state
-            .lock_mailbox(other, "b", &other_host(), Duration::from_millis(300))
-            .unwrap();
-        assert!(state.lock_mailbox(other, "b", &first, lease).is_err());
-        std::thread::sleep(Duration::from_millis(350));
-        state.lock_mailbox(other, "b", &first, lease).unwrap();
+            // Another host's live lock holds until its lease runs out.
+            let other = state.mailbox("imap://b@src:143", "imap://b@dst:143").unwrap();
+            state
+                .lock_mailbox(other, "b", &other_host(), Duration::from_millis(300))
+                .unwrap();
+            assert!(state.lock_mailbox(other, "b", &first, lease).is_err());
+            std::thread::sleep(Duration::from_millis(350));
+            state.lock_mailbox(other, "b", &first, lease).unwrap();
+        });
     }
 
     #[test]
     fn the_lock_of_a_dead_process_on_this_host_is_taken_over_at_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut state = State::open(&dir.path().join("s.db")).unwrap();
-        let mailbox = state.mailbox("imap://a@src:143", "imap://a@dst:143").unwrap();
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let dead_pid = child.id();
-        child.wait().unwrap();
-        let dead = LockOwner {
-            token: "t-dead".into(),
-            pid: dead_pid,
-            host: host_name(),
-        };
-        state
-            .lock_mailbox(mailbox, "a", &dead, Duration::from_secs(600))
-            .unwrap();
-        state
-            .lock_mailbox(mailbox, "a", &LockOwner::this_process(), Duration::from_secs(60))
-            .unwrap();
+        super::super::testing::each_store(|store| {
+            let mut state = State::open(store).unwrap();
+            let mailbox = state.mailbox("imap://a@src:143", "imap://a@dst:143").unwrap();
+            let mut child = std::process::Command::new("true").spawn().unwrap();
+            let dead_pid = child.id();
+            child.wait().unwrap();
+            let dead = LockOwner {
+                token: "t-dead".into(),
+                pid: dead_pid,
+                host: host_name(),
+            };
+            state
+                .lock_mailbox(mailbox, "a", &dead, Duration::from_secs(600))
+                .unwrap();
+            state
+                .lock_mailbox(mailbox, "a", &LockOwner::this_process(), Duration::from_secs(60))
+                .unwrap();
+        });
     }
 }

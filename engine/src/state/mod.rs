@@ -2,30 +2,38 @@
 //! repeated or resumed without duplicating or losing a message.
 //!
 //! SQLite (bundled) in WAL mode serves one machine and lets several
-//! mailboxes, each with its own connection, share one file. Everything the
-//! engine needs goes through this narrow API, which is the seam for a
-//! shared PostgreSQL store later. No password or message content is stored:
-//! endpoints are stored without secrets, messages as digests.
+//! mailboxes, each with its own connection, share one file; PostgreSQL
+//! serves many workers on many machines (see [`db`]). Everything the
+//! engine needs goes through this narrow API, whose queries run unchanged
+//! on both. No password or message content is stored: endpoints are
+//! stored without secrets, messages as digests.
 
 mod batch;
 mod budget;
 mod calendar;
+pub(crate) mod db;
+mod fleet;
 mod lock;
+mod queue;
 mod schema;
+#[cfg(test)]
+pub(crate) mod testing;
 mod too_large;
 
 pub use batch::{BatchId, BatchRecord, BatchRowRecord};
 pub use budget::AccountUsage;
 pub use calendar::{HostThroughput, PlanId, PlanRecord, StepRecord, WaveId, WaveRecord};
+pub use db::{StoreError, StoreLocation};
 pub use lock::LockOwner;
+pub use queue::{Job, JobId, JobRecord, QueueCounts};
 pub use too_large::{TooLargeItem, TooLargeRow};
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use chrono::Utc;
-use rusqlite::{params, Connection, OptionalExtension};
+use db::{params, Db, Row};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::fingerprint::Fingerprint;
@@ -134,8 +142,8 @@ pub struct CopyTime {
 
 /// The state store.
 pub struct State {
-    conn: Connection,
-    path: PathBuf,
+    db: Db,
+    location: StoreLocation,
 }
 
 /// Creates the state file readable by its owner only (0600) before SQLite
@@ -156,26 +164,29 @@ fn create_private(path: &Path) -> Result<()> {
 }
 
 impl State {
-    /// Opens (creating if needed) a state file and brings its schema up to date.
-    pub fn open(path: &Path) -> Result<Self> {
-        create_private(path)?;
-        let conn = Connection::open(path).map_err(|source| Error::State {
-            path: path.to_path_buf(),
+    /// Opens (creating if needed) the state and brings its schema up to
+    /// date: a SQLite file, or a PostgreSQL database.
+    pub fn open(location: impl Into<StoreLocation>) -> Result<Self> {
+        let location = location.into();
+        let store = |source: StoreError| Error::State {
+            store: location.to_string(),
             source,
-        })?;
-        let mut state = Self {
-            conn,
-            path: path.to_path_buf(),
         };
+        let db = match &location {
+            StoreLocation::Sqlite(path) => {
+                create_private(path)?;
+                Db::Sqlite(rusqlite::Connection::open(path).map_err(|e| store(e.into()))?)
+            }
+            StoreLocation::Postgres(url) => Db::Postgres(db::PgConnection::open(url).map_err(store)?),
+        };
+        let mut state = Self { db, location };
         // Openers of a brand-new file race to switch it to WAL and create
         // its tables; SQLite answers some of those races with "busy" at once
         // instead of waiting (to avoid a deadlock), so the loser tries again.
         let mut attempt = 0;
         loop {
             match state.configure().and_then(|()| state.migrate()) {
-                Err(Error::State { source, .. })
-                    if source.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) && attempt < 100 =>
-                {
+                Err(Error::State { source, .. }) if source.is_busy() && attempt < 100 => {
                     attempt += 1;
                     std::thread::sleep(Duration::from_millis(10));
                 }
@@ -184,116 +195,148 @@ impl State {
         }
     }
 
-    /// The state file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where the state lives.
+    pub fn location(&self) -> &StoreLocation {
+        &self.location
     }
 
-    /// Wraps SQLite errors with the state file's path.
-    fn err(&self) -> impl Fn(rusqlite::Error) -> Error {
-        let path = self.path.clone();
+    /// Wraps store errors with the store's location (never its password).
+    fn err<E: Into<StoreError>>(&self) -> impl Fn(E) -> Error {
+        let store = self.location.to_string();
         move |source| Error::State {
-            path: path.clone(),
-            source,
+            store: store.clone(),
+            source: source.into(),
         }
     }
 
     fn configure(&mut self) -> Result<()> {
+        let err = self.err::<rusqlite::Error>();
+        let Db::Sqlite(conn) = &self.db else {
+            return Ok(());
+        };
         // Many mailboxes of a batch write to one file. SQLite's default busy
         // handler sleeps up to 100 ms per retry; short sleeps keep waiting
         // writers close behind each other (about 30 s in all before giving up).
-        self.conn
-            .busy_handler(Some(|attempt| {
-                std::thread::sleep(Duration::from_millis(2));
-                attempt < 15_000
-            }))
-            .map_err(self.err())?;
+        conn.busy_handler(Some(|attempt| {
+            std::thread::sleep(Duration::from_millis(2));
+            attempt < 15_000
+        }))
+        .map_err(&err)?;
+        conn.set_prepared_statement_cache_capacity(64);
         // WAL lets readers (report, verify) run while a sync writes; NORMAL
         // sync is durable at each checkpoint and safe against process kills.
-        self.conn
-            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
-            .map_err(self.err())
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
+            .map_err(&err)
+    }
+
+    /// The schema version: SQLite keeps it in `PRAGMA user_version`,
+    /// PostgreSQL in a one-row table.
+    fn schema_version(db: &Db) -> std::result::Result<usize, StoreError> {
+        match db {
+            Db::Sqlite(_) => Ok(db.query_value::<usize>("PRAGMA user_version", params![])?.unwrap_or(0)),
+            // No table yet: a new database (the table is created under
+            // the migration lock, so that openers racing on a new database
+            // do not both create it).
+            Db::Postgres(_) => {
+                match db.query_value::<String>("SELECT CAST(to_regclass('schema_version') AS TEXT)", params![])? {
+                    None => Ok(0),
+                    Some(_) => Ok(db
+                        .query_value::<usize>("SELECT max(version) FROM schema_version", params![])?
+                        .unwrap_or(0)),
+                }
+            }
+        }
     }
 
     fn migrate(&mut self) -> Result<()> {
-        let err = self.err();
-        let version: usize = self
-            .conn
-            .query_row("PRAGMA user_version", [], |row| row.get(0))
-            .map_err(&err)?;
-        if version == schema::MIGRATIONS.len() {
+        let err = self.err::<StoreError>();
+        if Self::schema_version(&self.db).map_err(&err)? == schema::MIGRATIONS.len() {
             return Ok(());
         }
         // The write lock first, then the version again: processes (or batch
-        // tasks) opening a new file at the same moment would otherwise both
+        // tasks) opening a new store at the same moment would otherwise both
         // run the first migration, and one would fail.
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(&err)?;
-        let version: usize = tx
-            .query_row("PRAGMA user_version", [], |row| row.get(0))
-            .map_err(&err)?;
+        let postgres = matches!(self.db, Db::Postgres(_));
+        let tx = self.db.transaction_exclusive().map_err(&err)?;
+        if postgres {
+            tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
+                .map_err(&err)?;
+        }
+        let version = Self::schema_version(&tx).map_err(&err)?;
         if version > schema::MIGRATIONS.len() {
             return Err(Error::Config(format!(
-                "state file {} has schema version {version}, newer than this cutover knows ({}); upgrade cutover",
-                self.path.display(),
+                "state store {} has schema version {version}, newer than this cutover knows ({}); upgrade cutover",
+                self.location,
                 schema::MIGRATIONS.len()
             )));
         }
         for (index, migration) in schema::MIGRATIONS.iter().enumerate().skip(version) {
-            tx.execute_batch(migration).map_err(&err)?;
-            tx.pragma_update(None, "user_version", index + 1).map_err(&err)?;
+            if postgres {
+                tx.execute_batch(&db::to_postgres_ddl(migration)).map_err(&err)?;
+                tx.execute("DELETE FROM schema_version", params![]).map_err(&err)?;
+                tx.execute("INSERT INTO schema_version (version) VALUES (?1)", params![index + 1])
+                    .map_err(&err)?;
+            } else {
+                tx.execute_batch(migration).map_err(&err)?;
+                tx.execute_batch(&format!("PRAGMA user_version = {}", index + 1))
+                    .map_err(&err)?;
+            }
         }
         tx.commit().map_err(&err)
     }
 
     /// The mailbox pair's id, created on first use.
     pub fn mailbox(&self, source: &str, target: &str) -> Result<MailboxId> {
-        self.conn
+        let err = self.err::<StoreError>();
+        self.db
             .execute(
                 "INSERT INTO mailbox (source, target) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
                 params![source, target],
             )
-            .map_err(self.err())?;
-        self.conn
-            .query_row(
+            .map_err(&err)?;
+        self.db
+            .query_value(
                 "SELECT id FROM mailbox WHERE source = ?1 AND target = ?2",
                 params![source, target],
-                |row| row.get(0),
             )
-            .map_err(self.err())
+            .map_err(&err)?
+            .ok_or_else(|| {
+                err(StoreError::Value {
+                    column: 0,
+                    detail: "the mailbox row just written is missing".into(),
+                })
+            })
     }
 
     /// The mailbox pair's id, if the state knows it (read-only).
     pub fn find_mailbox(&self, source: &str, target: &str) -> Result<Option<MailboxId>> {
-        self.conn
-            .query_row(
+        self.db
+            .query_value(
                 "SELECT id FROM mailbox WHERE source = ?1 AND target = ?2",
                 params![source, target],
-                |row| row.get(0),
             )
-            .optional()
             .map_err(self.err())
     }
 
     /// What earlier folder plans of the mailbox decided.
     pub fn pinned(&self, mailbox: MailboxId) -> Result<Pinned> {
-        let err = self.err();
-        let mut query = self
-            .conn
-            .prepare("SELECT source_name, target_name FROM folder WHERE mailbox_id = ?1")
-            .map_err(&err)?;
-        let folders = query
-            .query_map([mailbox], |row| Ok((row.get(0)?, row.get(1)?)))
-            .and_then(Iterator::collect)
+        let err = self.err::<StoreError>();
+        let folders = self
+            .db
+            .query(
+                "SELECT source_name, target_name FROM folder WHERE mailbox_id = ?1",
+                params![mailbox],
+            )
+            .map_err(&err)?
+            .iter()
+            .map(|row| Ok((row.get(0)?, row.get(1)?)))
+            .collect::<std::result::Result<_, StoreError>>()
             .map_err(&err)?;
         let target_prefixed = self
-            .conn
-            .query_row(
+            .db
+            .query_value(
                 "SELECT target_inbox_prefix FROM mailbox WHERE id = ?1",
-                [mailbox],
-                |row| row.get(0),
+                params![mailbox],
             )
             .map_err(&err)?;
         Ok(Pinned {
@@ -304,7 +347,7 @@ impl State {
 
     /// Records the target-prefix decision of the mailbox's first plan.
     pub fn set_target_prefixed(&self, mailbox: MailboxId, prefixed: bool) -> Result<()> {
-        self.conn
+        self.db
             .execute(
                 "UPDATE mailbox SET target_inbox_prefix = ?2 WHERE id = ?1 AND target_inbox_prefix IS NULL",
                 params![mailbox, prefixed],
@@ -315,16 +358,14 @@ impl State {
 
     /// When the final phase ran for this mailbox, if it did.
     pub fn cutover_at(&self, mailbox: MailboxId) -> Result<Option<String>> {
-        self.conn
-            .query_row("SELECT cutover_at FROM mailbox WHERE id = ?1", [mailbox], |row| {
-                row.get(0)
-            })
+        self.db
+            .query_value("SELECT cutover_at FROM mailbox WHERE id = ?1", params![mailbox])
             .map_err(self.err())
     }
 
     /// Records the cutover moment (final phase).
     pub fn set_cutover_at(&self, mailbox: MailboxId, at: &str) -> Result<()> {
-        self.conn
+        self.db
             .execute("UPDATE mailbox SET cutover_at = ?2 WHERE id = ?1", params![mailbox, at])
             .map(|_| ())
             .map_err(self.err())
@@ -332,16 +373,14 @@ impl State {
 
     /// When a migration back of the mailbox last ended clean, if ever.
     pub fn reversed_at(&self, mailbox: MailboxId) -> Result<Option<String>> {
-        self.conn
-            .query_row("SELECT reversed_at FROM mailbox WHERE id = ?1", [mailbox], |row| {
-                row.get(0)
-            })
+        self.db
+            .query_value("SELECT reversed_at FROM mailbox WHERE id = ?1", params![mailbox])
             .map_err(self.err())
     }
 
     /// Records a clean migration back.
     pub fn set_reversed_at(&self, mailbox: MailboxId, at: &str) -> Result<()> {
-        self.conn
+        self.db
             .execute(
                 "UPDATE mailbox SET reversed_at = ?2 WHERE id = ?1",
                 params![mailbox, at],
@@ -353,45 +392,53 @@ impl State {
     /// Whether the last finished run of this phase was cut off (its process
     /// killed): what it sent may still be landing on the server.
     pub fn last_run_interrupted(&self, mailbox: MailboxId, phase: &str) -> Result<bool> {
-        self.conn
-            .query_row(
+        self.db
+            .query_value::<String>(
                 "SELECT status FROM run WHERE mailbox_id = ?1 AND phase = ?2 AND status != 'running'
                  ORDER BY id DESC LIMIT 1",
                 params![mailbox, phase],
-                |row| row.get::<_, String>(0),
             )
-            .optional()
             .map(|status| status.as_deref() == Some("interrupted"))
             .map_err(self.err())
     }
 
     /// The folder pair's progress, created on first use.
     pub fn folder(&self, mailbox: MailboxId, source_name: &str, target_name: &str) -> Result<FolderState> {
-        self.conn
-            .execute(
-                "INSERT INTO folder (mailbox_id, source_name, target_name) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (mailbox_id, source_name) DO UPDATE SET target_name = excluded.target_name",
+        let err = self.err::<StoreError>();
+        let row = self
+            .db
+            .query_row(
+                &format!(
+                    "INSERT INTO folder (mailbox_id, source_name, target_name) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (mailbox_id, source_name) DO UPDATE SET target_name = excluded.target_name
+                     RETURNING {FOLDER_COLUMNS}"
+                ),
                 params![mailbox, source_name, target_name],
             )
-            .map_err(self.err())?;
-        self.conn
-            .query_row(
-                &format!("SELECT {FOLDER_COLUMNS} FROM folder WHERE mailbox_id = ?1 AND source_name = ?2"),
-                params![mailbox, source_name],
-                folder_row,
-            )
-            .map_err(self.err())
+            .map_err(&err)?;
+        match row {
+            Some(row) => folder_row(&row).map_err(&err),
+            None => Err(err(StoreError::Value {
+                column: 0,
+                detail: "the folder row just written is missing".into(),
+            })),
+        }
     }
 
     /// Every folder pair of a mailbox the state knows, in one query (a
     /// delta over an unchanged mailbox reads them all and writes nothing).
     pub fn folders(&self, mailbox: MailboxId) -> Result<Vec<FolderState>> {
-        let mut statement = self
-            .conn
-            .prepare_cached(&format!("SELECT {FOLDER_COLUMNS} FROM folder WHERE mailbox_id = ?1"))
-            .map_err(self.err())?;
-        let rows = statement.query_map(params![mailbox], folder_row).map_err(self.err())?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(self.err())
+        let err = self.err::<StoreError>();
+        self.db
+            .query(
+                &format!("SELECT {FOLDER_COLUMNS} FROM folder WHERE mailbox_id = ?1"),
+                params![mailbox],
+            )
+            .map_err(&err)?
+            .iter()
+            .map(folder_row)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(&err)
     }
 
     /// Folders of a mailbox with work left whatever the servers say:
@@ -399,23 +446,24 @@ impl State {
     /// `deletions_pending` is asked, messages deleted on the source but
     /// still on the target (a run with `--propagate-deletes` removes them).
     pub fn folders_with_work(&self, mailbox: MailboxId, deletions_pending: bool) -> Result<HashSet<i64>> {
-        let mut statement = self
-            .conn
-            .prepare_cached(
+        let err = self.err::<StoreError>();
+        self.db
+            .query(
                 "SELECT f.id FROM folder f WHERE f.mailbox_id = ?1 AND (
                     EXISTS (SELECT 1 FROM message_failure x WHERE x.folder_id = f.id)
-                    OR (?2 AND EXISTS (SELECT 1 FROM message m WHERE m.folder_id = f.id AND m.source_gone = 1)))",
+                    OR (?2 = 1 AND EXISTS (SELECT 1 FROM message m WHERE m.folder_id = f.id AND m.source_gone = 1)))",
+                params![mailbox, deletions_pending],
             )
-            .map_err(self.err())?;
-        let rows = statement
-            .query_map(params![mailbox, deletions_pending], |row| row.get(0))
-            .map_err(self.err())?;
-        rows.collect::<rusqlite::Result<HashSet<i64>>>().map_err(self.err())
+            .map_err(&err)?
+            .iter()
+            .map(|row| row.get(0))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(&err)
     }
 
     /// Saves a folder's cursors (everything but its names).
     pub fn save_folder(&self, folder: &FolderState) -> Result<()> {
-        self.conn
+        self.db
             .execute(
                 "UPDATE folder SET source_uidvalidity = ?2, highest_uid = ?3, highest_modseq = ?4,
                     target_uidvalidity = ?5, target_scanned_uid = ?6, cutover_uid = ?7, copy_in_progress = ?8,
@@ -447,123 +495,120 @@ impl State {
 
     /// All copied messages of a folder, by source UID.
     pub fn messages(&self, folder_id: i64) -> Result<Vec<MessageRow>> {
-        let mut statement = self
-            .conn
-            .prepare_cached(
+        let err = self.err::<StoreError>();
+        self.db
+            .query(
                 "SELECT source_uid, target_ref, fingerprint, flags, size, internal_date, source_gone
                  FROM message WHERE folder_id = ?1 ORDER BY source_uid",
+                params![folder_id],
             )
-            .map_err(self.err())?;
-        let rows = statement
-            .query_map([folder_id], |row| {
-                let fingerprint: Vec<u8> = row.get(2)?;
-                let flags: String = row.get(3)?;
+            .map_err(&err)?
+            .iter()
+            .map(|row| {
                 Ok(MessageRow {
                     source_uid: row.get(0)?,
                     target_ref: row.get(1)?,
-                    fingerprint: fingerprint_of(&fingerprint, 2)?,
-                    flags: Flags::parse(&flags),
-                    size: row.get::<_, i64>(4)? as u64,
+                    fingerprint: fingerprint_of(row, 2)?,
+                    flags: Flags::parse(&row.get::<String>(3)?),
+                    size: row.get::<i64>(4)? as u64,
                     internal_date: row.get(5)?,
                     source_gone: row.get(6)?,
                 })
             })
-            .map_err(self.err())?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(self.err())
+            .collect::<std::result::Result<_, StoreError>>()
+            .map_err(&err)
     }
 
     /// Every message recorded at or after `since_ms` (unix milliseconds),
     /// oldest first: the copy log of a batch, for lag and throughput figures.
     pub fn copy_times(&self, since_ms: i64) -> Result<Vec<CopyTime>> {
-        let mut statement = self
-            .conn
-            .prepare_cached(
+        let err = self.err::<StoreError>();
+        self.db
+            .query(
                 "SELECT mailbox.source, folder.source_name, message.source_uid, message.size, message.copied_at
                  FROM message
                  JOIN folder ON folder.id = message.folder_id
                  JOIN mailbox ON mailbox.id = folder.mailbox_id
                  WHERE message.copied_at >= ?1
                  ORDER BY message.copied_at, mailbox.id, folder.id, message.source_uid",
+                params![since_ms],
             )
-            .map_err(self.err())?;
-        let rows = statement
-            .query_map([since_ms], |row| {
+            .map_err(&err)?
+            .iter()
+            .map(|row| {
                 Ok(CopyTime {
                     source: row.get(0)?,
                     folder: row.get(1)?,
                     source_uid: row.get(2)?,
-                    size: row.get::<_, i64>(3)? as u64,
+                    size: row.get::<i64>(3)? as u64,
                     copied_at_ms: row.get(4)?,
                 })
             })
-            .map_err(self.err())?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(self.err())
+            .collect::<std::result::Result<_, StoreError>>()
+            .map_err(&err)
     }
 
     /// Target messages of a folder that no source message stands for, as
     /// last seen: dedup candidates for later runs.
     pub fn unmatched_targets(&self, folder_id: i64) -> Result<Vec<TargetMessage>> {
-        let mut statement = self
-            .conn
-            .prepare_cached(
+        let err = self.err::<StoreError>();
+        self.db
+            .query(
                 "SELECT target_ref, fingerprint, flags, size FROM target_unmatched
                  WHERE folder_id = ?1 ORDER BY target_ref",
+                params![folder_id],
             )
-            .map_err(self.err())?;
-        let rows = statement
-            .query_map([folder_id], |row| {
-                let fingerprint: Vec<u8> = row.get(1)?;
-                let flags: String = row.get(2)?;
+            .map_err(&err)?
+            .iter()
+            .map(|row| {
                 Ok(TargetMessage {
                     target_ref: row.get(0)?,
-                    fingerprint: fingerprint_of(&fingerprint, 1)?,
-                    flags: Flags::parse(&flags),
+                    fingerprint: fingerprint_of(row, 1)?,
+                    flags: Flags::parse(&row.get::<String>(2)?),
                     internal_date: None,
-                    size: row.get::<_, i64>(3)? as u64,
+                    size: row.get::<i64>(3)? as u64,
                 })
             })
-            .map_err(self.err())?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(self.err())
+            .collect::<std::result::Result<_, StoreError>>()
+            .map_err(&err)
     }
 
     /// Replaces the folder's unmatched target messages.
     pub fn set_unmatched_targets(&mut self, folder_id: i64, messages: &[TargetMessage]) -> Result<()> {
-        let err = self.err();
-        let tx = self.conn.transaction().map_err(&err)?;
-        tx.execute("DELETE FROM target_unmatched WHERE folder_id = ?1", [folder_id])
+        let err = self.err::<StoreError>();
+        let tx = self.db.transaction().map_err(&err)?;
+        tx.execute("DELETE FROM target_unmatched WHERE folder_id = ?1", params![folder_id])
             .map_err(&err)?;
-        {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO target_unmatched (folder_id, target_ref, fingerprint, flags, size)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .map_err(&err)?;
-            for message in messages {
-                insert
-                    .execute(params![
-                        folder_id,
-                        message.target_ref,
-                        message.fingerprint.as_bytes().as_slice(),
-                        message.flags.to_string(),
-                        message.size as i64,
-                    ])
-                    .map_err(&err)?;
-            }
+        for message in messages {
+            tx.execute(
+                "INSERT INTO target_unmatched (folder_id, target_ref, fingerprint, flags, size)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (folder_id, target_ref) DO UPDATE SET fingerprint = excluded.fingerprint,
+                    flags = excluded.flags, size = excluded.size",
+                params![
+                    folder_id,
+                    message.target_ref,
+                    message.fingerprint.as_bytes().as_slice(),
+                    message.flags.to_string(),
+                    message.size as i64,
+                ],
+            )
+            .map_err(&err)?;
         }
         tx.commit().map_err(&err)
     }
 
     /// Messages of a folder that failed and wait for a retry.
     pub fn failures(&self, folder_id: i64) -> Result<Vec<FailureRow>> {
-        let mut statement = self
-            .conn
-            .prepare_cached(
+        let err = self.err::<StoreError>();
+        self.db
+            .query(
                 "SELECT source_uid, kind, detail FROM message_failure WHERE folder_id = ?1 ORDER BY source_uid",
+                params![folder_id],
             )
-            .map_err(self.err())?;
-        let rows = statement
-            .query_map([folder_id], |row| {
+            .map_err(&err)?
+            .iter()
+            .map(|row| {
                 let kind: String = row.get(1)?;
                 Ok(FailureRow {
                     source_uid: row.get(0)?,
@@ -571,8 +616,8 @@ impl State {
                     detail: row.get(2)?,
                 })
             })
-            .map_err(self.err())?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(self.err())
+            .collect::<std::result::Result<_, StoreError>>()
+            .map_err(&err)
     }
 
     /// Records the outcome of one append batch atomically: the copied (or
@@ -593,82 +638,69 @@ impl State {
         failed: &[FailureRow],
         too_large: &[TooLargeRow],
     ) -> Result<()> {
-        let err = self.err();
+        let err = self.err::<StoreError>();
         let copied_at = Utc::now().timestamp_millis();
-        let tx = self.conn.transaction().map_err(&err)?;
-        {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO message
-                     (folder_id, source_uid, target_ref, fingerprint, flags, size, internal_date, source_gone, copied_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8)",
-                )
-                .map_err(&err)?;
-            let mut clear_failure = tx
-                .prepare_cached("DELETE FROM message_failure WHERE folder_id = ?1 AND source_uid = ?2")
-                .map_err(&err)?;
+        let tx = self.db.transaction().map_err(&err)?;
+        for row in copied {
             // A too-large message copied after its limit grew is no exception any more.
-            let mut clear_too_large = tx
-                .prepare_cached("DELETE FROM message_too_large WHERE folder_id = ?1 AND source_uid = ?2")
-                .map_err(&err)?;
-            for row in copied {
-                clear_too_large
-                    .execute(params![folder.id, row.source_uid])
-                    .map_err(&err)?;
-                insert
-                    .execute(params![
-                        folder.id,
-                        row.source_uid,
-                        row.target_ref,
-                        row.fingerprint.as_bytes().as_slice(),
-                        row.flags.to_string(),
-                        row.size as i64,
-                        row.internal_date,
-                        copied_at,
-                    ])
-                    .map_err(&err)?;
-                clear_failure
-                    .execute(params![folder.id, row.source_uid])
-                    .map_err(&err)?;
-            }
-            let mut fail = tx
-                .prepare_cached(
-                    "INSERT INTO message_failure (folder_id, source_uid, kind, detail) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT DO UPDATE SET kind = excluded.kind, detail = excluded.detail, attempts = attempts + 1",
-                )
-                .map_err(&err)?;
-            for failure in failed {
-                fail.execute(params![
-                    folder.id,
-                    failure.source_uid,
-                    failure.kind.as_str(),
-                    failure.detail
-                ])
-                .map_err(&err)?;
-            }
-            too_large::insert(&tx, folder.id, too_large).map_err(&err)?;
             tx.execute(
-                "UPDATE folder SET highest_uid = max(highest_uid, ?2) WHERE id = ?1",
-                params![folder.id, folder.highest_uid],
+                "DELETE FROM message_too_large WHERE folder_id = ?1 AND source_uid = ?2",
+                params![folder.id, row.source_uid],
+            )
+            .map_err(&err)?;
+            tx.execute(
+                "INSERT INTO message
+                 (folder_id, source_uid, target_ref, fingerprint, flags, size, internal_date, source_gone, copied_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8)
+                 ON CONFLICT (folder_id, source_uid) DO UPDATE SET target_ref = excluded.target_ref,
+                    fingerprint = excluded.fingerprint, flags = excluded.flags, size = excluded.size,
+                    internal_date = excluded.internal_date, source_gone = 0, copied_at = excluded.copied_at",
+                params![
+                    folder.id,
+                    row.source_uid,
+                    row.target_ref,
+                    row.fingerprint.as_bytes().as_slice(),
+                    row.flags.to_string(),
+                    row.size as i64,
+                    row.internal_date,
+                    copied_at,
+                ],
+            )
+            .map_err(&err)?;
+            tx.execute(
+                "DELETE FROM message_failure WHERE folder_id = ?1 AND source_uid = ?2",
+                params![folder.id, row.source_uid],
             )
             .map_err(&err)?;
         }
+        for failure in failed {
+            tx.execute(
+                "INSERT INTO message_failure (folder_id, source_uid, kind, detail) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (folder_id, source_uid) DO UPDATE SET kind = excluded.kind, detail = excluded.detail,
+                    attempts = message_failure.attempts + 1",
+                params![folder.id, failure.source_uid, failure.kind.as_str(), failure.detail],
+            )
+            .map_err(&err)?;
+        }
+        too_large::insert(&tx, folder.id, too_large).map_err(&err)?;
+        tx.execute(
+            "UPDATE folder SET highest_uid = CASE WHEN highest_uid > ?2 THEN highest_uid ELSE ?2 END WHERE id = ?1",
+            params![folder.id, folder.highest_uid],
+        )
+        .map_err(&err)?;
         tx.commit().map_err(&err)
     }
 
     /// Stores the flags now on the target for messages whose flags changed.
     pub fn update_flags(&mut self, folder_id: i64, changes: &[(u32, Flags)]) -> Result<()> {
-        let err = self.err();
-        let tx = self.conn.transaction().map_err(&err)?;
-        {
-            let mut update = tx
-                .prepare_cached("UPDATE message SET flags = ?3 WHERE folder_id = ?1 AND source_uid = ?2")
-                .map_err(&err)?;
-            for (uid, flags) in changes {
-                update
-                    .execute(params![folder_id, uid, flags.to_string()])
-                    .map_err(&err)?;
-            }
+        let err = self.err::<StoreError>();
+        let tx = self.db.transaction().map_err(&err)?;
+        for (uid, flags) in changes {
+            tx.execute(
+                "UPDATE message SET flags = ?3 WHERE folder_id = ?1 AND source_uid = ?2",
+                params![folder_id, uid, flags.to_string()],
+            )
+            .map_err(&err)?;
         }
         tx.commit().map_err(&err)
     }
@@ -676,58 +708,51 @@ impl State {
     /// Marks messages deleted on the source (kept on the target), or forgets
     /// them entirely once they were removed from the target too.
     pub fn source_deleted(&mut self, folder_id: i64, uids: &[u32], removed_from_target: bool) -> Result<()> {
-        let err = self.err();
+        let err = self.err::<StoreError>();
         let sql = if removed_from_target {
             "DELETE FROM message WHERE folder_id = ?1 AND source_uid = ?2"
         } else {
             "UPDATE message SET source_gone = 1 WHERE folder_id = ?1 AND source_uid = ?2"
         };
-        let tx = self.conn.transaction().map_err(&err)?;
-        {
-            let mut statement = tx.prepare_cached(sql).map_err(&err)?;
-            let mut forget_failure = tx
-                .prepare_cached("DELETE FROM message_failure WHERE folder_id = ?1 AND source_uid = ?2")
-                .map_err(&err)?;
-            for uid in uids {
-                statement.execute(params![folder_id, uid]).map_err(&err)?;
-                forget_failure.execute(params![folder_id, uid]).map_err(&err)?;
-            }
+        let tx = self.db.transaction().map_err(&err)?;
+        for uid in uids {
+            tx.execute(sql, params![folder_id, uid]).map_err(&err)?;
+            tx.execute(
+                "DELETE FROM message_failure WHERE folder_id = ?1 AND source_uid = ?2",
+                params![folder_id, uid],
+            )
+            .map_err(&err)?;
         }
         tx.commit().map_err(&err)
     }
 
     /// Forgets every message row of a folder (after a UIDVALIDITY change).
-    pub fn forget_folder_messages(&self, folder_id: i64) -> Result<()> {
-        self.conn
-            .execute_batch(&format!(
-                "DELETE FROM message WHERE folder_id = {folder_id}; DELETE FROM message_failure WHERE folder_id = {folder_id};
-                 DELETE FROM message_too_large WHERE folder_id = {folder_id};
-                 DELETE FROM target_unmatched WHERE folder_id = {folder_id};"
-            ))
-            .map_err(self.err())
+    pub fn forget_folder_messages(&mut self, folder_id: i64) -> Result<()> {
+        let err = self.err::<StoreError>();
+        let tx = self.db.transaction().map_err(&err)?;
+        for table in ["message", "message_failure", "message_too_large", "target_unmatched"] {
+            tx.execute(&format!("DELETE FROM {table} WHERE folder_id = ?1"), params![folder_id])
+                .map_err(&err)?;
+        }
+        tx.commit().map_err(&err)
     }
 
     /// Completes a run with its report and errors and, with `release`,
     /// releases the mailbox lock `(mailbox, token)` in the same transaction.
     pub fn finish_run(&mut self, run: RunId, end: &RunEnd<'_>, release: Option<(MailboxId, &str)>) -> Result<()> {
-        let err = self.err();
-        let tx = self.conn.transaction().map_err(&err)?;
+        let err = self.err::<StoreError>();
+        let tx = self.db.transaction().map_err(&err)?;
         tx.execute(
             "UPDATE run SET status = ?2, finished_at = ?3, report = ?4 WHERE id = ?1",
             params![run, end.status, end.finished_at, end.report_json],
         )
         .map_err(&err)?;
-        {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO run_error (run_id, folder, source_uid, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .map_err(&err)?;
-            for (folder, uid, kind, detail) in end.errors {
-                insert
-                    .execute(params![run, folder, uid, kind.as_str(), detail])
-                    .map_err(&err)?;
-            }
+        for (folder, uid, kind, detail) in end.errors {
+            tx.execute(
+                "INSERT INTO run_error (run_id, folder, source_uid, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![run, folder, uid, kind.as_str(), detail],
+            )
+            .map_err(&err)?;
         }
         if let Some((mailbox, token)) = release {
             tx.execute(
@@ -754,13 +779,10 @@ pub struct RunEnd<'a> {
 }
 
 /// A stored fingerprint (column `index` of a row), checked for its length.
-fn fingerprint_of(bytes: &[u8], index: usize) -> rusqlite::Result<Fingerprint> {
-    Fingerprint::from_slice(bytes).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(
-            index,
-            rusqlite::types::Type::Blob,
-            "fingerprint is not 16 bytes".into(),
-        )
+fn fingerprint_of(row: &Row, index: usize) -> std::result::Result<Fingerprint, StoreError> {
+    Fingerprint::from_slice(&row.get::<Vec<u8>>(index)?).ok_or_else(|| StoreError::Value {
+        column: index,
+        detail: "fingerprint is not 16 bytes".into(),
     })
 }
 
@@ -770,17 +792,17 @@ const FOLDER_COLUMNS: &str = "id, source_name, target_name, source_uidvalidity, 
     source_seen_uidvalidity, source_seen_uidnext, source_seen_messages, source_seen_modseq,
     target_seen_uidvalidity, target_seen_uidnext, target_seen_messages";
 
-fn folder_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<FolderState> {
-    let seen = |at: usize, modseq: Option<usize>| -> rusqlite::Result<Option<MailboxStatus>> {
+fn folder_row(row: &Row) -> std::result::Result<FolderState, StoreError> {
+    let seen = |at: usize, modseq: Option<usize>| -> std::result::Result<Option<MailboxStatus>, StoreError> {
         let (Some(uid_validity), Some(uid_next), Some(messages)) = (
-            row.get::<_, Option<u32>>(at)?,
-            row.get::<_, Option<u32>>(at + 1)?,
-            row.get::<_, Option<u32>>(at + 2)?,
+            row.get::<Option<u32>>(at)?,
+            row.get::<Option<u32>>(at + 1)?,
+            row.get::<Option<u32>>(at + 2)?,
         ) else {
             return Ok(None);
         };
         let highest_modseq = match modseq {
-            Some(column) => row.get::<_, Option<i64>>(column)?.map(|v| v as u64),
+            Some(column) => row.get::<Option<i64>>(column)?.map(|v| v as u64),
             None => None,
         };
         Ok(Some(MailboxStatus {
@@ -796,7 +818,7 @@ fn folder_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<FolderState> {
         target_name: row.get(2)?,
         source_uid_validity: row.get(3)?,
         highest_uid: row.get(4)?,
-        highest_modseq: row.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+        highest_modseq: row.get::<Option<i64>>(5)?.map(|v| v as u64),
         target_uid_validity: row.get(6)?,
         target_scanned_uid: row.get(7)?,
         cutover_uid: row.get(8)?,
@@ -845,92 +867,97 @@ mod tests {
 
     #[test]
     fn runs_left_running_are_marked_interrupted() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut state = State::open(&dir.path().join("state.db")).unwrap();
-        let mailbox = state.mailbox("imap://a@h:1", "maildir:/x").unwrap();
-        let owner = LockOwner::this_process();
-        let lease = std::time::Duration::from_secs(60);
-        let done = state
-            .begin_locked_run(mailbox, "a", &owner, lease, "initial", "t0")
-            .unwrap();
-        let end = RunEnd {
-            status: "done",
-            finished_at: "t1",
-            report_json: "{}",
-            errors: &[],
-        };
-        state.finish_run(done, &end, Some((mailbox, &owner.token))).unwrap();
-        // A run whose process was killed: still running, its lock left behind.
-        state
-            .begin_locked_run(mailbox, "a", &owner, lease, "delta", "t2")
-            .unwrap();
-        let next = LockOwner::this_process();
-        state.unlock_mailbox(mailbox, &owner.token).unwrap();
-        state
-            .begin_locked_run(mailbox, "a", &next, lease, "delta", "t3")
-            .unwrap();
-        let statuses: Vec<String> = state
-            .conn
-            .prepare("SELECT status FROM run ORDER BY id")
-            .and_then(|mut q| q.query_map([], |r| r.get(0))?.collect())
-            .unwrap();
-        assert_eq!(statuses, ["done", "interrupted", "running"]);
-        assert!(
+        testing::each_store(|store| {
+            let mut state = State::open(store).unwrap();
+            let mailbox = state.mailbox("imap://a@h:1", "maildir:/x").unwrap();
+            let owner = LockOwner::this_process();
+            let _owner_runs = owner.running();
+            let lease = std::time::Duration::from_secs(60);
+            let done = state
+                .begin_locked_run(mailbox, "a", &owner, lease, "initial", "t0")
+                .unwrap();
+            let end = RunEnd {
+                status: "done",
+                finished_at: "t1",
+                report_json: "{}",
+                errors: &[],
+            };
+            state.finish_run(done, &end, Some((mailbox, &owner.token))).unwrap();
+            // A run whose process was killed: still running, its lock left behind.
             state
-                .begin_locked_run(mailbox, "a", &owner, lease, "delta", "t4")
-                .is_err(),
-            "the lock is held"
-        );
+                .begin_locked_run(mailbox, "a", &owner, lease, "delta", "t2")
+                .unwrap();
+            let next = LockOwner::this_process();
+            let _next_runs = next.running();
+            state.unlock_mailbox(mailbox, &owner.token).unwrap();
+            state
+                .begin_locked_run(mailbox, "a", &next, lease, "delta", "t3")
+                .unwrap();
+            let statuses: Vec<String> = state
+                .db
+                .query("SELECT status FROM run ORDER BY id", params![])
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0).unwrap())
+                .collect();
+            assert_eq!(statuses, ["done", "interrupted", "running"]);
+            assert!(
+                state
+                    .begin_locked_run(mailbox, "a", &owner, lease, "delta", "t4")
+                    .is_err(),
+                "the lock is held"
+            );
+        });
     }
 
     #[test]
     fn batches_persist_across_reopen_and_failures_clear_on_success() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.db");
-        {
-            let mut state = State::open(&path).unwrap();
+        testing::each_store(|store| {
+            {
+                let mut state = State::open(store).unwrap();
+                let mailbox = state.mailbox("imap://a@h:1", "maildir:/x").unwrap();
+                let mut folder = state.folder(mailbox, "INBOX", "INBOX").unwrap();
+                folder.highest_uid = 3;
+                let failure = FailureRow {
+                    source_uid: 2,
+                    kind: ErrorKind::MessageRejected,
+                    detail: "too big".into(),
+                };
+                state
+                    .record_batch(&folder, &[row(1, "a"), row(3, "c")], &[failure])
+                    .unwrap();
+                assert_eq!(state.failures(folder.id).unwrap()[0].kind, ErrorKind::MessageRejected);
+                state.record_batch(&folder, &[row(2, "b")], &[]).unwrap();
+            }
+            let state = State::open(store).unwrap();
             let mailbox = state.mailbox("imap://a@h:1", "maildir:/x").unwrap();
-            let mut folder = state.folder(mailbox, "INBOX", "INBOX").unwrap();
-            folder.highest_uid = 3;
-            let failure = FailureRow {
-                source_uid: 2,
-                kind: ErrorKind::MessageRejected,
-                detail: "too big".into(),
-            };
-            state
-                .record_batch(&folder, &[row(1, "a"), row(3, "c")], &[failure])
-                .unwrap();
-            assert_eq!(state.failures(folder.id).unwrap()[0].kind, ErrorKind::MessageRejected);
-            state.record_batch(&folder, &[row(2, "b")], &[]).unwrap();
-        }
-        let state = State::open(&path).unwrap();
-        let mailbox = state.mailbox("imap://a@h:1", "maildir:/x").unwrap();
-        let folder = state.folder(mailbox, "INBOX", "INBOX").unwrap();
-        assert_eq!(folder.highest_uid, 3);
-        let uids: Vec<u32> = state
-            .messages(folder.id)
-            .unwrap()
-            .iter()
-            .map(|m| m.source_uid)
-            .collect();
-        assert_eq!(uids, [1, 2, 3]);
-        assert!(state.failures(folder.id).unwrap().is_empty());
+            let folder = state.folder(mailbox, "INBOX", "INBOX").unwrap();
+            assert_eq!(folder.highest_uid, 3);
+            let uids: Vec<u32> = state
+                .messages(folder.id)
+                .unwrap()
+                .iter()
+                .map(|m| m.source_uid)
+                .collect();
+            assert_eq!(uids, [1, 2, 3]);
+            assert!(state.failures(folder.id).unwrap().is_empty());
 
-        // The copy log names each message by mailbox, folder and UID, in
-        // the order they were recorded (a batch shares one timestamp).
-        let log = state.copy_times(0).unwrap();
-        let logged: Vec<(&str, &str, u32)> = log
-            .iter()
-            .map(|c| (c.source.as_str(), c.folder.as_str(), c.source_uid))
-            .collect();
-        assert_eq!(logged.len(), 3);
-        assert!(logged.contains(&("imap://a@h:1", "INBOX", 2)));
-        assert!(log.windows(2).all(|w| w[0].copied_at_ms <= w[1].copied_at_ms));
-        let now = Utc::now().timestamp_millis();
-        assert!(log
-            .iter()
-            .all(|c| c.copied_at_ms <= now && c.copied_at_ms > now - 60_000));
-        assert!(state.copy_times(now + 1).unwrap().is_empty());
+            // The copy log names each message by mailbox, folder and UID, in
+            // the order they were recorded (a batch shares one timestamp).
+            let log = state.copy_times(0).unwrap();
+            let logged: Vec<(&str, &str, u32)> = log
+                .iter()
+                .map(|c| (c.source.as_str(), c.folder.as_str(), c.source_uid))
+                .collect();
+            assert_eq!(logged.len(), 3);
+            assert!(logged.contains(&("imap://a@h:1", "INBOX", 2)));
+            assert!(log.windows(2).all(|w| w[0].copied_at_ms <= w[1].copied_at_ms));
+            let now = Utc::now().timestamp_millis();
+            assert!(log
+                .iter()
+                .all(|c| c.copied_at_ms <= now && c.copied_at_ms > now - 60_000));
+            assert!(state.copy_times(now + 1).unwrap().is_empty());
+        });
     }
 
     #[test]
@@ -938,7 +965,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
         State::open(&path).unwrap();
-        let conn = Connection::open(&path).unwrap();
+        let conn = rusqlite::Connection::open(&path).unwrap();
         conn.pragma_update(None, "user_version", 99).unwrap();
         drop(conn);
         let err = State::open(&path).err().unwrap().to_string();

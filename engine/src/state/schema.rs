@@ -264,4 +264,49 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE mailbox ADD COLUMN reversed_at TEXT; -- RFC 3339
     "#,
+    // 15: many workers on one store (see state/queue.rs, state/fleet.rs).
+    // Mailbox jobs on a queue: `batch submit` enqueues one per row, a worker
+    // claims one with a lease it renews; a job whose lease ran out (its
+    // worker died) is claimed again. The row's outcome stays in batch_row.
+    // Limits every worker shares: a host's connection slots as leases, its
+    // message and byte rates as GCRA buckets (the theoretical arrival time
+    // of the next unit), and the cool-down after a host throttled.
+    r#"
+    CREATE TABLE job (
+        id INTEGER PRIMARY KEY,
+        batch_id INTEGER NOT NULL REFERENCES batch(id) ON DELETE CASCADE,
+        row_fingerprint TEXT NOT NULL,   -- batch_row.fingerprint
+        phase TEXT NOT NULL,
+        range_since TEXT,                -- a resync's dates (YYYY-MM-DD)
+        range_before TEXT,
+        status TEXT NOT NULL DEFAULT 'queued', -- queued | running | done | cancelled
+        worker TEXT,                     -- the claim's owner: host, pid, token
+        lease_until INTEGER,             -- unix milliseconds; running and past it: reclaimed
+        claims INTEGER NOT NULL DEFAULT 0,
+        submitted_at TEXT NOT NULL,      -- RFC 3339
+        started_ms INTEGER,
+        finished_ms INTEGER,
+        outcome TEXT                     -- the row's status when the job ended
+    ) STRICT;
+    CREATE INDEX job_by_status ON job(status, id);
+    CREATE INDEX job_by_batch ON job(batch_id, status);
+
+    CREATE TABLE host_slot (
+        host TEXT NOT NULL,              -- host:port
+        slot INTEGER NOT NULL,           -- 0 .. connections per host - 1
+        holder TEXT,                     -- the worker holding it; NULL: free
+        lease_until INTEGER NOT NULL DEFAULT 0, -- unix milliseconds
+        PRIMARY KEY (host, slot)
+    ) STRICT, WITHOUT ROWID;
+
+    CREATE TABLE rate_bucket (
+        bucket TEXT PRIMARY KEY,         -- e.g. host:imap.example.org:993:messages
+        tat_us INTEGER NOT NULL          -- GCRA theoretical arrival time, unix microseconds
+    ) STRICT, WITHOUT ROWID;
+
+    CREATE TABLE host_cooldown (
+        host TEXT PRIMARY KEY,
+        until_ms INTEGER NOT NULL        -- every worker waits for it before sending to the host
+    ) STRICT, WITHOUT ROWID;
+    "#,
 ];

@@ -16,7 +16,6 @@ pub use folder::{ChangesFrom, FolderPlan};
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,7 +30,7 @@ use crate::folders::{self, FolderFilter, FolderMapping};
 use crate::imap::{ConnectOptions, ImapSession};
 use crate::limits::Budget;
 use crate::report::{FolderReport, ReportedError, SyncReport};
-use crate::state::{FolderState, LockOwner, MailboxId, RunEnd, State};
+use crate::state::{FolderState, LockOwner, MailboxId, RunEnd, State, StoreLocation};
 use crate::target::Target;
 use folder::Sides;
 
@@ -273,10 +272,11 @@ pub async fn sync_mailbox(
         options
     };
     let owner = LockOwner::this_process();
+    let _running = owner.running();
     let started_at = Utc::now().to_rfc3339();
     let label = format!("{source_id} → {target_id}");
     let run = state.begin_locked_run(mailbox, &label, &owner, LOCK_LEASE, options.phase.as_str(), &started_at)?;
-    let renewal = LeaseRenewal::start(state.path(), mailbox, &owner.token);
+    let renewal = LeaseRenewal::start(state.location(), mailbox, &owner.token);
     let report = new_report(options, source_id, target_id, started_at);
     let result = sync_locked(job, options, state, mailbox, progress, report).await;
     drop(renewal);
@@ -313,13 +313,13 @@ pub(crate) const LOCK_LEASE: Duration = Duration::from_secs(60);
 pub(crate) struct LeaseRenewal(tokio::task::JoinHandle<()>);
 
 impl LeaseRenewal {
-    pub(crate) fn start(path: &Path, mailbox: MailboxId, token: &str) -> Self {
-        let (path, token) = (path.to_path_buf(), token.to_string());
+    pub(crate) fn start(store: &StoreLocation, mailbox: MailboxId, token: &str) -> Self {
+        let (store, token) = (store.clone(), token.to_string());
         Self(tokio::spawn(async move {
             // Opened only when the first renewal is due: most syncs of an
             // unchanged mailbox are over long before.
             tokio::time::sleep(LOCK_LEASE / 3).await;
-            let state = match State::open(&path) {
+            let state = match State::open(&store) {
                 Ok(state) => state,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot renew the mailbox lock; it expires in {} s", LOCK_LEASE.as_secs());

@@ -1,0 +1,301 @@
+//! Many workers on one PostgreSQL state (`batch submit` + `cutover worker`):
+//! every mailbox runs exactly once though a worker is killed mid-copy, the
+//! limits hold for the whole fleet as counted at a proxy, and a PostgreSQL
+//! restart in the middle of a run loses no record.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::fleet::Fleet;
+use common::json;
+use cutover_engine::state::{BatchId, State, StoreLocation};
+use cutover_harness::postgres::{self, Postgres};
+
+const SRC_PW: &str = "src-secret";
+const ADMIN_PW: &str = "admin-secret";
+
+/// Logins with `+`, as real address books have them.
+fn address(i: usize) -> String {
+    format!("w{i:02}+scale@example.org")
+}
+
+fn write_csv(dir: &Path, count: usize) -> PathBuf {
+    let mut text = String::from("source_address,source_password,source_server,target_address,business_unit\n");
+    for i in 1..=count {
+        text.push_str(&format!("{},env:SRC_PW,,{},Unit{}\n", address(i), address(i), i % 3));
+    }
+    let path = dir.join("wave.csv");
+    std::fs::write(&path, text).expect("write csv");
+    path
+}
+
+/// The servers and credentials every `submit` and `worker` command gets.
+fn server_args(source_port: u16, target_port: u16) -> Vec<String> {
+    [
+        "--source-server".to_string(),
+        format!("imap://127.0.0.1:{source_port}?tls=none"),
+        "--target-server".to_string(),
+        format!("imap://127.0.0.1:{target_port}?tls=none"),
+        "--target-master".to_string(),
+        "admin".to_string(),
+        "--target-password".to_string(),
+        "env:ADMIN_PW".to_string(),
+    ]
+    .into()
+}
+
+fn cutover(args: &[String]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(args)
+        .env("SRC_PW", SRC_PW)
+        .env("ADMIN_PW", ADMIN_PW)
+        .output()
+        .expect("run cutover")
+}
+
+fn submit(csv: &Path, url: &str, servers: &[String]) {
+    let mut args: Vec<String> = ["batch", "submit"].map(String::from).into();
+    args.push(csv.to_string_lossy().into_owned());
+    args.extend(["--phase", "initial", "--state", url].map(String::from));
+    args.extend_from_slice(servers);
+    let output = cutover(&args);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        !stdout.contains(postgres_password(url)),
+        "the password is never printed: {stdout}"
+    );
+}
+
+fn postgres_password(url: &str) -> &str {
+    let credentials = url.split('@').next().unwrap_or_default();
+    credentials.rsplit(':').next().unwrap_or_default()
+}
+
+/// A worker process; its output goes to files (read after it ended).
+struct Worker {
+    child: Child,
+    log: PathBuf,
+}
+
+fn spawn_worker(dir: &Path, n: usize, url: &str, servers: &[String], extra: &[&str]) -> Worker {
+    let log = dir.join(format!("worker-{n}.log"));
+    let out = std::fs::File::create(&log).expect("log");
+    let child = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .arg("worker")
+        .args(servers)
+        .args(["--lease-secs", "3", "--poll-ms", "200", "--exit-when-idle", "--json"])
+        .args(extra)
+        .env("CUTOVER_STATE", url)
+        .env("SRC_PW", SRC_PW)
+        .env("ADMIN_PW", ADMIN_PW)
+        .env("CUTOVER_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("log"))
+        .stderr(out)
+        .spawn()
+        .expect("spawn worker");
+    Worker { child, log }
+}
+
+impl Worker {
+    /// Waits for the worker to exit (at most `limit`); its summary line.
+    fn finish(mut self, limit: Duration) -> serde_json::Value {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                assert!(status.success(), "worker failed ({status}):\n{log}");
+                let summary = log
+                    .lines()
+                    .rev()
+                    .find(|l| l.starts_with("{\"worker\":"))
+                    .expect("summary line");
+                return serde_json::from_str(summary).expect("summary JSON");
+            }
+            if started.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!(
+                    "worker still running after {limit:?}:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn batch_id(state: &State, csv: &Path) -> BatchId {
+    let name = std::fs::canonicalize(csv)
+        .expect("csv path")
+        .to_string_lossy()
+        .into_owned();
+    state.find_batch(&name).expect("find batch").expect("batch registered")
+}
+
+fn database(url: &str) -> &str {
+    url.rsplit('/').next().unwrap_or_default()
+}
+
+#[test]
+fn three_workers_run_every_mailbox_once_though_one_is_killed_mid_copy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let count = 60;
+    let fleet = Fleet::start(address, count, &[], 40, 4000, (SRC_PW, ADMIN_PW));
+    let pg = postgres::shared();
+    let url = pg.create_database().expect("database");
+    let csv = write_csv(dir.path(), count);
+    let servers = server_args(fleet.source.imap_port(), fleet.target.imap_port());
+    submit(&csv, &url, &servers);
+    // Submitting again while the jobs wait adds none.
+    submit(&csv, &url, &servers);
+    let state = State::open(StoreLocation::parse(&url)).expect("state");
+    let batch = batch_id(&state, &csv);
+    assert_eq!(state.jobs(batch).expect("jobs").len(), count);
+
+    let limits = ["--concurrency", "3", "--connections-per-host", "8"];
+    let mut workers: Vec<Worker> = (0..3)
+        .map(|n| spawn_worker(dir.path(), n, &url, &servers, &limits))
+        .collect();
+    let victim = workers.remove(0);
+    let victim_tag = format!("/{}/", victim.child.id());
+
+    // Kill the first worker once it holds jobs and mail is being copied.
+    let started = Instant::now();
+    let running_on_victim = |state: &State| -> Vec<String> {
+        state
+            .jobs(batch)
+            .expect("jobs")
+            .into_iter()
+            .filter(|j| j.status == "running" && j.worker.as_deref().is_some_and(|w| w.contains(&victim_tag)))
+            .map(|j| j.row_fingerprint)
+            .collect()
+    };
+    while running_on_victim(&state).is_empty() || state.copy_times(0).expect("copy log").len() < 300 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the victim never got going"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut victim = victim;
+    victim.child.kill().expect("kill -9");
+    victim.child.wait().expect("reap");
+    // What the victim held when it died (it can change nothing now).
+    let held = running_on_victim(&state);
+    assert!(!held.is_empty());
+    let killed_at = chrono::Utc::now().timestamp_millis();
+
+    let summaries: Vec<serde_json::Value> = workers
+        .into_iter()
+        .map(|w| w.finish(Duration::from_secs(300)))
+        .collect();
+    let resumed: u64 = summaries.iter().map(|s| s["resumed"].as_u64().unwrap_or(0)).sum();
+    assert_eq!(
+        resumed as usize,
+        held.len(),
+        "every job the victim held was taken over: {summaries:?}"
+    );
+
+    // Every job ended once, the victim's after a second claim.
+    let jobs = state.jobs(batch).expect("jobs");
+    assert!(jobs.iter().all(|j| j.status == "done"), "{jobs:?}");
+    for job in &jobs {
+        let expected = if held.contains(&job.row_fingerprint) { 2 } else { 1 };
+        assert_eq!(job.claims, expected, "{job:?}");
+    }
+    let reclaimed_after = jobs
+        .iter()
+        .filter(|j| j.claims == 2)
+        .filter_map(|j| j.started_ms)
+        .min()
+        .expect("a reclaimed job")
+        - killed_at;
+    eprintln!("a dead worker's jobs were claimed again {reclaimed_after} ms after the kill (lease 3 s)");
+    let rows = state.batch_rows(batch).expect("rows");
+    assert_eq!(rows.len(), count);
+    assert!(rows.iter().all(|r| r.status == "done"), "{rows:?}");
+
+    // Nothing missing, nothing twice, on the servers themselves.
+    assert_eq!(fleet.verify_all(count), (0, 0), "missing, duplicated");
+
+    // The dead worker's connection slots were never renewed after the kill
+    // and free themselves when their lease runs out: then every slot of
+    // every host can be taken again.
+    let psql = |sql: &str| pg.psql(database(&url), sql).expect("psql").trim().to_string();
+    let victim_slots = format!("FROM host_slot WHERE holder LIKE '%{victim_tag}%'");
+    assert_ne!(
+        psql(&format!("SELECT count(*) {victim_slots}")),
+        "0",
+        "the victim held slots"
+    );
+    let last_lease: i64 = psql(&format!("SELECT max(lease_until) {victim_slots}"))
+        .parse()
+        .expect("lease");
+    assert!(
+        last_lease <= killed_at + 16_000,
+        "renewed after the kill: {last_lease} vs {killed_at}"
+    );
+    while chrono::Utc::now().timestamp_millis() <= last_lease {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut state = state;
+    for host in psql("SELECT DISTINCT host FROM host_slot").lines() {
+        for _ in 0..8 {
+            let slot = state.acquire_host_slot(host, 8, "after-the-run", Duration::from_secs(60));
+            assert!(slot.expect("acquire").is_some(), "a slot of {host} is still held");
+        }
+    }
+
+    // `batch report` reads the shared state as it reads a file.
+    let mut args: Vec<String> = ["batch", "report"].map(String::from).into();
+    args.push(csv.to_string_lossy().into_owned());
+    args.extend(["--json", "--state", &url].map(String::from));
+    args.extend_from_slice(&servers);
+    let report = json(&cutover(&args));
+    assert_eq!(report["done"].as_u64(), Some(count as u64), "{report}");
+}
+
+#[test]
+fn a_postgres_restart_during_a_run_loses_no_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let count = 12;
+    let fleet = Fleet::start(address, count, &[], 60, 7000, (SRC_PW, ADMIN_PW));
+    let mut pg = Postgres::start().expect("postgres");
+    let url = pg.create_database().expect("database");
+    let csv = write_csv(dir.path(), count);
+    let servers = server_args(fleet.source.imap_port(), fleet.target.imap_port());
+    submit(&csv, &url, &servers);
+    let worker = spawn_worker(dir.path(), 0, &url, &servers, &["--concurrency", "4"]);
+    {
+        let state = State::open(StoreLocation::parse(&url)).expect("state");
+        let started = Instant::now();
+        while state.copy_times(0).expect("copy log").len() < 150 {
+            assert!(started.elapsed() < Duration::from_secs(120), "no progress");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // Down for two seconds in the middle of the copy, then back.
+    pg.stop().expect("stop postgres");
+    std::thread::sleep(Duration::from_secs(2));
+    pg.start_again().expect("start postgres");
+    let summary = worker.finish(Duration::from_secs(300));
+    eprintln!("worker after the restart: {summary}");
+
+    let state = State::open(StoreLocation::parse(&url)).expect("state");
+    let batch = batch_id(&state, &csv);
+    let rows = state.batch_rows(batch).expect("rows");
+    assert!(rows.iter().all(|r| r.status == "done"), "{rows:?}");
+    assert!(state.jobs(batch).expect("jobs").iter().all(|j| j.status == "done"));
+    assert_eq!(fleet.verify_all(count), (0, 0), "missing, duplicated");
+    // Every message on the target is recorded in the state: a run whose
+    // record died with the connection found its mail on the target later.
+    assert_eq!(state.copy_times(0).expect("copy log").len(), count * 60);
+}
