@@ -198,22 +198,25 @@ fn three_workers_run_every_mailbox_once_though_one_is_killed_mid_copy() {
         .map(|w| w.finish(Duration::from_secs(300)))
         .collect();
     let resumed: u64 = summaries.iter().map(|s| s["resumed"].as_u64().unwrap_or(0)).sum();
-    assert_eq!(
-        resumed as usize,
-        held.len(),
-        "every job the victim held was taken over: {summaries:?}"
-    );
 
-    // Every job ended once, the victim's after a second claim.
+    // Every job ended once, the victim's after a second claim (at least:
+    // on a loaded machine a live worker's lease can run out too, and its
+    // job is then taken over and finished by the taker alone).
     let jobs = state.jobs(batch).expect("jobs");
     assert!(jobs.iter().all(|j| j.status == "done"), "{jobs:?}");
-    for job in &jobs {
-        let expected = if held.contains(&job.row_fingerprint) { 2 } else { 1 };
-        assert_eq!(job.claims, expected, "{job:?}");
-    }
-    let reclaimed_after = jobs
+    let taken_over: Vec<_> = jobs.iter().filter(|j| held.contains(&j.row_fingerprint)).collect();
+    assert!(
+        taken_over
+            .iter()
+            .all(|j| j.claims >= 2 && !j.worker.as_deref().unwrap_or_default().contains(&victim_tag)),
+        "the victim's jobs: {taken_over:?}"
+    );
+    assert!(
+        resumed as usize >= held.len(),
+        "resumed {resumed}, held {held:?}: {summaries:?} {taken_over:?}"
+    );
+    let reclaimed_after = taken_over
         .iter()
-        .filter(|j| j.claims == 2)
         .filter_map(|j| j.started_ms)
         .min()
         .expect("a reclaimed job")
@@ -298,4 +301,57 @@ fn a_postgres_restart_during_a_run_loses_no_record() {
     // Every message on the target is recorded in the state: a run whose
     // record died with the connection found its mail on the target later.
     assert_eq!(state.copy_times(0).expect("copy log").len(), count * 60);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn host_limits_hold_across_three_workers_as_counted_at_the_proxy() {
+    use cutover_harness::proxy::{FaultConfig, FaultProxy};
+    use std::net::{Ipv4Addr, SocketAddr};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let count = 20;
+    let fleet = Fleet::start(address, count, &[], 30, 9000, (SRC_PW, ADMIN_PW));
+    let proxy = |port: u16| FaultProxy::start(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), FaultConfig::default());
+    let source = proxy(fleet.source.imap_port()).await.expect("source proxy");
+    let target = proxy(fleet.target.imap_port()).await.expect("target proxy");
+    let url = postgres::shared().create_database().expect("database");
+    let csv = write_csv(dir.path(), count);
+    let servers = server_args(source.port(), target.port());
+    submit(&csv, &url, &servers);
+    // 3 workers want 9 mailboxes at once; each host allows 5 connections
+    // and 40 messages a second in all. (The debug build copies about 90 a
+    // second here, so 40 binds; the release scenario `scale.toml` holds
+    // 200 a second the same way.)
+    let limits = [
+        "--concurrency",
+        "3",
+        "--connections-per-host",
+        "5",
+        "--messages-per-second",
+        "40",
+    ];
+    let workers: Vec<Worker> = (0..3)
+        .map(|n| spawn_worker(dir.path(), n, &url, &servers, &limits))
+        .collect();
+    let summaries = tokio::task::spawn_blocking(move || {
+        workers
+            .into_iter()
+            .map(|w| w.finish(Duration::from_secs(300)))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .expect("workers");
+    let copied: u64 = summaries.iter().map(|s| s["messages"].as_u64().unwrap_or(0)).sum();
+    assert_eq!(copied, count as u64 * 30, "{summaries:?}");
+    assert_eq!(fleet.verify_all(count), (0, 0), "missing, duplicated");
+
+    for (side, proxy) in [("source", &source), ("target", &target)] {
+        let peak = proxy.stats().peak_connections();
+        eprintln!("{side}: at most {peak} connections at once (limit 5)");
+        assert!(peak <= 5, "{side}: {peak} connections at once, over the limit of 5");
+    }
+    let per_second = target.stats().appends_per_second();
+    let busiest = per_second.values().max().copied().unwrap_or(0);
+    eprintln!("target: appends per second {per_second:?}; busiest second {busiest} (limit 40)");
+    assert!(busiest <= 40, "{busiest} messages in one second, over the limit of 40");
 }

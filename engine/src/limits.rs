@@ -69,7 +69,8 @@ impl Budget {
         Self {
             fleet: Some(FleetBudget {
                 host: host.to_string(),
-                messages: messages_per_second.map(|rate| FleetRate::new(format!("host:{host}:messages"), rate)),
+                messages: messages_per_second
+                    .map(|rate| FleetRate::new(format!("host:{host}:messages"), fleet_message_pace(rate))),
                 bytes: bytes_per_second.map(|rate| FleetRate::new(format!("host:{host}:bytes"), rate)),
                 cool_down_seen: tokio::sync::Mutex::new(None),
                 fleet,
@@ -662,6 +663,22 @@ impl FleetBudget {
         let left = u64::try_from(left).ok().filter(|left| *left > 0)?;
         Some(Instant::now() + Duration::from_millis(left))
     }
+}
+
+/// The most messages one APPEND may carry under a fleet-wide message rate:
+/// a tenth of a second's worth. A batch leaves at once, when its last
+/// message's turn comes, so with the pace of [`fleet_message_pace`] no
+/// one-second window at the server sees more than the rate.
+pub fn fleet_append_batch(rate: NonZeroU32) -> usize {
+    usize::try_from(rate.get() / 10).unwrap_or(usize::MAX).max(1)
+}
+
+/// The pace a fleet-wide message rate is reserved at: batches of `b` sent
+/// at their last message's time put at most `pace + b − 1` messages into
+/// any one-second window, so the pace is the rate less `b − 1`.
+fn fleet_message_pace(rate: NonZeroU32) -> NonZeroU32 {
+    let batch = u32::try_from(fleet_append_batch(rate)).unwrap_or(u32::MAX);
+    NonZeroU32::new(rate.get().saturating_sub(batch - 1)).unwrap_or(rate)
 }
 
 /// One of a host's rates across the fleet: a GCRA bucket in the store,

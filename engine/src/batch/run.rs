@@ -571,6 +571,9 @@ pub(crate) async fn run_row(
     options.retry_too_large = settings.retry_too_large;
     options.range = settings.range;
     options.budgets = vec![source_host.budget.clone(), target_host.budget.clone()];
+    if let Some(rate) = limits.config().host_messages_per_second.filter(|_| limits.is_shared()) {
+        options.batch_messages = options.batch_messages.min(crate::limits::fleet_append_batch(rate));
+    }
     // One recorder per row, over all its attempts: the row's report counts
     // every throttling event, and each pause cools its whole host down.
     let throttle = Arc::new(ThrottleRecorder::default());

@@ -67,6 +67,14 @@ pub struct WorkerSummary {
     pub messages: u64,
     /// Bytes copied.
     pub bytes: u64,
+    /// Seconds from the worker's start to its end.
+    pub wall_seconds: f64,
+    /// Seconds jobs ran, summed over jobs (several run at once).
+    pub job_seconds: f64,
+    /// Seconds spent waiting for the state store, summed over every
+    /// connection of the process: the database's share is this over
+    /// `job_seconds`.
+    pub store_seconds: f64,
 }
 
 /// The pause before a job whose mailbox another process holds is tried again.
@@ -76,6 +84,8 @@ const BUSY_RETRY: Duration = Duration::from_secs(5);
 pub async fn work(store: &StoreLocation, settings: WorkerSettings) -> Result<WorkerSummary> {
     let worker = LockOwner::this_process().id();
     tracing::info!(%worker, store = %store, "worker started");
+    let started = Instant::now();
+    let store_before = crate::state::time_in_store();
     let state = State::open(store)?;
     // The jobs running here: the heartbeat renews these and no others, so
     // a job whose outcome could not be recorded (the store was down) is
@@ -89,7 +99,7 @@ pub async fn work(store: &StoreLocation, settings: WorkerSettings) -> Result<Wor
     ));
     let concurrency = settings.batch.concurrency.max(1);
     let mut files = FileCache::default();
-    let mut running: JoinSet<(Job, Option<BatchRow>, Result<crate::report::SyncReport>)> = JoinSet::new();
+    let mut running: JoinSet<(Job, Option<BatchRow>, Result<crate::report::SyncReport>, Duration)> = JoinSet::new();
     let mut summary = WorkerSummary {
         worker: worker.clone(),
         ..WorkerSummary::default()
@@ -116,6 +126,7 @@ pub async fn work(store: &StoreLocation, settings: WorkerSettings) -> Result<Wor
                 .insert(job.id);
             let (settings, limits, store) = (settings.batch.clone(), limits.clone(), store.clone());
             running.spawn(async move {
+                let began = Instant::now();
                 let outcome = match (&row, job_phase(&job), job_settings(&settings, &job)) {
                     (Some(row), Ok(phase), Ok(settings)) => {
                         run::catching_panics(run::run_row(row, phase, &settings, &limits, &store)).await
@@ -126,7 +137,7 @@ pub async fn work(store: &StoreLocation, settings: WorkerSettings) -> Result<Wor
                     ))),
                     (_, Err(e), _) | (_, _, Err(e)) => Err(e),
                 };
-                (job, row, outcome)
+                (job, row, outcome, began.elapsed())
             });
         }
         if running.is_empty() {
@@ -141,13 +152,17 @@ pub async fn work(store: &StoreLocation, settings: WorkerSettings) -> Result<Wor
             continue;
         };
         let Some(joined) = joined else { continue };
-        let (job, row, outcome) = joined.map_err(|e| Error::Internal(format!("a job task ended abnormally: {e}")))?;
+        let (job, row, outcome, took) =
+            joined.map_err(|e| Error::Internal(format!("a job task ended abnormally: {e}")))?;
+        summary.job_seconds += took.as_secs_f64();
         live.lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&job.id);
         end_job(&state, &worker, &settings.batch, job, row, outcome, &mut summary);
     }
     drop(heartbeat);
+    summary.wall_seconds = started.elapsed().as_secs_f64();
+    summary.store_seconds = (crate::state::time_in_store().saturating_sub(store_before)).as_secs_f64();
     tracing::info!(%worker, ?summary.outcomes, "worker finished: the queue is empty");
     Ok(summary)
 }

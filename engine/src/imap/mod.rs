@@ -29,6 +29,7 @@ pub use session::{
     BYE_DETAIL, FINGERPRINT_FIELDS,
 };
 pub use status::{FolderListing, MailboxStatus};
+pub(crate) use transport::client_config;
 pub use transport::TlsOptions;
 pub use uids::{FlagOperation, SearchKey, UidSet};
 

@@ -127,7 +127,9 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn client_config(options: &TlsOptions) -> std::result::Result<ClientConfig, String> {
+/// The TLS client configuration of every connection cutover makes (IMAP,
+/// and the PostgreSQL state).
+pub(crate) fn client_config(options: &TlsOptions) -> std::result::Result<ClientConfig, String> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;

@@ -136,6 +136,9 @@ pub enum StoreError {
     /// From PostgreSQL or the connection to it.
     #[error(transparent)]
     Postgres(#[from] postgres::Error),
+    /// The TLS configuration for PostgreSQL could not be built.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The connection's thread is gone (it panicked or the store was closed).
     #[error("the connection to PostgreSQL is gone")]
     Gone,
@@ -344,11 +347,11 @@ pub enum Db {
 impl Db {
     /// Runs a statement; the number of rows it changed.
     pub fn execute(&self, sql: &str, params: &[&dyn Param]) -> StoreResult<u64> {
+        let _timed = Timed::start();
         match self {
             Self::Sqlite(conn) => {
                 let mut statement = conn.prepare_cached(sql)?;
-                let values: Vec<Value> = params.iter().map(|p| p.value()).collect();
-                Ok(statement.execute(rusqlite::params_from_iter(values.iter()))? as u64)
+                Ok(statement.execute(rusqlite::params_from_iter(values(params).iter()))? as u64)
             }
             Self::Postgres(pg) => pg.execute(sql, values(params)),
         }
@@ -356,23 +359,36 @@ impl Db {
 
     /// Every row of a query.
     pub fn query(&self, sql: &str, params: &[&dyn Param]) -> StoreResult<Vec<Row>> {
+        self.query_map(sql, params, |row| Ok(row.clone()))
+    }
+
+    /// Every row of a query, each turned into a `T` as it is read: a
+    /// folder of a million messages is never held twice (as rows and as
+    /// `T`s) on SQLite.
+    pub fn query_map<T>(
+        &self,
+        sql: &str,
+        params: &[&dyn Param],
+        mut f: impl FnMut(&Row) -> StoreResult<T>,
+    ) -> StoreResult<Vec<T>> {
+        let _timed = Timed::start();
         match self {
             Self::Sqlite(conn) => {
                 let mut statement = conn.prepare_cached(sql)?;
-                let values: Vec<Value> = params.iter().map(|p| p.value()).collect();
                 let columns = statement.column_count();
-                let mut rows = statement.query(rusqlite::params_from_iter(values.iter()))?;
+                let mut rows = statement.query(rusqlite::params_from_iter(values(params).iter()))?;
                 let mut out = Vec::new();
+                let mut fields = Row(Vec::with_capacity(columns));
                 while let Some(row) = rows.next()? {
-                    let mut fields = Vec::with_capacity(columns);
+                    fields.0.clear();
                     for index in 0..columns {
-                        fields.push(Value::from(row.get_ref(index)?));
+                        fields.0.push(Value::from(row.get_ref(index)?));
                     }
-                    out.push(Row(fields));
+                    out.push(f(&fields)?);
                 }
                 Ok(out)
             }
-            Self::Postgres(pg) => pg.query(sql, values(params)),
+            Self::Postgres(pg) => pg.query(sql, values(params))?.iter().map(f).collect(),
         }
     }
 
@@ -391,6 +407,7 @@ impl Db {
 
     /// Runs several `;`-separated statements without parameters.
     pub fn execute_batch(&self, sql: &str) -> StoreResult<()> {
+        let _timed = Timed::start();
         match self {
             Self::Sqlite(conn) => Ok(conn.execute_batch(sql)?),
             Self::Postgres(pg) => pg.batch(sql.to_string()),
@@ -415,6 +432,31 @@ impl Db {
             Self::Postgres(_) => self.execute_batch(&format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"))?,
         }
         Ok(Tx { db: self, open: true })
+    }
+}
+
+/// Wall time this process spent waiting for the store, over all
+/// connections and threads: a worker reports it beside the time its jobs
+/// ran, so the database's share of the work can be read off.
+pub fn time_in_store() -> Duration {
+    Duration::from_nanos(STORE_NANOS.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+static STORE_NANOS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Adds the time until it is dropped to [`time_in_store`].
+struct Timed(std::time::Instant);
+
+impl Timed {
+    fn start() -> Self {
+        Self(std::time::Instant::now())
+    }
+}
+
+impl Drop for Timed {
+    fn drop(&mut self) {
+        let nanos = u64::try_from(self.0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        STORE_NANOS.fetch_add(nanos, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -714,7 +756,26 @@ fn connect(url: &str) -> StoreResult<postgres::Client> {
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(10));
     }
-    Ok(config.connect(postgres::NoTls)?)
+    // TLS when the server offers it (libpq's `sslmode=prefer`, the
+    // default), required with `?sslmode=require`; verified against the
+    // system's roots. The password itself never crosses in cleartext with
+    // PostgreSQL's default scram-sha-256, TLS or not.
+    if config.get_ssl_mode() != postgres::config::SslMode::Require
+        && config.get_hosts().iter().any(|host| !is_loopback(host))
+    {
+        tracing::warn!("the state's PostgreSQL connection may run without TLS: add ?sslmode=require to its URL");
+    }
+    let tls = crate::imap::client_config(&crate::imap::TlsOptions::default()).map_err(StoreError::Tls)?;
+    Ok(config.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))?)
+}
+
+fn is_loopback(host: &postgres::config::Host) -> bool {
+    match host {
+        postgres::config::Host::Tcp(name) => {
+            name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        }
+        postgres::config::Host::Unix(_) => true,
+    }
 }
 
 impl PgConnection {

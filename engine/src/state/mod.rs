@@ -23,7 +23,7 @@ mod too_large;
 pub use batch::{BatchId, BatchRecord, BatchRowRecord};
 pub use budget::AccountUsage;
 pub use calendar::{HostThroughput, PlanId, PlanRecord, StepRecord, WaveId, WaveRecord};
-pub use db::{StoreError, StoreLocation};
+pub use db::{time_in_store, StoreError, StoreLocation};
 pub use lock::LockOwner;
 pub use queue::{Job, JobId, JobRecord, QueueCounts};
 pub use too_large::{TooLargeItem, TooLargeRow};
@@ -323,15 +323,14 @@ impl State {
         let err = self.err::<StoreError>();
         let folders = self
             .db
-            .query(
+            .query_map(
                 "SELECT source_name, target_name FROM folder WHERE mailbox_id = ?1",
                 params![mailbox],
+                |row| Ok((row.get(0)?, row.get(1)?)),
             )
             .map_err(&err)?
-            .iter()
-            .map(|row| Ok((row.get(0)?, row.get(1)?)))
-            .collect::<std::result::Result<_, StoreError>>()
-            .map_err(&err)?;
+            .into_iter()
+            .collect();
         let target_prefixed = self
             .db
             .query_value(
@@ -430,14 +429,11 @@ impl State {
     pub fn folders(&self, mailbox: MailboxId) -> Result<Vec<FolderState>> {
         let err = self.err::<StoreError>();
         self.db
-            .query(
+            .query_map(
                 &format!("SELECT {FOLDER_COLUMNS} FROM folder WHERE mailbox_id = ?1"),
                 params![mailbox],
+                folder_row,
             )
-            .map_err(&err)?
-            .iter()
-            .map(folder_row)
-            .collect::<std::result::Result<_, _>>()
             .map_err(&err)
     }
 
@@ -448,16 +444,14 @@ impl State {
     pub fn folders_with_work(&self, mailbox: MailboxId, deletions_pending: bool) -> Result<HashSet<i64>> {
         let err = self.err::<StoreError>();
         self.db
-            .query(
+            .query_map(
                 "SELECT f.id FROM folder f WHERE f.mailbox_id = ?1 AND (
                     EXISTS (SELECT 1 FROM message_failure x WHERE x.folder_id = f.id)
                     OR (?2 = 1 AND EXISTS (SELECT 1 FROM message m WHERE m.folder_id = f.id AND m.source_gone = 1)))",
                 params![mailbox, deletions_pending],
+                |row| row.get(0),
             )
-            .map_err(&err)?
-            .iter()
-            .map(|row| row.get(0))
-            .collect::<std::result::Result<_, _>>()
+            .map(|ids| ids.into_iter().collect())
             .map_err(&err)
     }
 
@@ -497,25 +491,22 @@ impl State {
     pub fn messages(&self, folder_id: i64) -> Result<Vec<MessageRow>> {
         let err = self.err::<StoreError>();
         self.db
-            .query(
+            .query_map(
                 "SELECT source_uid, target_ref, fingerprint, flags, size, internal_date, source_gone
                  FROM message WHERE folder_id = ?1 ORDER BY source_uid",
                 params![folder_id],
+                |row| {
+                    Ok(MessageRow {
+                        source_uid: row.get(0)?,
+                        target_ref: row.get(1)?,
+                        fingerprint: fingerprint_of(row, 2)?,
+                        flags: Flags::parse(&row.get::<String>(3)?),
+                        size: row.get::<i64>(4)? as u64,
+                        internal_date: row.get(5)?,
+                        source_gone: row.get(6)?,
+                    })
+                },
             )
-            .map_err(&err)?
-            .iter()
-            .map(|row| {
-                Ok(MessageRow {
-                    source_uid: row.get(0)?,
-                    target_ref: row.get(1)?,
-                    fingerprint: fingerprint_of(row, 2)?,
-                    flags: Flags::parse(&row.get::<String>(3)?),
-                    size: row.get::<i64>(4)? as u64,
-                    internal_date: row.get(5)?,
-                    source_gone: row.get(6)?,
-                })
-            })
-            .collect::<std::result::Result<_, StoreError>>()
             .map_err(&err)
     }
 
@@ -524,7 +515,7 @@ impl State {
     pub fn copy_times(&self, since_ms: i64) -> Result<Vec<CopyTime>> {
         let err = self.err::<StoreError>();
         self.db
-            .query(
+            .query_map(
                 "SELECT mailbox.source, folder.source_name, message.source_uid, message.size, message.copied_at
                  FROM message
                  JOIN folder ON folder.id = message.folder_id
@@ -532,19 +523,16 @@ impl State {
                  WHERE message.copied_at >= ?1
                  ORDER BY message.copied_at, mailbox.id, folder.id, message.source_uid",
                 params![since_ms],
+                |row| {
+                    Ok(CopyTime {
+                        source: row.get(0)?,
+                        folder: row.get(1)?,
+                        source_uid: row.get(2)?,
+                        size: row.get::<i64>(3)? as u64,
+                        copied_at_ms: row.get(4)?,
+                    })
+                },
             )
-            .map_err(&err)?
-            .iter()
-            .map(|row| {
-                Ok(CopyTime {
-                    source: row.get(0)?,
-                    folder: row.get(1)?,
-                    source_uid: row.get(2)?,
-                    size: row.get::<i64>(3)? as u64,
-                    copied_at_ms: row.get(4)?,
-                })
-            })
-            .collect::<std::result::Result<_, StoreError>>()
             .map_err(&err)
     }
 
@@ -553,23 +541,20 @@ impl State {
     pub fn unmatched_targets(&self, folder_id: i64) -> Result<Vec<TargetMessage>> {
         let err = self.err::<StoreError>();
         self.db
-            .query(
+            .query_map(
                 "SELECT target_ref, fingerprint, flags, size FROM target_unmatched
                  WHERE folder_id = ?1 ORDER BY target_ref",
                 params![folder_id],
+                |row| {
+                    Ok(TargetMessage {
+                        target_ref: row.get(0)?,
+                        fingerprint: fingerprint_of(row, 1)?,
+                        flags: Flags::parse(&row.get::<String>(2)?),
+                        internal_date: None,
+                        size: row.get::<i64>(3)? as u64,
+                    })
+                },
             )
-            .map_err(&err)?
-            .iter()
-            .map(|row| {
-                Ok(TargetMessage {
-                    target_ref: row.get(0)?,
-                    fingerprint: fingerprint_of(row, 1)?,
-                    flags: Flags::parse(&row.get::<String>(2)?),
-                    internal_date: None,
-                    size: row.get::<i64>(3)? as u64,
-                })
-            })
-            .collect::<std::result::Result<_, StoreError>>()
             .map_err(&err)
     }
 
@@ -602,21 +587,18 @@ impl State {
     pub fn failures(&self, folder_id: i64) -> Result<Vec<FailureRow>> {
         let err = self.err::<StoreError>();
         self.db
-            .query(
+            .query_map(
                 "SELECT source_uid, kind, detail FROM message_failure WHERE folder_id = ?1 ORDER BY source_uid",
                 params![folder_id],
+                |row| {
+                    let kind: String = row.get(1)?;
+                    Ok(FailureRow {
+                        source_uid: row.get(0)?,
+                        kind: serde_json::from_value(serde_json::Value::String(kind)).unwrap_or(ErrorKind::Protocol),
+                        detail: row.get(2)?,
+                    })
+                },
             )
-            .map_err(&err)?
-            .iter()
-            .map(|row| {
-                let kind: String = row.get(1)?;
-                Ok(FailureRow {
-                    source_uid: row.get(0)?,
-                    kind: serde_json::from_value(serde_json::Value::String(kind)).unwrap_or(ErrorKind::Protocol),
-                    detail: row.get(2)?,
-                })
-            })
-            .collect::<std::result::Result<_, StoreError>>()
             .map_err(&err)
     }
 

@@ -69,10 +69,12 @@ pub struct QueueCounts {
     pub expired: u64,
     /// Ended (their outcome is in the batch report).
     pub done: u64,
+    /// Queued in a batch held for a person: no worker claims them.
+    pub held: u64,
 }
 
 impl QueueCounts {
-    /// Jobs not ended yet.
+    /// Jobs a worker may still claim or is running (not those of held batches).
     pub fn open(&self) -> u64 {
         self.queued + self.running + self.expired
     }
@@ -232,9 +234,10 @@ impl State {
         let rows = self
             .db
             .query(
-                "SELECT CASE WHEN status = 'running' AND lease_until < ?2 THEN 'expired' ELSE status END AS state,
+                "SELECT CASE WHEN j.status = 'running' AND j.lease_until < ?2 THEN 'expired'
+                        WHEN j.status = 'queued' AND b.held = 1 THEN 'held' ELSE j.status END AS state,
                     count(*)
-                 FROM job WHERE (?1 = 0 OR batch_id = ?1) GROUP BY 1",
+                 FROM job j JOIN batch b ON b.id = j.batch_id WHERE (?1 = 0 OR j.batch_id = ?1) GROUP BY 1",
                 params![batch.unwrap_or(0), now_ms()],
             )
             .map_err(&err)?;
@@ -246,6 +249,7 @@ impl State {
                 "queued" => counts.queued += count,
                 "running" => counts.running += count,
                 "expired" => counts.expired += count,
+                "held" => counts.held += count,
                 _ => counts.done += count,
             }
         }
@@ -332,6 +336,12 @@ mod tests {
                 .set_batch_status(batch, "delta", Some("too many failures"))
                 .unwrap();
             assert!(state.claim_job("b", Duration::from_secs(60)).unwrap().is_none());
+            let counts = state.queue_counts(Some(batch)).unwrap();
+            assert_eq!(
+                (counts.held, counts.open()),
+                (1, 0),
+                "a held batch keeps no worker waiting"
+            );
             state.set_batch_status(batch, "delta", None).unwrap();
             assert_eq!(
                 state.claim_job("b", Duration::from_secs(60)).unwrap().unwrap().id,
