@@ -188,10 +188,21 @@ fn three_workers_run_every_mailbox_once_though_one_is_killed_mid_copy() {
     let mut victim = victim;
     victim.child.kill().expect("kill -9");
     victim.child.wait().expect("reap");
-    // What the victim held when it died (it can change nothing now).
+    let killed_at = chrono::Utc::now().timestamp_millis();
+    // What the victim held when it died (it can change nothing now): jobs,
+    // and connection slots whose leases it renewed until then.
     let held = running_on_victim(&state);
     assert!(!held.is_empty());
-    let killed_at = chrono::Utc::now().timestamp_millis();
+    let psql = |sql: &str| pg.psql(database(&url), sql).expect("psql").trim().to_string();
+    let victim_slots = format!("FROM host_slot WHERE holder LIKE '%{victim_tag}%' AND lease_until > {killed_at}");
+    assert_ne!(
+        psql(&format!("SELECT count(*) {victim_slots}")),
+        "0",
+        "the victim held slots"
+    );
+    let last_lease: i64 = psql(&format!("SELECT max(lease_until) {victim_slots}"))
+        .parse()
+        .expect("lease");
 
     let summaries: Vec<serde_json::Value> = workers
         .into_iter()
@@ -230,18 +241,8 @@ fn three_workers_run_every_mailbox_once_though_one_is_killed_mid_copy() {
     assert_eq!(fleet.verify_all(count), (0, 0), "missing, duplicated");
 
     // The dead worker's connection slots were never renewed after the kill
-    // and free themselves when their lease runs out: then every slot of
-    // every host can be taken again.
-    let psql = |sql: &str| pg.psql(database(&url), sql).expect("psql").trim().to_string();
-    let victim_slots = format!("FROM host_slot WHERE holder LIKE '%{victim_tag}%'");
-    assert_ne!(
-        psql(&format!("SELECT count(*) {victim_slots}")),
-        "0",
-        "the victim held slots"
-    );
-    let last_lease: i64 = psql(&format!("SELECT max(lease_until) {victim_slots}"))
-        .parse()
-        .expect("lease");
+    // (their lease is 15 s) and free themselves when it runs out: then
+    // every slot of every host can be taken again.
     assert!(
         last_lease <= killed_at + 16_000,
         "renewed after the kill: {last_lease} vs {killed_at}"

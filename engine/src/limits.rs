@@ -23,7 +23,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::state::{State, StoreLocation};
+use crate::state::{now_ms, now_us, State, StoreLocation};
 
 /// A rate budget (messages/s and bytes/s) with a shared cool-down.
 pub struct Budget {
@@ -774,16 +774,6 @@ impl Reserved {
 /// `units` intervals, in microseconds.
 fn span(units: u64, interval_us: u64) -> i64 {
     i64::try_from(units.saturating_mul(interval_us)).unwrap_or(i64::MAX)
-}
-
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-}
-
-fn now_ms() -> i64 {
-    now_us() / 1000
 }
 
 /// Up to `max` of jitter, from the clock's nanoseconds (no RNG needed for

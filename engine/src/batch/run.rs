@@ -63,6 +63,8 @@ pub struct BatchSettings {
     pub retry_too_large: bool,
     /// A resync's INTERNALDATE range: see [`SyncOptions::range`].
     pub range: crate::verify::DateRange,
+    /// The mailbox lock's lease: see [`SyncOptions::lock_lease`].
+    pub lock_lease: Duration,
 }
 
 /// What a batch reports while it runs.
@@ -114,6 +116,7 @@ impl Default for BatchSettings {
             max_message_size: None,
             retry_too_large: false,
             range: crate::verify::DateRange::default(),
+            lock_lease: crate::sync::LOCK_LEASE,
         }
     }
 }
@@ -570,6 +573,7 @@ pub(crate) async fn run_row(
     options.max_message_size = settings.max_message_size;
     options.retry_too_large = settings.retry_too_large;
     options.range = settings.range;
+    options.lock_lease = settings.lock_lease;
     options.budgets = vec![source_host.budget.clone(), target_host.budget.clone()];
     if let Some(rate) = limits.config().host_messages_per_second.filter(|_| limits.is_shared()) {
         options.batch_messages = options.batch_messages.min(crate::limits::fleet_append_batch(rate));

@@ -92,6 +92,10 @@ pub async fn work(store: &StoreLocation, settings: WorkerSettings) -> Result<Wor
     // let go and runs again once its lease runs out.
     let live: Live = Arc::default();
     let heartbeat = Heartbeat::start(store, &worker, settings.lease, live.clone());
+    // A mailbox of a dead worker is free when its job is: the lock's lease
+    // is the job's.
+    let mut settings = settings;
+    settings.batch.lock_lease = settings.lease;
     let limits = Arc::new(HostLimits::shared(
         settings.batch.limits.clone(),
         store.clone(),
@@ -212,6 +216,7 @@ fn end_job(
                 "the job's lease ran out while it ran; another worker took it over"
             );
         }
+        state.set_batch_phase(job.batch, phase.as_str())?;
         hold_if_failing(state, job.batch, phase, settings.max_failure_ratio)?;
         Ok(status)
     })();

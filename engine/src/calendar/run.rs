@@ -285,7 +285,7 @@ pub async fn run_due(
         &owner,
         LOCK_LEASE,
     )?;
-    let renewal = LeaseRenewal::start(store, runner, &owner.token);
+    let renewal = LeaseRenewal::start(store, runner, &owner.token, LOCK_LEASE);
     let result = run_locked(&mut state, &plan, file, store, settings, now).await;
     drop(renewal);
     let released = state.unlock_mailbox(runner, &owner.token);

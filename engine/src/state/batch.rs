@@ -234,6 +234,15 @@ impl State {
             .map_err(self.err())
     }
 
+    /// Sets the batch's last phase, leaving its hold as it is (a worker
+    /// ending a job must not lift a hold another one set).
+    pub fn set_batch_phase(&self, batch: BatchId, phase: &str) -> Result<()> {
+        self.db
+            .execute("UPDATE batch SET last_phase = ?2 WHERE id = ?1", params![batch, phase])
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
     /// Sets the batch's last phase and hold.
     pub fn set_batch_status(&self, batch: BatchId, phase: &str, held_reason: Option<&str>) -> Result<()> {
         self.db

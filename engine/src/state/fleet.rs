@@ -15,26 +15,11 @@
 //! cool-downs, microseconds for rates): workers are expected to run with
 //! synchronised clocks (NTP), as their leases already assume.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use super::db::{params, StoreError};
-use super::State;
+use super::{millis, now_ms, now_us, State};
 use crate::error::Result;
-
-/// Unix microseconds now.
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-}
-
-fn now_ms() -> i64 {
-    now_us() / 1000
-}
-
-fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
 
 impl State {
     /// Takes one of the host's `slots` connection slots for `holder` for

@@ -7,10 +7,10 @@
 //! itself when the lease runs out — at once when its owner was on this host
 //! and its pid is gone.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use super::db::{params, Db, StoreError};
-use super::{MailboxId, RunId, State};
+use super::{millis, now_ms, MailboxId, RunId, State};
 use crate::error::{Error, Result};
 
 /// Who holds a mailbox lock.
@@ -89,16 +89,6 @@ fn host_name() -> String {
     rustix::system::uname().nodename().to_string_lossy().into_owned()
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-fn lease_ms(lease: Duration) -> i64 {
-    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)
-}
-
 impl State {
     /// Takes the mailbox's lock for `owner`, or says who holds it. A lock
     /// whose lease ran out, or whose owner on this host is gone, is taken over.
@@ -151,7 +141,7 @@ impl State {
         self.db
             .execute(
                 "UPDATE mailbox_lock SET lease_until = ?3 WHERE mailbox_id = ?1 AND token = ?2",
-                params![mailbox, token, now_ms() + lease_ms(lease)],
+                params![mailbox, token, now_ms() + millis(lease)],
             )
             .map(|changed| changed == 1)
             .map_err(self.err())
@@ -219,7 +209,7 @@ fn take_lock(
         "INSERT INTO mailbox_lock (mailbox_id, token, pid, host, lease_until) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (mailbox_id) DO UPDATE SET token = excluded.token, pid = excluded.pid,
             host = excluded.host, lease_until = excluded.lease_until",
-        params![mailbox, owner.token, owner.pid, owner.host, now + lease_ms(lease)],
+        params![mailbox, owner.token, owner.pid, owner.host, now + millis(lease)],
     )
     .map_err(err)?;
     Ok(())

@@ -42,6 +42,24 @@ use crate::imap::MailboxStatus;
 use crate::message::Flags;
 use crate::target::TargetMessage;
 
+/// The clock of leases, rates and cool-downs: unix microseconds. Every
+/// worker uses its own machine's clock, so machines sharing a store run NTP.
+pub(crate) fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// [`now_us`] in milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    now_us() / 1000
+}
+
+/// A lease or pause in milliseconds, saturating.
+pub(crate) fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// Row id of a mailbox pair (source account → target account).
 pub type MailboxId = i64;
 /// Row id of a run.

@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use super::db::{params, Db, Row, StoreError};
-use super::{BatchId, State};
+use super::{millis, now_ms, BatchId, State};
 use crate::error::Result;
 
 /// Row id of a job.
@@ -78,14 +78,6 @@ impl QueueCounts {
     pub fn open(&self) -> u64 {
         self.queued + self.running + self.expired
     }
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
-fn lease_ms(lease: Duration) -> i64 {
-    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)
 }
 
 const JOB_COLUMNS: &str =
@@ -155,7 +147,7 @@ impl State {
                         ORDER BY j.id LIMIT 1 {skip_locked})
                      RETURNING id"
                 ),
-                params![worker, now + lease_ms(lease), now],
+                params![worker, now + millis(lease), now],
             )
             .map_err(&err)?;
         let Some(claimed) = claimed else {
@@ -176,7 +168,7 @@ impl State {
     /// Extends the lease of the jobs `worker` runs (those still its own);
     /// the number renewed.
     pub fn renew_jobs(&self, worker: &str, jobs: &[JobId], lease: Duration) -> Result<u64> {
-        let until = now_ms() + lease_ms(lease);
+        let until = now_ms() + millis(lease);
         let mut renewed = 0;
         for job in jobs {
             renewed += self
@@ -211,7 +203,7 @@ impl State {
             .execute(
                 "UPDATE job SET status = 'queued', worker = NULL, lease_until = ?3
                  WHERE id = ?1 AND worker = ?2 AND status = 'running'",
-                params![job, worker, now_ms() + lease_ms(after)],
+                params![job, worker, now_ms() + millis(after)],
             )
             .map(|_| ())
             .map_err(self.err())

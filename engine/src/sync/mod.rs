@@ -149,6 +149,10 @@ pub struct SyncOptions {
     pub retry_too_large: bool,
     /// The INTERNALDATE range of a `resync` (or `reverse`) phase.
     pub range: crate::verify::DateRange,
+    /// How long the mailbox lock holds without renewal (renewed every
+    /// third of it): how long a mailbox waits after its process died on
+    /// another machine. Workers set their job lease here.
+    pub lock_lease: Duration,
 }
 
 impl SyncOptions {
@@ -178,6 +182,7 @@ impl SyncOptions {
             max_message_size: None,
             retry_too_large: false,
             range: crate::verify::DateRange::default(),
+            lock_lease: LOCK_LEASE,
         }
     }
 }
@@ -275,8 +280,9 @@ pub async fn sync_mailbox(
     let _running = owner.running();
     let started_at = Utc::now().to_rfc3339();
     let label = format!("{source_id} → {target_id}");
-    let run = state.begin_locked_run(mailbox, &label, &owner, LOCK_LEASE, options.phase.as_str(), &started_at)?;
-    let renewal = LeaseRenewal::start(state.location(), mailbox, &owner.token);
+    let lease = options.lock_lease;
+    let run = state.begin_locked_run(mailbox, &label, &owner, lease, options.phase.as_str(), &started_at)?;
+    let renewal = LeaseRenewal::start(state.location(), mailbox, &owner.token, lease);
     let report = new_report(options, source_id, target_id, started_at);
     let result = sync_locked(job, options, state, mailbox, progress, report).await;
     drop(renewal);
@@ -313,21 +319,21 @@ pub(crate) const LOCK_LEASE: Duration = Duration::from_secs(60);
 pub(crate) struct LeaseRenewal(tokio::task::JoinHandle<()>);
 
 impl LeaseRenewal {
-    pub(crate) fn start(store: &StoreLocation, mailbox: MailboxId, token: &str) -> Self {
+    pub(crate) fn start(store: &StoreLocation, mailbox: MailboxId, token: &str, lease: Duration) -> Self {
         let (store, token) = (store.clone(), token.to_string());
         Self(tokio::spawn(async move {
             // Opened only when the first renewal is due: most syncs of an
             // unchanged mailbox are over long before.
-            tokio::time::sleep(LOCK_LEASE / 3).await;
+            tokio::time::sleep(lease / 3).await;
             let state = match State::open(&store) {
                 Ok(state) => state,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot renew the mailbox lock; it expires in {} s", LOCK_LEASE.as_secs());
+                    tracing::warn!(error = %e, "cannot renew the mailbox lock; it expires in {} s", lease.as_secs());
                     return;
                 }
             };
             loop {
-                match state.renew_mailbox_lock(mailbox, &token, LOCK_LEASE) {
+                match state.renew_mailbox_lock(mailbox, &token, lease) {
                     Ok(true) => {}
                     Ok(false) => {
                         tracing::warn!("the mailbox lock was taken over by another process");
@@ -335,7 +341,7 @@ impl LeaseRenewal {
                     }
                     Err(e) => tracing::warn!(error = %e, "renewing the mailbox lock failed"),
                 }
-                tokio::time::sleep(LOCK_LEASE / 3).await;
+                tokio::time::sleep(lease / 3).await;
             }
         }))
     }
