@@ -318,9 +318,7 @@ pub async fn worker(args: WorkerArgs) -> Result<ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
     } else {
-        let mut outcomes: Vec<_> = summary.outcomes.iter().collect();
-        outcomes.sort();
-        let outcomes: Vec<String> = outcomes.iter().map(|(k, v)| format!("{v} {k}")).collect();
+        let outcomes: Vec<String> = summary.outcomes.iter().map(|(k, v)| format!("{v} {k}")).collect();
         println!(
             "worker {}: {} job(s) ended ({}), {} resumed from a stopped worker, {} given back; {} messages, {} bytes",
             summary.worker,

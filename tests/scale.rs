@@ -189,8 +189,11 @@ fn three_workers_run_every_mailbox_once_though_one_is_killed_mid_copy() {
     victim.child.kill().expect("kill -9");
     victim.child.wait().expect("reap");
     let killed_at = chrono::Utc::now().timestamp_millis();
-    // What the victim held when it died (it can change nothing now): jobs,
-    // and connection slots whose leases it renewed until then.
+    // What the victim held when it died: jobs, and connection slots whose
+    // leases it renewed until then. A statement it sent just before the
+    // kill still runs on the server, so look a moment later (its leases,
+    // renewed every second, last at least two more).
+    std::thread::sleep(Duration::from_millis(700));
     let held = running_on_victim(&state);
     assert!(!held.is_empty());
     let psql = |sql: &str| pg.psql(database(&url), sql).expect("psql").trim().to_string();

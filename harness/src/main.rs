@@ -12,7 +12,7 @@ use cutover_harness::cutover_bin::CutoverBin;
 use cutover_harness::delta_bench::{self, BatchBenchSpec, MemorySpec, NoChangeSpec};
 use cutover_harness::demo::{self, DemoSpec};
 use cutover_harness::mbsync::MbsyncSpec;
-use cutover_harness::scenario::{self, html, report::ScenarioReport, Scenario};
+use cutover_harness::scenario::{self, html, report::ScenarioReport, FleetSpec, Scenario};
 use cutover_harness::{fill_maildir, CorpusSpec, Dovecot, DovecotConfig};
 
 #[derive(Parser)]
@@ -143,7 +143,10 @@ enum Command {
     /// Plays a cutover-window scenario against real Dovecot: floor, initial
     /// copy, a business day of arriving mail with deltas, then the MX flip
     /// with the final sync and sweeps. Writes JSON and HTML reports; exits 1
-    /// when any mail was lost or duplicated.
+    /// when any mail was lost or duplicated. In fleet mode (`[fleet]` or
+    /// --workers) the batch is copied by N worker processes on PostgreSQL
+    /// for each N instead, with a JSON report; it also exits 1 when a
+    /// proxy counted more connections than --connections-per-host.
     Run {
         /// A scenario file (TOML; examples in fixtures/scenarios/).
         #[arg(required_unless_present = "preset", conflicts_with = "preset")]
@@ -161,9 +164,13 @@ enum Command {
         /// Override the messages per mailbox.
         #[arg(long)]
         messages: Option<usize>,
-        /// Override the mailboxes synced at once.
+        /// Override the mailboxes synced at once (in fleet mode: by each worker).
         #[arg(long)]
         concurrency: Option<usize>,
+        /// Fleet mode with these numbers of workers (e.g. 1,2,4): one batch
+        /// on a shared PostgreSQL state by N `cutover worker` processes, per N.
+        #[arg(long, value_delimiter = ',')]
+        workers: Option<Vec<usize>>,
         /// Where NAME-BACKEND.json and NAME-BACKEND.html go.
         #[arg(long, default_value = "target/scenario-reports")]
         report_dir: PathBuf,
@@ -258,6 +265,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             mailboxes,
             messages,
             concurrency,
+            workers,
             report_dir,
             json,
         } => {
@@ -270,8 +278,15 @@ async fn main() -> anyhow::Result<ExitCode> {
             scenario.mailboxes = mailboxes.unwrap_or(scenario.mailboxes);
             scenario.messages = messages.unwrap_or(scenario.messages);
             scenario.concurrency = concurrency.unwrap_or(scenario.concurrency);
+            if let Some(workers) = workers {
+                scenario.fleet = Some(FleetSpec { workers });
+            }
             scenario.check(&format!("{origin} with the command line's overrides"))?;
-            run_scenario(&scenario, &report_dir, json).await
+            if scenario.fleet.is_some() {
+                run_fleet(&scenario, &report_dir, json).await
+            } else {
+                run_scenario(&scenario, &report_dir, json).await
+            }
         }
     }
 }
@@ -292,12 +307,41 @@ async fn run_scenario(scenario: &Scenario, report_dir: &Path, json: bool) -> any
     })
 }
 
+async fn run_fleet(scenario: &Scenario, report_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let cutover = CutoverBin::beside_current_exe()?;
+    let progress = |step: &str| eprintln!("scenario {}: {step}", scenario.name);
+    let report = scenario::fleet::run(scenario, &cutover, &progress)
+        .await
+        .with_context(|| format!("scenario {}", scenario.name))?;
+    // The HTML page draws a cutover window; a fleet run has none, so its
+    // figures go to the JSON report and the terminal only.
+    let json_path = report_stem(&report.name, report.backend, report_dir)?.with_extension("json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    print_report(&report, json)?;
+    eprintln!("report: {}", json_path.display());
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 /// Writes `NAME-BACKEND.json` and `.html` into `dir`; returns their paths.
 fn write_reports(report: &ScenarioReport, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let stem = report_stem(&report.name, report.backend, dir)?;
+    let (json_path, html_path) = (stem.with_extension("json"), stem.with_extension("html"));
+    std::fs::write(&json_path, serde_json::to_string_pretty(report)?)
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    std::fs::write(&html_path, html::render(report)).with_context(|| format!("writing {}", html_path.display()))?;
+    Ok((json_path, html_path))
+}
+
+/// `DIR/NAME-BACKEND` (no extension), with `dir` created.
+fn report_stem(name: &str, backend: BackendKind, dir: &Path) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     // The name is user input: keep it to characters safe in a file name.
-    let name: String = report
-        .name
+    let name: String = name
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
@@ -307,12 +351,7 @@ fn write_reports(report: &ScenarioReport, dir: &Path) -> anyhow::Result<(PathBuf
             }
         })
         .collect();
-    let stem = dir.join(format!("{name}-{}", report.backend));
-    let (json_path, html_path) = (stem.with_extension("json"), stem.with_extension("html"));
-    std::fs::write(&json_path, serde_json::to_string_pretty(report)?)
-        .with_context(|| format!("writing {}", json_path.display()))?;
-    std::fs::write(&html_path, html::render(report)).with_context(|| format!("writing {}", html_path.display()))?;
-    Ok((json_path, html_path))
+    Ok(dir.join(format!("{name}-{backend}")))
 }
 
 async fn run_demo(spec: DemoSpec) -> anyhow::Result<ExitCode> {

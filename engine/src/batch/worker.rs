@@ -52,13 +52,15 @@ impl Default for WorkerSettings {
     }
 }
 
-/// What a worker did, for its last line of output.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+/// What a worker did, for its last line of output (`--json`; the harness
+/// reads it back).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct WorkerSummary {
     /// This worker's id in the queue (`host/pid/token`).
     pub worker: String,
     /// Jobs it ended, by the row's outcome.
-    pub outcomes: HashMap<String, u64>,
+    pub outcomes: std::collections::BTreeMap<String, u64>,
     /// Jobs it took over from a worker that died.
     pub resumed: u64,
     /// Jobs it gave back (the mailbox was busy elsewhere, or the store failed under it).

@@ -3,8 +3,11 @@
 //! mail with delta syncs comes first, how much mail still lands on the old
 //! server after the MX flip, and which faults sit between engine and
 //! servers. [`run::run`] plays it against real Dovecot and measures it;
-//! [`report`] holds the figures and [`html`] draws them.
+//! [`report`] holds the figures and [`html`] draws them. A scenario with a
+//! `[fleet]` table instead runs one batch with N `cutover worker` processes
+//! on a shared PostgreSQL state for each N ([`fleet::run`]).
 
+pub mod fleet;
 pub mod html;
 pub mod measure;
 pub mod report;
@@ -56,6 +59,32 @@ pub struct Scenario {
     /// A fault proxy between the engine and a server.
     #[serde(default)]
     pub faults: Option<Faults>,
+    /// Fleet mode: the initial copy of the whole batch by N worker
+    /// processes on one PostgreSQL state, once per N (see [`fleet`]).
+    #[serde(default)]
+    pub fleet: Option<FleetSpec>,
+}
+
+/// Fleet mode: `cutover batch submit` of the whole batch, then N `cutover
+/// worker --exit-when-idle` processes at once, for every N, each into fresh
+/// target accounts and a fresh database. `concurrency` is each worker's
+/// `--concurrency`, `engine_args` go to every worker (host limits such as
+/// `--connections-per-host` and `--messages-per-second` are checked at the
+/// proxies against what they say); no floor is measured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSpec {
+    /// Worker processes of each run, in order.
+    #[serde(default = "default_workers")]
+    pub workers: Vec<usize>,
+}
+
+impl Default for FleetSpec {
+    fn default() -> Self {
+        Self {
+            workers: default_workers(),
+        }
+    }
 }
 
 /// Mail arriving at a steady rate while deltas run.
@@ -155,6 +184,9 @@ fn default_sweep_interval() -> f64 {
 fn default_max_sweeps() -> usize {
     100
 }
+fn default_workers() -> Vec<usize> {
+    vec![1, 2, 4]
+}
 
 /// The built-in presets, by name.
 pub const PRESETS: &[&str] = &[
@@ -203,6 +235,7 @@ impl Scenario {
             business_day: None,
             cutover: None,
             faults: None,
+            fleet: None,
         };
         let day = BusinessDay {
             seconds: 60.0,
@@ -345,6 +378,31 @@ impl Scenario {
                 return fail("faults.resets", "reset_after_bytes and resets go together");
             }
         }
+        if let Some(fleet) = &self.fleet {
+            if fleet.workers.is_empty() {
+                return fail("fleet.workers", "must list at least one number of workers");
+            }
+            if fleet.workers.contains(&0) {
+                return fail("fleet.workers", "every number of workers must be at least 1");
+            }
+            // Fleet mode copies the batch once per worker count and nothing
+            // else: a table it would not play must not pass silently.
+            for (present, table) in [
+                (self.business_day.is_some(), "business_day"),
+                (self.cutover.is_some(), "cutover"),
+                (self.faults.is_some(), "faults"),
+            ] {
+                if present {
+                    return fail(
+                        table,
+                        "fleet mode runs the initial copy only, through fault-free proxies: leave it out",
+                    );
+                }
+            }
+            if let Err(reason) = fleet::Limits::from_args(&self.engine_args) {
+                return fail("engine_args", &reason);
+            }
+        }
         Ok(())
     }
 }
@@ -395,6 +453,34 @@ mod tests {
             }
         }
         assert!(loaded >= 2, "examples in {}", dir.display());
+    }
+
+    #[test]
+    fn a_fleet_table_switches_to_fleet_mode() {
+        let base = "name = \"x\"\nmailboxes = 2\nmessages = 3\n";
+        let plain = Scenario::parse(base, "plain.toml").unwrap();
+        assert_eq!(plain.fleet, None);
+        let fleet = Scenario::parse(&format!("{base}[fleet]\n"), "f.toml").unwrap();
+        assert_eq!(fleet.fleet.unwrap().workers, [1, 2, 4], "the default worker counts");
+        let listed = Scenario::parse(&format!("{base}[fleet]\nworkers = [3, 1]\n"), "f.toml").unwrap();
+        assert_eq!(listed.fleet.unwrap().workers, [3, 1]);
+        let error = |text: &str| {
+            Scenario::parse(&format!("{base}{text}"), "f.toml")
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            error("[fleet]\nworkers = []\n"),
+            "f.toml: fleet.workers: must list at least one number of workers"
+        );
+        assert!(error("[fleet]\nworkers = [2, 0]\n").contains("at least 1"));
+        let day = error("[fleet]\n[business_day]\nseconds = 1\narrivals_per_second = 1\n");
+        assert!(day.starts_with("f.toml: business_day: fleet mode"), "{day}");
+        let limit = error("engine_args = [\"--connections-per-host\", \"many\"]\n[fleet]\n");
+        assert!(
+            limit.starts_with("f.toml: engine_args: --connections-per-host"),
+            "{limit}"
+        );
     }
 
     #[test]

@@ -211,7 +211,7 @@ pub async fn run(
 }
 
 /// Fills every source mailbox with its corpus, in parallel.
-async fn fill_sources(lab: &Lab, users: &[String], scenario: &Scenario) -> Result<CorpusStats> {
+pub(super) async fn fill_sources(lab: &Lab, users: &[String], scenario: &Scenario) -> Result<CorpusStats> {
     let fills = bench::mailbox_fills(lab, users, scenario.seed, scenario.messages);
     let mut total = CorpusStats::default();
     for one in bench::fill_parallel(fills).await? {
@@ -376,7 +376,7 @@ impl Proxies {
 }
 
 /// A server's socket address (the harness only ever runs them on loopback).
-fn address(server: &Backend) -> Result<SocketAddr> {
+pub(super) fn address(server: &Backend) -> Result<SocketAddr> {
     let ip: IpAddr = server.host().parse().map_err(|_| Error::Invalid {
         what: "server address",
         value: server.host().to_owned(),
