@@ -707,6 +707,12 @@ fn print_report(report: &BatchReport, json: bool) -> Result<()> {
         report.bytes as f64 / 1e6
     );
     println!("failure ratio {:.1}%", report.failure_ratio * 100.0);
+    if let Some(queue) = &report.queue {
+        println!(
+            "jobs: {} queued, {} running, {} past their lease (their worker stopped; claimed again soon), {} waiting for the hold to be lifted, {} ended",
+            queue.queued, queue.running, queue.expired, queue.held, queue.done
+        );
+    }
     for group in &report.failures {
         println!("  {} — {} mailbox(es); fix: {}", group.kind, group.mailboxes, group.fix);
         for example in &group.examples {

@@ -268,6 +268,17 @@ fn three_workers_run_every_mailbox_once_though_one_is_killed_mid_copy() {
     args.extend_from_slice(&servers);
     let report = json(&cutover(&args));
     assert_eq!(report["done"].as_u64(), Some(count as u64), "{report}");
+    assert_eq!(report["phase"], "initial", "{report}");
+    let queue = &report["queue"];
+    assert_eq!(
+        (
+            queue["done"].as_u64(),
+            queue["queued"].as_u64(),
+            queue["running"].as_u64()
+        ),
+        (Some(count as u64), Some(0), Some(0)),
+        "{report}"
+    );
 }
 
 #[test]

@@ -675,10 +675,14 @@ pub fn fleet_append_batch(rate: NonZeroU32) -> usize {
 
 /// The pace a fleet-wide message rate is reserved at: batches of `b` sent
 /// at their last message's time put at most `pace + b − 1` messages into
-/// any one-second window, so the pace is the rate less `b − 1`.
+/// any one-second window, so the pace is the rate less `b − 1`, less 5%
+/// more: a batch the network delays by a few tens of milliseconds reaches
+/// the server in the next second, and the limit must hold where the server
+/// counts.
 fn fleet_message_pace(rate: NonZeroU32) -> NonZeroU32 {
     let batch = u32::try_from(fleet_append_batch(rate)).unwrap_or(u32::MAX);
-    NonZeroU32::new(rate.get().saturating_sub(batch - 1)).unwrap_or(rate)
+    let headroom = rate.get() / 20 + batch - 1;
+    NonZeroU32::new(rate.get().saturating_sub(headroom)).unwrap_or(NonZeroU32::MIN)
 }
 
 /// One of a host's rates across the fleet: a GCRA bucket in the store,
@@ -1057,6 +1061,19 @@ mod tests {
             host.budget.cool_down(Duration::from_millis(1));
             tokio::time::timeout(quick, host.budget.admit(1, 100)).await.unwrap();
         }
+    }
+
+    #[test]
+    fn a_fleet_message_rate_leaves_room_for_one_batch_and_jitter() {
+        let pace = |rate: u32| fleet_message_pace(NonZeroU32::new(rate).unwrap()).get();
+        let batch = |rate: u32| fleet_append_batch(NonZeroU32::new(rate).unwrap()) as u32;
+        for rate in [1, 2, 9, 10, 40, 200, 5_000] {
+            // The most a one-second window can see: pace + batch − 1.
+            assert!(pace(rate) + batch(rate) - 1 <= rate, "rate {rate}");
+            assert!(pace(rate) >= 1);
+        }
+        assert_eq!((pace(200), batch(200)), (171, 20));
+        assert_eq!((pace(40), batch(40)), (35, 4));
     }
 
     #[test]

@@ -183,6 +183,10 @@ pub struct BatchReport {
     /// they are larger than the target accepts (folder, UID, size, limit),
     /// as the state recorded them over all runs.
     pub large_items: Vec<LargeItems>,
+    /// Where the batch's jobs are, when it was submitted to workers
+    /// (`batch submit`): what the fleet has left to do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<crate::state::QueueCounts>,
 }
 
 /// One mailbox's messages too large for its target.
@@ -287,6 +291,7 @@ pub fn build(name: &str, batch: &BatchRecord, rows: &[BatchRowRecord]) -> BatchR
         locked: Vec::new(),
         waiting: Vec::new(),
         large_items: Vec::new(),
+        queue: None,
         throttling: ThrottlingSummary::of(&rows.iter().map(|r| r.throttling.as_slice()).collect::<Vec<_>>()),
         rows: rows
             .iter()

@@ -454,6 +454,8 @@ pub fn load_report(file: &BatchFile, store: &StoreLocation, defaults: &RowDefaul
     let rows = state.batch_rows(batch.id)?;
     let mut report = report::build(&batch_name(&file.path), &batch, &rows);
     report.large_items = report::large_items(&state, &rows)?;
+    let queue = state.queue_counts(Some(batch.id))?;
+    report.queue = (queue.open() + queue.held + queue.done > 0).then_some(queue);
     Ok(report)
 }
 
