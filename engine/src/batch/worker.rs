@@ -283,27 +283,34 @@ fn job_settings(settings: &BatchSettings, job: &Job) -> Result<BatchSettings> {
     Ok(settings)
 }
 
-/// Batch files by name, read once per worker.
+/// Batch files by name, read once per worker and again when a job names a
+/// row the copy in hand lacks: a deployed worker outlives many
+/// submissions, and a corrected file submitted again has new rows.
 #[derive(Default)]
-struct FileCache(HashMap<String, Option<Arc<BatchFile>>>);
+struct FileCache(HashMap<String, BatchFile>);
 
 impl FileCache {
     fn row(&mut self, job: &Job) -> Option<BatchRow> {
-        let file = self
-            .0
-            .entry(job.batch_name.clone())
-            .or_insert_with(|| match input::read_batch(std::path::Path::new(&job.batch_name)) {
-                Ok(file) => Some(Arc::new(file)),
-                Err(problems) => {
-                    tracing::error!(file = %job.batch_name, problems = problems.len(), "cannot read the batch file");
-                    None
-                }
-            })
-            .clone()?;
-        file.rows
-            .iter()
-            .find(|row| row.fingerprint() == job.row_fingerprint)
-            .cloned()
+        let find = |file: &BatchFile| {
+            file.rows
+                .iter()
+                .find(|row| row.fingerprint() == job.row_fingerprint)
+                .cloned()
+        };
+        if let Some(row) = self.0.get(&job.batch_name).and_then(find) {
+            return Some(row);
+        }
+        match input::read_batch(std::path::Path::new(&job.batch_name)) {
+            Ok(file) => {
+                let row = find(&file);
+                self.0.insert(job.batch_name.clone(), file);
+                row
+            }
+            Err(problems) => {
+                tracing::error!(file = %job.batch_name, problems = problems.len(), "cannot read the batch file");
+                None
+            }
+        }
     }
 }
 
