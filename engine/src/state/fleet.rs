@@ -191,10 +191,12 @@ mod tests {
 
     fn exercise_expiry(state: &mut State) {
         let host = "expiry.example.org:143";
-        let short = Duration::from_millis(100);
+        // Leases long enough that a slow round trip on a loaded machine
+        // cannot outlast them before the next step.
+        let short = Duration::from_millis(400);
         assert_eq!(state.acquire_host_slot(host, 1, "dead", short).unwrap(), Some(0));
         assert_eq!(state.acquire_host_slot(host, 1, "alive", LEASE).unwrap(), None);
-        std::thread::sleep(Duration::from_millis(150));
+        std::thread::sleep(Duration::from_millis(500));
         assert_eq!(
             state.acquire_host_slot(host, 1, "alive", LEASE).unwrap(),
             Some(0),
@@ -207,15 +209,18 @@ mod tests {
         // A renewed lease outlives its first term.
         let renewed = "renewed.example.org:143";
         assert_eq!(state.acquire_host_slot(renewed, 1, "r", short).unwrap(), Some(0));
-        std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(state.renew_host_slots("r", Duration::from_millis(300)).unwrap(), 1);
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(state.renew_host_slots("r", Duration::from_secs(3)).unwrap(), 1);
+        std::thread::sleep(Duration::from_millis(300));
         assert_eq!(state.acquire_host_slot(renewed, 1, "x", LEASE).unwrap(), None);
     }
 
     fn exercise_rates(first: &State, second: &State) {
         let bucket = "host:rates.example.org:993:messages";
-        let interval = 1_000;
+        // A second per unit keeps the bucket far ahead of the clock even on
+        // a loaded machine (a round trip slower than the reservation would
+        // let the clock overtake it and leave a legitimate gap).
+        let interval = 1_000_000;
         let before = now_us();
         let mut reservations = Vec::new();
         for round in 0..20u64 {
@@ -225,7 +230,7 @@ mod tests {
         }
         assert!(reservations[0].0 >= before);
         for pair in reservations.windows(2) {
-            // Contiguous (the bucket runs ahead of the clock) and never overlapping.
+            // Contiguous (the bucket runs ahead of the clock), hence never overlapping.
             assert_eq!(pair[0].1, pair[1].0, "{reservations:?}");
         }
         // A bucket that fell behind the clock starts at now, not in the past.

@@ -251,10 +251,10 @@ mod tests {
             // Another host's live lock holds until its lease runs out.
             let other = state.mailbox("imap://b@src:143", "imap://b@dst:143").unwrap();
             state
-                .lock_mailbox(other, "b", &other_host(), Duration::from_millis(300))
+                .lock_mailbox(other, "b", &other_host(), Duration::from_millis(800))
                 .unwrap();
             assert!(state.lock_mailbox(other, "b", &first, lease).is_err());
-            std::thread::sleep(Duration::from_millis(350));
+            std::thread::sleep(Duration::from_millis(900));
             state.lock_mailbox(other, "b", &first, lease).unwrap();
         });
     }

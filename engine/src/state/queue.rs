@@ -291,7 +291,7 @@ mod tests {
                 0,
                 "submitting again adds nothing"
             );
-            let lease = Duration::from_millis(200);
+            let lease = Duration::from_millis(800);
             let a = state.claim_job("a", lease).unwrap().unwrap();
             let b = state.claim_job("b", lease).unwrap().unwrap();
             assert_ne!(a.row_fingerprint, b.row_fingerprint);
@@ -300,7 +300,7 @@ mod tests {
             assert!(state.finish_job(b.id, "b", "done").unwrap());
 
             // Worker a dies: its job comes back once the lease ran out.
-            std::thread::sleep(Duration::from_millis(250));
+            std::thread::sleep(Duration::from_millis(900));
             assert_eq!(state.queue_counts(Some(batch)).unwrap().expired, 1);
             let again = state.claim_job("c", lease).unwrap().unwrap();
             assert_eq!((again.id, again.claims), (a.id, 2));
@@ -321,9 +321,9 @@ mod tests {
                 .unwrap();
             let job = state.claim_job("a", Duration::from_secs(60)).unwrap().unwrap();
             assert_eq!(state.renew_jobs("a", &[job.id], Duration::from_secs(60)).unwrap(), 1);
-            state.release_job(job.id, "a", Duration::from_millis(150)).unwrap();
+            state.release_job(job.id, "a", Duration::from_millis(600)).unwrap();
             assert!(state.claim_job("b", Duration::from_secs(60)).unwrap().is_none());
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(Duration::from_millis(700));
             state
                 .set_batch_status(batch, "delta", Some("too many failures"))
                 .unwrap();
