@@ -292,6 +292,10 @@ pub struct WorkerArgs {
     /// Stop when no job is queued or running anywhere (default: wait for the next submission).
     #[arg(long)]
     exit_when_idle: bool,
+    /// Seconds running jobs may go on after SIGTERM or Ctrl-C; then they are
+    /// cut short and handed back to the queue at once (a second signal cuts at once).
+    #[arg(long, default_value_t = 20)]
+    drain_secs: u64,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -312,7 +316,9 @@ pub async fn worker(args: WorkerArgs) -> Result<ExitCode> {
             lease: std::time::Duration::from_secs(args.lease_secs),
             poll: std::time::Duration::from_millis(args.poll_ms.max(10)),
             exit_when_idle: args.exit_when_idle,
+            drain: std::time::Duration::from_secs(args.drain_secs),
         },
+        stop_signals()?,
     )
     .await?;
     if args.json {
@@ -320,12 +326,14 @@ pub async fn worker(args: WorkerArgs) -> Result<ExitCode> {
     } else {
         let outcomes: Vec<String> = summary.outcomes.iter().map(|(k, v)| format!("{v} {k}")).collect();
         println!(
-            "worker {}: {} job(s) ended ({}), {} resumed from a stopped worker, {} given back; {} messages, {} bytes",
+            "worker {}: {} job(s) ended ({}), {} resumed from a stopped worker, {} given back, {} cut short by a stop; \
+             {} messages, {} bytes",
             summary.worker,
             summary.outcomes.values().sum::<u64>(),
             outcomes.join(", "),
             summary.resumed,
             summary.released,
+            summary.interrupted,
             summary.messages,
             summary.bytes
         );
@@ -336,6 +344,28 @@ pub async fn worker(args: WorkerArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// SIGTERM (Kubernetes, compose) or Ctrl-C: the first drains the worker,
+/// the second cuts its running jobs short.
+fn stop_signals() -> Result<tokio::sync::watch::Receiver<cutover_engine::batch::worker::Shutdown>> {
+    use cutover_engine::batch::worker::Shutdown;
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let (ask, asked) = tokio::sync::watch::channel(Shutdown::Run);
+    tokio::spawn(async move {
+        for next in [Shutdown::Drain, Shutdown::Now] {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            tracing::warn!(?next, "stop requested");
+            if ask.send(next).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(asked)
 }
 
 #[derive(Args)]

@@ -1,7 +1,8 @@
 //! Many workers on one PostgreSQL state (`batch submit` + `cutover worker`):
 //! every mailbox runs exactly once though a worker is killed mid-copy, the
 //! limits hold for the whole fleet as counted at a proxy, and a PostgreSQL
-//! restart in the middle of a run loses no record.
+//! restart in the middle of a run loses no record; a worker asked to stop
+//! lets its jobs end, or hands them back at once.
 
 mod common;
 
@@ -91,7 +92,12 @@ fn spawn_worker(dir: &Path, n: usize, url: &str, servers: &[String], extra: &[&s
     let child = Command::new(env!("CARGO_BIN_EXE_cutover"))
         .arg("worker")
         .args(servers)
-        .args(["--lease-secs", "3", "--poll-ms", "200", "--exit-when-idle", "--json"])
+        .args(["--poll-ms", "200", "--exit-when-idle", "--json"])
+        .args(if extra.contains(&"--lease-secs") {
+            &[][..]
+        } else {
+            &["--lease-secs", "3"][..]
+        })
         .args(extra)
         .env("CUTOVER_STATE", url)
         .env("SRC_PW", SRC_PW)
@@ -390,4 +396,134 @@ async fn host_limits_hold_across_three_workers_as_counted_at_the_proxy() {
         busiest_two <= 80,
         "{busiest_two} messages in two seconds, over the limit of 40 a second"
     );
+}
+
+/// The jobs a worker (by its pid) holds now.
+fn running_on(state: &State, batch: BatchId, pid: u32) -> Vec<String> {
+    let tag = format!("/{pid}/");
+    state
+        .jobs(batch)
+        .expect("jobs")
+        .into_iter()
+        .filter(|j| j.status == "running" && j.worker.as_deref().is_some_and(|w| w.contains(&tag)))
+        .map(|j| j.row_fingerprint)
+        .collect()
+}
+
+fn sigterm(worker: &Worker) {
+    let status = Command::new("kill")
+        .args(["-TERM", &worker.child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+}
+
+#[test]
+fn a_stopped_worker_lets_its_jobs_end_or_hands_them_back_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let count = 24;
+    let fleet = Fleet::start(address, count, &[], 40, 11_000, (SRC_PW, ADMIN_PW));
+    let pg = postgres::shared();
+    let url = pg.create_database().expect("database");
+    let csv = write_csv(dir.path(), count);
+    let servers = server_args(fleet.source.imap_port(), fleet.target.imap_port());
+    submit(&csv, &url, &servers);
+    let state = State::open(StoreLocation::parse(&url)).expect("state");
+    let batch = batch_id(&state, &csv);
+    let psql = |sql: &str| pg.psql(database(&url), sql).expect("psql").trim().to_string();
+    // Leases of a minute: anything taken over in this test was handed
+    // back, not waited out.
+    let wait_until_busy = |worker: &Worker, copied_before: usize| {
+        let started = Instant::now();
+        while running_on(&state, batch, worker.child.id()).is_empty()
+            || state.copy_times(0).expect("copy log").len() < copied_before + 20
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "the worker never got going"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    // SIGTERM with time to drain: the running jobs end, nothing new starts.
+    let first = spawn_worker(
+        dir.path(),
+        0,
+        &url,
+        &servers,
+        &["--concurrency", "2", "--lease-secs", "60", "--drain-secs", "120"],
+    );
+    wait_until_busy(&first, 0);
+    let draining = running_on(&state, batch, first.child.id());
+    sigterm(&first);
+    let drained = first.finish(Duration::from_secs(150));
+    assert_eq!(drained["interrupted"].as_u64(), Some(0), "{drained}");
+    let jobs = state.jobs(batch).expect("jobs");
+    for fingerprint in &draining {
+        let job = jobs.iter().find(|j| &j.row_fingerprint == fingerprint).expect("job");
+        assert_eq!(
+            (job.status.as_str(), job.claims),
+            ("done", 1),
+            "ended by the draining worker: {job:?}"
+        );
+    }
+    let queued = jobs.iter().filter(|j| j.status == "queued").count();
+    assert!(queued > 0, "a draining worker claims nothing new: {jobs:?}");
+    assert_eq!(jobs.iter().filter(|j| j.status == "running").count(), 0, "{jobs:?}");
+
+    // SIGTERM with no time to drain: the jobs are cut short and handed
+    // back with their mailbox locks and connection slots, at once.
+    let copied = state.copy_times(0).expect("copy log").len();
+    let second = spawn_worker(
+        dir.path(),
+        1,
+        &url,
+        &servers,
+        &["--concurrency", "3", "--lease-secs", "60", "--drain-secs", "0"],
+    );
+    let second_tag = format!("/{}/", second.child.id());
+    wait_until_busy(&second, copied);
+    sigterm(&second);
+    let cut = second.finish(Duration::from_secs(60));
+    let interrupted = cut["interrupted"].as_u64().unwrap_or(0);
+    assert!(interrupted >= 1, "{cut}");
+    let counts = state.queue_counts(Some(batch)).expect("counts");
+    assert_eq!(
+        (counts.running, counts.expired),
+        (0, 0),
+        "no job waits out a lease: {counts:?}"
+    );
+    assert_eq!(
+        psql("SELECT count(*) FROM mailbox_lock"),
+        "0",
+        "no mailbox stays locked"
+    );
+    assert_eq!(
+        psql(&format!(
+            "SELECT count(*) FROM host_slot WHERE holder LIKE '%{second_tag}%'"
+        )),
+        "0",
+        "no connection slot stays held"
+    );
+
+    // Another worker takes everything left over at once and finishes it.
+    let last = spawn_worker(
+        dir.path(),
+        2,
+        &url,
+        &servers,
+        &["--concurrency", "3", "--lease-secs", "60"],
+    );
+    let finished = last.finish(Duration::from_secs(300));
+    assert!(
+        finished["resumed"].as_u64().unwrap_or(0) >= interrupted,
+        "{finished} after {cut}"
+    );
+    let jobs = state.jobs(batch).expect("jobs");
+    assert!(jobs.iter().all(|j| j.status == "done"), "{jobs:?}");
+    let rows = state.batch_rows(batch).expect("rows");
+    assert!(rows.iter().all(|r| r.status == "done"), "{rows:?}");
+    assert_eq!(fleet.verify_all(count), (0, 0), "missing, duplicated");
+    assert_eq!(state.copy_times(0).expect("copy log").len(), count * 40);
 }

@@ -12,6 +12,12 @@
 //! their leases run out. The mailbox lock (`state/lock.rs`) keeps a
 //! reclaimed job from running beside a worker that is only slow, and the
 //! state makes the resumed run copy nothing twice.
+//!
+//! A worker asked to stop (SIGTERM from Kubernetes or compose) claims
+//! nothing more and gives its running jobs until the drain deadline to
+//! end; what is still running then is cut short and handed back at once —
+//! job, mailbox lock and connection slots — so the rest of the fleet goes
+//! on without waiting out a lease.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,6 +45,20 @@ pub struct WorkerSettings {
     /// Stop once no job is queued or running anywhere (for scripts and
     /// tests; a deployed worker waits for the next submission).
     pub exit_when_idle: bool,
+    /// How long running jobs may go on once the worker is asked to stop.
+    pub drain: Duration,
+}
+
+/// What the worker's operator asks of it (the CLI maps signals to these).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Shutdown {
+    /// Claim and run jobs.
+    #[default]
+    Run,
+    /// Claim nothing more; let running jobs end until the drain deadline.
+    Drain,
+    /// Cut running jobs short and hand them back now.
+    Now,
 }
 
 impl Default for WorkerSettings {
@@ -48,6 +68,9 @@ impl Default for WorkerSettings {
             lease: Duration::from_secs(30),
             poll: Duration::from_secs(1),
             exit_when_idle: false,
+            // Within Kubernetes' default grace period of 30 s, with time
+            // left to hand back what is still running.
+            drain: Duration::from_secs(20),
         }
     }
 }
@@ -65,6 +88,8 @@ pub struct WorkerSummary {
     pub resumed: u64,
     /// Jobs it gave back (the mailbox was busy elsewhere, or the store failed under it).
     pub released: u64,
+    /// Jobs cut short and handed back because the worker was asked to stop.
+    pub interrupted: u64,
     /// Messages copied.
     pub messages: u64,
     /// Bytes copied.
@@ -79,11 +104,19 @@ pub struct WorkerSummary {
     pub store_seconds: f64,
 }
 
+/// A job as its task ends: the job, its row, how the run went, how long it took.
+type JobResult = (Job, Option<BatchRow>, Result<crate::report::SyncReport>, Duration);
+
 /// The pause before a job whose mailbox another process holds is tried again.
 const BUSY_RETRY: Duration = Duration::from_secs(5);
 
-/// Runs jobs until the queue is empty (`exit_when_idle`) or forever.
-pub async fn work(store: &StoreLocation, settings: WorkerSettings) -> Result<WorkerSummary> {
+/// Runs jobs until the queue is empty (`exit_when_idle`), or until
+/// `shutdown` asks it to stop.
+pub async fn work(
+    store: &StoreLocation,
+    settings: WorkerSettings,
+    mut shutdown: tokio::sync::watch::Receiver<Shutdown>,
+) -> Result<WorkerSummary> {
     let worker = LockOwner::this_process().id();
     tracing::info!(%worker, store = %store, "worker started");
     let started = Instant::now();
@@ -105,15 +138,35 @@ pub async fn work(store: &StoreLocation, settings: WorkerSettings) -> Result<Wor
     ));
     let concurrency = settings.batch.concurrency.max(1);
     let mut files = FileCache::default();
-    let mut running: JoinSet<(Job, Option<BatchRow>, Result<crate::report::SyncReport>, Duration)> = JoinSet::new();
+    let mut running: JoinSet<JobResult> = JoinSet::new();
     let mut summary = WorkerSummary {
         worker: worker.clone(),
         ..WorkerSummary::default()
     };
+    // When running jobs are cut short, once the worker was asked to stop.
+    let mut deadline: Option<Instant> = None;
     loop {
+        let asked = *shutdown.borrow_and_update();
+        if asked > Shutdown::Run && deadline.is_none() {
+            tracing::info!(
+                running = running.len(),
+                drain_s = settings.drain.as_secs(),
+                "asked to stop: no new jobs; running jobs may end until the drain deadline"
+            );
+            deadline = Some(Instant::now() + settings.drain);
+        }
+        if let Some(at) = deadline {
+            if asked == Shutdown::Now || Instant::now() >= at {
+                hand_back(&state, &worker, &mut running, &live, &settings.batch, &mut summary).await;
+                break;
+            }
+            if running.is_empty() {
+                break;
+            }
+        }
         // Claim while there is room; a store error is retried, never fatal:
         // a PostgreSQL restart must not stop the fleet.
-        while running.len() < concurrency {
+        while deadline.is_none() && running.len() < concurrency {
             let job = match state.claim_job(&worker, settings.lease) {
                 Ok(Some(job)) => job,
                 Ok(None) => break,
@@ -146,18 +199,26 @@ pub async fn work(store: &StoreLocation, settings: WorkerSettings) -> Result<Wor
                 (job, row, outcome, began.elapsed())
             });
         }
+        // Wake for a job's end, a stop request, the drain deadline, or
+        // at least every poll to look for new jobs.
+        let wake = deadline.map_or(settings.poll, |at| {
+            at.saturating_duration_since(Instant::now()).min(settings.poll)
+        });
         if running.is_empty() {
             if settings.exit_when_idle && state.queue_counts(None).map(|c| c.open() == 0).unwrap_or(false) {
                 break;
             }
-            tokio::time::sleep(settings.poll).await;
+            tokio::select! {
+                () = tokio::time::sleep(wake) => {}
+                () = asked_again(&mut shutdown) => {}
+            }
             continue;
         }
-        // Wait for a job to end, but look for new ones at least every poll.
-        let Ok(joined) = tokio::time::timeout(settings.poll, running.join_next()).await else {
-            continue;
+        let joined = tokio::select! {
+            joined = tokio::time::timeout(wake, running.join_next()) => joined,
+            () = asked_again(&mut shutdown) => continue,
         };
-        let Some(joined) = joined else { continue };
+        let Ok(Some(joined)) = joined else { continue };
         let (job, row, outcome, took) =
             joined.map_err(|e| Error::Internal(format!("a job task ended abnormally: {e}")))?;
         summary.job_seconds += took.as_secs_f64();
@@ -169,8 +230,63 @@ pub async fn work(store: &StoreLocation, settings: WorkerSettings) -> Result<Wor
     drop(heartbeat);
     summary.wall_seconds = started.elapsed().as_secs_f64();
     summary.store_seconds = (crate::state::time_in_store().saturating_sub(store_before)).as_secs_f64();
-    tracing::info!(%worker, ?summary.outcomes, "worker finished: the queue is empty");
+    if deadline.is_some() {
+        tracing::info!(%worker, ?summary.outcomes, interrupted = summary.interrupted, "worker stopped as asked");
+    } else {
+        tracing::info!(%worker, ?summary.outcomes, "worker finished: the queue is empty");
+    }
     Ok(summary)
+}
+
+/// Resolves when the operator's request changes; never when nobody can
+/// ask any more (the sender is gone).
+async fn asked_again(shutdown: &mut tokio::sync::watch::Receiver<Shutdown>) {
+    if shutdown.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Cuts the running jobs short and hands them back at once: the job, its
+/// mailbox lock and this worker's connection slots, so no other worker
+/// waits out a lease. Jobs that ended before the cut are recorded as
+/// usual. Cutting a sync short is no worse than a kill -9, which the state
+/// makes safe to resume; this only makes the resumption immediate.
+async fn hand_back(
+    state: &State,
+    worker: &str,
+    running: &mut JoinSet<JobResult>,
+    live: &Live,
+    settings: &BatchSettings,
+    summary: &mut WorkerSummary,
+) {
+    running.abort_all();
+    while let Some(joined) = running.join_next().await {
+        if let Ok((job, row, outcome, took)) = joined {
+            summary.job_seconds += took.as_secs_f64();
+            live.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&job.id);
+            end_job(state, worker, settings, job, row, outcome, summary);
+        }
+    }
+    let cut: Vec<_> = live
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .drain()
+        .collect();
+    for &job in &cut {
+        if let Err(e) = state.release_job(job, worker, Duration::ZERO) {
+            tracing::warn!(job, error = %e, "cannot hand the job back; it runs again once its lease runs out");
+        }
+    }
+    if let Err(e) = state.release_stale_locks_of_this_process() {
+        tracing::warn!(error = %e, "cannot release the mailbox locks; they free themselves when their leases run out");
+    }
+    if let Err(e) = state.release_host_slots(worker) {
+        tracing::warn!(error = %e, "cannot release the connection slots; they free themselves when their leases run out");
+    }
+    tracing::info!(jobs = cut.len(), "running jobs cut short and handed back");
+    summary.interrupted += u64::try_from(cut.len()).unwrap_or(u64::MAX);
 }
 
 /// Records a job's outcome in its batch and ends it, or gives it back.

@@ -77,6 +77,17 @@ impl State {
             .map_err(self.err())
     }
 
+    /// Frees every slot `holder` holds (a worker stopping); how many.
+    pub fn release_host_slots(&self, holder: &str) -> Result<usize> {
+        self.db
+            .execute(
+                "UPDATE host_slot SET holder = NULL, lease_until = 0 WHERE holder = ?1",
+                params![holder],
+            )
+            .map(|changed| usize::try_from(changed).unwrap_or(usize::MAX))
+            .map_err(self.err())
+    }
+
     /// Extends the lease of every slot `holder` holds; how many it holds.
     pub fn renew_host_slots(&self, holder: &str, lease: Duration) -> Result<usize> {
         self.db
