@@ -51,6 +51,8 @@ const EXIT_POLL: Duration = Duration::from_millis(10);
 const WORKER_POLL_MS: &str = "200";
 const STDERR_TAIL_LINES: usize = 20;
 const MB: f64 = 1e6;
+/// How often the database's connections are counted during a run.
+const STORE_SAMPLE: Duration = Duration::from_millis(250);
 
 /// The per-host limits the workers get in `engine_args`; the proxies'
 /// counts are held against them.
@@ -144,6 +146,9 @@ pub struct FleetRun {
     pub source_peak_connections: u32,
     /// The most connections open at once at the target's proxy.
     pub target_peak_connections: u32,
+    /// The most connections the workers had open to the run's database at
+    /// once (sampled every [`STORE_SAMPLE`]): what `max_connections` must allow.
+    pub peak_store_connections: u32,
     /// Messages APPENDed through the target's proxy.
     pub target_appends: u64,
     /// The most of them in one whole second.
@@ -167,6 +172,7 @@ struct Measured {
     summaries: Vec<WorkerSummary>,
     source_peak_connections: u32,
     target_peak_connections: u32,
+    peak_store_connections: u32,
     appends: BTreeMap<u64, u64>,
     verify: VerifyTotals,
 }
@@ -203,6 +209,7 @@ impl FleetRun {
             cpu_seconds: measured.cpu_seconds,
             source_peak_connections: measured.source_peak_connections,
             target_peak_connections: measured.target_peak_connections,
+            peak_store_connections: measured.peak_store_connections,
             target_appends,
             peak_appends_per_second: appends_per_second.iter().copied().max().unwrap_or(0),
             mean_appends_per_second: if appends_per_second.is_empty() {
@@ -322,13 +329,14 @@ impl fmt::Display for FleetReport {
         )?;
         writeln!(
             f,
-            "  {:>7}  {:>7}  {:>7}  {:>6}  {:>7}  {:>8}  {:>9}  {:>18}  {:>7}  {:>8}  {:>5}  verify",
+            "  {:>7}  {:>7}  {:>7}  {:>6}  {:>7}  {:>8}  {:>8}  {:>9}  {:>18}  {:>7}  {:>8}  {:>5}  verify",
             "workers",
             "wall s",
             "msgs/s",
             "MB/s",
             "speedup",
             "db share",
+            "db conns",
             "conns s/t",
             "appends/s max/mean",
             "resumed",
@@ -350,7 +358,7 @@ impl fmt::Display for FleetReport {
             };
             writeln!(
                 f,
-                "  {:>7}  {:>7.2}  {:>7.1}  {:>6.2}  {:>7}  {:>8}  {:>9}  {:>18}  {:>7}  {:>8}  {:>5.1}  {verify}",
+                "  {:>7}  {:>7.2}  {:>7.1}  {:>6.2}  {:>7}  {:>8}  {:>8}  {:>9}  {:>18}  {:>7}  {:>8}  {:>5.1}  {verify}",
                 run.workers,
                 run.wall_seconds,
                 run.messages_per_second,
@@ -358,6 +366,7 @@ impl fmt::Display for FleetReport {
                 run.speedup.map_or_else(|| "-".to_owned(), |s| format!("{s:.2}")),
                 run.store_share
                     .map_or_else(|| "-".to_owned(), |s| format!("{:.1} %", s * 100.0)),
+                run.peak_store_connections,
                 format!(
                     "{}/{}",
                     peak(run.source_peak_connections),
@@ -381,6 +390,11 @@ impl fmt::Display for FleetReport {
         writeln!(
             f,
             "  db share: the workers' seconds waiting for PostgreSQL over their jobs' seconds; CPU s: all workers' user + system CPU"
+        )?;
+        writeln!(
+            f,
+            "  db conns: the most connections the workers held to PostgreSQL at once (counted every {} ms)",
+            STORE_SAMPLE.as_millis()
         )?;
         writeln!(
             f,
@@ -575,7 +589,10 @@ impl Setup<'_> {
         let cpu_before = children_cpu_seconds();
         let start = Instant::now();
         let mut fleet = Fleet::spawn(self.cutover, &commands, &url, self.work, &format!("run{index}-worker"))?;
-        let ended = fleet.wait().await?;
+        let sampler = StoreConnections::count(Arc::clone(self.postgres), &url);
+        let ended = fleet.wait().await;
+        let peak_store_connections = sampler.peak()?;
+        let ended = ended?;
         let wall = ended
             .iter()
             .map(|(_, at)| at.duration_since(start))
@@ -609,6 +626,7 @@ impl Setup<'_> {
             summaries,
             source_peak_connections,
             target_peak_connections,
+            peak_store_connections,
             appends,
             verify,
         }))
@@ -637,6 +655,47 @@ impl Setup<'_> {
                 passwords: passwords(),
             })
             .collect()
+    }
+}
+
+/// Counts the connections to a run's database while its workers run, on a
+/// thread of its own (each count is one `psql`).
+struct StoreConnections {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Result<u32>>,
+}
+
+impl StoreConnections {
+    fn count(postgres: Arc<Postgres>, url: &str) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let database = url.rsplit('/').next().unwrap_or_default().to_owned();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !stopped.load(Ordering::Acquire) {
+                let count = postgres.psql(
+                    &database,
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                )?;
+                let count: u32 = count
+                    .trim()
+                    .parse()
+                    .map_err(|_| Error::Measure(format!("pg_stat_activity count: {count:?}")))?;
+                peak = peak.max(count);
+                std::thread::sleep(STORE_SAMPLE);
+            }
+            Ok(peak)
+        });
+        Self { stop, thread }
+    }
+
+    /// Stops counting; the most connections seen.
+    fn peak(self) -> Result<u32> {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        self.thread
+            .join()
+            .map_err(|_| Error::Measure("the connection counter panicked".into()))?
     }
 }
 
