@@ -21,6 +21,7 @@ use tempfile::TempDir;
 
 use crate::dovecot::set_mode;
 use crate::error::{io_err, Error, Result};
+use crate::tls::TestPki;
 
 const HOST: &str = "127.0.0.1";
 /// The role and database tests connect as / to.
@@ -48,6 +49,8 @@ pub struct Postgres {
     /// and postgres refuse to run as root.
     owner: Option<(u32, u32)>,
     databases: AtomicU32,
+    /// The PKI of the server's certificate, when TLS is on.
+    tls: Option<TestPki>,
     /// Stops the cluster and removes its directory once the test process
     /// is gone without dropping this (a static, a panic that aborts, a kill).
     watchdog: Option<Watchdog>,
@@ -69,6 +72,17 @@ impl Postgres {
     /// the role `cutover` (random password, LOGIN, CREATEDB) and the
     /// database `cutover` owned by it.
     pub fn start() -> Result<Self> {
+        Self::launch(false)
+    }
+
+    /// Like [`Self::start`], with TLS on (`ssl = on`): the server presents
+    /// a certificate for `127.0.0.1` and `localhost` signed by a private CA
+    /// ([`Self::tls`]), and clients may still connect without TLS.
+    pub fn start_tls() -> Result<Self> {
+        Self::launch(true)
+    }
+
+    fn launch(tls: bool) -> Result<Self> {
         let bin = bin_dir()?;
         let owner = if is_root() {
             Some(lookup_user(SYSTEM_USER)?)
@@ -103,6 +117,7 @@ impl Postgres {
                 .collect(),
             owner,
             databases: AtomicU32::new(0),
+            tls: None,
             watchdog: None,
             dir,
         };
@@ -110,6 +125,9 @@ impl Postgres {
         // during it must not leave a data directory behind.
         pg.watchdog = Some(pg.spawn_watchdog()?);
         pg.initdb()?;
+        if tls {
+            pg.tls = Some(pg.write_tls_files()?);
+        }
 
         let mut attempt = 1;
         loop {
@@ -149,6 +167,12 @@ impl Postgres {
         let name = format!("{APP_USER}_{}", self.databases.fetch_add(1, Ordering::Relaxed) + 1);
         self.admin_sql(ADMIN_USER, &format!("CREATE DATABASE {name} OWNER {APP_USER};"))?;
         Ok(self.database_url(&name))
+    }
+
+    /// The PKI of the server's certificate: its `ca_pem` is what clients
+    /// trust. `None` unless started by [`Self::start_tls`].
+    pub fn tls(&self) -> Option<&TestPki> {
+        self.tls.as_ref()
     }
 
     /// The loopback port the server listens on.
@@ -309,12 +333,25 @@ impl Postgres {
             .map_err(io_err("appending to", &conf))
     }
 
+    /// A new PKI in the data directory, owned by the server user, which
+    /// refuses a key others may read.
+    fn write_tls_files(&self) -> Result<TestPki> {
+        let pki = TestPki::generate(&self.data_dir())?;
+        for path in [pki.ca_pem(), pki.wrong_ca_pem(), pki.server_cert(), pki.server_key()] {
+            self.chown(path)?;
+        }
+        set_mode(pki.server_key(), 0o600)?;
+        Ok(pki)
+    }
+
     /// The settings pg_ctl's restarts must keep, so they live in the data
     /// directory rather than on pg_ctl's command line.
     fn write_settings(&self) -> Result<()> {
         let path = self.data_dir().join("cutover.conf");
-        let socket_dir = self.dir.path().display().to_string().replace('\'', "''");
-        let settings = format!(
+        // A quoted string in postgresql.conf doubles its quotes.
+        let quoted = |path: &Path| path.display().to_string().replace('\'', "''");
+        let socket_dir = quoted(self.dir.path());
+        let mut settings = format!(
             "# Written by cutover-harness.\n\
              port = {port}\n\
              listen_addresses = '{HOST}'\n\
@@ -329,6 +366,13 @@ impl Postgres {
              max_connections = 200\n",
             port = self.port
         );
+        if let Some(pki) = &self.tls {
+            settings.push_str(&format!(
+                "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+                quoted(pki.server_cert()),
+                quoted(pki.server_key())
+            ));
+        }
         fs::write(&path, settings).map_err(io_err("writing", &path))?;
         self.chown(&path)
     }

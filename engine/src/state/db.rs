@@ -16,7 +16,9 @@
 //! disk.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::fmt;
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -38,7 +40,11 @@ impl StoreLocation {
     pub fn parse(text: &str) -> Self {
         let lower = text.get(..13).unwrap_or(text).to_ascii_lowercase();
         if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
-            Self::Postgres(text.to_string())
+            // The scheme in lower case: tokio-postgres reads only that
+            // spelling as a URL (`PostgreSQL://` would be taken for a
+            // key-value string and fail obscurely).
+            let (scheme, rest) = text.split_once("://").unwrap_or((text, ""));
+            Self::Postgres(format!("{}://{rest}", scheme.to_ascii_lowercase()))
         } else {
             Self::Sqlite(PathBuf::from(text))
         }
@@ -745,6 +751,7 @@ impl PgSession {
 }
 
 fn connect(url: &str) -> StoreResult<postgres::Client> {
+    let (url, ca_file) = take_libpq_tls(url);
     let mut config: postgres::Config = url.parse()?;
     if config.get_application_name().is_none() {
         config.application_name("cutover");
@@ -757,16 +764,65 @@ fn connect(url: &str) -> StoreResult<postgres::Client> {
         config.connect_timeout(Duration::from_secs(10));
     }
     // TLS when the server offers it (libpq's `sslmode=prefer`, the
-    // default), required with `?sslmode=require`; verified against the
-    // system's roots. The password itself never crosses in cleartext with
-    // PostgreSQL's default scram-sha-256, TLS or not.
+    // default), required with `?sslmode=require` (or verify-ca/verify-full);
+    // the certificate is verified against the system's roots and the
+    // `?sslrootcert=` file. The password itself never crosses in cleartext
+    // with PostgreSQL's default scram-sha-256, TLS or not.
     if config.get_ssl_mode() != postgres::config::SslMode::Require
         && config.get_hosts().iter().any(|host| !is_loopback(host))
     {
         tracing::warn!("the state's PostgreSQL connection may run without TLS: add ?sslmode=require to its URL");
     }
-    let tls = crate::imap::client_config(&crate::imap::TlsOptions::default()).map_err(StoreError::Tls)?;
+    let options = crate::imap::TlsOptions {
+        ca_file,
+        ..Default::default()
+    };
+    let tls = crate::imap::client_config(&options).map_err(StoreError::Tls)?;
     Ok(config.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))?)
+}
+
+/// Takes libpq's TLS parameters that tokio-postgres rejects out of a
+/// `postgres://` URL: the URL for [`postgres::Config`], and the CA file of
+/// `sslrootcert`. Everything else is left as written, password included.
+/// (Key-value connection strings never get here: [`StoreLocation::parse`]
+/// takes only URLs for PostgreSQL.)
+fn take_libpq_tls(url: &str) -> (String, Option<PathBuf>) {
+    // tokio-postgres reads the credentials up to the first `@` (a `?` in
+    // the password is the password's), and the query from the next `?`.
+    let host_start = url.find('@').unwrap_or(0);
+    let Some((head, query)) = url
+        .get(host_start..)
+        .and_then(|rest| rest.find('?'))
+        .and_then(|at| url.split_at_checked(host_start + at))
+    else {
+        return (url.to_string(), None);
+    };
+    let decoded = |text: &str| percent_encoding::percent_decode_str(text).collect::<Vec<u8>>();
+    let mut ca_file = None;
+    let mut kept = Vec::new();
+    // `query` starts with its `?`.
+    for pair in query.get(1..).unwrap_or_default().split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match decoded(key).as_slice() {
+            // Bytes, not UTF-8: a path is whatever the file system holds.
+            // libpq 16's `system`: the system's roots, which are trusted anyway.
+            b"sslrootcert" if decoded(value) == b"system" => {}
+            b"sslrootcert" => ca_file = Some(PathBuf::from(OsString::from_vec(decoded(value)))),
+            // Our rustls configuration always verifies the chain and the
+            // host name, so `require` is libpq's verify-full (and verify-ca
+            // gets the host name checked too).
+            b"sslmode" if matches!(decoded(value).as_slice(), b"verify-ca" | b"verify-full") => {
+                kept.push("sslmode=require");
+            }
+            _ => kept.push(pair),
+        }
+    }
+    let url = if kept.is_empty() {
+        head.to_string()
+    } else {
+        format!("{head}?{}", kept.join("&"))
+    };
+    (url, ca_file)
 }
 
 fn is_loopback(host: &postgres::config::Host) -> bool {
@@ -885,7 +941,13 @@ mod tests {
         );
         assert!(!format!("{location:?}").contains("s3cret"));
         assert_eq!(StoreLocation::parse("state.db").file(), Some(Path::new("state.db")));
-        assert!(StoreLocation::parse("PostgreSQL://h/db").is_shared());
+        let mixed = StoreLocation::parse("PostgreSQL://u@h/db");
+        assert!(mixed.is_shared());
+        let StoreLocation::Postgres(url) = mixed else {
+            unreachable!()
+        };
+        let config: postgres::Config = url.parse().expect("read as a URL");
+        assert_eq!(config.get_dbname(), Some("db"));
     }
 
     #[test]
@@ -898,5 +960,144 @@ mod tests {
         let zero = [0, 0, 0, 0, 0, 0, 0, 0];
         assert_eq!(numeric(&zero).unwrap(), Value::Int(0));
         assert!(numeric(&[0, 1]).is_err());
+    }
+
+    #[test]
+    fn libpq_tls_parameters_are_taken_out_of_the_url() {
+        // A `?` in the password comes before the `@`: not the query's.
+        let (url, ca_file) = take_libpq_tls(
+            "postgres://u:p?w@db.example:5432/state?sslmode=verify-ca&sslrootcert=%2Fetc%2Fmy%20ca.pem&connect_timeout=3",
+        );
+        assert_eq!(
+            url,
+            "postgres://u:p?w@db.example:5432/state?sslmode=require&connect_timeout=3"
+        );
+        assert_eq!(ca_file, Some(PathBuf::from("/etc/my ca.pem")));
+        let config: postgres::Config = url.parse().unwrap();
+        assert_eq!(config.get_ssl_mode(), postgres::config::SslMode::Require);
+        assert_eq!(config.get_password(), Some(&b"p?w"[..]));
+
+        let (url, ca_file) = take_libpq_tls("postgres://h/db?sslmode=verify-full&sslrootcert=/ca.pem");
+        assert_eq!(
+            (url.as_str(), ca_file),
+            ("postgres://h/db?sslmode=require", Some("/ca.pem".into()))
+        );
+        let (url, ca_file) = take_libpq_tls("postgres://h/db?sslrootcert=/ca.pem");
+        assert_eq!((url.as_str(), ca_file), ("postgres://h/db", Some("/ca.pem".into())));
+        let (url, ca_file) = take_libpq_tls("postgres://h/db?sslrootcert=system&sslmode=verify-full");
+        assert_eq!((url.as_str(), ca_file), ("postgres://h/db?sslmode=require", None));
+        for plain in [
+            "postgres://u:p@h/db",
+            "postgres://h/db?sslmode=disable&application_name=a",
+        ] {
+            assert_eq!(take_libpq_tls(plain), (plain.to_string(), None));
+        }
+    }
+
+    /// A cluster with TLS on for these tests alone: the shared one stays as
+    /// every other test expects it. Its watchdog stops it and removes its
+    /// directory when the test binary exits. No PostgreSQL is a failure.
+    fn tls_cluster() -> &'static cutover_harness::postgres::Postgres {
+        static CLUSTER: std::sync::OnceLock<cutover_harness::postgres::Postgres> = std::sync::OnceLock::new();
+        CLUSTER.get_or_init(|| {
+            cutover_harness::postgres::Postgres::start_tls()
+                .unwrap_or_else(|e| panic!("starting a PostgreSQL with TLS failed: {e}"))
+        })
+    }
+
+    /// The cluster's URL with `query`, and its password.
+    fn tls_url(query: &str) -> (String, String) {
+        let url = tls_cluster().url();
+        let password = url::Url::parse(&url).unwrap().password().unwrap().to_string();
+        (format!("{url}?{query}"), password)
+    }
+
+    /// `sslrootcert=` naming `path`, percent-encoded as a URL must be.
+    fn root_cert(path: &Path) -> String {
+        let path = path.to_str().unwrap();
+        format!(
+            "sslrootcert={}",
+            percent_encoding::utf8_percent_encode(path, percent_encoding::NON_ALPHANUMERIC)
+        )
+    }
+
+    /// Whether this connection's session runs over TLS, as the server sees it.
+    fn session_is_tls(url: &str) -> bool {
+        let db = Db::Postgres(PgConnection::open(url).unwrap_or_else(|e| panic!("connecting: {e}")));
+        db.query_value::<bool>("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", params![])
+            .unwrap()
+            .unwrap()
+    }
+
+    /// Opening the state fails; what the user sees of it (the message, its
+    /// sources and its debug form), which must not hold `password`.
+    fn open_error(url: &str, password: &str) -> (crate::Error, String) {
+        let Err(error) = crate::state::State::open(StoreLocation::parse(url)) else {
+            panic!("opening {} succeeded", StoreLocation::parse(url));
+        };
+        let mut shown = format!("{error:?}");
+        let mut source: Option<&dyn std::error::Error> = Some(&error);
+        while let Some(e) = source {
+            shown = format!("{shown}\n{e}");
+            source = e.source();
+        }
+        assert!(!shown.contains(password), "the error shows the password: {shown}");
+        (error, shown)
+    }
+
+    #[test]
+    fn verify_full_with_a_private_ca_connects_over_tls() {
+        let pki = tls_cluster().tls().unwrap();
+        for mode in ["verify-full", "verify-ca"] {
+            let (url, _) = tls_url(&format!("sslmode={mode}&{}", root_cert(pki.ca_pem())));
+            assert!(session_is_tls(&url), "sslmode={mode} ran without TLS");
+        }
+    }
+
+    #[test]
+    fn require_without_the_servers_ca_fails_on_its_certificate() {
+        let wrong = root_cert(tls_cluster().tls().unwrap().wrong_ca_pem());
+        for query in ["sslmode=require".to_string(), format!("sslmode=verify-full&{wrong}")] {
+            let (url, password) = tls_url(&query);
+            let (error, shown) = open_error(&url, &password);
+            assert!(
+                matches!(
+                    error,
+                    crate::Error::State {
+                        source: StoreError::Postgres(_),
+                        ..
+                    }
+                ),
+                "{shown}"
+            );
+            assert!(
+                shown.contains("TLS") && shown.contains("certificate"),
+                "?{query}: {shown}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_sslrootcert_file_is_named() {
+        let missing = tls_cluster().temp_dir().join("no such dir/ca.pem");
+        let (url, password) = tls_url(&format!("sslmode=verify-full&{}", root_cert(&missing)));
+        let (error, shown) = open_error(&url, &password);
+        assert!(
+            matches!(
+                error,
+                crate::Error::State {
+                    source: StoreError::Tls(_),
+                    ..
+                }
+            ),
+            "{shown}"
+        );
+        assert!(shown.contains(&missing.display().to_string()), "{shown}");
+    }
+
+    #[test]
+    fn sslmode_disable_runs_without_tls_on_a_tls_server() {
+        let (url, _) = tls_url("sslmode=disable");
+        assert!(!session_is_tls(&url));
     }
 }
