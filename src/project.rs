@@ -13,7 +13,7 @@ use cutover_engine::batch::jobs::row_identity;
 use cutover_engine::batch::run::register;
 use cutover_engine::calendar::estimate::{estimate_wave, human, suggest_dates, Suggestion, WaveEstimate};
 use cutover_engine::calendar::plan::{make_plan, rhythm_of, PlanSpec, Planned};
-use cutover_engine::calendar::run::{deliver_events, run_due, Event, Pass};
+use cutover_engine::calendar::run::{deliver_events, run_due, Event, Executor, Pass};
 use cutover_engine::calendar::status::{plan_status, MailboxView};
 use cutover_engine::calendar::{Rhythm, StepKind};
 use cutover_engine::state::{State, StoreLocation};
@@ -134,6 +134,11 @@ pub struct RunArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics while running (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Hand due steps' mailboxes to `cutover worker`s through the queue in
+    /// the state (a postgres:// URL shared with them) and wait for them,
+    /// instead of copying here. Readiness checks still run here.
+    #[arg(long)]
+    dispatch: bool,
     #[command(flatten)]
     clock: Clock,
     #[command(flatten)]
@@ -397,9 +402,17 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     // Daily budgets count on the calendar's clock (`--now` holds it still).
     settings.daily.now = args.clock.fixed();
     let mut metrics = crate::metrics::install(args.metrics_addr)?;
+    let executor = if args.dispatch {
+        if !args.options.state.is_shared() {
+            tracing::warn!("--dispatch on a SQLite state: only workers on this machine can share it");
+        }
+        Executor::Workers
+    } else {
+        Executor::Here
+    };
     loop {
         let now = args.clock.now();
-        let pass = run_due(&file, &args.options.state, &settings, now).await?;
+        let pass = run_due(&file, &args.options.state, &settings, executor, now).await?;
         metrics.observe(&pass);
         let hook = args
             .notify_command

@@ -527,3 +527,142 @@ fn a_stopped_worker_lets_its_jobs_end_or_hands_them_back_at_once() {
     assert_eq!(fleet.verify_all(count), (0, 0), "missing, duplicated");
     assert_eq!(state.copy_times(0).expect("copy log").len(), count * 40);
 }
+
+#[test]
+fn a_plan_runner_hands_due_steps_to_the_workers_and_reads_their_outcomes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (count, each) = (6, 20);
+    let fleet = Fleet::start(address, count, &[], each, 13_000, (SRC_PW, ADMIN_PW));
+    let url = postgres::shared().create_database().expect("database");
+    let mut text = String::from("source_address,source_password,target_address,wave\n");
+    for i in 1..=count {
+        text.push_str(&format!("{},env:SRC_PW,{},w1\n", address(i), address(i)));
+    }
+    let csv = dir.path().join("plan.csv");
+    std::fs::write(&csv, text).expect("write csv");
+    let csv_arg = csv.to_string_lossy().into_owned();
+    let servers = server_args(fleet.source.imap_port(), fleet.target.imap_port());
+    // Ten days before the cutover moment: the initial sync is due.
+    let now = "2030-06-04T18:00+02:00";
+    let mut plan: Vec<String> = ["plan", &csv_arg, "--state", &url, "--now", now, "--json"]
+        .map(String::from)
+        .into();
+    plan.extend(["--cutover".to_string(), "w1=2030-06-14T18:00+02:00".to_string()]);
+    plan.extend_from_slice(&servers);
+    let planned = cutover(&plan);
+    assert!(planned.status.success(), "{}", String::from_utf8_lossy(&planned.stderr));
+
+    // The runner enqueues the due step and waits: it copies nothing itself.
+    let log = dir.path().join("runner.log");
+    let out = std::fs::File::create(&log).expect("log");
+    let mut runner = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args([
+            "run",
+            &csv_arg,
+            "--once",
+            "--dispatch",
+            "--now",
+            now,
+            "--json",
+            "--state",
+            &url,
+        ])
+        .args(&servers)
+        .env("SRC_PW", SRC_PW)
+        .env("ADMIN_PW", ADMIN_PW)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn runner");
+    let state = State::open(StoreLocation::parse(&url)).expect("state");
+    let started = Instant::now();
+    let batch = loop {
+        let batch = state
+            .find_batch(&std::fs::canonicalize(&csv).expect("csv").to_string_lossy())
+            .expect("find batch");
+        if let Some(batch) = batch.filter(|b| state.jobs(*b).is_ok_and(|jobs| jobs.len() == count)) {
+            break batch;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the runner enqueued nothing"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        runner.try_wait().expect("runner").is_none(),
+        "the runner waits for the workers"
+    );
+    assert_eq!(
+        state.copy_times(0).expect("copy log").len(),
+        0,
+        "nothing copied without a worker"
+    );
+
+    let workers: Vec<Worker> = (0..2)
+        .map(|n| spawn_worker(dir.path(), n, &url, &servers, &["--concurrency", "2"]))
+        .collect();
+    let copied: u64 = workers
+        .into_iter()
+        .map(|w| w.finish(Duration::from_secs(300))["messages"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(copied, (count * each) as u64);
+    let waited = Instant::now();
+    let status = loop {
+        if let Some(status) = runner.try_wait().expect("runner") {
+            break status;
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(60),
+            "the runner never saw the jobs end"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let output = std::fs::read_to_string(&log).expect("runner output");
+    assert!(status.success(), "{output}");
+    let pass: serde_json::Value = serde_json::from_str(output.lines().last().unwrap_or_default()).expect("pass");
+    // The step's outcome is the workers': every mailbox done, their counts.
+    let groups = pass["groups"].as_array().expect("groups");
+    assert_eq!(groups.len(), 1, "{pass}");
+    assert_eq!(groups[0]["step"], "initial");
+    assert_eq!(
+        (
+            groups[0]["mailboxes"].as_u64(),
+            groups[0]["done"].as_u64(),
+            groups[0]["failed"].as_u64(),
+            groups[0]["messages"].as_u64()
+        ),
+        (
+            Some(count as u64),
+            Some(count as u64),
+            Some(0),
+            Some((count * each) as u64)
+        ),
+        "{pass}"
+    );
+    assert_eq!(
+        pass["next_due"], "2030-06-12T22:00:00Z",
+        "the resync 42 hours before the cutover is next"
+    );
+    let mailboxes = pass["mailboxes"].as_array().expect("mailboxes");
+    assert!(
+        mailboxes.len() == count
+            && mailboxes
+                .iter()
+                .all(|m| m["status"] == "synced" && m["messages"] == each),
+        "{pass}"
+    );
+    assert_eq!(fleet.verify_all(count), (0, 0), "missing, duplicated");
+    assert_eq!(batch_rows_done(&state, batch), count);
+}
+
+fn batch_rows_done(state: &State, batch: BatchId) -> usize {
+    state
+        .batch_rows(batch)
+        .expect("rows")
+        .iter()
+        .filter(|r| r.status == "done")
+        .count()
+}

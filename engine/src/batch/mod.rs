@@ -6,8 +6,11 @@
 //! - `check`: the read-only preflight of every account.
 //! - `run`: concurrent runs, retries, holds; `report`: the error analysis.
 //! - `split`: smaller batch files by business unit, count or size.
+//! - `worker`: `cutover worker`, rows as jobs from a queue in a shared state;
+//!   `dispatch`: a plan's due steps handed to that queue.
 
 pub mod check;
+pub mod dispatch;
 pub mod input;
 pub mod jobs;
 pub mod report;

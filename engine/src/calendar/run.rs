@@ -16,6 +16,7 @@ use super::plan::{at, rhythm_of};
 use super::schedule::{Rhythm, StepKind};
 use super::status::{plan_status, MailboxView};
 use crate::batch::check;
+use crate::batch::dispatch::dispatch_rows;
 use crate::batch::input::{BatchFile, BatchRow};
 use crate::batch::run::{hold_reason, register, run_rows, BatchSettings, LOCKED, PAUSED, WAITING};
 use crate::error::{Error, Result};
@@ -259,12 +260,24 @@ fn phase_of(kind: StepKind) -> Option<Phase> {
     }
 }
 
+/// Who copies a due step's mailboxes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Executor {
+    /// The runner itself, under its own settings.
+    #[default]
+    Here,
+    /// `cutover worker`s, through the job queue in the (shared) state; the
+    /// runner waits for their outcomes.
+    Workers,
+}
+
 /// Runs what is due at `now`, then again what that made due (the delta
 /// after a final sync), until nothing is left; returns what it did.
 pub async fn run_due(
     file: &BatchFile,
     store: &StoreLocation,
     settings: &BatchSettings,
+    executor: Executor,
     now: DateTime<Utc>,
 ) -> Result<Pass> {
     let mut state = State::open(store)?;
@@ -286,7 +299,7 @@ pub async fn run_due(
         LOCK_LEASE,
     )?;
     let renewal = LeaseRenewal::start(store, runner, &owner.token, LOCK_LEASE);
-    let result = run_locked(&mut state, &plan, file, store, settings, now).await;
+    let result = run_locked(&mut state, &plan, file, store, (settings, executor), now).await;
     drop(renewal);
     let released = state.unlock_mailbox(runner, &owner.token);
     let pass = result?;
@@ -298,7 +311,7 @@ async fn run_locked(
     plan: &PlanRecord,
     file: &BatchFile,
     store: &StoreLocation,
-    settings: &BatchSettings,
+    (settings, executor): (&BatchSettings, Executor),
     now: DateTime<Utc>,
 ) -> Result<Pass> {
     // We hold the plan: a step still `running` belongs to a runner that died.
@@ -327,7 +340,18 @@ async fn run_locked(
         for (row, ordinal) in &group.steps {
             tried.insert((group.wave, row.clone(), group.kind, *ordinal));
         }
-        let run = run_group(state, plan, &wave, &group, &rows, file, store, settings, now).await?;
+        let run = run_group(
+            state,
+            plan,
+            &wave,
+            &group,
+            &rows,
+            file,
+            store,
+            (settings, executor),
+            now,
+        )
+        .await?;
         let wave_rows: HashSet<&str> = steps
             .iter()
             .filter(|s| s.wave == wave.id && current(&s.row))
@@ -384,7 +408,7 @@ async fn run_group(
     rows: &HashMap<String, BatchRow>,
     file: &BatchFile,
     store: &StoreLocation,
-    settings: &BatchSettings,
+    (settings, executor): (&BatchSettings, Executor),
     now: DateTime<Utc>,
 ) -> Result<GroupRun> {
     let started = std::time::Instant::now();
@@ -428,7 +452,11 @@ async fn run_group(
     let mut results: Vec<StepResult> = Vec::new();
     match (group.kind, phase_of(group.kind)) {
         (_, Some(phase)) => {
-            for outcome in run_rows(state, plan.batch, selected, phase, settings, store).await? {
+            let outcomes = match executor {
+                Executor::Here => run_rows(state, plan.batch, selected, phase, settings, store).await?,
+                Executor::Workers => dispatch_rows(state, plan.batch, selected, phase).await?,
+            };
+            for outcome in outcomes {
                 // A row another process is syncing, or one paused at a
                 // daily budget, runs again next time.
                 let status = match outcome.status {

@@ -14,6 +14,7 @@
 //! without waiting for each other. SQLite has one writer, so the same
 //! statement without the locking clause is already exclusive.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use super::db::{params, Db, Row, StoreError};
@@ -218,6 +219,44 @@ impl State {
                 params![batch],
             )
             .map_err(self.err())
+    }
+
+    /// The newest job of each of `rows` in `phase`: the one a dispatcher
+    /// waits for (just enqueued, or already open when it enqueued).
+    pub fn newest_jobs(&self, batch: BatchId, rows: &[String], phase: &str) -> Result<HashMap<String, JobId>> {
+        let err = self.err::<StoreError>();
+        let wanted: HashSet<&str> = rows.iter().map(String::as_str).collect();
+        let newest = self
+            .db
+            .query_map(
+                "SELECT row_fingerprint, max(id) FROM job WHERE batch_id = ?1 AND phase = ?2 GROUP BY row_fingerprint",
+                params![batch, phase],
+                |row| Ok((row.get::<String>(0)?, row.get::<JobId>(1)?)),
+            )
+            .map_err(&err)?;
+        Ok(newest
+            .into_iter()
+            .filter(|(row, _)| wanted.contains(row.as_str()))
+            .collect())
+    }
+
+    /// The status and outcome of a batch's jobs from `first` on.
+    pub fn job_states(&self, batch: BatchId, first: JobId) -> Result<HashMap<JobId, (String, Option<String>)>> {
+        let err = self.err::<StoreError>();
+        let states = self
+            .db
+            .query_map(
+                "SELECT id, status, outcome FROM job WHERE batch_id = ?1 AND id >= ?2",
+                params![batch, first],
+                |row| {
+                    Ok((
+                        row.get::<JobId>(0)?,
+                        (row.get::<String>(1)?, row.get::<Option<String>>(2)?),
+                    ))
+                },
+            )
+            .map_err(&err)?;
+        Ok(states.into_iter().collect())
     }
 
     /// Where the jobs are, for one batch or all.
