@@ -171,18 +171,11 @@ fn three_workers_run_every_mailbox_once_though_one_is_killed_mid_copy() {
         .map(|n| spawn_worker(dir.path(), n, &url, &servers, &limits))
         .collect();
     let victim = workers.remove(0);
-    let victim_tag = format!("/{}/", victim.child.id());
+    let victim_pid = victim.child.id();
+    let victim_tag = format!("/{victim_pid}/");
 
     let started = Instant::now();
-    let running_on_victim = |state: &State| -> Vec<String> {
-        state
-            .jobs(batch)
-            .expect("jobs")
-            .into_iter()
-            .filter(|j| j.status == "running" && j.worker.as_deref().is_some_and(|w| w.contains(&victim_tag)))
-            .map(|j| j.row_fingerprint)
-            .collect()
-    };
+    let running_on_victim = |state: &State| running_on(state, batch, victim_pid);
     // Kill it while it holds jobs and connection slots, and mail is moving.
     let psql = |sql: &str| pg.psql(database(&url), sql).expect("psql").trim().to_string();
     let holds_slots = || {
