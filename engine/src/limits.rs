@@ -93,19 +93,31 @@ impl Budget {
         }
     }
 
-    /// Pauses everyone drawing on this budget for `pause` (the server
-    /// throttled one of them; the others would be next).
+    /// Pauses everyone drawing on this budget for `pause`, every worker
+    /// of a shared store included: the server throttled one of them, and
+    /// the others would be next.
     pub fn cool_down(&self, pause: Duration) {
-        let until = Instant::now() + pause;
+        self.pause_until(Instant::now() + pause);
+        if let Some(fleet) = &self.fleet {
+            fleet.cool_down(pause);
+        }
+        tracing::info!(budget = %self.name, seconds = pause.as_secs_f32(), "cooling down after throttling");
+    }
+
+    /// Pauses this process's users of the budget only: a dropped
+    /// connection or a timeout tells about this machine's way to the
+    /// server, not about the load the other workers put on it.
+    pub fn pause_here(&self, pause: Duration) {
+        self.pause_until(Instant::now() + pause);
+        tracing::info!(budget = %self.name, seconds = pause.as_secs_f32(), "pausing after a transient failure");
+    }
+
+    fn pause_until(&self, until: Instant) {
         if let Ok(mut current) = self.cool_down_until.lock() {
             if current.is_none_or(|c| c < until) {
                 *current = Some(until);
             }
         }
-        if let Some(fleet) = &self.fleet {
-            fleet.cool_down(pause);
-        }
-        tracing::info!(budget = %self.name, seconds = pause.as_secs_f32(), "cooling down after throttling");
     }
 
     async fn wait_cool_down(&self) {
@@ -1039,6 +1051,39 @@ mod tests {
             let start = Instant::now();
             b.host("other:993").budget.admit(1, 1).await;
             assert!(start.elapsed() < Duration::from_millis(500));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_transient_failure_pauses_only_this_worker() {
+        for store in stores().await {
+            let store = &store.location;
+            let limits = fleet_limits(LimitConfig::default(), store, "a");
+            let budget = limits.host("h:993").budget;
+            budget.pause_here(Duration::from_millis(1200));
+            let start = Instant::now();
+            budget.admit(1, 1).await;
+            assert!(
+                start.elapsed() >= Duration::from_millis(900),
+                "{store}: {:?}",
+                start.elapsed()
+            );
+            let state = State::open(store).unwrap();
+            assert_eq!(
+                state.host_cooldown("h:993").unwrap(),
+                None,
+                "{store}: no fleet-wide pause"
+            );
+            // Throttling, by contrast, is written for every worker.
+            budget.cool_down(Duration::from_secs(60));
+            let started = Instant::now();
+            while state.host_cooldown("h:993").unwrap().is_none() {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "{store}: the cool-down never reached the store"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
     }
 

@@ -1,7 +1,7 @@
 //! Running a batch: every selected row concurrently, under per-host
 //! connection limits and shared rate budgets; transient failures (throttling,
-//! dropped connections, timeouts) cool the host down and retry with
-//! jittered backoff, permanent ones (bad password, missing account) fail
+//! dropped connections, timeouts) pause the failing host and retry with
+//! jittered backoff (throttling pauses it for every worker of a fleet), permanent ones (bad password, missing account) fail
 //! the row at once. Every outcome lands in the state.
 
 use std::panic::AssertUnwindSafe;
@@ -652,17 +652,21 @@ pub(crate) async fn run_row(
         earlier = Some(report);
         count_mailbox_retry(&error, &job);
         let pause = retry_pause(settings.backoff, attempt);
-        source_host.budget.cool_down(pause);
-        target_host.budget.cool_down(pause);
-        if let Some(reason) = reason {
-            // The retry's pause is what this throttling cost too.
-            let host = failure_host(
-                error.kind,
-                &error.message,
-                source_address.clone(),
-                target_address.clone(),
-            );
-            throttle.pause(&host, reason, pause);
+        let host = failure_host(
+            error.kind,
+            &error.message,
+            source_address.clone(),
+            target_address.clone(),
+        );
+        match reason {
+            // The server asked to slow down: its host cools down for every
+            // worker (through the recorder, which counts what it cost).
+            Some(reason) => throttle.pause(&host, reason, pause),
+            // A dropped connection or a timeout: only this process pauses
+            // the failing host; the rest of a fleet is not held up by one
+            // machine's network.
+            None if host == target_address => target_host.budget.pause_here(pause),
+            None => source_host.budget.pause_here(pause),
         }
         tracing::info!(line = row.line, kind = %error.kind, attempt, "transient failure, retrying");
         tokio::time::sleep(pause).await;
