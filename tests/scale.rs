@@ -478,7 +478,12 @@ fn a_stopped_worker_lets_its_jobs_end_or_hands_them_back_at_once() {
     let second_tag = format!("/{}/", second.child.id());
     wait_until_busy(&second, copied);
     sigterm(&second);
+    let signalled = Instant::now();
     let cut = second.finish(Duration::from_secs(60));
+    eprintln!(
+        "a worker with --drain-secs 0 handed its jobs back {} ms after SIGTERM",
+        signalled.elapsed().as_millis()
+    );
     let interrupted = cut["interrupted"].as_u64().unwrap_or(0);
     assert!(interrupted >= 1, "{cut}");
     let counts = state.queue_counts(Some(batch)).expect("counts");
