@@ -112,13 +112,18 @@ fn spawn_worker(dir: &Path, n: usize, url: &str, servers: &[String], extra: &[&s
 }
 
 impl Worker {
-    /// Waits for the worker to exit (at most `limit`); its summary line.
-    fn finish(mut self, limit: Duration) -> serde_json::Value {
+    /// Waits for the worker to exit 0 (at most `limit`); its summary line.
+    fn finish(self, limit: Duration) -> serde_json::Value {
+        self.finish_with(limit, 0)
+    }
+
+    /// Waits for the worker to exit with `code` (1: a job failed).
+    fn finish_with(mut self, limit: Duration, code: i32) -> serde_json::Value {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                assert!(status.success(), "worker failed ({status}):\n{log}");
+                assert_eq!(status.code(), Some(code), "worker ({status}):\n{log}");
                 let summary = log
                     .lines()
                     .rev()
@@ -526,118 +531,165 @@ fn a_stopped_worker_lets_its_jobs_end_or_hands_them_back_at_once() {
     assert_eq!(state.copy_times(0).expect("copy log").len(), count * 40);
 }
 
-#[test]
-fn a_plan_runner_hands_due_steps_to_the_workers_and_reads_their_outcomes() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (count, each) = (6, 20);
-    let fleet = Fleet::start(address, count, &[], each, 13_000, (SRC_PW, ADMIN_PW));
-    let url = postgres::shared().create_database().expect("database");
-    let mut text = String::from("source_address,source_password,target_address,wave\n");
-    for i in 1..=count {
-        text.push_str(&format!("{},env:SRC_PW,{},w1\n", address(i), address(i)));
+/// A planned wave whose due initial step a `cutover run --once --dispatch`
+/// has handed to the queue: the runner waits for workers.
+struct DispatchedPlan {
+    dir: tempfile::TempDir,
+    fleet: Fleet,
+    url: String,
+    servers: Vec<String>,
+    state: State,
+    batch: BatchId,
+    runner: Child,
+    log: PathBuf,
+}
+
+impl DispatchedPlan {
+    fn start(count: usize, each: usize, missing_on_target: &[usize], seed: u64) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fleet = Fleet::start(address, count, missing_on_target, each, seed, (SRC_PW, ADMIN_PW));
+        let url = postgres::shared().create_database().expect("database");
+        let mut text = String::from("source_address,source_password,target_address,wave\n");
+        for i in 1..=count {
+            text.push_str(&format!("{},env:SRC_PW,{},w1\n", address(i), address(i)));
+        }
+        let csv = dir.path().join("plan.csv");
+        std::fs::write(&csv, text).expect("write csv");
+        let csv_arg = csv.to_string_lossy().into_owned();
+        let servers = server_args(fleet.source.imap_port(), fleet.target.imap_port());
+        // Ten days before the cutover moment: the initial sync is due.
+        let now = "2030-06-04T18:00+02:00";
+        let mut plan: Vec<String> = ["plan", &csv_arg, "--state", &url, "--now", now, "--json"]
+            .map(String::from)
+            .into();
+        plan.extend(["--cutover".to_string(), "w1=2030-06-14T18:00+02:00".to_string()]);
+        plan.extend_from_slice(&servers);
+        let planned = cutover(&plan);
+        assert!(planned.status.success(), "{}", String::from_utf8_lossy(&planned.stderr));
+
+        let log = dir.path().join("runner.log");
+        let out = std::fs::File::create(&log).expect("log");
+        let runner = Command::new(env!("CARGO_BIN_EXE_cutover"))
+            .args([
+                "run",
+                &csv_arg,
+                "--once",
+                "--dispatch",
+                "--now",
+                now,
+                "--json",
+                "--state",
+                &url,
+            ])
+            .args(&servers)
+            .env("SRC_PW", SRC_PW)
+            .env("ADMIN_PW", ADMIN_PW)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn runner");
+        let state = State::open(StoreLocation::parse(&url)).expect("state");
+        let name = std::fs::canonicalize(&csv).expect("csv").to_string_lossy().into_owned();
+        let started = Instant::now();
+        let batch = loop {
+            let batch = state.find_batch(&name).expect("find batch");
+            if let Some(batch) = batch.filter(|b| state.jobs(*b).is_ok_and(|jobs| jobs.len() == count)) {
+                break batch;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the runner enqueued nothing"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Self {
+            dir,
+            fleet,
+            url,
+            servers,
+            state,
+            batch,
+            runner,
+            log,
+        }
     }
-    let csv = dir.path().join("plan.csv");
-    std::fs::write(&csv, text).expect("write csv");
-    let csv_arg = csv.to_string_lossy().into_owned();
-    let servers = server_args(fleet.source.imap_port(), fleet.target.imap_port());
-    // Ten days before the cutover moment: the initial sync is due.
-    let now = "2030-06-04T18:00+02:00";
-    let mut plan: Vec<String> = ["plan", &csv_arg, "--state", &url, "--now", now, "--json"]
-        .map(String::from)
-        .into();
-    plan.extend(["--cutover".to_string(), "w1=2030-06-14T18:00+02:00".to_string()]);
-    plan.extend_from_slice(&servers);
-    let planned = cutover(&plan);
-    assert!(planned.status.success(), "{}", String::from_utf8_lossy(&planned.stderr));
 
-    // The runner enqueues the due step and waits: it copies nothing itself.
-    let log = dir.path().join("runner.log");
-    let out = std::fs::File::create(&log).expect("log");
-    let mut runner = Command::new(env!("CARGO_BIN_EXE_cutover"))
-        .args([
-            "run",
-            &csv_arg,
-            "--once",
-            "--dispatch",
-            "--now",
-            now,
-            "--json",
-            "--state",
-            &url,
-        ])
-        .args(&servers)
-        .env("SRC_PW", SRC_PW)
-        .env("ADMIN_PW", ADMIN_PW)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn runner");
-    let state = State::open(StoreLocation::parse(&url)).expect("state");
-    let started = Instant::now();
-    let batch = loop {
-        let batch = state
-            .find_batch(&std::fs::canonicalize(&csv).expect("csv").to_string_lossy())
-            .expect("find batch");
-        if let Some(batch) = batch.filter(|b| state.jobs(*b).is_ok_and(|jobs| jobs.len() == count)) {
-            break batch;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the runner enqueued nothing"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    std::thread::sleep(Duration::from_secs(3));
-    assert!(
-        runner.try_wait().expect("runner").is_none(),
-        "the runner waits for the workers"
-    );
-    assert_eq!(
-        state.copy_times(0).expect("copy log").len(),
-        0,
-        "nothing copied without a worker"
-    );
+    /// Workers until the queue is idle, each exiting with `code`; the
+    /// messages they copied.
+    fn work(&self, workers: usize, concurrency: &str, code: i32) -> u64 {
+        let workers: Vec<Worker> = (0..workers)
+            .map(|n| {
+                spawn_worker(
+                    self.dir.path(),
+                    n,
+                    &self.url,
+                    &self.servers,
+                    &["--concurrency", concurrency],
+                )
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.finish_with(Duration::from_secs(300), code)["messages"]
+                    .as_u64()
+                    .unwrap_or(0)
+            })
+            .sum()
+    }
 
-    let workers: Vec<Worker> = (0..2)
-        .map(|n| spawn_worker(dir.path(), n, &url, &servers, &["--concurrency", "2"]))
-        .collect();
-    let copied: u64 = workers
-        .into_iter()
-        .map(|w| w.finish(Duration::from_secs(300))["messages"].as_u64().unwrap_or(0))
-        .sum();
-    assert_eq!(copied, (count * each) as u64);
-    let waited = Instant::now();
-    let status = loop {
-        if let Some(status) = runner.try_wait().expect("runner") {
-            break status;
-        }
-        assert!(
-            waited.elapsed() < Duration::from_secs(60),
-            "the runner never saw the jobs end"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let output = std::fs::read_to_string(&log).expect("runner output");
-    assert!(status.success(), "{output}");
-    let pass: serde_json::Value = serde_json::from_str(output.lines().last().unwrap_or_default()).expect("pass");
-    // The step's outcome is the workers': every mailbox done, their counts.
+    /// The runner's exit code and its pass.
+    fn runner_pass(mut self) -> (Option<i32>, serde_json::Value, Self) {
+        let waited = Instant::now();
+        let status = loop {
+            if let Some(status) = self.runner.try_wait().expect("runner") {
+                break status;
+            }
+            assert!(
+                waited.elapsed() < Duration::from_secs(60),
+                "the runner never saw the jobs end"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let output = std::fs::read_to_string(&self.log).expect("runner output");
+        let pass = serde_json::from_str(output.lines().last().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("not a pass ({e}): {output}"));
+        (status.code(), pass, self)
+    }
+}
+
+fn step_counts(pass: &serde_json::Value) -> (Option<u64>, Option<u64>, Option<u64>, Option<u64>) {
     let groups = pass["groups"].as_array().expect("groups");
     assert_eq!(groups.len(), 1, "{pass}");
     assert_eq!(groups[0]["step"], "initial");
+    let field = |name: &str| groups[0][name].as_u64();
+    (field("mailboxes"), field("done"), field("failed"), field("messages"))
+}
+
+#[test]
+fn a_plan_runner_hands_due_steps_to_the_workers_and_reads_their_outcomes() {
+    let (count, each) = (6, 20);
+    let mut plan = DispatchedPlan::start(count, each, &[], 13_000);
+    // The runner waits: it copies nothing itself.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        plan.runner.try_wait().expect("runner").is_none(),
+        "the runner waits for the workers"
+    );
     assert_eq!(
-        (
-            groups[0]["mailboxes"].as_u64(),
-            groups[0]["done"].as_u64(),
-            groups[0]["failed"].as_u64(),
-            groups[0]["messages"].as_u64()
-        ),
-        (
-            Some(count as u64),
-            Some(count as u64),
-            Some(0),
-            Some((count * each) as u64)
-        ),
+        plan.state.copy_times(0).expect("copy log").len(),
+        0,
+        "nothing copied without a worker"
+    );
+    assert_eq!(plan.work(2, "2", 0), (count * each) as u64);
+    let (code, pass, plan) = plan.runner_pass();
+    assert_eq!(code, Some(0), "{pass}");
+    // The step's outcome is the workers': every mailbox done, their counts.
+    let all = Some(count as u64);
+    assert_eq!(
+        step_counts(&pass),
+        (all, all, Some(0), Some((count * each) as u64)),
         "{pass}"
     );
     assert_eq!(
@@ -652,15 +704,27 @@ fn a_plan_runner_hands_due_steps_to_the_workers_and_reads_their_outcomes() {
                 .all(|m| m["status"] == "synced" && m["messages"] == each),
         "{pass}"
     );
-    assert_eq!(fleet.verify_all(count), (0, 0), "missing, duplicated");
-    assert_eq!(batch_rows_done(&state, batch), count);
+    assert_eq!(plan.fleet.verify_all(count), (0, 0), "missing, duplicated");
+    let rows = plan.state.batch_rows(plan.batch).expect("rows");
+    assert!(rows.iter().all(|r| r.status == "done"), "{rows:?}");
 }
 
-fn batch_rows_done(state: &State, batch: BatchId) -> usize {
-    state
-        .batch_rows(batch)
-        .expect("rows")
-        .iter()
-        .filter(|r| r.status == "done")
-        .count()
+#[test]
+fn a_dispatched_step_whose_batch_the_workers_hold_ends_and_holds_the_wave() {
+    // Three of four target accounts are missing: the workers' first failure
+    // reaches 25% and holds the batch with jobs still queued.
+    let mut plan = DispatchedPlan::start(4, 5, &[2, 3, 4], 17_000);
+    plan.work(1, "1", 1);
+    let (code, pass, plan) = plan.runner_pass();
+    assert_eq!(code, Some(1), "a failed mailbox: {pass}");
+    let (mailboxes, done, failed, _) = step_counts(&pass);
+    assert_eq!((mailboxes, failed), (Some(4), Some(1)), "{pass}");
+    assert!(done <= Some(1), "{pass}");
+    let held = plan.state.queue_counts(Some(plan.batch)).expect("counts").held;
+    assert!(held >= 2, "the held jobs wait for a person: {held}");
+    let events = pass["events"].as_array().expect("events");
+    assert!(
+        events.iter().any(|e| e["event"] == "wave_held" && e["wave"] == "w1"),
+        "the runner holds the wave as when it copies: {pass}"
+    );
 }
