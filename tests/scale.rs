@@ -713,7 +713,7 @@ fn a_plan_runner_hands_due_steps_to_the_workers_and_reads_their_outcomes() {
 fn a_dispatched_step_whose_batch_the_workers_hold_ends_and_holds_the_wave() {
     // Three of four target accounts are missing: the workers' first failure
     // reaches 25% and holds the batch with jobs still queued.
-    let mut plan = DispatchedPlan::start(4, 5, &[2, 3, 4], 17_000);
+    let plan = DispatchedPlan::start(4, 5, &[2, 3, 4], 17_000);
     plan.work(1, "1", 1);
     let (code, pass, plan) = plan.runner_pass();
     assert_eq!(code, Some(1), "a failed mailbox: {pass}");
