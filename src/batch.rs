@@ -292,6 +292,9 @@ pub struct WorkerArgs {
     /// Stop when no job is queued or running anywhere (default: wait for the next submission).
     #[arg(long)]
     exit_when_idle: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics while working (e.g. 0.0.0.0:9464 in a pod).
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Seconds running jobs may go on after SIGTERM or Ctrl-C; then they are
     /// cut short and handed back to the queue at once (a second signal cuts at once).
     #[arg(long, default_value_t = 20)]
@@ -307,6 +310,7 @@ pub async fn worker(args: WorkerArgs) -> Result<ExitCode> {
         bail!("--lease-secs must be at least 3 (the lease is renewed every third of it)");
     }
     let mut batch = settings(&args.options)?;
+    crate::metrics::install(args.metrics_addr)?;
     // Many jobs end in one worker's lifetime; bars per job would scroll past.
     batch.progress = None;
     let summary = cutover_engine::batch::worker::work(

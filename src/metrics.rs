@@ -1,4 +1,5 @@
-//! Prometheus metrics for `cutover run --metrics-addr ADDR`: the exporter is
+//! Prometheus metrics for `cutover run --metrics-addr ADDR` and `cutover
+//! worker --metrics-addr ADDR`: the exporter is
 //! installed as the global recorder of the `metrics` facade and serves
 //! `http://ADDR/metrics`. The engine counts copies, failures and throttling
 //! where they happen (`batch::run`, `imap::session`); this module adds what
@@ -21,6 +22,11 @@
 //! | `cutover_throttle_pause_milliseconds_total` | counter | host, reason |
 //! | `cutover_mailbox_retries_total` | counter | host, kind |
 //! | `cutover_step_seconds` | histogram | step |
+//! | `cutover_worker_jobs_running` | gauge | (workers) |
+//! | `cutover_worker_jobs_total` | counter | outcome (done, partial, failed, paused) |
+//! | `cutover_worker_jobs_resumed_total` | counter | (workers: taken over from a stopped worker) |
+//! | `cutover_worker_jobs_given_back_total` | counter | (workers: mailbox busy elsewhere, store failed) |
+//! | `cutover_worker_jobs_interrupted_total` | counter | (workers: cut short by a stop) |
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -101,6 +107,23 @@ fn describe() {
         "cutover_step_seconds",
         Unit::Seconds,
         "How long a group of steps (one wave, one kind) took"
+    );
+    describe_gauge!("cutover_worker_jobs_running", "Jobs this worker runs now");
+    describe_counter!(
+        "cutover_worker_jobs_total",
+        "Jobs this worker ended, by the row's outcome"
+    );
+    describe_counter!(
+        "cutover_worker_jobs_resumed_total",
+        "Jobs this worker took over from a worker that stopped"
+    );
+    describe_counter!(
+        "cutover_worker_jobs_given_back_total",
+        "Jobs this worker gave back to the queue (mailbox busy elsewhere, state store failed)"
+    );
+    describe_counter!(
+        "cutover_worker_jobs_interrupted_total",
+        "Jobs cut short and handed back because this worker was asked to stop"
     );
     counter!("cutover_messages_copied_total").increment(0);
     counter!("cutover_bytes_copied_total").increment(0);

@@ -86,13 +86,22 @@ struct Worker {
     log: PathBuf,
 }
 
+/// A worker that exits once the queue is idle.
 fn spawn_worker(dir: &Path, n: usize, url: &str, servers: &[String], extra: &[&str]) -> Worker {
+    let mut args = vec!["--exit-when-idle"];
+    args.extend_from_slice(extra);
+    spawn_worker_with(dir, n, url, servers, &args)
+}
+
+/// A worker with exactly `extra` besides the servers, the state, a quick
+/// poll and a short lease (unless `extra` sets one).
+fn spawn_worker_with(dir: &Path, n: usize, url: &str, servers: &[String], extra: &[&str]) -> Worker {
     let log = dir.join(format!("worker-{n}.log"));
     let out = std::fs::File::create(&log).expect("log");
     let child = Command::new(env!("CARGO_BIN_EXE_cutover"))
         .arg("worker")
         .args(servers)
-        .args(["--poll-ms", "200", "--exit-when-idle", "--json"])
+        .args(["--poll-ms", "200", "--json"])
         .args(if extra.contains(&"--lease-secs") {
             &[][..]
         } else {
@@ -727,4 +736,51 @@ fn a_dispatched_step_whose_batch_the_workers_hold_ends_and_holds_the_wave() {
         events.iter().any(|e| e["event"] == "wave_held" && e["wave"] == "w1"),
         "the runner holds the wave as when it copies: {pass}"
     );
+}
+
+#[test]
+fn a_deployed_worker_serves_its_metrics_and_stops_cleanly_when_idle() {
+    use common::prometheus::{free_addr, scrape, sum};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (count, each) = (4, 10);
+    let fleet = Fleet::start(address, count, &[], each, 19_000, (SRC_PW, ADMIN_PW));
+    let url = postgres::shared().create_database().expect("database");
+    let csv = write_csv(dir.path(), count);
+    let servers = server_args(fleet.source.imap_port(), fleet.target.imap_port());
+    submit(&csv, &url, &servers);
+    // As deployed: no --exit-when-idle; it waits for the next submission.
+    let addr = free_addr().to_string();
+    let worker = spawn_worker_with(
+        dir.path(),
+        0,
+        &url,
+        &servers,
+        &["--concurrency", "2", "--metrics-addr", &addr],
+    );
+    let addr = addr.parse().expect("address");
+    let started = Instant::now();
+    let text = loop {
+        if let Some(text) = scrape(addr) {
+            if sum(&text, "cutover_worker_jobs_total", &[r#"outcome="done""#]) == count as f64 {
+                break text;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "the jobs never ended");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        sum(&text, "cutover_messages_copied_total", &[]),
+        (count * each) as f64,
+        "{text}"
+    );
+    assert_eq!(sum(&text, "cutover_worker_jobs_running", &[]), 0.0, "{text}");
+    assert_eq!(sum(&text, "cutover_worker_jobs_interrupted_total", &[]), 0.0, "{text}");
+    assert!(!text.contains(SRC_PW) && !text.contains(ADMIN_PW) && !text.contains(postgres_password(&url)));
+    // Idle, it keeps running until told to stop; then it stops at once.
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(scrape(addr).is_some(), "still serving while idle");
+    sigterm(&worker);
+    let summary = worker.finish(Duration::from_secs(30));
+    assert_eq!(summary["outcomes"]["done"].as_u64(), Some(count as u64), "{summary}");
+    assert_eq!(summary["interrupted"].as_u64(), Some(0), "{summary}");
 }

@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 
 pub mod corpus;
 pub mod fleet;
+pub mod prometheus;
 
 /// Hands a Maildir cutover wrote (as root) to Dovecot's mail user (uid 8),
 /// as a real migration onto a mail server would.

@@ -146,6 +146,7 @@ pub async fn work(
     // When running jobs are cut short, once the worker was asked to stop.
     let mut deadline: Option<Instant> = None;
     loop {
+        metrics::gauge!("cutover_worker_jobs_running").set(running.len() as f64);
         let asked = *shutdown.borrow_and_update();
         if asked > Shutdown::Run && deadline.is_none() {
             tracing::info!(
@@ -177,6 +178,7 @@ pub async fn work(
             };
             if job.claims > 1 {
                 summary.resumed += 1;
+                metrics::counter!("cutover_worker_jobs_resumed_total").increment(1);
                 tracing::info!(job = job.id, claims = job.claims, "resuming a job whose worker stopped");
             }
             let row = files.row(&job);
@@ -286,7 +288,10 @@ async fn hand_back(
         tracing::warn!(error = %e, "cannot release the connection slots; they free themselves when their leases run out");
     }
     tracing::info!(jobs = cut.len(), "running jobs cut short and handed back");
-    summary.interrupted += u64::try_from(cut.len()).unwrap_or(u64::MAX);
+    let cut = u64::try_from(cut.len()).unwrap_or(u64::MAX);
+    summary.interrupted += cut;
+    metrics::counter!("cutover_worker_jobs_interrupted_total").increment(cut);
+    metrics::gauge!("cutover_worker_jobs_running").set(0.0);
 }
 
 /// Records a job's outcome in its batch and ends it, or gives it back.
@@ -339,8 +344,14 @@ fn end_job(
         Ok(status)
     })();
     match ended {
-        Ok(LOCKED) => summary.released += 1,
-        Ok(status) => *summary.outcomes.entry(status.to_string()).or_default() += 1,
+        Ok(LOCKED) => {
+            summary.released += 1;
+            metrics::counter!("cutover_worker_jobs_given_back_total").increment(1);
+        }
+        Ok(status) => {
+            *summary.outcomes.entry(status.to_string()).or_default() += 1;
+            metrics::counter!("cutover_worker_jobs_total", "outcome" => status).increment(1);
+        }
         // The store is down: the job stays ours until its lease runs out,
         // then another worker (or this one) runs it again; the state makes
         // that rerun copy nothing twice.
