@@ -18,7 +18,7 @@
 # Environment: CUTOVER_BIN (a built cutover binary: no cargo build),
 # CUTOVER_WORKER_IMAGE (default cutover-worker:latest), CUTOVER_POSTGRES_IMAGE
 # (default cutover-postgres:latest), CUTOVER_DEBIAN_MIRROR (default: the
-# first bookworm mirror apt uses, as build-image.sh finds it).
+# first bookworm mirror apt uses, as docker/lib.sh finds it).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -26,28 +26,15 @@ root=$(dirname "$here")
 worker_image=${CUTOVER_WORKER_IMAGE:-cutover-worker:latest}
 postgres_image=${CUTOVER_POSTGRES_IMAGE:-cutover-postgres:latest}
 suite=bookworm
-work="" # the current temporary directory, removed by cleanup
 
 log() { echo "scale.sh: $*" >&2; }
 die() {
     echo "scale.sh: error: $*" >&2
     exit 1
 }
-cleanup() {
-    [ -n "$work" ] || return 0
-    set +e
-    # debootstrap killed half-way can leave /proc, /sys, /dev/pts mounted
-    # inside: unmount them, and never let rm cross into a mount.
-    awk -v p="$work/" 'index($2, p) == 1 { print $2 }' /proc/self/mounts | sort -r |
-        while read -r m; do umount -l "$m"; done
-    rm -rf --one-file-system "$work"
-    work=""
-}
+# shellcheck source=docker/lib.sh
+. "$here/lib.sh"
 trap cleanup EXIT
-
-# detect_mirror, from build-image.sh: one copy of that sources.list parser.
-eval "$(sed -n '/^detect_mirror() {$/,/^}$/p' "$here/build-image.sh")"
-declare -F detect_mirror >/dev/null || die "no detect_mirror() in $here/build-image.sh"
 
 command -v docker >/dev/null 2>&1 || die "docker not found: install docker.io (docker/ci.sh does)"
 if ! info_err=$(docker info 2>&1 >/dev/null); then
@@ -77,35 +64,6 @@ exec 9>"${TMPDIR:-/tmp}/cutover-scale.lock"
 if command -v flock >/dev/null 2>&1; then
     flock 9
 fi
-
-# bootstrap IMAGE PACKAGES FILE [HOOK]: debootstraps a minimal bookworm with
-# PACKAGES (comma-separated), checks FILE exists in it, runs HOOK ROOTFS and
-# imports it as IMAGE; nothing while IMAGE exists.
-bootstrap() {
-    local image=$1 packages=$2 check=$3 hook=${4:-} mirror rootfs
-    if docker image inspect "$image" >/dev/null 2>&1; then
-        log "$image exists, not bootstrapping it again"
-        return 0
-    fi
-    [ "$(id -u)" -eq 0 ] || die "debootstrap needs root: run as root or with sudo"
-    command -v debootstrap >/dev/null 2>&1 || die "debootstrap not found: apt-get install debootstrap (docker/ci.sh does)"
-    mirror=${CUTOVER_DEBIAN_MIRROR:-$(detect_mirror | head -n 1)}
-    [ -n "$mirror" ] || die "no Debian mirror for $suite in /etc/apt/sources.list(.d): set CUTOVER_DEBIAN_MIRROR"
-    work=$(mktemp -d "${TMPDIR:-/var/tmp}/cutover-rootfs.XXXXXX")
-    rootfs=$work/rootfs
-    log "debootstrap $suite with $packages from $mirror (a minute or two)"
-    if ! debootstrap --variant=minbase --include="$packages" "$suite" "$rootfs" "$mirror" >"$work/debootstrap.log" 2>&1; then
-        tail -n 30 "$work/debootstrap.log" >&2
-        cp "$work/debootstrap.log" /tmp/cutover-debootstrap.log 2>/dev/null || true
-        die "debootstrap failed (full log: /tmp/cutover-debootstrap.log)"
-    fi
-    [ -e "$rootfs$check" ] || die "debootstrap finished but $rootfs has no $check"
-    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/log/*.log
-    [ -z "$hook" ] || "$hook" "$rootfs"
-    log "importing $image"
-    tar -C "$rootfs" --numeric-owner -c . | docker import - "$image" >/dev/null || die "docker import of $rootfs failed"
-    cleanup
-}
 
 # The package's postinst made a cluster `main` (in /etc/postgresql and
 # /var/lib/postgresql); the entrypoint makes its own in the volume instead.

@@ -15,6 +15,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::error::{io_err, Error, Result};
+use crate::lab::MASTER_USER;
 use crate::process::has_exited;
 
 const STDERR_TAIL_LINES: usize = 20;
@@ -36,6 +37,29 @@ pub struct Passwords {
     pub from: String,
     /// `CUTOVER_TO_PASSWORD`.
     pub to: String,
+}
+
+/// `--source-server` and `--target-server` for two plain-IMAP servers
+/// (`host:port`), each logged into as the lab's master user with the
+/// password [`CutoverBin::run`] puts in the environment from [`Passwords`].
+pub fn master_server_args(source: &str, target: &str) -> Vec<String> {
+    let server = |address: &str| format!("imap://{address}?tls=none");
+    [
+        "--source-server",
+        &server(source),
+        "--target-server",
+        &server(target),
+        "--source-master",
+        MASTER_USER,
+        "--source-password",
+        "env:CUTOVER_FROM_PASSWORD",
+        "--target-master",
+        MASTER_USER,
+        "--target-password",
+        "env:CUTOVER_TO_PASSWORD",
+    ]
+    .map(String::from)
+    .into()
 }
 
 /// A finished child.

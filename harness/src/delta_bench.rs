@@ -35,7 +35,7 @@ use serde_json::Value;
 use crate::backend::Backend;
 use crate::bench::{self, CorpusStats};
 use crate::corpus::GeneratedMessage;
-use crate::cutover_bin::{CutoverBin, Finished, Passwords};
+use crate::cutover_bin::{master_server_args, CutoverBin, Finished, Passwords};
 use crate::dovecot::{CommandCounts, Dovecot};
 use crate::error::{io_err, Error, Result};
 use crate::fill::fill_maildir;
@@ -711,30 +711,18 @@ impl Batch {
         }
         std::fs::write(&file, csv).map_err(io_err("writing", &file))?;
         let state = work.join(format!("{name}.sqlite"));
-        let server = |backend: &Backend| format!("imap://{}:{}?tls=none", backend.host(), backend.imap_port());
-        let args = [
+        let address = |backend: &Backend| format!("{}:{}", backend.host(), backend.imap_port());
+        let mut args: Vec<String> = [
             "batch",
             "run",
             &file.to_string_lossy(),
             "--state",
             &state.to_string_lossy(),
             "--json",
-            "--source-server",
-            &server(lab.source()),
-            "--target-server",
-            &server(lab.target()),
-            "--source-master",
-            MASTER_USER,
-            "--source-password",
-            "env:CUTOVER_FROM_PASSWORD",
-            "--target-master",
-            MASTER_USER,
-            "--target-password",
-            "env:CUTOVER_TO_PASSWORD",
         ]
-        .iter()
-        .map(|a| (*a).to_owned())
-        .collect();
+        .map(String::from)
+        .into();
+        args.extend(master_server_args(&address(lab.source()), &address(lab.target())));
         Ok(Self {
             cutover: cutover.clone(),
             args,

@@ -35,7 +35,7 @@ use super::run::{address, fill_sources};
 use super::Scenario;
 use crate::backend::{Backend, BackendKind};
 use crate::bench::{self, CorpusStats, Invocation, VerifyTotals};
-use crate::cutover_bin::{CutoverBin, Passwords};
+use crate::cutover_bin::{master_server_args, CutoverBin, Passwords};
 use crate::error::{io_err, Error, Result};
 use crate::lab::{Lab, MASTER_USER};
 use crate::pool;
@@ -485,13 +485,7 @@ pub async fn run(scenario: &Scenario, cutover: &CutoverBin, progress: &(dyn Fn(&
         .tempdir()
         .map_err(io_err("creating temp dir in", &std::env::temp_dir()))?;
 
-    progress(&format!(
-        "generating and filling {} mailboxes × {} messages",
-        scenario.mailboxes, scenario.messages
-    ));
-    let corpus = fill_sources(&lab, &users, scenario).await?;
-    progress("warming the source: Dovecot indexes every folder once");
-    bench::warm_source(&lab, &users).await?;
+    let corpus = fill_sources(&lab, &users, scenario, progress).await?;
 
     let setup = Setup {
         scenario,
@@ -553,7 +547,10 @@ impl Setup<'_> {
             text.push_str(&format!("{user},{}\n", run_user(index, user)));
         }
         std::fs::write(&csv, text).map_err(io_err("writing", &csv))?;
-        let servers = server_args(source_proxy.port(), target_proxy.port());
+        let servers = master_server_args(
+            &format!("127.0.0.1:{}", source_proxy.port()),
+            &format!("127.0.0.1:{}", target_proxy.port()),
+        );
         let concurrency = self.scenario.concurrency.to_string();
 
         let mut submit: Vec<String> = vec!["batch".into(), "submit".into(), csv.to_string_lossy().into_owned()];
@@ -711,28 +708,6 @@ async fn proxy(server: &Backend) -> Result<FaultProxy> {
     FaultProxy::start(address(server)?, FaultConfig::default())
         .await
         .map_err(io_err("starting", Path::new("proxy")))
-}
-
-/// The servers (through the proxies) and admin credentials that `batch
-/// submit` and every worker get; passwords come from the environment.
-fn server_args(source_port: u16, target_port: u16) -> Vec<String> {
-    let server = |port: u16| format!("imap://127.0.0.1:{port}?tls=none");
-    [
-        "--source-server",
-        &server(source_port),
-        "--target-server",
-        &server(target_port),
-        "--source-master",
-        MASTER_USER,
-        "--source-password",
-        "env:CUTOVER_FROM_PASSWORD",
-        "--target-master",
-        MASTER_USER,
-        "--target-password",
-        "env:CUTOVER_TO_PASSWORD",
-    ]
-    .map(String::from)
-    .into()
 }
 
 /// `cutover` processes started together, their stdout and stderr in files;

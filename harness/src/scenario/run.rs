@@ -26,7 +26,7 @@ use super::{FaultSide, Faults, Scenario};
 use crate::activity;
 use crate::backend::Backend;
 use crate::bench::{self, CorpusStats, Invocation, Throughput};
-use crate::cutover_bin::{CutoverBin, Finished, Passwords};
+use crate::cutover_bin::{master_server_args, CutoverBin, Finished, Passwords};
 use crate::error::{io_err, Error, Result};
 use crate::lab::{Lab, MASTER_USER};
 use crate::pool;
@@ -68,13 +68,7 @@ pub async fn run(
         .tempdir()
         .map_err(io_err("creating temp dir in", &std::env::temp_dir()))?;
 
-    progress(&format!(
-        "generating and filling {} mailboxes × {} messages",
-        scenario.mailboxes, scenario.messages
-    ));
-    let corpus = fill_sources(&lab, &users, scenario).await?;
-    progress("warming the source: Dovecot indexes every folder once");
-    bench::warm_source(&lab, &users).await?;
+    let corpus = fill_sources(&lab, &users, scenario, progress).await?;
 
     // The floor copies every mailbox once before the engine's initial copy
     // and once after it (into other target accounts), and counts the mean:
@@ -210,8 +204,18 @@ pub async fn run(
     })
 }
 
-/// Fills every source mailbox with its corpus, in parallel.
-pub(super) async fn fill_sources(lab: &Lab, users: &[String], scenario: &Scenario) -> Result<CorpusStats> {
+/// Fills every source mailbox with its corpus, in parallel, then has
+/// Dovecot index every folder once so no timed run pays for that.
+pub(super) async fn fill_sources(
+    lab: &Lab,
+    users: &[String],
+    scenario: &Scenario,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<CorpusStats> {
+    progress(&format!(
+        "generating and filling {} mailboxes × {} messages",
+        scenario.mailboxes, scenario.messages
+    ));
     let fills = bench::mailbox_fills(lab, users, scenario.seed, scenario.messages);
     let mut total = CorpusStats::default();
     for one in bench::fill_parallel(fills).await? {
@@ -227,6 +231,8 @@ pub(super) async fn fill_sources(lab: &Lab, users: &[String], scenario: &Scenari
             pool::blocking(move || crate::fill_maildir(&maildir, odd)).await?;
         }
     }
+    progress("warming the source: Dovecot indexes every folder once");
+    bench::warm_source(lab, users).await?;
     Ok(total)
 }
 
@@ -415,7 +421,6 @@ impl Engine {
         let state = work.join("state.sqlite");
         let source_port = Proxies::port(&proxies.source, lab.source());
         let target_port = Proxies::port(&proxies.target, lab.target());
-        let server = |port: u16| format!("imap://127.0.0.1:{port}?tls=none");
         let mut batch_args: Vec<String> = [
             "batch",
             "run",
@@ -423,24 +428,15 @@ impl Engine {
             "--state",
             &state.to_string_lossy(),
             "--json",
-            "--source-server",
-            &server(source_port),
-            "--target-server",
-            &server(target_port),
-            "--source-master",
-            MASTER_USER,
-            "--source-password",
-            "env:CUTOVER_FROM_PASSWORD",
-            "--target-master",
-            MASTER_USER,
-            "--target-password",
-            "env:CUTOVER_TO_PASSWORD",
             "--concurrency",
             &scenario.concurrency.to_string(),
         ]
-        .iter()
-        .map(|a| (*a).to_owned())
-        .collect();
+        .map(String::from)
+        .into();
+        batch_args.extend(master_server_args(
+            &format!("127.0.0.1:{source_port}"),
+            &format!("127.0.0.1:{target_port}"),
+        ));
         batch_args.extend(scenario.engine_args.iter().cloned());
         let mailboxes = users
             .iter()
