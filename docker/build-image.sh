@@ -21,20 +21,11 @@ image=${CUTOVER_DOVECOT_IMAGE:-cutover-dovecot:latest}
 base=cutover-dovecot:base # the FROM of Dockerfile.offline
 suite=bookworm
 
-log() { echo "build-image.sh: $*" >&2; }
-die() {
-    echo "build-image.sh: error: $*" >&2
-    exit 1
-}
-
 # shellcheck source=docker/lib.sh
 . "$here/lib.sh"
 trap cleanup EXIT
 
-command -v docker >/dev/null 2>&1 || die "docker not found: install docker.io (docker/ci.sh does)"
-if ! info_err=$(docker info 2>&1 >/dev/null); then
-    die "the Docker daemon is not reachable (start dockerd; docker/ci.sh does): $(printf '%s' "$info_err" | tail -n 1)"
-fi
+require_docker
 
 # One build at a time (parallel test processes); a waiter then finds it done.
 exec 9>"${TMPDIR:-/tmp}/cutover-build-image.lock"

@@ -1,9 +1,24 @@
 # Shared by build-image.sh and scale.sh (sourced, not run): building base
 # images offline with debootstrap from the Debian mirror apt already uses.
-# The caller sets `suite` and defines `log` and `die`, and runs
-# `trap cleanup EXIT` so an interrupted bootstrap leaves nothing behind.
+# The caller sets `suite` and runs `trap cleanup EXIT` so an interrupted
+# bootstrap leaves nothing behind.
 
 work="" # the current temporary directory, removed by cleanup
+
+log() { echo "${0##*/}: $*" >&2; }
+die() {
+    echo "${0##*/}: error: $*" >&2
+    exit 1
+}
+
+# Docker's client, and a daemon it reaches.
+require_docker() {
+    local info_err
+    command -v docker >/dev/null 2>&1 || die "docker not found: install docker.io (docker/ci.sh does)"
+    if ! info_err=$(docker info 2>&1 >/dev/null); then
+        die "the Docker daemon is not reachable (start dockerd; docker/ci.sh does): $(printf '%s' "$info_err" | tail -n 1)"
+    fi
+}
 
 cleanup() {
     [ -n "$work" ] || return 0

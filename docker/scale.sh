@@ -27,19 +27,11 @@ worker_image=${CUTOVER_WORKER_IMAGE:-cutover-worker:latest}
 postgres_image=${CUTOVER_POSTGRES_IMAGE:-cutover-postgres:latest}
 suite=bookworm
 
-log() { echo "scale.sh: $*" >&2; }
-die() {
-    echo "scale.sh: error: $*" >&2
-    exit 1
-}
 # shellcheck source=docker/lib.sh
 . "$here/lib.sh"
 trap cleanup EXIT
 
-command -v docker >/dev/null 2>&1 || die "docker not found: install docker.io (docker/ci.sh does)"
-if ! info_err=$(docker info 2>&1 >/dev/null); then
-    die "the Docker daemon is not reachable (start dockerd; docker/ci.sh does): $(printf '%s' "$info_err" | tail -n 1)"
-fi
+require_docker
 # Docker 23+ clients build with BuildKit, which needs the buildx plugin;
 # the classic builder works everywhere these images are built.
 if ! docker buildx version >/dev/null 2>&1; then
